@@ -1,0 +1,62 @@
+"""`spottune`: the command-line entry point. Commands live one per module in orchestrator/commands/.
+
+Command modules import only the standard library at import time, so `spottune plan` and `spottune costs`
+never load torch; heavy imports happen inside each command's run().
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "orchestrator.commands.train",
+    "generate": "orchestrator.commands.generate",
+    "doctor": "orchestrator.commands.doctor",
+}
+USER_ERRORS = (
+    "train_core.errors:UserError",
+    "orchestrator.errors:SpecError",
+    "cost_models.errors:EstimateError",
+    "cluster.errors:ClusterError",
+)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    types = []
+    for entry in USER_ERRORS:
+        module_name, _, name = entry.partition(":")
+        try:
+            types.append(getattr(importlib.import_module(module_name), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(types)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spottune", description="Fine-tune LLMs with QLoRA on the cheapest spot GPU that fits."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("spottune: interrupted", file=sys.stderr)
+        return 130
+    except _user_error_types() as error:
+        print(f"spottune {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""spottune generate --model M [--adapter DIR] (--prompt TEXT | --prompts FILE)"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "generate replies from a base model, with or without a trained adapter"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="builtin:smollm2-135m-instruct", help="base model (as in model.name)")
+    parser.add_argument("--adapter", help="a PEFT adapter directory, e.g. runs/quickstart/adapter")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one prompt")
+    source.add_argument("--prompts", help="a .txt file (one prompt per line) or .jsonl (alpaca rows or 'prompt')")
+    parser.add_argument("--system", help="system message")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--limit", type=int, help="use only the first N prompts")
+    parser.add_argument("--json", action="store_true", help="print JSON lines {prompt, reply}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from train_core.generate import Generator, read_prompts, to_jsonl
+
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    if args.limit:
+        prompts = prompts[: args.limit]
+    generator = Generator(args.model, args.adapter)
+    for prompt in prompts:
+        reply = generator.reply(
+            prompt, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature
+        )
+        if args.json:
+            sys.stdout.write(to_jsonl([{"prompt": prompt, "reply": reply}]))
+        else:
+            print(f">>> {prompt}\n{reply}\n")
+        sys.stdout.flush()
+    return 0

@@ -1,0 +1,158 @@
+"""TrainConfig: everything one fine-tuning run needs, loaded from YAML and validated."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from train_core.config_errors import describe_validation_error
+from train_core.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown fields are rejected, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(StrictModel):
+    name: str = Field(
+        "builtin:smollm2-135m-instruct",
+        description="Base model: a local HF directory, a .gguf file, a Hub id (when online), or "
+        "builtin:smollm2-135m-instruct | builtin:tiny-llama | builtin:tiny-qwen2.",
+    )
+    quantization: Literal["auto", "nf4", "bf16", "fp32"] = Field(
+        "auto",
+        description="Base weights: nf4 (4-bit NF4 + double quant via bitsandbytes), bf16 or fp32. auto = nf4 "
+        "wherever bitsandbytes can train (CUDA, and CPU when its CPU backend works), else the best float type.",
+    )
+    compute_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Dtype of matmuls and activations. auto = bf16 on CUDA, fp32 on CPU."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel; flash_attention_2 only where the flash-attn package is installed."
+    )
+
+
+class DataSettings(StrictModel):
+    train: str = Field(..., description="Training data: a JSONL file (alpaca, sharegpt or messages rows).")
+    eval: str | None = Field(None, description="Optional held-out JSONL file of the same format, for eval loss.")
+    format: Literal["auto", "alpaca", "sharegpt", "messages"] = Field(
+        "auto", description="Row format; auto detects it from the first row's keys."
+    )
+    chat_template: str = Field(
+        "auto",
+        description="auto = the tokenizer's own chat template (chatml if it has none); 'chatml'; or a Jinja "
+        "template string.",
+    )
+    system_prompt: str | None = Field(None, description="System message prepended to rows that have none.")
+    max_seq_length: int = Field(1024, ge=16, description="Tokens per sequence; longer samples are truncated.")
+    packing: bool = Field(
+        True, description="Pack several samples per sequence (padding-free, no attention across samples)."
+    )
+    train_on: Literal["assistant", "all"] = Field(
+        "assistant", description="Which tokens carry loss: assistant replies only, or every token."
+    )
+
+
+class LoraSettings(StrictModel):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+        "all-linear", description="'all-linear' or a list of module names such as [q_proj, v_proj]."
+    )
+
+
+class TrainingSettings(StrictModel):
+    seed: int = Field(42, description="Seed for LoRA init, data order (with the epoch) and dropout.")
+    epochs: int = Field(1, ge=1, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (caps epochs).")
+    batch_size: int = Field(8, ge=1, description="Sequences per optimizer step, over all workers.")
+    micro_batch_size: Union[int, Literal["auto"]] = Field(
+        "auto", description="Sequences per forward/backward; auto picks one that fits (must divide batch_size)."
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps (added to warmup_ratio's).")
+    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Warm-up as a fraction of total steps.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables it.")
+    optimizer: Literal["auto", "adamw", "adamw_8bit"] = Field(
+        "auto", description="auto = 8-bit AdamW (bitsandbytes) on CUDA, AdamW elsewhere."
+    )
+    activation_checkpointing: Literal["auto", "none", "full", "offload"] = Field(
+        "auto", description="Recompute activations in backward (full), also keep layer inputs on the CPU "
+        "(offload), or keep them (none). auto = full on CUDA, none on CPU."
+    )
+    eval_every: int | None = Field(None, ge=1, description="Eval-loss interval in steps (and at the end).")
+    log_every: int = Field(1, ge=1, description="Metrics interval in steps.")
+
+    @model_validator(mode="after")
+    def _micro_batch_divides(self) -> "TrainingSettings":
+        if isinstance(self.micro_batch_size, int) and self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}"
+            )
+        return self
+
+
+class CheckpointSettings(StrictModel):
+    every_steps: int = Field(50, ge=1, description="Commit a checkpoint every N optimizer steps (and at the end).")
+    keep: int = Field(2, ge=1, description="Committed checkpoints to keep; older ones are deleted.")
+
+
+class TrainConfig(StrictModel):
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    data: DataSettings
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    output_dir: str = Field("runs/train", description="Where checkpoints, the adapter and metrics go.")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the trained weights; checkpoints carry it to refuse foreign resumes."""
+        significant = self.model_dump(mode="json", exclude={"output_dir"})
+        significant["training"].pop("log_every")
+        significant["training"].pop("eval_every")
+        significant.pop("checkpoint")
+        return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_config(raw: object, source: str, base_dir: Path | None = None) -> TrainConfig:
+    """Validate a loaded mapping; relative data paths are resolved against base_dir."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (model, data, lora, training, ...)")
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(source, TrainConfig, error)) from None
+    if base_dir is not None:
+        config.data.train = _resolve(config.data.train, base_dir)
+        if config.data.eval:
+            config.data.eval = _resolve(config.data.eval, base_dir)
+    return config
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a train YAML file; relative data paths are taken from the current directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(error, 'problem', error)})") from None
+    return parse_config(raw, str(path))
+
+
+def _resolve(path: str, base_dir: Path) -> str:
+    candidate = Path(path)
+    return str(candidate if candidate.is_absolute() else (base_dir / candidate))

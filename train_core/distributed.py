@@ -1,0 +1,67 @@
+"""The few collective operations the loop needs; a no-op when torch.distributed is not initialised.
+
+Whoever starts the workers (Ray Train's TorchTrainer, torchrun) initialises the process group;
+train_core only uses it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int
+    world_size: int
+
+    @classmethod
+    def from_environment(cls) -> "Distributed":
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls(0, 1)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_reduce_grads(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Sum gradients over workers (the loss is already divided by the global target count)."""
+        if not self.active:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = torch.cat([grad.reshape(-1) for grad in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for parameter, grad in zip(parameters, grads):
+            count = grad.numel()
+            parameter.grad = flat[offset : offset + count].view_as(grad).clone()
+            offset += count
+
+    def any_true(self, flag: bool) -> bool:
+        if not self.active:
+            return flag
+        tensor = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
+
+    def gather_objects(self, item: object) -> list:
+        if not self.active:
+            return [item]
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, item)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()

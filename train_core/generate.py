@@ -1,0 +1,79 @@
+"""Generate replies from a base model, optionally with a trained LoRA adapter."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from train_core.config import ModelSettings
+from train_core.data.formats import detect_format, read_jsonl
+from train_core.data.templates import apply_chat_template_setting
+from train_core.errors import DataError, ModelSourceError
+from train_core.models.loading import load_tokenizer
+from train_core.models.sources import resolve_model
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a .txt file (one per line) or a JSONL file (alpaca rows, or {"prompt": ...})."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        prompts = []
+        for number, row in read_jsonl(path):
+            if "prompt" in row and isinstance(row["prompt"], str):
+                prompts.append(row["prompt"])
+            elif detect_format(row) == "alpaca" or "instruction" in row:
+                extra = row.get("input") or ""
+                prompts.append(f"{row['instruction']}\n\n{extra}" if extra.strip() else row["instruction"])
+            else:
+                raise DataError(f"{path}:{number}: expected 'prompt' or alpaca 'instruction' (and optional 'input')")
+        return prompts
+    if not path.is_file():
+        raise DataError(f"{path}: prompts file not found")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise DataError(f"{path}: no prompts (expected one per line)")
+    return prompts
+
+
+class Generator:
+    def __init__(self, model_name: str, adapter: str | None = None, device: str | None = None) -> None:
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        resolved = resolve_model(ModelSettings(name=model_name).name)
+        self.tokenizer = load_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else resolved.path)
+        apply_chat_template_setting(self.tokenizer, "auto")
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype).to(self.device)
+        if adapter:
+            if not (Path(adapter) / "adapter_config.json").is_file():
+                raise ModelSourceError(f"--adapter: {adapter} has no adapter_config.json (expected a PEFT adapter dir)")
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def reply(self, prompt: str, system: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0) -> str:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        encoded = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(self.device)
+        options = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if temperature > 0:
+            options.update(do_sample=True, temperature=temperature)
+        else:
+            options.update(do_sample=False)
+        output = self.model.generate(**encoded, **options)
+        return self.tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def generate_all(generator: Generator, prompts: list[str], **options) -> list[dict]:
+    return [{"prompt": prompt, "reply": generator.reply(prompt, **options)} for prompt in prompts]
+
+
+def to_jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)

@@ -1,0 +1,314 @@
+"""The training recipe: one explicit loop from a TrainConfig to committed checkpoints and a PEFT adapter."""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from train_core.checkpoint import CheckpointManager, TrainerState
+from train_core.config import TrainConfig
+from train_core.data.batching import BatchPlan, MicroBatch
+from train_core.data.dataset import batch_plan, prepare_data
+from train_core.device import DevicePath, choose_device_path
+from train_core.distributed import Distributed
+from train_core.errors import ConfigError
+from train_core.loss import target_loss_sum
+from train_core.metrics import MetricsLog, peak_memory_gib
+from train_core.models.loading import add_lora, load_model_and_tokenizer
+from train_core.optim import build_optimizer, build_scheduler
+from train_core.rng import capture_rng, restore_rng
+from train_core.store import LocalStore, ObjectStore
+
+ADAPTER_KEY = "adapter"
+MICRO_BATCH_TOKENS = {"cpu": 4096, "cuda": 16384}
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks a runner (e.g. the Ray runner) plugs into the loop; all optional."""
+
+    on_metrics: Callable[[dict], None] | None = None
+    on_checkpoint: Callable[[int], None] | None = None
+    stop_requested: Callable[[], bool] | None = None
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" or "stopped" (a stop was requested; the last step is checkpointed)
+    step: int
+    total_steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    device_path: str
+    resumed_from: int | None
+    losses: list[float] = field(default_factory=list)
+
+
+def resolve_micro_batch(config: TrainConfig, device: str, world_size: int) -> int:
+    """The configured micro-batch, or for 'auto' the largest divisor of the per-worker rows within a token budget."""
+    training = config.training
+    per_worker = max(1, training.batch_size // world_size)
+    if isinstance(training.micro_batch_size, int):
+        return training.micro_batch_size
+    budget = max(1, MICRO_BATCH_TOKENS[device] // config.data.max_seq_length)
+    return max(size for size in range(1, per_worker + 1) if per_worker % size == 0 and size <= budget)
+
+
+class Trainer:
+    """Holds the model, data plan, optimizer and run state of one training run."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        store: ObjectStore | None = None,
+        work_dir: Path | None = None,
+        hooks: TrainHooks | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store if store is not None else LocalStore(config.output_dir)
+        self.work_dir = Path(work_dir if work_dir is not None else config.output_dir)
+        self.hooks = hooks or TrainHooks()
+        self.dist = Distributed.from_environment()
+        self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.checkpoints = CheckpointManager(self.store, self.work_dir / ".staging", keep=config.checkpoint.keep)
+
+    def log(self, message: str) -> None:
+        if self.dist.is_main:
+            self._log(message)
+
+    def _setup(self) -> None:
+        config = self.config
+        self.path: DevicePath = choose_device_path(config)
+        self.log(f"device path: {self.path.describe()}")
+        base, self.tokenizer, source = load_model_and_tokenizer(config.model, self.path)
+        self.log(f"model: {source}")
+        self.data = prepare_data(config.data, self.tokenizer)
+        self.log(self.data.summary())
+        self.model = add_lora(base, config.lora, config.training.seed)
+        if self.path.activation_checkpointing in ("full", "offload"):
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.train()
+        trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+        self.log(f"lora: {sum(p.numel() for p in trainable):,} trainable parameters in {len(trainable)} tensors")
+        self.plan: BatchPlan = batch_plan(self.data.train, config.data, config.training.seed, config.training.batch_size)
+        self.total_steps = self.plan.total_steps(config.training.epochs, config.training.max_steps)
+        self.micro_batch = resolve_micro_batch(config, self.path.device, self.dist.world_size)
+        self.optimizer = build_optimizer(trainable, config.training, self.path.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, config.training, self.total_steps)
+        self.trainable = trainable
+
+    def _refuse_silent_overwrite(self, resume: bool) -> None:
+        latest = self.checkpoints.latest_step()
+        if latest is not None and not resume:
+            raise ConfigError(
+                f"output_dir: {self.store.describe('checkpoints')} already holds checkpoints (latest step {latest}); "
+                "pass --resume to continue that run, or choose another output_dir"
+            )
+
+    def _restore(self) -> TrainerState:
+        fresh = TrainerState(
+            step=0, epoch=0, cursor=0, tokens_seen=0,
+            config_fingerprint=self.config.fingerprint(), world_size=self.dist.world_size,
+        )
+        latest = self.checkpoints.latest_step()
+        if latest is None:
+            return fresh
+        where = self.store.describe("checkpoints")
+        local = self.checkpoints.load(latest, self.work_dir / ".restore")
+        state = TrainerState.from_json((local / "trainer_state.json").read_text(encoding="utf-8"))
+        if state.config_fingerprint != fresh.config_fingerprint:
+            raise ConfigError(
+                f"output_dir: the checkpoint at {where} was written by a different config "
+                f"(fingerprint {state.config_fingerprint}, now {fresh.config_fingerprint}); "
+                "resume with the same config or use another output_dir"
+            )
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        device = "cuda" if self.path.device == "cuda" else "cpu"
+        set_peft_model_state_dict(self.model, load_file(str(local / "adapter_model.safetensors"), device=device))
+        self.optimizer.load_state_dict(torch.load(local / "optimizer.pt", map_location=device, weights_only=True))
+        self.scheduler.load_state_dict(torch.load(local / "scheduler.pt", weights_only=True))
+        if state.world_size == self.dist.world_size and len(state.rng) == self.dist.world_size:
+            restore_rng(state.rng[self.dist.rank])
+        else:
+            torch.manual_seed(self.config.training.seed * 1_000_003 + state.step * 101 + self.dist.rank)
+        self.log(f"resumed from step {latest} ({where})")
+        return state
+
+    def _save(self, state: TrainerState) -> None:
+        rng_states = self.dist.gather_objects(capture_rng())
+        if self.dist.is_main:
+            state.rng = rng_states
+            state.world_size = self.dist.world_size
+
+            def write(directory: Path) -> None:
+                self.model.save_pretrained(directory)
+                torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
+                (directory / "trainer_state.json").write_text(state.to_json(), encoding="utf-8")
+
+            self.checkpoints.save(state.step, write)
+        self.dist.barrier()
+        if self.hooks.on_checkpoint is not None:
+            self.hooks.on_checkpoint(state.step)
+
+    def _micro_step(self, batch: MicroBatch, normaliser: int) -> torch.Tensor:
+        device = self.path.device
+        base = self.model.get_base_model()
+        offload = torch.autograd.graph.save_on_cpu(pin_memory=True) if self.path.activation_checkpointing == "offload" else contextlib.nullcontext()
+        autocast = torch.autocast("cuda", dtype=self.path.compute_dtype) if device == "cuda" else contextlib.nullcontext()
+        with autocast, offload:
+            hidden = base.model(
+                input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device)
+            ).last_hidden_state
+            loss_sum = target_loss_sum(
+                hidden, batch.labels.to(device), base.get_output_embeddings(),
+                getattr(base.config, "final_logit_softcapping", None),
+            )
+        (loss_sum / normaliser).backward()
+        return loss_sum.detach()
+
+    def _optimizer_step(self, state: TrainerState) -> dict:
+        started = time.perf_counter()
+        rows = self.plan.step_rows(state.epoch, state.cursor)
+        normaliser = self.plan.target_count(rows)
+        micro_batches = self.plan.micro_batches(rows, self.micro_batch, self.dist.rank, self.dist.world_size)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        tokens = 0
+        for batch in micro_batches:
+            loss_sum += self._micro_step(batch, normaliser).double().cpu()
+            tokens += batch.input_ids.numel()
+        self.dist.all_reduce_grads(self.trainable)
+        totals = self.dist.all_reduce_sum(torch.tensor([loss_sum.item(), float(tokens)], dtype=torch.float64))
+        grad_norm = None
+        if self.config.training.max_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.training.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.path.device == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        state.cursor += 1
+        if state.cursor >= self.plan.steps_in_epoch(state.epoch):
+            state.epoch, state.cursor = state.epoch + 1, 0
+        state.step += 1
+        state.tokens_seen += int(totals[1])
+        loss = float(totals[0]) / normaliser
+        state.loss_history.append({"step": state.step, "loss": loss, "lr": lr})
+        record = {
+            "step": state.step, "total_steps": self.total_steps, "epoch": state.epoch, "loss": loss, "lr": lr,
+            "grad_norm": grad_norm, "tokens": int(totals[1]), "target_tokens": normaliser,
+            "step_seconds": round(elapsed, 4), "tokens_per_s": totals[1].item() / elapsed,
+            "time": time.time(), **peak_memory_gib(self.path.device),
+        }
+        return record
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Token-weighted mean loss over the eval set (None without one)."""
+        if not self.data.eval:
+            return None
+        self.model.eval()
+        plan = BatchPlan(self.data.eval, seed=0, batch_size=len(self.data.eval), max_seq_length=self.config.data.max_seq_length, packing=True)
+        rows = plan.rows(0)
+        total = torch.zeros(2, dtype=torch.float64)
+        base = self.model.get_base_model()
+        autocast = torch.autocast("cuda", dtype=self.path.compute_dtype) if self.path.device == "cuda" else contextlib.nullcontext()
+        for batch in plan.micro_batches(rows, self.micro_batch, self.dist.rank, self.dist.world_size):
+            with autocast:
+                hidden = base.model(
+                    input_ids=batch.input_ids.to(self.path.device), position_ids=batch.position_ids.to(self.path.device)
+                ).last_hidden_state
+                loss_sum = target_loss_sum(hidden, batch.labels.to(self.path.device), base.get_output_embeddings())
+            total += torch.tensor([float(loss_sum), float(batch.num_targets)], dtype=torch.float64)
+        total = self.dist.all_reduce_sum(total)
+        self.model.train()
+        return float(total[0] / total[1])
+
+    def save_adapter(self) -> str:
+        """Write the final adapter (PEFT format) to `adapter/` in the store and return its location."""
+        if self.dist.is_main:
+            staging = self.work_dir / ".staging" / "adapter"
+            self.model.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+            self.store.upload_dir(staging, ADAPTER_KEY)
+            shutil.rmtree(staging, ignore_errors=True)
+        self.dist.barrier()
+        return self.store.describe(ADAPTER_KEY)
+
+    def run(self, resume: bool = False) -> TrainResult:
+        self._refuse_silent_overwrite(resume)
+        self._setup()
+        state = self._restore()
+        resumed_from = state.step if state.step else None
+        if self.dist.is_main:
+            self.checkpoints.prune()
+        metrics = MetricsLog(self.work_dir / "metrics.jsonl", self.total_steps, state.step, echo=self.log)
+        every = self.config.checkpoint.every_steps
+        eval_every = self.config.training.eval_every
+        eval_loss = None
+        status = "completed"
+        self.log(f"training: {self.total_steps} steps, batch {self.config.training.batch_size} sequences, "
+                 f"micro-batch {self.micro_batch}, {self.dist.world_size} worker(s)")
+        try:
+            while state.step < self.total_steps:
+                record = self._optimizer_step(state)
+                if state.step % self.config.training.log_every == 0 or state.step == self.total_steps:
+                    self._emit(metrics, record)
+                if eval_every and state.step % eval_every == 0 and state.step < self.total_steps:
+                    eval_loss = self.evaluate()
+                    self._emit(metrics, {"step": state.step, "eval_loss": eval_loss, "time": time.time()})
+                stop = self.hooks.stop_requested is not None and self.hooks.stop_requested()
+                stop = self.dist.any_true(stop)
+                if state.step % every == 0 or state.step == self.total_steps or stop:
+                    self._save(state)
+                if stop and state.step < self.total_steps:
+                    status = "stopped"
+                    self.log(f"stop requested: checkpointed step {state.step} and stopped")
+                    break
+            if status == "completed":
+                eval_loss = self.evaluate()
+                if eval_loss is not None:
+                    self._emit(metrics, {"step": state.step, "eval_loss": eval_loss, "time": time.time()})
+                location = self.save_adapter()
+                self.log(f"adapter: {location}")
+        finally:
+            metrics.close()
+        losses = [entry["loss"] for entry in state.loss_history]
+        return TrainResult(
+            status=status, step=state.step, total_steps=self.total_steps,
+            train_loss=losses[-1] if losses else None, eval_loss=eval_loss,
+            device_path=self.path.describe(), resumed_from=resumed_from, losses=losses,
+        )
+
+    def _emit(self, metrics: MetricsLog, record: dict) -> None:
+        if self.dist.is_main:
+            metrics.write(record)
+        if self.hooks.on_metrics is not None:
+            self.hooks.on_metrics(record)
+
+
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    store: ObjectStore | None = None,
+    work_dir: Path | None = None,
+    hooks: TrainHooks | None = None,
+) -> TrainResult:
+    """Run (or resume) one fine-tune; checkpoints go to `store` (default: config.output_dir on local disk)."""
+    return Trainer(config, store=store, work_dir=work_dir, hooks=hooks).run(resume=resume)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
