@@ -33,6 +33,10 @@ class ModelSettings(StrictModel):
     compute_dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Dtype of matmuls and activations. auto = bf16 on CUDA, fp32 on CPU."
     )
+    engine: Literal["auto", "hf"] = Field(
+        "auto", description="Training engine: hf = transformers + PEFT (the reference path). auto picks the fastest "
+        "engine that supports the architecture on this device.",
+    )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel; flash_attention_2 only where the flash-attn package is installed."
     )
@@ -116,11 +120,15 @@ class TrainConfig(StrictModel):
     output_dir: str = Field("runs/train", description="Where checkpoints, the adapter and metrics go.")
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the trained weights; checkpoints carry it to refuse foreign resumes."""
-        significant = self.model_dump(mode="json", exclude={"output_dir"})
-        significant["training"].pop("log_every")
-        significant["training"].pop("eval_every")
-        significant.pop("checkpoint")
+        """Hash of what defines the trained weights; checkpoints carry it to refuse resuming a different job.
+
+        Settings that only change how the same math is scheduled (micro-batch, activation checkpointing,
+        engine, logging, checkpoint cadence) are left out, so a re-planned trial may change them on resume.
+        """
+        significant = self.model_dump(mode="json", exclude={"output_dir", "checkpoint"})
+        significant["model"].pop("engine")
+        for name in ("micro_batch_size", "activation_checkpointing", "log_every", "eval_every"):
+            significant["training"].pop(name)
         return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -28,7 +28,7 @@ def target_loss_sum(
     selected = labels.reshape(-1) != IGNORE_INDEX
     rows = hidden.reshape(-1, hidden.shape[-1])[selected]
     targets = labels.reshape(-1)[selected]
-    total = hidden.new_zeros((), dtype=torch.float32)
+    total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
     for start in range(0, rows.shape[0], CHUNK_ROWS):
         chunk = (rows[start : start + CHUNK_ROWS], head, targets[start : start + CHUNK_ROWS], softcap)
         if torch.is_grad_enabled():

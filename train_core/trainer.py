@@ -1,7 +1,6 @@
 """The training recipe: one explicit loop from a TrainConfig to committed checkpoints and a PEFT adapter."""
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sys
@@ -17,11 +16,10 @@ from train_core.config import TrainConfig
 from train_core.data.batching import BatchPlan, MicroBatch
 from train_core.data.dataset import batch_plan, prepare_data
 from train_core.device import DevicePath, choose_device_path
+from train_core.engine import Engine, build_engine
 from train_core.distributed import Distributed
 from train_core.errors import ConfigError
-from train_core.loss import target_loss_sum
 from train_core.metrics import MetricsLog, peak_memory_gib
-from train_core.models.loading import add_lora, load_model_and_tokenizer
 from train_core.optim import build_optimizer, build_scheduler
 from train_core.rng import capture_rng, restore_rng
 from train_core.store import LocalStore, ObjectStore
@@ -88,22 +86,19 @@ class Trainer:
         config = self.config
         self.path: DevicePath = choose_device_path(config)
         self.log(f"device path: {self.path.describe()}")
-        base, self.tokenizer, source = load_model_and_tokenizer(config.model, self.path)
-        self.log(f"model: {source}")
+        self.engine: Engine = build_engine(config, self.path)
+        self.tokenizer = self.engine.tokenizer
+        self.log(f"model: {self.engine.description}")
         self.data = prepare_data(config.data, self.tokenizer)
         self.log(self.data.summary())
-        self.model = add_lora(base, config.lora, config.training.seed)
-        if self.path.activation_checkpointing in ("full", "offload"):
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model.train()
-        trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
-        self.log(f"lora: {sum(p.numel() for p in trainable):,} trainable parameters in {len(trainable)} tensors")
+        self.engine.train()
+        self.trainable = self.engine.trainable_parameters()
+        self.log(f"lora: {sum(p.numel() for p in self.trainable):,} trainable parameters in {len(self.trainable)} tensors")
         self.plan: BatchPlan = batch_plan(self.data.train, config.data, config.training.seed, config.training.batch_size)
         self.total_steps = self.plan.total_steps(config.training.epochs, config.training.max_steps)
         self.micro_batch = resolve_micro_batch(config, self.path.device, self.dist.world_size)
-        self.optimizer = build_optimizer(trainable, config.training, self.path.optimizer)
+        self.optimizer = build_optimizer(self.trainable, config.training, self.path.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config.training, self.total_steps)
-        self.trainable = trainable
 
     def _refuse_silent_overwrite(self, resume: bool) -> None:
         latest = self.checkpoints.latest_step()
@@ -130,11 +125,10 @@ class Trainer:
                 f"(fingerprint {state.config_fingerprint}, now {fresh.config_fingerprint}); "
                 "resume with the same config or use another output_dir"
             )
-        from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        device = "cuda" if self.path.device == "cuda" else "cpu"
-        set_peft_model_state_dict(self.model, load_file(str(local / "adapter_model.safetensors"), device=device))
+        device = self.path.device
+        self.engine.load_adapter_state(load_file(str(local / "adapter_model.safetensors"), device=device))
         self.optimizer.load_state_dict(torch.load(local / "optimizer.pt", map_location=device, weights_only=True))
         self.scheduler.load_state_dict(torch.load(local / "scheduler.pt", weights_only=True))
         if state.world_size == self.dist.world_size and len(state.rng) == self.dist.world_size:
@@ -151,7 +145,7 @@ class Trainer:
             state.world_size = self.dist.world_size
 
             def write(directory: Path) -> None:
-                self.model.save_pretrained(directory)
+                self.engine.save_adapter(directory)
                 torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
                 torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
                 (directory / "trainer_state.json").write_text(state.to_json(), encoding="utf-8")
@@ -162,18 +156,7 @@ class Trainer:
             self.hooks.on_checkpoint(state.step)
 
     def _micro_step(self, batch: MicroBatch, normaliser: int) -> torch.Tensor:
-        device = self.path.device
-        base = self.model.get_base_model()
-        offload = torch.autograd.graph.save_on_cpu(pin_memory=True) if self.path.activation_checkpointing == "offload" else contextlib.nullcontext()
-        autocast = torch.autocast("cuda", dtype=self.path.compute_dtype) if device == "cuda" else contextlib.nullcontext()
-        with autocast, offload:
-            hidden = base.model(
-                input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device)
-            ).last_hidden_state
-            loss_sum = target_loss_sum(
-                hidden, batch.labels.to(device), base.get_output_embeddings(),
-                getattr(base.config, "final_logit_softcapping", None),
-            )
+        loss_sum = self.engine.loss_sum(batch.input_ids, batch.position_ids, batch.labels)
         (loss_sum / normaliser).backward()
         return loss_sum.detach()
 
@@ -219,28 +202,21 @@ class Trainer:
         """Token-weighted mean loss over the eval set (None without one)."""
         if not self.data.eval:
             return None
-        self.model.eval()
-        plan = BatchPlan(self.data.eval, seed=0, batch_size=len(self.data.eval), max_seq_length=self.config.data.max_seq_length, packing=True)
-        rows = plan.rows(0)
+        self.engine.eval()
+        plan = BatchPlan(self.data.eval, 0, len(self.data.eval), self.config.data.max_seq_length, packing=True)
         total = torch.zeros(2, dtype=torch.float64)
-        base = self.model.get_base_model()
-        autocast = torch.autocast("cuda", dtype=self.path.compute_dtype) if self.path.device == "cuda" else contextlib.nullcontext()
-        for batch in plan.micro_batches(rows, self.micro_batch, self.dist.rank, self.dist.world_size):
-            with autocast:
-                hidden = base.model(
-                    input_ids=batch.input_ids.to(self.path.device), position_ids=batch.position_ids.to(self.path.device)
-                ).last_hidden_state
-                loss_sum = target_loss_sum(hidden, batch.labels.to(self.path.device), base.get_output_embeddings())
+        for batch in plan.micro_batches(plan.rows(0), self.micro_batch, self.dist.rank, self.dist.world_size):
+            loss_sum = self.engine.loss_sum(batch.input_ids, batch.position_ids, batch.labels)
             total += torch.tensor([float(loss_sum), float(batch.num_targets)], dtype=torch.float64)
         total = self.dist.all_reduce_sum(total)
-        self.model.train()
+        self.engine.train()
         return float(total[0] / total[1])
 
     def save_adapter(self) -> str:
         """Write the final adapter (PEFT format) to `adapter/` in the store and return its location."""
         if self.dist.is_main:
             staging = self.work_dir / ".staging" / "adapter"
-            self.model.save_pretrained(staging)
+            self.engine.save_adapter(staging)
             self.tokenizer.save_pretrained(staging)
             self.store.upload_dir(staging, ADAPTER_KEY)
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,47 @@
+import pytest
+
+from train_core.data.templates import apply_chat_template_setting
+from train_core.data.tokenize import tokenize_conversation, tokenize_dataset
+from train_core.errors import ConfigError
+from train_core.models.loading import load_tokenizer
+from train_core.models.sources import resolve_model
+
+CONVERSATION = [
+    {"role": "system", "content": "You write ads."},
+    {"role": "user", "content": "Tagline for tea"},
+    {"role": "assistant", "content": "Steeped in calm."},
+    {"role": "user", "content": "Shorter"},
+    {"role": "assistant", "content": "Calm, steeped."},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(resolve_model("builtin:tiny-qwen2").path)
+
+
+def test_only_assistant_replies_are_targets(tokenizer):
+    sample = tokenize_conversation(tokenizer, CONVERSATION, "assistant")
+    target_text = tokenizer.decode([t for t, keep in zip(sample.input_ids, sample.trainable) if keep])
+    assert target_text == "Steeped in calm.<|im_end|>\nCalm, steeped.<|im_end|>\n"
+
+
+def test_train_on_all_marks_every_token_but_the_first(tokenizer):
+    sample = tokenize_conversation(tokenizer, CONVERSATION, "all")
+    assert sample.trainable[0] is False and all(sample.trainable[1:])
+
+
+def test_truncation_is_counted_and_targetless_samples_dropped(tokenizer):
+    long = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
+    samples, report = tokenize_dataset(tokenizer, [long, short], max_seq_length=32, train_on="assistant")
+    assert report.truncated == 1 and report.dropped_no_target == 1 and report.samples == 1
+    assert len(samples) == 1 and len(samples[0]) <= 32
+
+
+def test_named_and_unknown_templates(tokenizer):
+    tokenizer.chat_template = None
+    assert apply_chat_template_setting(tokenizer, "auto") == "chatml"
+    assert apply_chat_template_setting(tokenizer, "chatml") == "chatml"
+    with pytest.raises(ConfigError, match="accepted: auto, chatml"):
+        apply_chat_template_setting(tokenizer, "vicuna")
