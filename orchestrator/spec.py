@@ -1,0 +1,206 @@
+"""Sweep spec: a base train config, a search over its fields, resources and storage; expands to trials.
+
+Pure pydantic + yaml: `spottune plan` loads this without torch.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from orchestrator.errors import SpecError
+from train_core.config import TrainConfig
+from train_core.config_errors import describe_validation_error
+from train_core.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogUniform(_Strict):
+    log_uniform: tuple[float, float]
+
+
+class Uniform(_Strict):
+    uniform: tuple[float, float]
+
+
+Distribution = Union[list[Any], LogUniform, Uniform]
+
+
+class Search(_Strict):
+    method: Literal["grid", "random"] = Field("grid", description="grid: every combination; random: `samples` draws.")
+    parameters: dict[str, Distribution] = Field(
+        default_factory=dict,
+        description="Dotted train-config field -> list of values (grid or random choice), or "
+        "{log_uniform: [lo, hi]} / {uniform: [lo, hi]} (random only).",
+    )
+    samples: int | None = Field(None, ge=1, description="Number of random trials (random search only).")
+    seed: int = Field(0, description="Seed of the random search.")
+
+    @field_validator("parameters")
+    @classmethod
+    def _non_empty_lists(cls, parameters: dict[str, Distribution]) -> dict[str, Distribution]:
+        for name, values in parameters.items():
+            if isinstance(values, list) and not values:
+                raise ValueError(f"search.parameters.{name} is an empty list; give at least one value")
+        return parameters
+
+
+class Resources(_Strict):
+    gpus: list[str] | None = Field(None, description="Allowed GPU types (catalog names); null = any.")
+    providers: list[str] = Field(default_factory=lambda: ["local"], description="Providers to place trials on.")
+    market: Literal["spot", "on-demand", "any"] = Field("spot", description="Capacity type to rent.")
+    gpus_per_trial: int = Field(1, ge=1, description="GPUs (Ray Train workers) per trial.")
+    max_price_per_hour: float | None = Field(None, gt=0, description="Most $/h one trial may cost.")
+    max_total_cost: float | None = Field(None, gt=0, description="Budget in $ for the whole sweep.")
+
+
+class CheckpointPolicy(_Strict):
+    every_steps: Union[int, Literal["auto"]] = Field(
+        "auto", description="Checkpoint interval; auto = Young/Daly optimum from checkpoint cost and preemption rate."
+    )
+    keep: int = Field(2, ge=1, description="Committed checkpoints kept per trial.")
+
+
+class SweepSpec(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Sweep name (run ids derive from it).")
+    base: str | None = Field(None, description="Path of a train YAML (relative to this spec file).")
+    config: dict[str, Any] = Field(default_factory=dict, description="Inline train config, merged over `base`.")
+    search: Search = Field(default_factory=Search)
+    resources: Resources = Field(default_factory=Resources)
+    storage: str = Field("file://./runs", description="Where checkpoints and adapters go: file://PATH or s3://BUCKET/PREFIX.")
+    checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
+    max_parallel: int = Field(2, ge=1, description="Trials running at the same time.")
+    max_error_retries: int = Field(2, ge=0, description="Relaunches after real errors (preemptions are not counted).")
+
+
+class TrialSpec(BaseModel):
+    """One point of the search: its stable id, the overridden fields and the full train config."""
+
+    id: str
+    index: int
+    params: dict[str, Any]
+    config: TrainConfig
+
+
+def _set_dotted(target: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = target
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"search.parameters.{dotted}: '{part}' is not a config section")
+    node[leaf] = value
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _points(search: Search, source: str) -> list[dict[str, Any]]:
+    names = list(search.parameters)
+    if search.method == "grid":
+        lists = []
+        for name in names:
+            values = search.parameters[name]
+            if not isinstance(values, list):
+                raise SpecError(f"{source}: field 'search.parameters.{name}': grid search needs a list of values")
+            lists.append(values)
+        return [dict(zip(names, combination)) for combination in itertools.product(*lists)] if names else [{}]
+    if not search.samples:
+        raise SpecError(f"{source}: field 'search.samples': random search needs samples >= 1")
+    generator = random.Random(search.seed)
+    points = []
+    for _ in range(search.samples):
+        point = {}
+        for name in names:
+            distribution = search.parameters[name]
+            if isinstance(distribution, list):
+                point[name] = generator.choice(distribution)
+            elif isinstance(distribution, LogUniform):
+                low, high = distribution.log_uniform
+                point[name] = math.exp(generator.uniform(math.log(low), math.log(high)))
+            else:
+                low, high = distribution.uniform
+                point[name] = generator.uniform(low, high)
+        points.append(point)
+    return points
+
+
+def trial_id(index: int, params: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return f"t{index:03d}-{digest}"
+
+
+def base_config(spec: SweepSpec, spec_dir: Path, source: str) -> dict:
+    raw: dict = {}
+    if spec.base:
+        path = Path(spec.base) if Path(spec.base).is_absolute() else spec_dir / spec.base
+        if not path.is_file():
+            raise SpecError(f"{source}: field 'base': train config {path} not found")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise SpecError(f"{path}: expected a mapping of sections (model, data, ...)")
+        raw = loaded
+    return _merge(raw, spec.config)
+
+
+def expand_trials(spec: SweepSpec, spec_dir: Path, source: str) -> list[TrialSpec]:
+    """Every trial's full config; each is validated like a train YAML, errors naming the trial and field."""
+    base = base_config(spec, spec_dir, source)
+    trials = []
+    for index, params in enumerate(_points(spec.search, source)):
+        raw = copy.deepcopy(base)
+        for name, value in params.items():
+            _set_dotted(raw, name, value)
+        raw.setdefault("checkpoint", {})["keep"] = spec.checkpoint.keep
+        if isinstance(spec.checkpoint.every_steps, int):
+            raw["checkpoint"]["every_steps"] = spec.checkpoint.every_steps
+        identifier = trial_id(index, params)
+        try:
+            config = TrainConfig.model_validate(raw)
+        except ValidationError as error:
+            raise SpecError(describe_validation_error(f"{source} (trial {identifier})", TrainConfig, error)) from None
+        except ConfigError as error:
+            raise SpecError(str(error)) from None
+        for field in ("train", "eval"):
+            value = getattr(config.data, field)
+            if value and not Path(value).is_absolute() and (spec_dir / value).exists():
+                setattr(config.data, field, str(spec_dir / value))
+        trials.append(TrialSpec(id=identifier, index=index, params=params, config=config))
+    return trials
+
+
+def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: sweep spec not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{path}:{where} not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping with name, base/config, search, resources, storage")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(describe_validation_error(str(path), SweepSpec, error)) from None
+    return spec, expand_trials(spec, path.parent, str(path))
