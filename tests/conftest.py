@@ -33,3 +33,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+from tests.s3_server import s3_server  # noqa: E402,F401  (session fixture: a real S3 server on 127.0.0.1)

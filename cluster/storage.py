@@ -1,0 +1,198 @@
+"""Object storage behind train_core's ObjectStore protocol, for file:// (or a plain path) and s3:// URIs.
+
+S3 works with any S3-compatible endpoint: set it with `endpoint_url` (a sweep's `storage_endpoint`) or the
+standard AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL variables. Credentials come only from the environment or
+boto3's standard chain; they are never part of a URI and never written anywhere by spottune.
+S3 has no directory rename, so a step directory is visible while it uploads; the checkpoint contract
+(readers trust only `checkpoints/latest`, written last with one atomic PUT) is what makes that safe.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.errors import ClusterError
+from train_core.store import LocalStore, ObjectStore
+
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+ACCEPTED = "file://PATH, s3://BUCKET/PREFIX or a local path"
+
+
+@dataclass(frozen=True)
+class StorageURI:
+    scheme: str  # "file" or "s3"
+    bucket: str  # empty for file
+    path: str  # local path for file, key prefix (no leading/trailing '/') for s3
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            return f"file://{self.path}"
+        return f"s3://{self.bucket}/{self.path}" if self.path else f"s3://{self.bucket}"
+
+    def child(self, *parts: str) -> "StorageURI":
+        """The URI of a sub-prefix, e.g. uri.child(run_id, trial_id)."""
+        tail = "/".join(part.strip("/") for part in parts if part.strip("/"))
+        if self.scheme == "file":
+            return StorageURI("file", "", str(Path(self.path) / tail) if tail else self.path)
+        joined = "/".join(piece for piece in (self.path, tail) if piece)
+        return StorageURI("s3", self.bucket, joined)
+
+    def absolute(self, base: Path) -> "StorageURI":
+        """Resolve a relative file:// path against `base`; s3 URIs are returned unchanged."""
+        if self.scheme != "file" or Path(self.path).is_absolute():
+            return self
+        return StorageURI("file", "", str((base / self.path).resolve()))
+
+
+def parse_uri(text: str, field: str = "storage") -> StorageURI:
+    """Parse a storage location; errors name `field` and what is accepted."""
+    text = text.strip()
+    if not text:
+        raise ClusterError(f"{field}: empty storage location; accepted: {ACCEPTED}")
+    if text.startswith("file://"):
+        path = text[len("file://"):]
+        if not path:
+            raise ClusterError(f"{field}: {text!r} has no path; accepted: {ACCEPTED}")
+        return StorageURI("file", "", path)
+    if text.startswith("s3://"):
+        rest = text[len("s3://"):]
+        bucket, _, prefix = rest.partition("/")
+        if "@" in bucket or ":" in bucket:
+            raise ClusterError(
+                f"{field}: {text.split('@')[-1]!r}: credentials or ports do not belong in a storage URI; "
+                "set AWS credentials in the environment and the endpoint with storage_endpoint or AWS_ENDPOINT_URL_S3"
+            )
+        if not BUCKET_NAME.match(bucket):
+            raise ClusterError(
+                f"{field}: {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')"
+            )
+        return StorageURI("s3", bucket, prefix.strip("/"))
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise ClusterError(f"{field}: unsupported storage scheme '{scheme}://'; accepted: {ACCEPTED}")
+    return StorageURI("file", "", text)
+
+
+def open_store(uri: StorageURI | str, endpoint_url: str | None = None) -> ObjectStore:
+    """An ObjectStore rooted at `uri`."""
+    location = parse_uri(uri) if isinstance(uri, str) else uri
+    if location.scheme == "file":
+        return LocalStore(location.path)
+    return S3Store(location.bucket, location.path, endpoint_url)
+
+
+def check_writable(uri: StorageURI, endpoint_url: str | None = None) -> None:
+    """Fail with one line when the location cannot be written (missing bucket, no credentials, bad endpoint)."""
+    if uri.scheme == "file":
+        try:
+            Path(uri.path).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ClusterError(f"storage: cannot create {uri.path}: {error.strerror}") from None
+        return
+    S3Store(uri.bucket, uri.path, endpoint_url).check()
+
+
+class S3Store:
+    """An ObjectStore over one prefix of an S3 bucket (AWS or any S3-compatible endpoint)."""
+
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        self.endpoint_url = endpoint_url
+        config = Config(
+            retries={"max_attempts": 4, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            s3={"addressing_style": "path"} if endpoint_url else None,
+        )
+        self.client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+    def _key(self, key: str) -> str:
+        return "/".join(piece for piece in (self.prefix, key.strip("/")) if piece)
+
+    def _keys_under(self, key_prefix: str) -> list[str]:
+        base = self._key(key_prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
+        keys: list[str] = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{base}/" if base else ""):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    def upload_dir(self, local_dir: Path, key_prefix: str) -> None:
+        local_dir = Path(local_dir)
+        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            relative = path.relative_to(local_dir).as_posix()
+            self.client.upload_file(str(path), self.bucket, self._key(f"{key_prefix}/{relative}"))
+
+    def download_dir(self, key_prefix: str, local_dir: Path) -> None:
+        base = self._key(key_prefix) + "/"
+        for key in self._keys_under(key_prefix):
+            target = Path(local_dir) / key[len(base):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.client.download_file(self.bucket, key, str(target))
+
+    def read_text(self, key: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return response["Body"].read().decode("utf-8")
+
+    def write_text(self, key: str, text: str) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=text.encode("utf-8"))
+
+    def list_dir(self, key_prefix: str) -> list[str]:
+        base = self._key(key_prefix)
+        prefix = f"{base}/" if base else ""
+        names: set[str] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+            names.update(entry["Prefix"][len(prefix):].rstrip("/") for entry in page.get("CommonPrefixes", []))
+            names.update(item["Key"][len(prefix):] for item in page.get("Contents", []))
+        return sorted(name for name in names if name)
+
+    def delete_prefix(self, key_prefix: str) -> None:
+        base = self._key(key_prefix)
+        keys = self._keys_under(key_prefix) + [base]
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": key} for key in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+        # Servers with a filer (SeaweedFS) keep implicit directories; remove them deepest first so listings
+        # stay clean. On AWS these keys do not exist and each delete is a no-op.
+        directories = {f"{base}/"}
+        for key in keys[:-1]:
+            parts = key[len(base) + 1 :].split("/")[:-1]
+            directories.update(f"{base}/{'/'.join(parts[:depth])}/" for depth in range(1, len(parts) + 1))
+        for directory in sorted(directories, key=lambda name: name.count("/"), reverse=True):
+            self.client.delete_object(Bucket=self.bucket, Key=directory)
+
+    def describe(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def check(self) -> None:
+        """One line on what is wrong when the bucket cannot be reached with the current credentials."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        where = f"s3://{self.bucket}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            raise ClusterError(
+                f"storage: no AWS credentials for {where}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile"
+            ) from None
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "?")
+            problem = "does not exist" if code in ("404", "NoSuchBucket", "NotFound") else f"is not accessible ({code})"
+            raise ClusterError(f"storage: bucket {where} {problem}") from None
+        except BotoCoreError as error:
+            raise ClusterError(f"storage: cannot reach {where}: {error}") from None
