@@ -13,6 +13,12 @@ COMMANDS = {
     "train": "orchestrator.commands.train",
     "generate": "orchestrator.commands.generate",
     "doctor": "orchestrator.commands.doctor",
+    "submit": "orchestrator.commands.submit",
+    "status": "orchestrator.commands.status",
+    "resume": "orchestrator.commands.resume",
+    "cancel": "orchestrator.commands.cancel",
+    "logs": "orchestrator.commands.logs",
+    "report": "orchestrator.commands.report",
 }
 USER_ERRORS = (
     "train_core.errors:UserError",

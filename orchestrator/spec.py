@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cluster.spot_market import SimulatedMarket, unknown_trial_refs
 from orchestrator.errors import SpecError
 from train_core.config import TrainConfig
 from train_core.config_errors import describe_validation_error
@@ -79,9 +80,16 @@ class SweepSpec(_Strict):
     search: Search = Field(default_factory=Search)
     resources: Resources = Field(default_factory=Resources)
     storage: str = Field("file://./runs", description="Where checkpoints and adapters go: file://PATH or s3://BUCKET/PREFIX.")
+    storage_endpoint: str | None = Field(
+        None, description="Endpoint URL of an S3-compatible service (else AWS_ENDPOINT_URL_S3, else AWS)."
+    )
     checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     max_parallel: int = Field(2, ge=1, description="Trials running at the same time.")
     max_error_retries: int = Field(2, ge=0, description="Relaunches after real errors (preemptions are not counted).")
+    simulation: SimulatedMarket = Field(
+        default_factory=SimulatedMarket,
+        description="The local provider's simulated spot market: random or scheduled preemptions, storage faults.",
+    )
 
 
 class TrialSpec(BaseModel):
@@ -203,4 +211,11 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as error:
         raise SpecError(describe_validation_error(str(path), SweepSpec, error)) from None
-    return spec, expand_trials(spec, path.parent, str(path))
+    trials = expand_trials(spec, path.parent, str(path))
+    unknown = unknown_trial_refs(spec.simulation, [trial.id for trial in trials])
+    if unknown:
+        raise SpecError(
+            f"{path}: field 'simulation': no trial {', '.join(unknown)} in this sweep; "
+            f"use a trial index 0..{len(trials) - 1} or one of {', '.join(t.id for t in trials)}"
+        )
+    return spec, trials

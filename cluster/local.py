@@ -1,0 +1,188 @@
+"""The `local` provider: nodes are slices of a Ray instance on this machine, rented on a simulated spot market.
+
+Offers are the catalog's GPU types at their catalog prices (the work itself runs on this machine's CPU).
+Each launched node gets a directory where its processes register (cluster/node_agent.py). The market
+(cluster/spot_market.py) decides when a node is reclaimed: a notice file with a deadline, then at the
+deadline a hard kill (SIGKILL) of every process registered on the node; notice 0 kills at once. After a
+preemption that GPU type has no spot capacity for a cooldown, so a re-plan may pick another type.
+
+Ray runs inside the run directory (temp dir reached through a short symlink, because Ray's socket paths
+must stay under 108 bytes), on 127.0.0.1 only. The controller process owns it: when the controller dies,
+Ray dies with it, and the next controller kills whatever that session left behind, by PID.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.errors import ClusterError
+from cluster.interim_catalog import gpu_prices
+from cluster.node_agent import HEARTBEAT_FILE, NODE_DIR_ENV, NOTICE_FILE, PIDS_DIR, write_atomic
+from cluster.processes import ProcessRecord, session_members
+from cluster.provider import LaunchSpec, Node, NodeEvent, NodeOffer, Requirements, offer_matches
+from cluster.spot_market import PreemptionPlan, SimulatedMarket, plan_preemption
+
+SESSION_FILE = "session.json"
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
+@dataclass
+class _NodeState:
+    node: Node
+    directory: Path
+    plan: PreemptionPlan | None
+    running_at: float | None = None
+    deadline: float | None = None
+    gone: bool = False
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, run_dir: Path, market: SimulatedMarket, cpus: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.market = market
+        self.cpus = max(1, cpus)
+        self._nodes: dict[str, _NodeState] = {}
+        self._no_spot_until: dict[str, float] = {}
+        self._ray_link: Path | None = None
+
+    # lifecycle of the local Ray instance
+
+    def start(self) -> None:
+        """Clean up after a previous controller of this run, then start Ray inside the run directory."""
+        import ray
+
+        ray_dir = self.run_dir / "ray"
+        ray_dir.mkdir(parents=True, exist_ok=True)
+        self._reap_previous_session(ray_dir / SESSION_FILE)
+        write_atomic(ray_dir / SESSION_FILE, json.dumps({"controller": ProcessRecord.current().dump().strip()}))
+        digest = hashlib.sha1(str(ray_dir.resolve()).encode()).hexdigest()[:10]
+        link = Path(tempfile.gettempdir()) / f"spottune-ray-{digest}"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(ray_dir.resolve(), target_is_directory=True)
+        self._ray_link = link
+        os.environ.update(RAY_ENV)
+        os.environ["RAY_TMPDIR"] = str(link)
+        ray.init(
+            address="local", num_cpus=self.cpus, num_gpus=0, include_dashboard=False, log_to_driver=False,
+            _temp_dir=str(link), _node_ip_address="127.0.0.1", object_store_memory=200 * 2**20,
+            configure_logging=False,
+        )
+
+    def shutdown(self) -> None:
+        import ray
+
+        for state in self._nodes.values():
+            self._kill(state)
+        if ray.is_initialized():
+            ray.shutdown()
+        if self._ray_link is not None and self._ray_link.is_symlink():
+            self._ray_link.unlink()
+
+    @staticmethod
+    def _reap_previous_session(session_file: Path) -> None:
+        """Kill what a dead controller's Ray session left (it was a session leader; we match sid and start time)."""
+        if not session_file.is_file():
+            return
+        previous = ProcessRecord.parse(json.loads(session_file.read_text(encoding="utf-8"))["controller"])
+        if previous.alive():
+            raise ClusterError(f"another controller (PID {previous.pid}) still drives this run")
+        for process in session_members(previous):
+            process.kill()
+
+    # the provider interface
+
+    def offers(self, requirements: Requirements) -> list[NodeOffer]:
+        now = time.time()
+        candidates = []
+        for row in gpu_prices():
+            for market, per_gpu in (("spot", row.spot_per_gpu_hour), ("on-demand", row.on_demand_per_gpu_hour)):
+                if market == "spot" and self._no_spot_until.get(row.gpu, 0.0) > now:
+                    continue
+                candidates.append(NodeOffer(
+                    provider=self.name, gpu=row.gpu, gpus=requirements.gpus, vram_gib=row.vram_gib,
+                    market=market, price_per_hour=round(per_gpu * requirements.gpus, 6), region="local",
+                    instance_type=f"sim-{row.gpu.lower()}-x{requirements.gpus}",
+                ))
+        return sorted((o for o in candidates if offer_matches(o, requirements)), key=lambda o: o.price_per_hour)
+
+    def launch(self, offer: NodeOffer, spec: LaunchSpec) -> Node:
+        node_id = f"{spec.trial_id}-a{spec.attempt}-{offer.gpu.lower()}"
+        directory = self.run_dir / "nodes" / node_id
+        if directory.exists():
+            shutil.rmtree(directory)
+        (directory / PIDS_DIR).mkdir(parents=True)
+        node = Node(node_id, offer, spec, time.time(), env={NODE_DIR_ENV: str(directory)}, accelerator="cpu")
+        plan = None
+        if offer.market == "spot":
+            plan = plan_preemption(self.market, spec.trial_index, spec.trial_id, spec.attempt)
+        self._nodes[node_id] = _NodeState(node, directory, plan)
+        return node
+
+    def terminate(self, node: Node) -> None:
+        state = self._nodes.get(node.id)
+        if state is not None:
+            self._kill(state)
+            state.gone = True
+
+    def watch(self, node: Node) -> list[NodeEvent]:
+        state = self._nodes[node.id]
+        if state.gone:
+            return []
+        now = time.time()
+        events: list[NodeEvent] = []
+        if state.running_at is None:
+            if now < node.launched_at + self.market.boot_s:
+                return events
+            state.running_at = now
+            events.append(NodeEvent("running", now))
+        if state.deadline is None and state.plan is not None and self._triggered(state, now):
+            notice = state.plan.notice_s
+            state.deadline = now + notice
+            self._no_spot_until[node.offer.gpu] = now + self.market.capacity_cooldown_s
+            if notice > 0:
+                write_atomic(state.directory / NOTICE_FILE, json.dumps({"deadline": state.deadline}))
+                events.append(NodeEvent("notice", now, deadline=state.deadline,
+                                        reason=f"spot capacity reclaimed ({state.plan.source}), {notice:g} s notice"))
+        if state.deadline is not None and now >= state.deadline:
+            self._kill(state)
+            state.gone = True
+            events.append(NodeEvent("lost", now, reason=f"spot capacity reclaimed ({state.plan.source})"))
+        return events
+
+    # internals
+
+    def _triggered(self, state: _NodeState, now: float) -> bool:
+        plan = state.plan
+        if plan.after_s is not None:
+            return state.running_at is not None and now - state.running_at >= plan.after_s
+        try:
+            beat = json.loads((state.directory / HEARTBEAT_FILE).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        return int(beat["step"]) >= plan.at_step
+
+    @staticmethod
+    def _kill(state: _NodeState) -> None:
+        pids = state.directory / PIDS_DIR
+        if not pids.is_dir():
+            return
+        for entry in sorted(pids.iterdir()):
+            if not entry.name.startswith("."):
+                ProcessRecord.parse(entry.read_text(encoding="utf-8")).kill()

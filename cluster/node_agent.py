@@ -1,0 +1,54 @@
+"""The node side of a provider: what the training processes on a rented node use to talk to it.
+
+Workers register their PIDs (so the node can be hard-killed), beat their step, and ask whether the node
+has been given a preemption notice and its deadline. The local provider keeps these in a per-node
+directory named by SPOTTUNE_NODE_DIR; a cloud provider would read its metadata service instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Mapping
+
+from cluster.processes import ProcessRecord
+
+NODE_DIR_ENV = "SPOTTUNE_NODE_DIR"
+NOTICE_FILE = "notice.json"
+HEARTBEAT_FILE = "heartbeat.json"
+PIDS_DIR = "pids"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+class LocalNodeAgent:
+    """Files in the node's directory: pids/<name>, heartbeat.json, notice.json."""
+
+    def __init__(self, node_dir: Path) -> None:
+        self.node_dir = Path(node_dir)
+
+    def register(self, name: str) -> None:
+        pids = self.node_dir / PIDS_DIR
+        pids.mkdir(parents=True, exist_ok=True)
+        write_atomic(pids / name, ProcessRecord.current().dump())
+
+    def beat(self, step: int) -> None:
+        write_atomic(self.node_dir / HEARTBEAT_FILE, json.dumps({"step": step, "time": time.time()}))
+
+    def notice_deadline(self) -> float | None:
+        """The wall-clock deadline of a pending preemption notice, or None."""
+        try:
+            return float(json.loads((self.node_dir / NOTICE_FILE).read_text(encoding="utf-8"))["deadline"])
+        except FileNotFoundError:
+            return None
+
+
+def agent_from_env(env: Mapping[str, str]) -> LocalNodeAgent | None:
+    """The agent for the node described by `env` (a Node's env), or None outside a provider's node."""
+    node_dir = env.get(NODE_DIR_ENV)
+    return LocalNodeAgent(Path(node_dir)) if node_dir else None

@@ -1,0 +1,36 @@
+"""spottune submit SWEEP.yaml [--detach]"""
+from __future__ import annotations
+
+import argparse
+
+HELP = "plan a sweep, start its controller, and follow it (trial state, offer, step, loss, $, preemptions)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="sweep spec YAML (see examples/sweep_demo.yaml)")
+    parser.add_argument("--detach", action="store_true", help="print the plan and the run id, then return")
+    parser.add_argument("--state-dir", help="where runs and spottune.db live (default: $SPOTTUNE_STATE_DIR or ./runs)")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between progress tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from orchestrator.daemon import spawn_controller
+    from orchestrator.layout import RunLayout, default_state_dir
+    from orchestrator.progress import watch
+    from orchestrator.submission import prepare, plan_table, register
+
+    state_dir = Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
+    prepared = prepare(Path(args.spec))
+    print(plan_table(prepared.plans))
+    store, run_id = register(prepared, state_dir)
+    layout = RunLayout(state_dir, run_id)
+    pid = spawn_controller(layout)
+    print(f"run {run_id}: {len(prepared.plans)} trial(s), controller PID {pid}, state {store.path}")
+    if args.detach:
+        print(f"follow with: spottune status {run_id}   (logs: spottune logs {run_id}/TRIAL)")
+        return 0
+    status = watch(store, layout, args.interval)
+    print(f"run {run_id} {status}; see `spottune report {run_id}`")
+    return 0 if status == "succeeded" else 1

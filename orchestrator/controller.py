@@ -1,0 +1,361 @@
+"""The sweep controller: one state machine per trial, driven by provider events and runner outcomes.
+
+    pending -> provisioning -> running -> (preempted -> provisioning -> running)* -> succeeded|failed|cancelled
+
+Preemptions (a notice or a lost node) are relaunched on the cheapest offer that fits at that moment, as
+long as the budget lasts; real errors go back to pending up to `max_error_retries` times, then fail.
+Every attempt resumes from the committed `checkpoints/latest` in the trial's storage prefix. Restart-safe:
+a new controller finds attempts that were in flight when the previous one died (their nodes died with
+it), closes their ledger lines at the last sign of life and relaunches them.
+
+Run as a daemon: `python -m orchestrator.controller --state-dir DIR RUN` (spawned by submit/resume).
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.provider import LaunchSpec, Node, Provider
+from cluster.spot_market import storage_fault_step
+from cluster.storage import open_store, parse_uri
+from orchestrator.layout import RunLayout
+from orchestrator.ledger import spent_usd
+from orchestrator.placement import choose_offer, requirements_for
+from orchestrator.spec import SweepSpec
+from orchestrator.state import StateStore
+from train_core.checkpoint import LATEST_KEY, STATE_FILE, step_key
+from train_core.config import TrainConfig
+
+POLL_S = 0.25
+
+
+@dataclass
+class Active:
+    """An attempt in flight: its node, and what the controller has seen of it."""
+
+    trial_id: str
+    attempt: int
+    node: Node
+    resume_step: int
+    handle: object | None = None
+    notice_deadline: float | None = None
+    lost_at: float | None = None
+    lost_reason: str = ""
+    max_step: int = 0
+    trained: bool = False
+    final: dict | None = None
+
+
+class Controller:
+    def __init__(self, state: StateStore, layout: RunLayout, provider: Provider, runner, poll_s: float = POLL_S):
+        self.state = state
+        self.layout = layout
+        self.run_id = layout.run_id
+        self.provider = provider
+        self.runner = runner
+        self.poll_s = poll_s
+        run = state.run(self.run_id)
+        self.spec = SweepSpec.model_validate(run.spec)
+        self.storage = parse_uri(run.storage)
+        self.active: dict[str, Active] = {}
+        self._waiting: set[str] = set()
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+
+    # storage
+
+    def _store(self, trial_id: str):
+        return open_store(self.storage.child(self.run_id, trial_id), self.spec.storage_endpoint)
+
+    def committed_step(self, trial_id: str) -> int:
+        text = self._store(trial_id).read_text(LATEST_KEY)
+        return int(text.strip()) if text else 0
+
+    # the loop
+
+    def run(self) -> None:
+        self.recover()
+        while True:
+            self.apply(self.runner.drain())
+            self.watch_nodes()
+            self.collect()
+            self.handle_cancels()
+            self.launch_ready()
+            if not self.active and all(trial.terminal for trial in self.state.trials(self.run_id)):
+                break
+            time.sleep(self.poll_s)
+        self.state.set_finished(self.run_id, time.time())
+
+    def recover(self) -> None:
+        """Close attempts left open by a controller that died; their trials go back to be relaunched."""
+        events = self.state.events(self.run_id)
+        closed = {(e.trial_id, e.attempt) for e in events if e.kind == "terminated"}
+        for launch in [e for e in events if e.kind == "launch" and (e.trial_id, e.attempt) not in closed]:
+            trial = self.state.trial(self.run_id, launch.trial_id)
+            last_sign = max([e.time for e in events if (e.trial_id, e.attempt) == (launch.trial_id, launch.attempt)]
+                            + [row[3] for row in self.state.metrics(self.run_id, trial.id) if row[0] == launch.attempt])
+            if trial.state in ("provisioning", "running"):
+                self.state.record(
+                    self.run_id, trial.id, "lost", "preempted", attempt=launch.attempt, node=launch.node,
+                    step=self.committed_step(trial.id),
+                    detail={"cause": "controller_restart", "reason": "node lost while the controller was down"},
+                )
+                self.trial_log(trial.id, launch.attempt, "node lost while the controller was down; relaunching")
+            self.state.record(self.run_id, trial.id, "terminated", attempt=launch.attempt, node=launch.node,
+                              now=last_sign)
+
+    def apply(self, records: list[dict]) -> None:
+        """Turn worker records into metrics, progress, events and log lines."""
+        metrics: dict[tuple[str, int], list[tuple[int, str, float, float]]] = {}
+        progress: dict[str, dict] = {}
+        for record in records:
+            trial_id, attempt, kind, when = record["trial"], record["attempt"], record["kind"], record["time"]
+            active = self.active.get(trial_id)
+            current = active is not None and active.attempt == attempt
+            if kind == "metrics":
+                rows = metrics.setdefault((trial_id, attempt), [])
+                rows += [(record["step"], "loss", record["loss"], when), (record["step"], "lr", record["lr"], when)]
+                progress.setdefault(trial_id, {}).update(
+                    step=record["step"], loss=record["loss"], total_steps=record["total_steps"])
+                if current:
+                    active.max_step = max(active.max_step, record["step"])
+                    if not active.trained:
+                        active.trained = True
+                        self._event(active, "training", step=record["step"], now=when,
+                                    detail={"step_seconds": record["step_seconds"], "resumed_from": active.resume_step})
+            elif kind == "eval":
+                metrics.setdefault((trial_id, attempt), []).append((record["step"], "eval_loss", record["eval_loss"], when))
+                progress.setdefault(trial_id, {})["eval_loss"] = record["eval_loss"]
+            elif kind == "checkpoint" and current:
+                self._event(active, "checkpoint", step=record["step"], now=when,
+                            detail={"save_seconds": record.get("save_seconds")})
+            elif kind == "started" and current:
+                self._event(active, "workers_started", now=when, detail={"world_size": record["world_size"]})
+            elif kind == "log":
+                self.trial_log(trial_id, attempt, record["line"], when)
+            elif kind == "finished" and current:
+                active.final = record
+        for (trial_id, attempt), rows in metrics.items():
+            self.state.add_metrics(self.run_id, trial_id, attempt, rows)
+        for trial_id, values in progress.items():
+            self.state.update_progress(self.run_id, trial_id, **values)
+
+    def watch_nodes(self) -> None:
+        for active in list(self.active.values()):
+            for event in self.provider.watch(active.node):
+                if event.kind == "running":
+                    self._event(active, "node_running", "running", step=active.resume_step, now=event.time)
+                    active.handle = self.runner.start(self._payload(active))
+                elif event.kind == "notice":
+                    active.notice_deadline = event.deadline
+                    self._event(active, "notice", now=event.time, detail={
+                        "deadline": event.deadline, "notice_s": round(event.deadline - event.time, 3),
+                        "reason": event.reason})
+                    self.trial_log(active.trial_id, active.attempt, f"preemption notice: {event.reason}")
+                elif event.kind == "lost":
+                    active.lost_at, active.lost_reason = event.time, event.reason
+                    self._event(active, "node_lost", now=event.time, detail={"reason": event.reason})
+                    if active.handle is None:
+                        self.finish(active, {"ok": False, "error": "node lost before training started"})
+
+    def collect(self) -> None:
+        for active in list(self.active.values()):
+            if active.handle is None:
+                continue
+            outcome = self.runner.finished(active.handle)
+            if outcome is not None:
+                self.apply(self.runner.drain())
+                self.finish(active, outcome)
+
+    def finish(self, active: Active, outcome: dict) -> None:
+        """Decide how the attempt ended, release its node and move the trial on."""
+        trial = self.state.trial(self.run_id, active.trial_id)
+        self.provider.terminate(active.node)
+        end = active.lost_at if active.lost_at is not None else time.time()
+        committed = self.committed_step(trial.id)
+        final = active.final or {}
+        if outcome["ok"] and final.get("status") == "completed":
+            self._backfill_losses(trial.id, committed)
+            self._event(active, "succeeded", "succeeded", step=final["step"],
+                        detail={"train_loss": final.get("train_loss"), "eval_loss": final.get("eval_loss")})
+        elif trial.cancel_requested:
+            self._event(active, "cancelled", "cancelled", step=committed)
+        elif active.lost_at is not None or active.notice_deadline is not None:
+            if final.get("status") == "stopped":
+                cause = "notice_checkpoint"
+            else:
+                cause = "killed_after_notice" if active.notice_deadline is not None else "killed_without_notice"
+            self._event(active, "preempted", "preempted", step=committed, count="preemptions", detail={
+                "cause": cause, "reason": active.lost_reason or "spot capacity reclaimed",
+                "reached_step": active.max_step, "lost_steps": max(0, active.max_step - committed)})
+            self.trial_log(trial.id, active.attempt, f"preempted ({cause}); committed step {committed}")
+        else:
+            error = outcome.get("error") or f"training ended with status {final.get('status')!r}"
+            retry = trial.errors < self.spec.max_error_retries
+            self._event(active, "error", "pending" if retry else "failed", step=committed, count="errors",
+                        message=error, detail={"error": error, "retry": retry, "errors": trial.errors + 1,
+                                               "max_error_retries": self.spec.max_error_retries})
+            self.trial_log(trial.id, active.attempt, f"error: {error}" + ("; retrying" if retry else "; giving up"))
+        self._event(active, "terminated", now=end)
+        del self.active[active.trial_id]
+
+    def handle_cancels(self) -> None:
+        for trial in self.state.trials(self.run_id):
+            if not trial.cancel_requested or trial.terminal:
+                continue
+            active = self.active.pop(trial.id, None)
+            if active is None:
+                self.state.record(self.run_id, trial.id, "cancelled", "cancelled")
+                continue
+            if active.handle is not None:
+                self.runner.stop(active.handle)
+            self.provider.terminate(active.node)
+            self._event(active, "cancelled", "cancelled", step=self.committed_step(trial.id))
+            self._event(active, "terminated")
+
+    def launch_ready(self) -> None:
+        budget = self.spec.resources.max_total_cost
+        for trial in self.state.trials(self.run_id):
+            if len(self.active) >= self.spec.max_parallel:
+                return
+            if trial.state not in ("pending", "preempted") or trial.id in self.active or trial.cancel_requested:
+                continue
+            if budget is not None:
+                spent = spent_usd(self.state.events(self.run_id), time.time())
+                if spent >= budget:
+                    message = f"budget exhausted: ${spent:.4f} of ${budget:g} spent"
+                    self.state.record(self.run_id, trial.id, "budget", "failed", message=message,
+                                      detail={"spent": spent, "budget": budget})
+                    continue
+            config = TrainConfig.model_validate(trial.config)
+            offer = choose_offer(self.provider.offers(requirements_for(config, self.spec.resources)))
+            if offer is None:
+                if trial.id not in self._waiting:
+                    self._waiting.add(trial.id)
+                    self.state.record(self.run_id, trial.id, "waiting", detail={"reason": "no offer fits right now"})
+                continue
+            self._waiting.discard(trial.id)
+            attempt = trial.attempts + 1
+            resume = self.committed_step(trial.id)
+            node = self.provider.launch(offer, LaunchSpec(self.run_id, trial.id, trial.idx, attempt))
+            self.active[trial.id] = Active(trial.id, attempt, node, resume)
+            self.state.record(
+                self.run_id, trial.id, "launch", "provisioning", attempt=attempt, node=node.id, offer=offer.id,
+                price=offer.price_per_hour, step=resume, count="attempts",
+                detail={"gpu": offer.gpu, "market": offer.market, "offer": offer.describe(), "resume_from": resume},
+            )
+            self.trial_log(trial.id, attempt, f"== attempt {attempt} on {node.id} ({offer.describe()}), "
+                                              f"from step {resume}")
+
+    # helpers
+
+    def _event(self, active: Active, kind: str, state: str | None = None, **fields) -> None:
+        self.state.record(self.run_id, active.trial_id, kind, state, attempt=active.attempt, node=active.node.id,
+                          offer=active.node.offer.id, price=active.node.offer.price_per_hour, **fields)
+
+    def _payload(self, active: Active) -> dict:
+        trial = self.state.trial(self.run_id, active.trial_id)
+        uri = self.storage.child(self.run_id, trial.id)
+        node_dir = self.layout.root / "nodes" / active.node.id
+        return {
+            "run_id": self.run_id, "trial_id": trial.id, "attempt": active.attempt,
+            "config": {**trial.config, "output_dir": str(uri)}, "storage": str(uri),
+            "storage_endpoint": self.spec.storage_endpoint, "node_env": active.node.env,
+            "workers": self.spec.resources.gpus_per_trial, "use_gpu": active.node.accelerator == "cuda",
+            "storage_fault_step": storage_fault_step(self.spec.simulation, trial.idx, trial.id, active.attempt),
+            "work_dir": str(node_dir / "work"), "ray_storage": str(self.layout.root / "ray_results"),
+        }
+
+    def _backfill_losses(self, trial_id: str, step: int) -> None:
+        """Losses of steps whose live records were lost (e.g. with a dead controller), from the final checkpoint."""
+        text = self._store(trial_id).read_text(f"{step_key(step)}/{STATE_FILE}")
+        if text is None:
+            return
+        history = json.loads(text).get("loss_history", [])
+        self.state.add_metrics(self.run_id, trial_id, 0,
+                               [(entry["step"], "loss", entry["loss"], 0.0) for entry in history])
+
+    def trial_log(self, trial_id: str, attempt: int, line: str, when: float | None = None) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(when or time.time()))
+        with open(self.layout.trial_log(trial_id), "a", encoding="utf-8") as handle:
+            handle.write(f"{stamp} [a{attempt}] {line}\n")
+
+
+class ControllerLock:
+    """An exclusive lock on the run's controller.lock; the holder's PID is written into the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def controller_pid(layout: RunLayout) -> int | None:
+    """PID of the live controller of this run, or None when none holds the lock."""
+    if not layout.lock.is_file():
+        return None
+    with open(layout.lock, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cluster.local import LocalProvider
+    from orchestrator.runner import RayRunner
+
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.controller")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("run_id")
+    args = parser.parse_args(argv)
+    layout = RunLayout(Path(args.state_dir), args.run_id)
+    lock = ControllerLock(layout.lock)
+    if not lock.acquire():
+        print(f"run {args.run_id} already has a controller (PID {controller_pid(layout)})", file=sys.stderr)
+        return 3
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    state = StateStore(Path(args.state_dir))
+    state.set_controller(args.run_id, os.getpid())
+    spec = SweepSpec.model_validate(state.run(args.run_id).spec)
+    provider = LocalProvider(layout.root, spec.simulation, cpus=spec.max_parallel * spec.resources.gpus_per_trial)
+    try:
+        provider.start()
+        Controller(state, layout, provider, RayRunner()).run()
+    finally:
+        provider.shutdown()
+        lock.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

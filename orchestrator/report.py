@@ -1,0 +1,183 @@
+"""The end-of-run report: best trial, per-trial cost ledger with waste, resume latency, and a loss-curve PNG."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cluster.storage import parse_uri
+from orchestrator.ledger import compute_ledger
+from orchestrator.state import Event, StateStore
+
+
+@dataclass
+class ResumeLatency:
+    """How long one trial was out between an interruption and training again, split into its parts (seconds)."""
+
+    trial_id: str
+    attempt: int
+    cause: str
+    detect: float  # interruption -> the controller knows (the attempt's driver returned)
+    relaunch: float  # -> the next node launched (re-plan and provision)
+    boot: float  # -> the node is running
+    workers: float  # -> Ray Train's driver, controller and worker processes are up
+    restore: float  # -> model loaded and the checkpoint restored (the first step starts)
+    first_step: float  # -> the first step is done
+    total: float
+
+
+@dataclass
+class TrialLine:
+    trial_id: str
+    params: dict
+    state: str
+    attempts: int
+    preemptions: int
+    errors: int
+    steps: int
+    eval_loss: float | None
+    usd: float
+    wasted_usd: dict[str, float]
+    adapter: str | None
+
+
+def _first(events: list[Event], kind: str, attempt: int) -> Event | None:
+    return next((e for e in events if e.kind == kind and e.attempt == attempt), None)
+
+
+def resume_latencies(events: list[Event]) -> list[ResumeLatency]:
+    by_trial: dict[str, list[Event]] = {}
+    for event in events:
+        if event.trial_id:
+            by_trial.setdefault(event.trial_id, []).append(event)
+    samples = []
+    for trial_id, trial_events in by_trial.items():
+        for ended in [e for e in trial_events if e.kind in ("preempted", "lost", "error") and e.attempt]:
+            nxt = ended.attempt + 1
+            launch, running = _first(trial_events, "launch", nxt), _first(trial_events, "node_running", nxt)
+            started, training = _first(trial_events, "workers_started", nxt), _first(trial_events, "training", nxt)
+            if not (launch and running and started and training):
+                continue
+            lost = _first(trial_events, "node_lost", ended.attempt)
+            checkpoints = [e for e in trial_events if e.kind == "checkpoint" and e.attempt == ended.attempt]
+            if lost is not None:
+                interrupted = lost.time
+            elif ended.kind == "preempted" and checkpoints:
+                interrupted = checkpoints[-1].time
+            else:
+                interrupted = ended.time
+            step_seconds = float(training.detail.get("step_seconds", 0.0))
+            first_start = training.time - step_seconds
+            samples.append(ResumeLatency(
+                trial_id, nxt, ended.detail.get("cause", ended.kind),
+                detect=ended.time - interrupted, relaunch=launch.time - ended.time, boot=running.time - launch.time,
+                workers=started.time - running.time, restore=first_start - started.time, first_step=step_seconds,
+                total=training.time - interrupted,
+            ))
+    return samples
+
+
+def build_report(state: StateStore, run_id: str) -> dict:
+    run = state.run(run_id)
+    events = state.events(run_id)
+    now = run.finished or time.time()
+    ledger = compute_ledger(events, now)
+    storage = parse_uri(run.storage)
+    lines = []
+    for trial in state.trials(run_id):
+        cost = ledger.trials.get(trial.id)
+        adapter = str(storage.child(run_id, trial.id, "adapter")) if trial.state == "succeeded" else None
+        lines.append(TrialLine(trial.id, trial.params, trial.state, trial.attempts, trial.preemptions, trial.errors,
+                               trial.step, trial.eval_loss, cost.usd if cost else 0.0,
+                               dict(cost.wasted_usd) if cost else {}, adapter))
+    finished = [line for line in lines if line.state == "succeeded" and line.eval_loss is not None]
+    best = min(finished, key=lambda line: line.eval_loss, default=None)
+    latencies = resume_latencies(events)
+    return {
+        "run": run_id, "name": run.name, "created": run.created, "finished": run.finished,
+        "wall_seconds": (run.finished or time.time()) - run.created,
+        "usd": ledger.usd, "wasted_usd": ledger.wasted_usd,
+        "best": asdict(best) if best else None,
+        "trials": [asdict(line) for line in lines],
+        "nodes": [{**asdict(node), "usd": node.usd(now), "seconds": node.seconds(now)}
+                  for cost in ledger.trials.values() for node in cost.nodes],
+        "resume_latency": [asdict(sample) for sample in latencies],
+    }
+
+
+def render_text(report: dict) -> str:
+    out = [f"run {report['run']}: {report['wall_seconds']:.0f} s wall, ${report['usd']:.6f} in total"]
+    wasted = report["wasted_usd"]
+    if wasted:
+        out.append("wasted: " + ", ".join(f"${usd:.6f} by {cause}" for cause, usd in sorted(wasted.items())))
+    best = report["best"]
+    if best:
+        params = ", ".join(f"{k}={v}" for k, v in best["params"].items()) or "no search parameters"
+        out.append(f"best trial: {best['trial_id']} ({params}), eval loss {best['eval_loss']:.4f}, "
+                   f"adapter {best['adapter']}")
+    header = ("TRIAL", "STATE", "ATTEMPTS", "PREEMPT", "ERRORS", "STEPS", "EVAL", "$ TOTAL", "$ WASTED")
+    rows = [header]
+    for line in report["trials"]:
+        rows.append((line["trial_id"], line["state"], str(line["attempts"]), str(line["preemptions"]),
+                     str(line["errors"]), str(line["steps"]),
+                     "-" if line["eval_loss"] is None else f"{line['eval_loss']:.4f}",
+                     f"{line['usd']:.6f}", f"{sum(line['wasted_usd'].values()):.6f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    out += ["", "cost ledger (from events; waste = work after the last checkpoint + restart overhead):"]
+    out += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    latency = report["resume_latency"]
+    if latency:
+        out += ["", "resume latency (interruption -> training again), seconds:"]
+        parts = ("detect", "relaunch", "boot", "workers", "restore", "first_step", "total")
+        out.append("  ".join(["TRIAL      ", "ATTEMPT", "CAUSE                ", *[p.upper() for p in parts]]))
+        for sample in latency:
+            out.append("  ".join([sample["trial_id"].ljust(11), str(sample["attempt"]).ljust(7),
+                                  sample["cause"].ljust(21), *[f"{sample[p]:.1f}".ljust(len(p)) for p in parts]]))
+        mean = {p: sum(s[p] for s in latency) / len(latency) for p in parts}
+        out.append("  ".join(["mean".ljust(11), "".ljust(7), "".ljust(21), *[f"{mean[p]:.1f}".ljust(len(p))
+                                                                           for p in parts]]))
+    return "\n".join(out)
+
+
+def plot_losses(state: StateStore, run_id: str, path: Path) -> Path:
+    """Loss per step for every trial (the last value recorded for each step), preemptions marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    events = state.events(run_id)
+    figure, axes = plt.subplots(figsize=(9, 5))
+    for trial in state.trials(run_id):
+        by_step: dict[int, float] = {}
+        for attempt, step, value, _ in sorted(state.metrics(run_id, trial.id), key=lambda row: (row[0] == 0, row[0])):
+            if attempt == 0:
+                by_step.setdefault(step, value)
+            else:
+                by_step[step] = value
+        if not by_step:
+            continue
+        steps = sorted(by_step)
+        label = f"{trial.id} " + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in trial.params.items())
+        (line,) = axes.plot(steps, [by_step[s] for s in steps], label=label.strip(), linewidth=1.5)
+        for event in events:
+            if event.trial_id != trial.id or event.kind not in ("preempted", "lost"):
+                continue
+            step = event.detail.get("reached_step") or event.step or 0
+            y = by_step.get(step, by_step[steps[0]])
+            saved = event.detail.get("cause") == "notice_checkpoint"
+            axes.scatter([step], [y], marker="v" if saved else "X", s=90, color=line.get_color(),
+                         edgecolors="black", zorder=3)
+            axes.axvline(event.step or 0, color=line.get_color(), linestyle=":", linewidth=1)
+    axes.scatter([], [], marker="v", color="grey", edgecolors="black", label="preempted, checkpoint saved on notice")
+    axes.scatter([], [], marker="X", color="grey", edgecolors="black", label="preempted, killed (dotted: resumed from)")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("training loss")
+    axes.set_title(f"{run_id}: loss per trial, preemptions marked")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

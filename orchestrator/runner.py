@@ -1,0 +1,203 @@
+"""Runs one attempt of a trial on a node as a Ray Train TorchTrainer around train_core's loop.
+
+Controller side: `RayRunner.start(node, payload)` creates an `AttemptDriver` actor that calls
+`TorchTrainer.fit()`; progress (metrics, checkpoints, logs, the final status) flows back through one
+`ProgressSink` actor that the controller drains. Worker side: `train_worker` builds the trial's store
+(file:// or s3://), registers with the node's agent, and runs train_core's Trainer with hooks; train_core
+all-reduces gradients itself when Ray has initialised torch.distributed (gloo on CPU), so the model is
+not wrapped in DDP here. Ray Train never retries (max_failures=0): the controller owns recovery, and
+resume always starts from the committed `checkpoints/latest` in storage, never from Ray's bookkeeping.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cluster.node_agent import LocalNodeAgent, agent_from_env
+
+DEFAULT_SAVE_SECONDS = 5.0
+SAVE_SAFETY = 1.5
+SAVE_MARGIN_S = 1.0
+
+
+@ray.remote(num_cpus=0)
+class ProgressSink:
+    """A mailbox: workers put records, the controller drains them."""
+
+    def __init__(self) -> None:
+        self._records: list[dict] = []
+
+    def put(self, record: dict) -> None:
+        self._records.append(record)
+
+    def drain(self) -> list[dict]:
+        records, self._records = self._records, []
+        return records
+
+
+class NoticeGuard:
+    """Decides, after each step, whether to write an emergency checkpoint and stop because of a notice."""
+
+    def __init__(self, agent: LocalNodeAgent | None, log) -> None:
+        self.agent = agent
+        self.log = log
+        self.save_seconds: float | None = None
+        self._asked_at: float | None = None
+        self._told = False
+
+    def stop_requested(self) -> bool:
+        now = time.time()
+        self._asked_at = now
+        deadline = self.agent.notice_deadline() if self.agent is not None else None
+        if deadline is None:
+            return False
+        left = deadline - now
+        need = (self.save_seconds if self.save_seconds is not None else DEFAULT_SAVE_SECONDS) * SAVE_SAFETY
+        need += SAVE_MARGIN_S
+        if not self._told:
+            self._told = True
+            if left >= need:
+                self.log(f"preemption notice: {left:.1f} s left, a checkpoint takes ~{need:.1f} s: saving and stopping")
+            else:
+                self.log(f"preemption notice: {left:.1f} s left, a checkpoint needs ~{need:.1f} s: "
+                         "too late to save, training on until the node is reclaimed")
+        return left >= need
+
+    def checkpoint_written(self) -> None:
+        if self._asked_at is not None:
+            self.save_seconds = time.time() - self._asked_at
+
+
+def train_worker(payload: dict) -> None:
+    """The per-worker training function that Ray Train runs on every rank."""
+    import ray.train
+
+    from cluster.faults import FlakyStore
+    from cluster.storage import open_store
+    from train_core.config import TrainConfig
+    from train_core.trainer import Trainer, TrainHooks
+
+    rank = ray.train.get_context().get_world_rank()
+    agent = agent_from_env(payload["node_env"])
+    if agent is not None:
+        agent.register(f"rank-{rank}")
+    sink = payload["sink"]
+    tag = {"trial": payload["trial_id"], "attempt": payload["attempt"]}
+
+    def send(kind: str, wait: bool = False, **data: Any) -> None:
+        if rank != 0:
+            return
+        reference = sink.put.remote({**tag, "kind": kind, "time": time.time(), **data})
+        if wait:
+            ray.get(reference)
+
+    def log(line: str) -> None:
+        send("log", line=line)
+
+    send("started", world_size=ray.train.get_context().get_world_size())
+    store = open_store(payload["storage"], payload.get("storage_endpoint"))
+    if payload.get("storage_fault_step") is not None:
+        store = FlakyStore(store, payload["storage_fault_step"])
+    guard = NoticeGuard(agent, log)
+
+    def on_metrics(record: dict) -> None:
+        if "loss" in record:
+            if agent is not None and rank == 0:
+                agent.beat(record["step"])
+            send("metrics", step=record["step"], total_steps=record["total_steps"], loss=record["loss"],
+                 lr=record["lr"], step_seconds=record["step_seconds"])
+        elif "eval_loss" in record:
+            send("eval", step=record["step"], eval_loss=record["eval_loss"])
+
+    def on_checkpoint(step: int) -> None:
+        guard.checkpoint_written()
+        send("checkpoint", step=step, save_seconds=guard.save_seconds)
+
+    config = TrainConfig.model_validate(payload["config"])
+    hooks = TrainHooks(on_metrics=on_metrics, on_checkpoint=on_checkpoint, stop_requested=guard.stop_requested)
+    work_dir = Path(payload["work_dir"]) / f"rank-{rank}"
+    try:
+        result = Trainer(config, store=store, work_dir=work_dir, hooks=hooks, log=log).run(resume=True)
+    except Exception as error:
+        send("log", wait=True, line=f"error: {type(error).__name__}: {error}")
+        raise
+    send("finished", wait=True, status=result.status, step=result.step, total_steps=result.total_steps,
+         train_loss=result.train_loss, eval_loss=result.eval_loss, resumed_from=result.resumed_from)
+
+
+@ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)
+class AttemptDriver:
+    """Owns one attempt's TorchTrainer; killing this actor tears the attempt down."""
+
+    def run(self, payload: dict) -> dict:
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        agent = agent_from_env(payload["node_env"])
+        if agent is not None:
+            agent.register("driver")
+        scaling = ScalingConfig(
+            num_workers=payload["workers"], use_gpu=payload["use_gpu"],
+            resources_per_worker=None if payload["use_gpu"] else {"CPU": 1},
+        )
+        trainer = TorchTrainer(
+            train_worker, train_loop_config=payload, scaling_config=scaling,
+            run_config=RunConfig(
+                name=f"{payload['trial_id']}-a{payload['attempt']}", storage_path=payload["ray_storage"],
+                failure_config=FailureConfig(max_failures=0),
+            ),
+        )
+        try:
+            trainer.fit()
+        except Exception as error:
+            return {"ok": False, "error": describe_failure(error)}
+        return {"ok": True}
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for a failed fit: the first worker's exception when there is one."""
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        rank, failure = sorted(failures.items())[0]
+        cause = getattr(failure, "cause", None) or failure
+        lines = [line for line in str(cause).splitlines() if line.strip()]
+        return f"rank {rank}: {type(cause).__name__}: {lines[-1] if lines else ''}"
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
+@dataclass
+class AttemptHandle:
+    actor: Any
+    result: Any
+
+
+class RayRunner:
+    """Starts attempts on the Ray instance the provider brought up, and relays their progress."""
+
+    def __init__(self) -> None:
+        self.sink = ProgressSink.remote()
+
+    def start(self, payload: dict) -> AttemptHandle:
+        actor = AttemptDriver.remote()
+        return AttemptHandle(actor, actor.run.remote({**payload, "sink": self.sink}))
+
+    def finished(self, handle: AttemptHandle) -> dict | None:
+        """The attempt's outcome once its driver returned or died; None while it runs."""
+        ready, _ = ray.wait([handle.result], timeout=0)
+        if not ready:
+            return None
+        try:
+            return ray.get(handle.result)
+        except ray.exceptions.RayError as error:
+            return {"ok": False, "error": f"attempt driver died: {type(error).__name__}"}
+
+    def stop(self, handle: AttemptHandle) -> None:
+        ray.kill(handle.actor, no_restart=True)
+
+    def drain(self) -> list[dict]:
+        return ray.get(self.sink.drain.remote())
