@@ -90,10 +90,12 @@ def convert_gguf(gguf: Path) -> Path:
     except Exception as error:  # transformers raises many kinds for unreadable files
         raise ModelSourceError(f"model.name: cannot load GGUF {gguf}: {error}") from None
     _save_plain(model, tokenizer, staging)
-    if target.exists():
-        shutil.rmtree(staging)
-    else:
+    try:
         os.replace(staging, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(staging)  # a concurrent process (another trial of a sweep) converted it first
     return target
 
 

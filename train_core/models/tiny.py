@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 from pathlib import Path
 
 TINY_ARCHITECTURES = {
@@ -63,7 +64,12 @@ def build_tiny_model(name: str, target: Path) -> None:
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
-    staging = target.parent / f".{target.name}.building"
+    staging = target.parent / f".{target.name}.building-{os.getpid()}"
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(staging)  # a concurrent process (another trial of a sweep) built it first
