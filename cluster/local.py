@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cluster.errors import ClusterError
 from cluster.interim_catalog import gpu_prices
-from cluster.node_agent import HEARTBEAT_FILE, NODE_DIR_ENV, NOTICE_FILE, PIDS_DIR, write_atomic
+from cluster.node_agent import HEARTBEAT_FILE, NODE_DIR_ENV, NOTICE_FILE, PIDS_DIR, RECLAIMED_FILE, write_atomic
 from cluster.processes import ProcessRecord, session_members
 from cluster.provider import LaunchSpec, Node, NodeEvent, NodeOffer, Requirements, offer_matches
 from cluster.spot_market import PreemptionPlan, SimulatedMarket, plan_preemption
@@ -37,6 +37,7 @@ RAY_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
 }
 
 
@@ -180,9 +181,9 @@ class LocalProvider:
 
     @staticmethod
     def _kill(state: _NodeState) -> None:
+        """Mark the node reclaimed, then SIGKILL every process registered on it (see LocalNodeAgent.register)."""
+        write_atomic(state.directory / RECLAIMED_FILE, "")
         pids = state.directory / PIDS_DIR
-        if not pids.is_dir():
-            return
         for entry in sorted(pids.iterdir()):
             if not entry.name.startswith("."):
                 ProcessRecord.parse(entry.read_text(encoding="utf-8")).kill()

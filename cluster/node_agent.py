@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Mapping
@@ -18,6 +19,7 @@ NODE_DIR_ENV = "SPOTTUNE_NODE_DIR"
 NOTICE_FILE = "notice.json"
 HEARTBEAT_FILE = "heartbeat.json"
 PIDS_DIR = "pids"
+RECLAIMED_FILE = "reclaimed"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -33,9 +35,16 @@ class LocalNodeAgent:
         self.node_dir = Path(node_dir)
 
     def register(self, name: str) -> None:
+        """Record this process as running on the node; on a node already reclaimed, die at once.
+
+        The provider marks a node reclaimed before it reads the PIDs to kill, and this writes the PID before
+        reading the mark, so a process starting during a reclaim is always killed by one side or the other.
+        """
         pids = self.node_dir / PIDS_DIR
         pids.mkdir(parents=True, exist_ok=True)
         write_atomic(pids / name, ProcessRecord.current().dump())
+        if (self.node_dir / RECLAIMED_FILE).exists():
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def beat(self, step: int) -> None:
         write_atomic(self.node_dir / HEARTBEAT_FILE, json.dumps({"step": step, "time": time.time()}))

@@ -159,10 +159,13 @@ class Controller:
                         "reason": event.reason})
                     self.trial_log(active.trial_id, active.attempt, f"preemption notice: {event.reason}")
                 elif event.kind == "lost":
+                    # Everything on the node is dead or dies as it starts, so nothing can write to the trial's
+                    # storage any more: close the attempt now rather than wait for Ray to notice.
                     active.lost_at, active.lost_reason = event.time, event.reason
                     self._event(active, "node_lost", now=event.time, detail={"reason": event.reason})
-                    if active.handle is None:
-                        self.finish(active, {"ok": False, "error": "node lost before training started"})
+                    self.apply(self.runner.drain())
+                    self.finish(active, {"ok": False, "error": event.reason})
+                    break
 
     def collect(self) -> None:
         for active in list(self.active.values()):
@@ -213,8 +216,6 @@ class Controller:
             if active is None:
                 self.state.record(self.run_id, trial.id, "cancelled", "cancelled")
                 continue
-            if active.handle is not None:
-                self.runner.stop(active.handle)
             self.provider.terminate(active.node)
             self._event(active, "cancelled", "cancelled", step=self.committed_step(trial.id))
             self._event(active, "terminated")

@@ -1,7 +1,6 @@
 """Runs one attempt of a trial on a node as a Ray Train TorchTrainer around train_core's loop.
 
-Controller side: `RayRunner.start(node, payload)` creates an `AttemptDriver` actor that calls
-`TorchTrainer.fit()`; progress (metrics, checkpoints, logs, the final status) flows back through one
+Controller side: `RayRunner.start(payload)` calls `TorchTrainer.fit()` on a thread; progress (metrics, checkpoints, logs, the final status) flows back through one
 `ProgressSink` actor that the controller drains. Worker side: `train_worker` builds the trial's store
 (file:// or s3://), registers with the node's agent, and runs train_core's Trainer with hooks; train_core
 all-reduces gradients itself when Ray has initialised torch.distributed (gloo on CPU), so the model is
@@ -10,8 +9,9 @@ resume always starts from the committed `checkpoints/latest` in storage, never f
 """
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,33 +129,27 @@ def train_worker(payload: dict) -> None:
          train_loss=result.train_loss, eval_loss=result.eval_loss, resumed_from=result.resumed_from)
 
 
-@ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)
-class AttemptDriver:
-    """Owns one attempt's TorchTrainer; killing this actor tears the attempt down."""
+def fit_attempt(payload: dict) -> dict:
+    """Run one attempt's TorchTrainer to the end; {"ok": True} or {"ok": False, "error": one line}."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
-    def run(self, payload: dict) -> dict:
-        from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
-
-        agent = agent_from_env(payload["node_env"])
-        if agent is not None:
-            agent.register("driver")
-        scaling = ScalingConfig(
-            num_workers=payload["workers"], use_gpu=payload["use_gpu"],
-            resources_per_worker=None if payload["use_gpu"] else {"CPU": 1},
-        )
-        trainer = TorchTrainer(
-            train_worker, train_loop_config=payload, scaling_config=scaling,
-            run_config=RunConfig(
-                name=f"{payload['trial_id']}-a{payload['attempt']}", storage_path=payload["ray_storage"],
-                failure_config=FailureConfig(max_failures=0),
-            ),
-        )
-        try:
-            trainer.fit()
-        except Exception as error:
-            return {"ok": False, "error": describe_failure(error)}
-        return {"ok": True}
+    scaling = ScalingConfig(
+        num_workers=payload["workers"], use_gpu=payload["use_gpu"],
+        resources_per_worker=None if payload["use_gpu"] else {"CPU": 1},
+    )
+    trainer = TorchTrainer(
+        train_worker, train_loop_config=payload, scaling_config=scaling,
+        run_config=RunConfig(
+            name=f"{payload['trial_id']}-a{payload['attempt']}", storage_path=payload["ray_storage"],
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception as error:
+        return {"ok": False, "error": describe_failure(error)}
+    return {"ok": True}
 
 
 def describe_failure(error: BaseException) -> str:
@@ -172,32 +166,40 @@ def describe_failure(error: BaseException) -> str:
 
 @dataclass
 class AttemptHandle:
-    actor: Any
-    result: Any
+    name: str
+    outcome: dict = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class RayRunner:
-    """Starts attempts on the Ray instance the provider brought up, and relays their progress."""
+    """Starts attempts on the Ray instance the provider brought up, and relays their progress.
+
+    Each attempt's `fit()` blocks, so it runs on its own thread of the controller (Ray Train supports
+    driving trainers from threads); its TrainController and workers are Ray actors. An attempt is stopped
+    by its provider killing the node's processes, which makes `fit()` fail and the thread end.
+    """
 
     def __init__(self) -> None:
         self.sink = ProgressSink.remote()
 
     def start(self, payload: dict) -> AttemptHandle:
-        actor = AttemptDriver.remote()
-        return AttemptHandle(actor, actor.run.remote({**payload, "sink": self.sink}))
+        handle = AttemptHandle(f"{payload['trial_id']}-a{payload['attempt']}")
+        threading.Thread(target=self._fit, args=(handle, {**payload, "sink": self.sink}), name=handle.name,
+                         daemon=True).start()
+        return handle
+
+    @staticmethod
+    def _fit(handle: AttemptHandle, payload: dict) -> None:
+        try:
+            handle.outcome.update(fit_attempt(payload))
+        except Exception as error:  # Ray itself failing to start the attempt counts as an attempt error
+            handle.outcome.update(ok=False, error=f"{type(error).__name__}: {error}")
+        finally:
+            handle.done.set()
 
     def finished(self, handle: AttemptHandle) -> dict | None:
-        """The attempt's outcome once its driver returned or died; None while it runs."""
-        ready, _ = ray.wait([handle.result], timeout=0)
-        if not ready:
-            return None
-        try:
-            return ray.get(handle.result)
-        except ray.exceptions.RayError as error:
-            return {"ok": False, "error": f"attempt driver died: {type(error).__name__}"}
-
-    def stop(self, handle: AttemptHandle) -> None:
-        ray.kill(handle.actor, no_restart=True)
+        """The attempt's outcome once fit() returned; None while it runs."""
+        return dict(handle.outcome) if handle.done.is_set() else None
 
     def drain(self) -> list[dict]:
         return ray.get(self.sink.drain.remote())
