@@ -117,5 +117,5 @@ def check_plan(spec: SweepSpec, plans: list[TrialPlan], source: str) -> None:
     if budget is not None and budget < cheapest.estimate.usd:
         raise SpecError(
             f"{source}: field 'resources.max_total_cost': budget ${budget:g} is below the estimated "
-            f"${cheapest.estimate.usd:.4f} of the cheapest trial ({cheapest.trial.id} on {cheapest.offer.describe()})"
+            f"${cheapest.estimate.usd:.3g} of the cheapest trial ({cheapest.trial.id} on {cheapest.offer.describe()})"
         )

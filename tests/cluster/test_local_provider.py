@@ -1,0 +1,99 @@
+"""The local provider's market mechanics on real processes (no Ray needed): offers, notice, deadline kill."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cluster.local import LocalProvider
+from cluster.node_agent import LocalNodeAgent, agent_from_env
+from cluster.processes import ProcessRecord, start_ticks
+from cluster.provider import LaunchSpec, Requirements
+from cluster.spot_market import SimulatedMarket
+
+WORKER = """
+import sys, time
+from cluster.node_agent import LocalNodeAgent
+agent = LocalNodeAgent(sys.argv[1])
+agent.register("rank-0")
+for step in range(1, 10_000):
+    agent.beat(step)
+    time.sleep(0.05)
+"""
+
+
+def _worker(node_dir) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", WORKER, str(node_dir)])
+    deadline = time.monotonic() + 30
+    while not (node_dir / "pids" / "rank-0").is_file():
+        assert time.monotonic() < deadline, "worker did not register"
+        time.sleep(0.05)
+    return process
+
+
+def _watch_until(provider, node, kind, timeout=30.0):
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen += provider.watch(node)
+        if any(event.kind == kind for event in seen):
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"no {kind} event; saw {[e.kind for e in seen]}")
+
+
+def test_offers_filter_and_sort():
+    provider = LocalProvider("/nonexistent", SimulatedMarket(), cpus=1)
+    spot = provider.offers(Requirements(gpus=2, min_vram_gib=40))
+    assert spot and all(o.market == "spot" and o.vram_gib >= 40 and o.gpus == 2 for o in spot)
+    assert [o.price_per_hour for o in spot] == sorted(o.price_per_hour for o in spot)
+    assert {o.gpu for o in provider.offers(Requirements(gpu_types=("L4",), market="any"))} == {"L4"}
+    assert provider.offers(Requirements(max_price_per_hour=0.01)) == []
+
+
+def test_notice_then_hard_kill_at_the_deadline_and_capacity_cooldown(tmp_path):
+    market = SimulatedMarket(preemptions=[{"trial": 0, "at_step": 5, "notice_s": 1.0}], capacity_cooldown_s=600)
+    provider = LocalProvider(tmp_path, market, cpus=1)
+    offer = provider.offers(Requirements())[0]
+    node = provider.launch(offer, LaunchSpec("run", "t000-aaaaaa", 0, 1))
+    agent = agent_from_env(node.env)
+    process = _worker(agent.node_dir)
+    try:
+        events = _watch_until(provider, node, "notice")
+        assert [e.kind for e in events] == ["running", "notice"]
+        notice = events[-1]
+        assert agent.notice_deadline() == pytest.approx(notice.deadline)
+        assert process.poll() is None, "nothing is killed before the deadline"
+        assert offer.gpu not in {o.gpu for o in provider.offers(Requirements())}, "reclaimed spot capacity is gone"
+        lost = _watch_until(provider, node, "lost")[-1]
+        assert lost.time >= notice.deadline
+        assert process.wait(timeout=10) == -9
+    finally:
+        process.kill()
+
+
+def test_a_process_starting_on_a_reclaimed_node_dies(tmp_path):
+    provider = LocalProvider(tmp_path, SimulatedMarket(), cpus=1)
+    node = provider.launch(provider.offers(Requirements(market="on-demand"))[0], LaunchSpec("run", "t000-a", 0, 1))
+    provider.terminate(node)
+    late = subprocess.Popen([sys.executable, "-c", WORKER, node.env["SPOTTUNE_NODE_DIR"]])
+    assert late.wait(timeout=30) == -9
+
+
+def test_process_records_ignore_a_reused_pid():
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = ProcessRecord(process.pid, start_ticks(process.pid))
+        assert record.alive()
+        assert not ProcessRecord(process.pid, record.ticks + 1).kill(), "another start time is another process"
+        assert record.kill() and process.wait(timeout=10) == -9
+        assert not record.alive()
+    finally:
+        process.kill()
+
+
+def test_agent_without_a_node_is_none(tmp_path):
+    assert agent_from_env({}) is None
+    assert LocalNodeAgent(tmp_path).notice_deadline() is None

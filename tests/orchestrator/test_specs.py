@@ -1,0 +1,70 @@
+"""Bad sweep specs fail with one clear line, exit status 2, before anything is registered or launched."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from tests.orchestrator.helpers import spottune, tiny_sweep
+
+
+def _spec(tmp_path, **changes):
+    path = tiny_sweep(tmp_path, "bad")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for dotted, value in changes.items():
+        node = spec
+        *parents, leaf = dotted.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return path
+
+
+CASES = {
+    "unknown field": ({"budget": 5}, "field 'budget': unknown field; accepted fields here: base, checkpoint"),
+    "empty grid": ({"search/parameters/training.learning_rate": []},
+                   "search.parameters.training.learning_rate is an empty list"),
+    "unknown GPU": ({"resources/gpus": ["B300"]}, "field 'resources.gpus': unknown GPU 'B300'; known: RTX4090"),
+    "budget below the cheapest trial": ({"resources/max_total_cost": 1e-12},
+                                        "field 'resources.max_total_cost': budget $1e-12 is below the estimated $"),
+    "unknown provider": ({"resources/providers": ["azure"]}, "provider 'azure' is not available; accepted: local"),
+    "bad trial config": ({"config/training/batch_size": 0}, "field 'training.batch_size': Input should be greater"),
+    "schedule names no trial": ({"simulation": {"preemptions": [{"trial": 7, "at_step": 2}]}},
+                                "field 'simulation': no trial 7 in this sweep"),
+    "unsupported storage": ({"storage": "gs://bucket/x"}, "storage: unsupported storage scheme 'gs://'"),
+    "no capacity at this price": ({"resources/max_price_per_hour": 0.001}, "no offer has 1 GPU(s)"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_spec_fails_with_one_line_before_anything_launches(case, tmp_path, capsys):
+    changes, expected = CASES[case]
+    spec = _spec(tmp_path, **changes)
+    state_dir = tmp_path / "state"
+    assert main(["submit", str(spec), "--state-dir", str(state_dir)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"spottune submit: error: {spec}"), captured.err
+    assert expected in lines[0]
+    assert captured.out == ""
+    assert not state_dir.exists(), "nothing may be registered for a bad spec"
+
+
+def test_missing_bucket_fails_before_launch(tmp_path, capsys, monkeypatch, s3_server):
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    spec = _spec(tmp_path, storage=f"s3://missing-{uuid.uuid4().hex[:8]}/x")
+    assert main(["submit", str(spec), "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not exist" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "state").exists()
+
+
+def test_exit_status_and_stderr_from_the_real_command(tmp_path):
+    result = spottune("submit", str(_spec(tmp_path, resources={"gpus": ["B300"]})), "--state-dir",
+                      str(tmp_path / "state"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "unknown GPU 'B300'" in result.stderr
