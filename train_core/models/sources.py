@@ -5,11 +5,10 @@ import hashlib
 import importlib.util
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from train_core.cache import cache_root
+from train_core.cache import cache_root, publish_directory
 from train_core.errors import ModelSourceError
 from train_core.models.tiny import TINY_ARCHITECTURES, build_tiny_model
 
@@ -90,12 +89,7 @@ def convert_gguf(gguf: Path) -> Path:
     except Exception as error:  # transformers raises many kinds for unreadable files
         raise ModelSourceError(f"model.name: cannot load GGUF {gguf}: {error}") from None
     _save_plain(model, tokenizer, staging)
-    try:
-        os.replace(staging, target)
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-        shutil.rmtree(staging)  # a concurrent process (another trial of a sweep) converted it first
+    publish_directory(staging, target)
     return target
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
 from pathlib import Path
 
 TINY_ARCHITECTURES = {
@@ -41,6 +40,7 @@ def build_tiny_model(name: str, target: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from train_core.data.templates import CHATML
+    from train_core.cache import publish_directory
 
     tokenizer_core = Tokenizer(models.BPE())
     tokenizer_core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -67,9 +67,4 @@ def build_tiny_model(name: str, target: Path) -> None:
     staging = target.parent / f".{target.name}.building-{os.getpid()}"
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    try:
-        os.replace(staging, target)
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-        shutil.rmtree(staging)  # a concurrent process (another trial of a sweep) built it first
+    publish_directory(staging, target)
