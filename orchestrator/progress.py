@@ -92,9 +92,12 @@ def describe_event(event: Event) -> str:
 
 
 def watch(state: StateStore, layout: RunLayout, interval: float = 5.0, out=sys.stdout) -> str:
-    """Print events as they happen and the trial table every `interval` s while it changes; return the end status."""
+    """Print events as they happen, and the trial table at most every `interval` s when more than its $ changed.
+
+    Returns the run's status once its controller has exited.
+    """
     seen = 0
-    last_table = ""
+    last_shown: tuple = ()
     last_print = 0.0
     while True:
         for event in state.events(layout.run_id, after=seen):
@@ -105,12 +108,13 @@ def watch(state: StateStore, layout: RunLayout, interval: float = 5.0, out=sys.s
         trials = state.trials(layout.run_id)
         alive = controller_pid(layout) is not None
         status = run_status(run, trials, alive)
-        table = trial_table(trial_views(state, layout.run_id))
+        views = trial_views(state, layout.run_id)
+        shown = tuple((v.state, v.offer, v.step, v.loss, v.eval_loss, v.preemptions, v.errors) for v in views)
         now = time.monotonic()
         finished = status != "running" and not alive
-        if table != last_table and (now - last_print >= interval or finished):
-            print(table, file=out, flush=True)
-            last_table, last_print = table, now
+        if shown != last_shown and (now - last_print >= interval or finished):
+            print(trial_table(views), file=out, flush=True)
+            last_shown, last_print = shown, now
         if finished:
             return status
         time.sleep(0.5)

@@ -1,4 +1,4 @@
-"""spottune report RUN [--json] [--png PATH]"""
+"""spottune report [RUN] [--json] [--png PATH]"""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ HELP = "best trial by eval loss, per-trial cost ledger with the $ wasted by pree
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run id")
+    parser.add_argument("run", nargs="?", help="run id (default: the most recent run)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--png", help="where to write the loss-curve plot (default: <state-dir>/<run>/report.png)")
     add_state_dir(parser)
@@ -24,8 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.report import build_report, plot_losses, render_text
 
     store, state_dir = open_state(args)
-    report = build_report(store, args.run)
-    png = plot_losses(store, args.run, Path(args.png) if args.png else RunLayout(state_dir, args.run).report_png)
+    run_id = args.run or store.runs()[-1].id
+    report = build_report(store, run_id)
+    png = plot_losses(store, run_id, Path(args.png) if args.png else RunLayout(state_dir, run_id).report_png)
     report["png"] = str(png)
     if args.json:
         print(json.dumps(report, indent=2))
