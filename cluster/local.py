@@ -93,6 +93,9 @@ class LocalProvider:
             self._kill(state)
         if ray.is_initialized():
             ray.shutdown()
+        if os.getsid(0) == os.getpid():  # Ray's agents can outlive ray.shutdown(); they are in our session
+            for process in session_members(ProcessRecord.current()):
+                process.kill()
         if self._ray_link is not None and self._ray_link.is_symlink():
             self._ray_link.unlink()
 

@@ -28,6 +28,7 @@ class S3Server:
     endpoint: str
     access_key: str
     secret_key: str
+    bucket: str = "spottune-tests"  # one bucket for the session: each bucket costs SeaweedFS its own volumes
     region: str = "us-east-1"
 
     def env(self) -> dict[str, str]:
@@ -47,9 +48,9 @@ class S3Server:
             aws_secret_access_key=self.secret_key, region_name=self.region,
         )
 
-    def make_bucket(self, name: str) -> str:
-        self.client().create_bucket(Bucket=name)
-        return name
+    def prefix(self, name: str) -> str:
+        """A fresh key prefix in the session bucket, for one test."""
+        return f"{name}-{secrets.token_hex(4)}"
 
 
 def _free_ports(count: int) -> list[int]:
@@ -111,7 +112,7 @@ def s3_server(tmp_path_factory) -> S3Server:
     server.endpoint = f"http://127.0.0.1:{s3}"
     command = [
         _weed_binary(), f"-logdir={root / 'logs'}", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-dir={root / 'data'}", "-master.volumeSizeLimitMB=64", "-volume.max=20",
+        f"-dir={root / 'data'}", "-master.volumeSizeLimitMB=32", "-volume.max=100",
         f"-master.port={master}", f"-master.port.grpc={master_grpc}",
         f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
         f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
@@ -127,6 +128,7 @@ def s3_server(tmp_path_factory) -> S3Server:
         )
     try:
         _wait_ready(server, process, log)
+        server.client().create_bucket(Bucket=server.bucket)
         yield server
     finally:
         _stop(process)

@@ -1,7 +1,6 @@
 """A checkpoint upload that dies midway never moves `latest`; the half-written step is pruned later."""
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ def store(request, tmp_path, monkeypatch):
     server = request.getfixturevalue("s3_server")
     for name, value in server.env().items():
         monkeypatch.setenv(name, value)
-    return open_store(StorageURI("s3", server.make_bucket(f"faults-{uuid.uuid4().hex[:8]}"), "trial"))
+    return open_store(StorageURI("s3", server.bucket, server.prefix("faults")))
 
 
 def _write(directory: Path) -> None:

@@ -7,8 +7,6 @@ workers through the environment only and are written nowhere.
 """
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from cluster.storage import open_store, parse_uri
@@ -25,9 +23,9 @@ FAULT_STEP = 6
 @pytest.fixture(scope="module")
 def s3_sweep(tmp_path_factory, s3_server: S3Server):
     directory = tmp_path_factory.mktemp("s3sweep")
-    bucket = s3_server.make_bucket(f"sweeps-{uuid.uuid4().hex[:8]}")
+    prefix = s3_server.prefix("sweeps")
     spec = tiny_sweep(
-        directory, "s3sweep", storage=f"s3://{bucket}/team", storage_endpoint=s3_server.endpoint,
+        directory, "s3sweep", storage=f"s3://{s3_server.bucket}/{prefix}", storage_endpoint=s3_server.endpoint,
         simulation={"storage_faults": [{"trial": 0, "attempt": 1, "step": FAULT_STEP}]},
     )
     state_dir = directory / "state"
@@ -43,7 +41,7 @@ def s3_sweep(tmp_path_factory, s3_server: S3Server):
     controller = controller_record(state_dir, run_id)
     wait_for(lambda: state.run(run_id).finished and not leftover_processes(controller), timeout=600,
              what="the run to finish")
-    return {"run": run_id, "state": state, "state_dir": state_dir, "bucket": bucket, "server": s3_server,
+    return {"run": run_id, "state": state, "state_dir": state_dir, "prefix": prefix, "server": s3_server,
             "cancelled": cancelled, "controller": controller}
 
 
@@ -65,7 +63,8 @@ def test_bucket_holds_committed_checkpoints_and_the_adapter(s3_sweep, monkeypatc
         monkeypatch.setenv(name, value)
     state, run_id = s3_sweep["state"], s3_sweep["run"]
     trial = state.trials(run_id)[0]
-    store = open_store(parse_uri(f"s3://{s3_sweep['bucket']}/team/{run_id}/{trial.id}"))
+    server = s3_sweep["server"]
+    store = open_store(parse_uri(f"s3://{server.bucket}/{s3_sweep['prefix']}/{run_id}/{trial.id}"))
     assert store.read_text("checkpoints/latest").strip() == "10"
     assert store.list_dir("checkpoints") == ["latest", "step-00000009", "step-00000010"]
     store.download_dir("adapter", tmp_path / "adapter")

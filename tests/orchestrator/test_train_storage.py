@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import yaml
 
@@ -42,8 +41,7 @@ def _stopped_run(store, directory, stop_after: int) -> None:
 def test_train_resumes_from_s3(s3_server, monkeypatch, tmp_path):
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
-    bucket = s3_server.make_bucket(f"train-{uuid.uuid4().hex[:8]}")
-    uri = f"s3://{bucket}/runs/one"
+    uri = f"s3://{s3_server.bucket}/{s3_server.prefix('train')}/runs/one"
     store = open_store(parse_uri(uri))
     _stopped_run(store, tmp_path / "first", stop_after=4)
     assert store.read_text("checkpoints/latest").strip() == "4"
