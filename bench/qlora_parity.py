@@ -62,7 +62,7 @@ def main() -> None:
     fast_losses = [fast_step(fast, optimizer, step) for step in batches]
 
     relative = [abs(f - h) / abs(h) for f, h in zip(fast_losses, hf_losses)]
-    adapter_dir = args.out / "fast_adapter"
+    adapter_dir = Path(tempfile.mkdtemp()) / "fast_adapter"
     fast.save_adapter(adapter_dir)
     hf.load_adapter(str(adapter_dir), adapter_name="fast")
     hf.set_adapter("fast")

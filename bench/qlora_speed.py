@@ -29,9 +29,11 @@ from bench.common import (  # noqa: E402
 def parse_run(spec: str) -> dict:
     parts = spec.split(":")
     micro, accum = (int(v) for v in parts[1].split("x"))
-    run = {"engine": parts[0], "micro": micro, "accum": accum, "mode": "full", "ce": 512, "tile": None}
+    run = {"engine": parts[0], "micro": micro, "accum": accum, "mode": "full", "ce": 512, "tile": None, "profile": False}
     for part in parts[2:]:
-        if part.startswith("ce="):
+        if part == "prof":
+            run["profile"] = True
+        elif part.startswith("ce="):
             run["ce"] = int(part[3:])
         elif part.startswith("tile="):
             run["tile"] = int(part[5:])
@@ -40,7 +42,7 @@ def parse_run(spec: str) -> dict:
     return run
 
 
-def run_hf(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: int) -> tuple[list[float], dict]:
+def run_hf(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: int, profile_out: Path) -> tuple[list[float], dict]:
     model = load_hf_recipe(path)
     optimizer = adamw_8bit([p for p in model.parameters() if p.requires_grad])
 
@@ -51,7 +53,7 @@ def run_hf(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: int)
     return seconds, {"losses": [round(l, 4) for l in losses]}
 
 
-def run_fast(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: int) -> tuple[list[float], dict]:
+def run_fast(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: int, profile_out: Path) -> tuple[list[float], dict]:
     from train_core.fast.engine import FastEngine
     from train_core.fast.loading import AdapterSpec
 
@@ -75,9 +77,22 @@ def run_fast(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: in
         return loss
 
     seconds, losses = timed_steps(step, warmup, steps)
+    if run["profile"]:
+        profile_step(lambda: step(warmup + steps), profile_out)
     extra = {"load_s": round(loaded, 2), "first_step_s": round(first_step[0], 2), "startup_s": round(loaded + first_step[0], 2),
              "losses": [round(l, 4) for l in losses], "engine": engine.description}
     return seconds, extra
+
+
+def profile_step(step, out: Path) -> None:
+    """Append the CUDA-time table of one profiled step to `out`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    with open(out, "a", encoding="utf-8") as handle:
+        handle.write(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=60) + "\n")
 
 
 def main() -> None:
@@ -105,7 +120,7 @@ def main() -> None:
         label = f"{args.model}{'' if args.layers is None else f'-{args.layers}l'} {spec} seq {args.seq}"
         try:
             runner = run_hf if run["engine"] == "hf" else run_fast
-            seconds, extra = runner(path, run, args.seq, vocab, args.warmup, args.steps)
+            seconds, extra = runner(path, run, args.seq, vocab, args.warmup, args.steps, args.out / "profile.txt")
             tokens = run["micro"] * run["accum"] * args.seq
             write_result(args.out, {**summarise(label, seconds, tokens, extra), **env})
         except Exception as error:  # keep measuring the other runs; the failure is recorded
