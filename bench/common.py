@@ -131,31 +131,31 @@ def load_hf_recipe(path: Path, seed: int = 0, r: int = 16, alpha: int = 16):
 
 def hf_step(model, optimizer, batches: list[torch.Tensor]) -> float:
     """One optimizer step of the recipe: bf16 autocast, mean loss per micro-batch / grad-accum."""
-    total = 0.0
+    total = torch.zeros((), device="cuda")
     for ids in batches:
         ids = ids.cuda()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=ids).loss / len(batches)
         loss.backward()
-        total += float(loss.detach())
+        total += loss.detach().float()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total
+    return float(total)
 
 
 def fast_step(engine, optimizer, batches: list[torch.Tensor]) -> float:
     """One optimizer step of the fast engine: summed token loss over the step's targets, normalised once."""
     labels = [shifted_labels(ids) for ids in batches]
     targets = sum(int((l != -100).sum()) for l in labels)
-    total = 0.0
+    total = torch.zeros((), device="cuda")
     for ids, label in zip(batches, labels):
         positions = torch.arange(ids.shape[1]).expand_as(ids)
         loss = engine.loss_sum(ids, positions, label) / targets
         loss.backward()
-        total += float(loss.detach())
+        total += loss.detach()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total
+    return float(total)
 
 
 def adamw_8bit(parameters, lr: float = 2e-4):

@@ -11,14 +11,15 @@ for round in "$@"; do
   started=$(date +%s)
   echo "== round $round" >> "$log"
   case $round in
-    tests) timeout 300 python3 -m pytest -q -m cuda tests/kernels tests/fast -p no:cacheprovider 2>&1 | tail -30 | tee -a "$log" ;;
-    qwen) timeout 420 python3 bench/qlora_speed.py --model qwen2-1.5b --out "$out" --runs ${QWEN_RUNS:-hf:2x4 hf:8x1 \
-            fast:2x4:offload:ce=256 fast:1x8:offload:ce=128 fast:2x4:full fast:4x2:none:prof fast:8x1:full} >> "$log" 2>&1 ;;
-    parity) timeout 300 python3 bench/qlora_parity.py --model qwen2-1.5b --steps 50 --out "$out" >> "$log" 2>&1 ;;
-    llama) timeout 500 python3 bench/qlora_speed.py --model llama-3-8b --out "$out" --runs ${LLAMA_RUNS:-hf:2x4 hf:8x1 \
-            fast:2x4:offload:ce=256 fast:2x4:full fast:4x2:full fast:2x4:none} >> "$log" 2>&1 ;;
-    long) timeout 400 python3 bench/long_context.py --model llama-3-8b --layers 4 \
-            --lengths ${LONG_LENGTHS:-131072 262144 409600 524288} --out "$out" >> "$log" 2>&1 ;;
+    tests) timeout 90 python3 -m pytest -q -m cuda tests/kernels tests/fast -p no:cacheprovider 2>&1 | tail -30 | tee -a "$log" ;;
+    qwen) timeout 120 python3 bench/qlora_speed.py --model qwen2-1.5b --out "$out" --runs ${QWEN_RUNS:-hf:2x4 hf:8x1 \
+            fast:2x4:offload:ce=256 fast:4x2:offload:ce=128:tile=4096 fast:8x1:offload:ce=128:tile=2048 \
+            fast:4x2:none:prof fast:8x1:full} >> "$log" 2>&1 ;;
+    parity) timeout 90 python3 bench/qlora_parity.py --model qwen2-1.5b --steps 50 --out "$out" >> "$log" 2>&1 ;;
+    llama) timeout 260 python3 bench/qlora_speed.py --model llama-3-8b --out "$out" --runs ${LLAMA_RUNS:-hf:2x4 hf:8x1 \
+            fast:2x4:offload:ce=256:tile=2048 fast:4x2:offload:ce=256:tile=2048 fast:8x1:full fast:2x4:none} >> "$log" 2>&1 ;;
+    long) timeout 110 python3 bench/long_context.py --model llama-3-8b --layers 4 \
+            --lengths ${LONG_LENGTHS:-131072 262144 409600} --out "$out" >> "$log" 2>&1 ;;
   esac
   echo "== $round: $(( $(date +%s) - started ))s" | tee -a "$log"
 done

@@ -40,8 +40,11 @@ class DecoderLayer:
         return [p for name in PROJECTIONS if name in self.adapters for p in self.adapters[name]]
 
     def forward(
-        self, x: torch.Tensor, batch: PackedBatch, spec: ArchSpec, inv_freq: torch.Tensor, mlp_tile_rows: int | None
+        self, x: torch.Tensor, batch: PackedBatch, spec: ArchSpec, inv_freq: torch.Tensor, mlp_tile_rows: int | None,
+        recomputing: bool = False,
     ) -> torch.Tensor:
+        """The layer's output; when `recomputing` for a checkpoint's backward, the output's values are not computed
+        (only its graph is needed) and the MLP does its work in backward."""
         tokens = x.shape[0]
         normed = rms_norm(x, self.input_norm, spec.eps)
         q, k, v = qkv_rope(normed, batch.positions, inv_freq, self.groups["qkv"], spec.heads, spec.kv_heads, self.params("qkv"))
@@ -49,5 +52,6 @@ class DecoderLayer:
         x = lora_linear(attended, self.groups["o"], self.params("o"), residual=x)
         normed = rms_norm(x, self.post_attention_norm, spec.eps)
         return lora_mlp(
-            normed, x, self.groups["gate_up"], self.groups["down"], self.params("gate_up"), self.params("down"), mlp_tile_rows
+            normed, x, self.groups["gate_up"], self.groups["down"], self.params("gate_up"), self.params("down"), mlp_tile_rows,
+            defer=recomputing,
         )

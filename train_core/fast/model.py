@@ -45,8 +45,8 @@ class FastCausalLM:
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
 
-            def run(inputs: torch.Tensor, layer: DecoderLayer = layer) -> torch.Tensor:
-                return layer.forward(inputs, batch, self.spec, self.inv_freq, mlp_tile_rows)
+            def run(inputs: torch.Tensor, recomputing: bool, layer: DecoderLayer = layer) -> torch.Tensor:
+                return layer.forward(inputs, batch, self.spec, self.inv_freq, mlp_tile_rows, recomputing)
 
             x = recompute(index, index == last, run, x, layer.parameters())
         return x

@@ -53,14 +53,15 @@ class ActivationOffloader:
 
 
 class LayerCheckpoint(torch.autograd.Function):
-    """Runs `run(x)` without keeping its activations; backward restores x, recomputes and backpropagates.
-    The layer's adapter parameters are inputs so that the output requires grad even when x does not."""
+    """Runs `run(x, False)` without keeping its activations; backward restores x, recomputes with
+    `run(x, True)` (which may skip computing the output's values) and backpropagates. The layer's adapter
+    parameters are inputs so that the output requires grad even when x does not."""
 
     @staticmethod
-    def forward(ctx, x, run: Callable[[torch.Tensor], torch.Tensor], offloader: ActivationOffloader | None, index: int, *params):
+    def forward(ctx, x, run: Callable[[torch.Tensor, bool], torch.Tensor], offloader: ActivationOffloader | None, index: int, *params):
         ctx.run, ctx.offloader, ctx.index = run, offloader, index
         with torch.no_grad():
-            out = run(x)
+            out = run(x, False)
         if offloader is not None:
             offloader.put(index, x)
         else:
@@ -76,7 +77,7 @@ class LayerCheckpoint(torch.autograd.Function):
             (x,) = ctx.saved_tensors
         x = x.detach().requires_grad_(ctx.needs_input_grad[0])
         with torch.enable_grad():
-            out = ctx.run(x)
+            out = ctx.run(x, True)
         torch.autograd.backward(out, grad)
         return (x.grad, None, None, None, *([None] * (len(ctx.needs_input_grad) - 4)))
 
@@ -93,9 +94,10 @@ class Recompute:
         self.offloader = ActivationOffloader(device) if mode == "offload" else None
 
     def __call__(
-        self, index: int, last: bool, run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, params: list[torch.Tensor]
+        self, index: int, last: bool, run: Callable[[torch.Tensor, bool], torch.Tensor], x: torch.Tensor,
+        params: list[torch.Tensor],
     ) -> torch.Tensor:
         if self.mode == "none" or not torch.is_grad_enabled():
-            return run(x)
+            return run(x, False)
         offloader = None if last else self.offloader
         return LayerCheckpoint.apply(x, run, offloader, index, *params)

@@ -53,27 +53,23 @@ def dequantize(
     packed: torch.Tensor, absmax_q: torch.Tensor, absmax2: torch.Tensor, code2: torch.Tensor, offset: torch.Tensor,
     out: torch.Tensor, lora_a: torch.Tensor | None = None, lora_b: torch.Tensor | None = None, scale: float = 0.0,
 ) -> torch.Tensor:
-    """W (+ scale * B @ A) into the contiguous `out` (rows, cols)."""
+    """W (+ scale * B @ A) into the contiguous `out` (rows, cols); the kernel needs cols % 64 == 0."""
     rows, cols = out.shape
     if not out.is_contiguous():
         raise ValueError("NF4 dequantization needs a contiguous output")
-    if not use_triton(out):
+    if cols % BLOCKSIZE or not use_triton(out):
         return dequantize_reference(packed, absmax_q, absmax2, code2, offset, out, lora_a, lora_b, scale)
     has_lora = lora_a is not None
     rank = lora_a.shape[0] if has_lora else 1
-    block_rows, block_cols = 32, 128
-    grid = (_cdiv(rows, block_rows), _cdiv(cols, block_cols))
+    block_rows, block_cols = 32, 256
+    grid = (-(-rows // block_rows), -(-cols // block_cols))
     _kernel()[grid](
         packed, absmax_q, absmax2, code2, offset, nf4_code(out.device), out,
         lora_a if has_lora else out, lora_b if has_lora else out, float(scale), rows, cols, rank,
         HAS_LORA=has_lora, RANK_PAD=max(16, 1 << (rank - 1).bit_length()),
-        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=4,
+        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=8,
     )
     return out
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,24 +83,33 @@ def _kernel():
         rows, cols, rank,
         HAS_LORA: tl.constexpr, RANK_PAD: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
     ):
+        # a tile of BLOCK_ROWS rows x BLOCK_COLS columns; every 64-value absmax block lies inside one row
         row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-        col = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
-        mask = (row[:, None] < rows) & (col[None, :] < cols)
-        flat = row[:, None].to(tl.int64) * cols + col[None, :]
-        byte = tl.load(packed_ptr + flat // 2, mask=mask, other=0)
-        nibble = tl.where(flat % 2 == 0, byte >> 4, byte & 15)
-        value = tl.load(code_ptr + nibble.to(tl.int32))
-        block = flat // 64
-        absmax_q = tl.load(absmax_q_ptr + block, mask=mask, other=0)
-        absmax2 = tl.load(absmax2_ptr + block // 256, mask=mask, other=0.0)
+        first_col = tl.program_id(1) * BLOCK_COLS
+        row_ok = row < rows
+        row64 = row.to(tl.int64)
+        pair = first_col // 2 + tl.arange(0, BLOCK_COLS // 2)
+        byte = tl.load(packed_ptr + row64[:, None] * (cols // 2) + pair[None, :], mask=row_ok[:, None] & (pair < cols // 2)[None, :], other=0)
+        high = tl.load(code_ptr + (byte >> 4).to(tl.int32))
+        low = tl.load(code_ptr + (byte & 15).to(tl.int32))
+        values = tl.reshape(tl.join(high, low), (BLOCK_ROWS, BLOCK_COLS))
+        block_col = first_col // 64 + tl.arange(0, BLOCK_COLS // 64)
+        block = row64[:, None] * (cols // 64) + block_col[None, :]
+        block_ok = row_ok[:, None] & (block_col < cols // 64)[None, :]
+        absmax_q = tl.load(absmax_q_ptr + block, mask=block_ok, other=0)
+        absmax2 = tl.load(absmax2_ptr + block // 256, mask=block_ok, other=0.0)
         absmax = tl.load(code2_ptr + absmax_q.to(tl.int32)) * absmax2 + tl.load(offset_ptr)
-        weight = value * absmax
+        weight = tl.reshape(
+            tl.reshape(values, (BLOCK_ROWS, BLOCK_COLS // 64, 64)) * absmax[:, :, None], (BLOCK_ROWS, BLOCK_COLS)
+        )
+        col = first_col + tl.arange(0, BLOCK_COLS)
+        dtype = out_ptr.dtype.element_ty
         if HAS_LORA:
             k = tl.arange(0, RANK_PAD)
-            lora_b = tl.load(b_ptr + row[:, None] * rank + k[None, :], mask=(row[:, None] < rows) & (k[None, :] < rank), other=0.0)
+            lora_b = tl.load(b_ptr + row[:, None] * rank + k[None, :], mask=row_ok[:, None] & (k[None, :] < rank), other=0.0)
             lora_a = tl.load(a_ptr + k[:, None] * cols + col[None, :], mask=(k[:, None] < rank) & (col[None, :] < cols), other=0.0)
-            dtype = out_ptr.dtype.element_ty
             weight += scale * tl.dot(lora_b.to(dtype).to(tl.float32), lora_a.to(dtype).to(tl.float32))
-        tl.store(out_ptr + flat, weight.to(out_ptr.dtype.element_ty), mask=mask)
+        mask = row_ok[:, None] & (col[None, :] < cols)
+        tl.store(out_ptr + row64[:, None] * cols + col[None, :], weight.to(dtype), mask=mask)
 
     return nf4_dequant_kernel
