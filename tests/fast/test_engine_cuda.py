@@ -57,7 +57,8 @@ def test_checkpointing_modes_agree(setup):
     loss_full, grads_full = run(model, batch, "full")
     loss_offload, grads_offload = run(model, batch, "offload")
     assert torch.equal(loss_full, loss_offload)
-    assert all(torch.equal(a, b) for a, b in zip(grads_full, grads_offload))
+    # the attention backward accumulates with atomics, so gradients agree to rounding, not bitwise
+    assert max(relative_error(a, b) for a, b in zip(grads_full, grads_offload)) < 5e-3
     assert relative_error(loss_full, loss_none) < 1e-3
     assert max(relative_error(a, b) for a, b in zip(grads_full, grads_none)) < 2e-2
 

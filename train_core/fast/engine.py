@@ -14,6 +14,33 @@ from train_core.fast.recompute import Recompute
 DEFAULT_CE_BUDGET_MIB = 512
 
 
+def fast_engine_unsupported(config, path) -> str | None:
+    """Why the fast engine cannot run this TrainConfig on this DevicePath (None when it can)."""
+    if path.quantization != "nf4" or path.compute_dtype != torch.bfloat16:
+        return f"base weights {path.quantization} with compute {path.compute_dtype} (fast engine: nf4 with bf16)"
+    from train_core.fast.layer import PROJECTIONS
+    from train_core.models.sources import resolve_model
+
+    targets = config.lora.target_modules
+    if targets != "all-linear" and not set(targets) <= set(PROJECTIONS):
+        return f"LoRA targets beyond the decoder projections ({sorted(set(targets) - set(PROJECTIONS))})"
+    return unsupported(resolve_model(config.model.name).path, config.lora.dropout, torch.device(path.device))
+
+
+def build_fast_engine(config, path) -> "FastEngine":
+    """A FastEngine for a TrainConfig and DevicePath, with the model's tokenizer."""
+    from train_core.models.loading import load_tokenizer
+    from train_core.models.sources import resolve_model
+
+    resolved = resolve_model(config.model.name)
+    lora = config.lora
+    adapters = AdapterSpec.from_target_modules(lora.r, lora.alpha, lora.target_modules, config.training.seed)
+    engine = FastEngine(resolved.path, adapters, torch.device("cuda"), path.activation_checkpointing)
+    engine.tokenizer = load_tokenizer(resolved.path)
+    engine.description = f"{resolved.description}; {engine.description}"
+    return engine
+
+
 def unsupported(model_path: str | Path, lora_dropout: float, device: torch.device) -> str | None:
     """Why the fast engine cannot train this model here (None when it can)."""
     if device.type != "cuda":
@@ -46,6 +73,7 @@ class FastEngine:
         self.ce_chunk_rows = ce_chunk_rows(self.model.spec.vocab, ce_budget_mib)
         self.mlp_tile_rows = mlp_tile_rows
         self.training = True
+        self.tokenizer = None
         spec = self.model.spec
         self.description = (
             f"fast engine: {spec.model_type} {spec.layers} layers, NF4 base with merged LoRA r={adapters.r}, "
