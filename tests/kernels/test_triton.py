@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from train_core.fast.nf4 import quantize_nf4
-from train_core.kernels import cross_entropy, nf4_dequant, rms_norm, rope, swiglu
+from train_core.kernels import cross_entropy, rms_norm, rope, swiglu
 
 pytestmark = pytest.mark.cuda
 BF16 = dict(rtol=2e-2, atol=2e-2)

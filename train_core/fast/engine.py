@@ -16,6 +16,8 @@ DEFAULT_CE_BUDGET_MIB = 512
 
 def fast_engine_unsupported(config, path) -> str | None:
     """Why the fast engine cannot run this TrainConfig on this DevicePath (None when it can)."""
+    if path.device != "cuda":
+        return "the fast engine runs on CUDA only"
     if path.quantization != "nf4" or path.compute_dtype != torch.bfloat16:
         return f"base weights {path.quantization} with compute {path.compute_dtype} (fast engine: nf4 with bf16)"
     from train_core.fast.layer import PROJECTIONS
