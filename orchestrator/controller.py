@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cluster.provider import LaunchSpec, Node, Provider
 from cluster.spot_market import storage_fault_step
@@ -33,6 +34,9 @@ from orchestrator.state import StateStore
 from train_core.checkpoint import LATEST_KEY, STATE_FILE, step_key
 from train_core.config import TrainConfig
 
+if TYPE_CHECKING:
+    from orchestrator.runner import AttemptHandle
+
 POLL_S = 0.25
 
 
@@ -44,7 +48,7 @@ class Active:
     attempt: int
     node: Node
     resume_step: int
-    handle: object | None = None
+    handle: AttemptHandle | None = None
     notice_deadline: float | None = None
     lost_at: float | None = None
     lost_reason: str = ""

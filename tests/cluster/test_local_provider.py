@@ -74,6 +74,19 @@ def test_notice_then_hard_kill_at_the_deadline_and_capacity_cooldown(tmp_path):
         process.kill()
 
 
+def test_time_triggered_preemption_without_notice(tmp_path):
+    provider = LocalProvider(tmp_path, SimulatedMarket(preemptions=[{"trial": 0, "after_s": 0.3}]), cpus=1)
+    node = provider.launch(provider.offers(Requirements())[0], LaunchSpec("run", "t000-aaaaaa", 0, 1))
+    process = _worker(agent_from_env(node.env).node_dir)
+    try:
+        events = _watch_until(provider, node, "lost")
+        assert [e.kind for e in events] == ["running", "lost"]
+        assert events[1].time - events[0].time >= 0.3
+        assert process.wait(timeout=10) == -9
+    finally:
+        process.kill()
+
+
 def test_a_process_starting_on_a_reclaimed_node_dies(tmp_path):
     provider = LocalProvider(tmp_path, SimulatedMarket(), cpus=1)
     node = provider.launch(provider.offers(Requirements(market="on-demand"))[0], LaunchSpec("run", "t000-a", 0, 1))
