@@ -35,7 +35,8 @@ from train_core.checkpoint import LATEST_KEY, STATE_FILE, step_key
 from train_core.config import TrainConfig
 
 if TYPE_CHECKING:
-    from orchestrator.runner import AttemptHandle
+    from orchestrator.runner import AttemptHandle, RayRunner
+    from train_core.store import ObjectStore
 
 POLL_S = 0.25
 
@@ -58,7 +59,8 @@ class Active:
 
 
 class Controller:
-    def __init__(self, state: StateStore, layout: RunLayout, provider: Provider, runner, poll_s: float = POLL_S):
+    def __init__(self, state: StateStore, layout: RunLayout, provider: Provider, runner: RayRunner,
+                 poll_s: float = POLL_S):
         self.state = state
         self.layout = layout
         self.run_id = layout.run_id
@@ -74,7 +76,7 @@ class Controller:
 
     # storage
 
-    def _store(self, trial_id: str):
+    def _store(self, trial_id: str) -> ObjectStore:
         return open_store(self.storage.child(self.run_id, trial_id), self.spec.storage_endpoint)
 
     def committed_step(self, trial_id: str) -> int:
@@ -107,12 +109,12 @@ class Controller:
             if trial.state in ("provisioning", "running"):
                 self.state.record(
                     self.run_id, trial.id, "lost", "preempted", attempt=launch.attempt, node=launch.node,
-                    step=self.committed_step(trial.id),
+                    offer=launch.offer, price=launch.price, step=self.committed_step(trial.id),
                     detail={"cause": "controller_restart", "reason": "node lost while the controller was down"},
                 )
                 self.trial_log(trial.id, launch.attempt, "node lost while the controller was down; relaunching")
             self.state.record(self.run_id, trial.id, "terminated", attempt=launch.attempt, node=launch.node,
-                              now=last_sign)
+                              offer=launch.offer, price=launch.price, now=last_sign)
 
     def apply(self, records: list[dict]) -> None:
         """Turn worker records into metrics, progress, events and log lines."""
