@@ -136,7 +136,8 @@ class Controller:
                         self._event(active, "training", step=record["step"], now=when,
                                     detail={"step_seconds": record["step_seconds"], "resumed_from": active.resume_step})
             elif kind == "eval":
-                metrics.setdefault((trial_id, attempt), []).append((record["step"], "eval_loss", record["eval_loss"], when))
+                row = (record["step"], "eval_loss", record["eval_loss"], when)
+                metrics.setdefault((trial_id, attempt), []).append(row)
                 progress.setdefault(trial_id, {})["eval_loss"] = record["eval_loss"]
             elif kind == "checkpoint" and current:
                 self._event(active, "checkpoint", step=record["step"], now=when,

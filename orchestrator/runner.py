@@ -1,11 +1,12 @@
 """Runs one attempt of a trial on a node as a Ray Train TorchTrainer around train_core's loop.
 
-Controller side: `RayRunner.start(payload)` calls `TorchTrainer.fit()` on a thread; progress (metrics, checkpoints, logs, the final status) flows back through one
-`ProgressSink` actor that the controller drains. Worker side: `train_worker` builds the trial's store
-(file:// or s3://), registers with the node's agent, and runs train_core's Trainer with hooks; train_core
-all-reduces gradients itself when Ray has initialised torch.distributed (gloo on CPU), so the model is
-not wrapped in DDP here. Ray Train never retries (max_failures=0): the controller owns recovery, and
-resume always starts from the committed `checkpoints/latest` in storage, never from Ray's bookkeeping.
+Controller side: `RayRunner.start(payload)` calls `TorchTrainer.fit()` on a thread; progress (metrics,
+checkpoints, logs, the final status) flows back through one `ProgressSink` actor that the controller drains.
+Worker side: `train_worker` builds the trial's store (file:// or s3://), registers with the node's agent,
+and runs train_core's Trainer with hooks; train_core all-reduces gradients itself when Ray has initialised
+torch.distributed (gloo on CPU), so the model is not wrapped in DDP here. Ray Train never retries
+(max_failures=0): the controller owns recovery, and resume always starts from the committed
+`checkpoints/latest` in storage, never from Ray's bookkeeping.
 """
 from __future__ import annotations
 
@@ -129,8 +130,8 @@ def train_worker(payload: dict) -> None:
          train_loss=result.train_loss, eval_loss=result.eval_loss, resumed_from=result.resumed_from)
 
 
-def fit_attempt(payload: dict) -> dict:
-    """Run one attempt's TorchTrainer to the end; {"ok": True} or {"ok": False, "error": one line}."""
+def fit_attempt(payload: dict) -> None:
+    """Run one attempt's TorchTrainer to the end; raises what fit() raises when the attempt fails."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -145,11 +146,7 @@ def fit_attempt(payload: dict) -> dict:
             failure_config=FailureConfig(max_failures=0),
         ),
     )
-    try:
-        trainer.fit()
-    except Exception as error:
-        return {"ok": False, "error": describe_failure(error)}
-    return {"ok": True}
+    trainer.fit()
 
 
 def describe_failure(error: BaseException) -> str:
@@ -191,9 +188,10 @@ class RayRunner:
     @staticmethod
     def _fit(handle: AttemptHandle, payload: dict) -> None:
         try:
-            handle.outcome.update(fit_attempt(payload))
-        except Exception as error:  # Ray itself failing to start the attempt counts as an attempt error
-            handle.outcome.update(ok=False, error=f"{type(error).__name__}: {error}")
+            fit_attempt(payload)
+            handle.outcome.update(ok=True)
+        except Exception as error:
+            handle.outcome.update(ok=False, error=describe_failure(error))
         finally:
             handle.done.set()
 

@@ -256,7 +256,8 @@ class StateStore:
 
     def request_cancel(self, run_id: str, trial_id: str | None = None) -> int:
         """Flag non-terminal trials (one, or the whole run) for the controller to cancel; returns how many."""
-        query = "UPDATE trials SET cancel_requested = 1 WHERE run_id = ? AND state NOT IN ('succeeded','failed','cancelled')"
+        query = ("UPDATE trials SET cancel_requested = 1 "
+                 "WHERE run_id = ? AND state NOT IN ('succeeded', 'failed', 'cancelled')")
         arguments: tuple = (run_id,)
         if trial_id is not None:
             query += " AND id = ?"

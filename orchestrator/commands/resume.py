@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     layout = RunLayout(state_dir, args.run)
     running = controller_pid(layout)
     if running is not None:
-        raise SpecError(f"run {args.run} is already driven by controller PID {running}; see `spottune status {args.run}`")
+        raise SpecError(
+            f"run {args.run} is already driven by controller PID {running}; see `spottune status {args.run}`"
+        )
     if all(trial.terminal for trial in store.trials(args.run)):
         print(f"run {args.run}: every trial has finished; nothing to resume")
         return 0

@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         for entry in runs:
             done = sum(1 for trial in entry["trials"] if trial["state"] == "succeeded")
-            print(f"{entry['run']}  {entry['status']:<11}  {done}/{len(entry['trials'])} succeeded  ${entry['usd']:.6f}")
+            total = len(entry["trials"])
+            print(f"{entry['run']}  {entry['status']:<11}  {done}/{total} succeeded  ${entry['usd']:.6f}")
         return 0
     layout = RunLayout(state_dir, args.run)
     summary = status_json(store, layout)

@@ -89,7 +89,8 @@ def test_checkpoint_manager_prunes_uncommitted_steps(store_uri, tmp_path):
 def test_check_writable_names_the_missing_bucket(s3_server, monkeypatch):
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(ClusterError, match=r"bucket s3://no-such-bucket-here at http://127\.0\.0\.1:\d+ does not exist"):
+    missing = r"bucket s3://no-such-bucket-here at http://127\.0\.0\.1:\d+ does not exist"
+    with pytest.raises(ClusterError, match=missing):
         check_writable(parse_uri("s3://no-such-bucket-here/x"))
 
 

@@ -12,8 +12,8 @@ PRICE = 3600.0  # $/h, so a second costs a dollar
 
 def _store(tmp_path, trials=("t000-aaaaaa",)) -> StateStore:
     store = StateStore(tmp_path)
-    store.create_run("r1", "demo", "spec.yaml", {"name": "demo"}, "file:///tmp/x",
-                     [{"id": t, "index": i, "params": {}, "config": {}, "total_steps": 10} for i, t in enumerate(trials)])
+    rows = [{"id": t, "index": i, "params": {}, "config": {}, "total_steps": 10} for i, t in enumerate(trials)]
+    store.create_run("r1", "demo", "spec.yaml", {"name": "demo"}, "file:///tmp/x", rows)
     return store
 
 
