@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cost_models.architectures import Architecture, resolve_architecture  # noqa: E402
 
 COLUMNS = [
-    "date", "card", "engine", "versions", "arch", "layers", "quantization", "lora_rank", "lora_targets",
+    "run", "date", "card", "engine", "versions", "arch", "layers", "quantization", "lora_rank", "lora_targets",
     "checkpointing", "seq_len", "micro_batch", "grad_accum", "samples_per_row", "tokens_per_micro_batch",
     "targets_per_micro_batch", "status", "peak_allocated_gib", "peak_reserved_gib", "step_s", "step_s_min",
-    "weights_gib", "lora_params", "context_gib",
+    "weights_gib", "lora_params", "context_gib", "timed_steps", "checkpoint_mb", "checkpoint_s",
 ]
 
 
@@ -58,22 +58,26 @@ class Group:
     rank: int
     points: tuple[Point, ...]
     layers: int | None = None
+    targets: tuple[str, ...] | None = None  # None = all-linear
 
 
 P = Point
 MATRIX = {
     "default": (
+        Group("llama-3-8b", "bf16", 8, (
+            P("none", 16384, 1, 1), P("full", 8192, 2, 4), P("full", 4096, 1, 1), P("none", 2048, 2, 2),
+        ), layers=8),
+        Group("qwen2-0.5b", "nf4", 16, (P("full", 2048, 1, 1), P("none", 2048, 2, 2)), targets=("q_proj", "v_proj")),
         Group("qwen2-1.5b", "nf4", 16, (
-            P("full", 2048, 1, 1), P("full", 2048, 4, 4), P("full", 4096, 2, 4), P("full", 8192, 1, 1),
-            P("full", 512, 8, 2), P("none", 2048, 1, 4), P("none", 1024, 4, 2), P("offload", 4096, 1, 1),
-            P("offload", 2048, 4, 4),
+            P("full", 16384, 1, 1), P("full", 2048, 1, 1), P("full", 2048, 4, 4), P("full", 4096, 2, 4),
+            P("full", 8192, 1, 1), P("full", 512, 8, 2), P("none", 2048, 1, 4), P("none", 1024, 4, 2),
+            P("offload", 4096, 1, 1), P("offload", 2048, 4, 4),
         )),
         Group("qwen2-1.5b", "bf16", 64, (P("full", 2048, 2, 4), P("none", 2048, 2, 2), P("none", 8192, 1, 1))),
         Group("llama-3-8b", "nf4", 16, (
             P("full", 2048, 1, 1), P("full", 2048, 4, 4), P("full", 8192, 1, 1), P("none", 1024, 2, 2),
             P("offload", 4096, 2, 2),
         ), layers=8),
-        Group("llama-3-8b", "bf16", 8, (P("full", 4096, 1, 1), P("none", 2048, 2, 2)), layers=8),
         Group("qwen2-0.5b", "nf4", 16, (
             P("full", 512, 1, 1), P("full", 1024, 8, 2), P("none", 1024, 2, 2), P("none", 4096, 1, 1),
             P("offload", 2048, 2, 4), P("full", 2048, 1, 4, 2),
@@ -83,7 +87,7 @@ MATRIX = {
     ),
     "smoke": (
         Group("tiny-qwen2", "bf16", 8, (P("none", 128, 2, 2), P("full", 256, 1, 1), P("full", 128, 2, 2, 2))),
-        Group("tiny-llama", "nf4", 16, (P("none", 256, 1, 1),)),
+        Group("tiny-llama", "nf4", 16, (P("none", 256, 1, 1),), targets=("q_proj", "v_proj")),
     ),
 }
 
@@ -153,7 +157,8 @@ class Bench:
         self.config = TrainConfig.model_validate({
             "model": {"name": str(model_dir), "quantization": group.quantization},
             "data": {"train": str(work / "unused.jsonl"), "max_seq_length": 16384},
-            "lora": {"r": group.rank, "alpha": 2 * group.rank},
+            "lora": {"r": group.rank, "alpha": 2 * group.rank,
+                     "target_modules": list(group.targets) if group.targets else "all-linear"},
             "training": {"batch_size": 1, "micro_batch_size": 1, "learning_rate": 1e-5,
                          "activation_checkpointing": "full" if device == "cuda" else "none"},
             "output_dir": str(work / "run"),
@@ -231,6 +236,20 @@ class Bench:
             )
         return result
 
+    def checkpoint_cost(self) -> tuple[float, float]:
+        """(MB, seconds) of one committed checkpoint written by the Trainer to local disk."""
+        from train_core.checkpoint import TrainerState
+
+        trainer = self.trainer
+        state = TrainerState(step=1, epoch=0, cursor=0, tokens_seen=0, config_fingerprint="calibration", world_size=1)
+        started = time.perf_counter()
+        trainer._save(state)
+        seconds = time.perf_counter() - started
+        stored = Path(self.config.output_dir) / "checkpoints"
+        size = sum(path.stat().st_size for path in stored.rglob("*") if path.is_file())
+        shutil.rmtree(stored, ignore_errors=True)
+        return size / 2**20, seconds
+
     def close(self) -> None:
         for name in ("engine", "optimizer", "scheduler", "trainable", "plan"):
             if hasattr(self.trainer, name):
@@ -269,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     started = time.monotonic()
     card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    today = datetime.date.today().isoformat()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    today, run_id = now.date().isoformat(), now.strftime("%Y-%m-%dT%H:%MZ")
     stamp = versions()
     out = Path(args.out)
     work = Path(tempfile.mkdtemp(prefix="spottune-calib-"))
@@ -287,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
                 build_model_dir(arch, built[arch.name], device)
             setup = time.monotonic()
             bench = Bench(group, arch, built[arch.name], work, device)
+            checkpoint: tuple[float, float] | None = None
             print(f"== {arch.name} {group.quantization} r{group.rank}: loaded in {time.monotonic() - setup:.1f}s, "
                   f"{bench.weights_gib:.2f} GiB, {bench.lora_params:,} LoRA params ({bench.engine_name})", flush=True)
             for point in group.points:
@@ -296,7 +317,9 @@ def run(args: argparse.Namespace) -> int:
                 base = {
                     "date": today, "card": card, "engine": f"train_core {bench.engine_name}", "versions": stamp,
                     "arch": group.arch, "layers": arch.layers, "quantization": bench.trainer.path.quantization,
-                    "lora_rank": group.rank, "lora_targets": "all-linear", "checkpointing": point.checkpointing,
+                    "lora_rank": group.rank, "lora_targets": "+".join(group.targets or ("all-linear",)),
+                    "checkpointing": point.checkpointing, "run": run_id, "timed_steps": args.timed,
+
                     "seq_len": point.seq_len, "micro_batch": point.micro_batch, "grad_accum": point.grad_accum,
                     "samples_per_row": point.samples_per_row, "weights_gib": bench.weights_gib,
                     "lora_params": bench.lora_params,
@@ -308,6 +331,10 @@ def run(args: argparse.Namespace) -> int:
                     gc.collect()
                     torch.cuda.empty_cache()
                     result = {"status": "oom"}
+                if checkpoint is None and result["status"] == "ok":
+                    checkpoint = bench.checkpoint_cost()  # after a step, so the optimizer state is in it
+                if checkpoint is not None:
+                    base.update(checkpoint_mb=checkpoint[0], checkpoint_s=checkpoint[1])
                 write_row(out, {**base, **result})
                 shown = {key: result.get(key) for key in ("status", "peak_reserved_gib", "step_s")}
                 print(f"   {point}: {json.dumps(shown, default=lambda v: round(v, 3))}", flush=True)
