@@ -5,10 +5,8 @@ import csv
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from cost_models.errors import EstimateError
@@ -57,6 +55,7 @@ class Architecture:
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
 
+    @cached_property
     def linears(self) -> tuple[Linear, ...]:
         """The linear modules of one decoder layer, named as in Hugging Face checkpoints."""
         h, f, q, kv = self.hidden, self.intermediate, self.q_dim, self.kv_dim
@@ -70,15 +69,16 @@ class Architecture:
             Linear("gate_proj", h, f), Linear("up_proj", h, f), Linear("down_proj", f, h),
         )
 
+    @cached_property
     def module_names(self) -> tuple[str, ...]:
-        return tuple(linear.name for linear in self.linears())
+        return tuple(linear.name for linear in self.linears)
 
-    @property
+    @cached_property
     def linear_params(self) -> int:
         """Parameters of all decoder-layer linears (what 4-bit quantization applies to)."""
-        return self.layers * sum(linear.params for linear in self.linears())
+        return self.layers * sum(linear.params for linear in self.linears)
 
-    @property
+    @cached_property
     def other_params(self) -> int:
         """Embeddings, untied LM head, norms and biases: kept in the compute dtype."""
         head = 0 if self.tied else self.vocab * self.hidden
@@ -86,7 +86,7 @@ class Architecture:
         biases = self.layers * (self.q_dim + 2 * self.kv_dim) if self.qkv_bias else 0
         return self.vocab * self.hidden + head + norms + biases
 
-    @property
+    @cached_property
     def total_params(self) -> int:
         return self.linear_params + self.other_params
 
@@ -176,13 +176,15 @@ def _lookup_table(name: str) -> Architecture | None:
 
 
 def _from_hub(repo: str, cache: Path | None) -> Architecture:
+    import urllib.request
+
     target = (cache / "configs" / repo / "config.json") if cache else None
     if target is not None and target.is_file():
         return _read_config_file(target, repo)
     try:
         with urllib.request.urlopen(HUB_CONFIG_URL.format(repo=repo), timeout=10) as response:
             text = response.read().decode("utf-8")
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
+    except OSError as error:  # URLError and timeouts included
         raise EstimateError(f"model.name: cannot fetch {repo}/config.json from the Hub ({error}); "
                             f"give a local directory with config.json or one of: {', '.join(table_names())}") from None
     if target is not None:

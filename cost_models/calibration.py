@@ -116,7 +116,7 @@ def measurement_from_row(row: dict[str, str], source: str) -> Measurement:
     targets_field = row["lora_targets"]
     shape = JobShape(
         arch=arch, quantization=row["quantization"], lora_rank=int(row["lora_rank"]),
-        lora_targets=arch.module_names() if targets_field == "all-linear" else tuple(targets_field.split("+")),
+        lora_targets=arch.module_names if targets_field == "all-linear" else tuple(targets_field.split("+")),
         seq_len=seq_len, micro_batch=micro_batch, grad_accum=int(row["grad_accum"]),
         checkpointing=row["checkpointing"],
         rows=RowStats(tokens / micro_batch, seq_len, float(row["samples_per_row"]), targets / tokens, 0, source),

@@ -6,7 +6,8 @@ peaks (cost_models/data/calibration.csv via cost_models.fit).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property, lru_cache
 
 from cost_models.calibration import MemoryCoefficients
 from cost_models.shape import LOSS_CHUNK_ROWS, JobShape
@@ -24,7 +25,8 @@ EIGHT_BIT_MIN_ELEMENTS = 4096  # bitsandbytes keeps 32-bit states for smaller te
 
 @dataclass(frozen=True)
 class MemoryBreakdown:
-    """GiB per component; `reserved` is what PyTorch's allocator holds at the peak, `total` adds the CUDA context."""
+    """GiB per component; `reserved` is what PyTorch's allocator holds at the peak, `total` adds the CUDA context.
+    The cached results are shared: treat them as read-only."""
 
     weights: float
     embeddings_and_norms: float
@@ -37,13 +39,13 @@ class MemoryBreakdown:
     allocator_and_workspace: float
     cuda_context: float
 
+    @cached_property
+    def total(self) -> float:
+        return sum(getattr(self, f.name) for f in fields(self))
+
     @property
     def reserved(self) -> float:
         return self.total - self.cuda_context
-
-    @property
-    def total(self) -> float:
-        return sum(asdict(self).values())
 
     def as_dict(self) -> dict[str, float]:
         return {**asdict(self), "reserved": self.reserved, "total": self.total}
@@ -75,6 +77,7 @@ def layer_bytes_per_token(shape: JobShape) -> float:
     return saved
 
 
+@lru_cache(maxsize=8192)
 def memory_features(shape: JobShape) -> dict[str, float]:
     """Byte counts whose scales the calibration fits, at the job's largest micro-batch.
 
@@ -103,6 +106,7 @@ def memory_features(shape: JobShape) -> dict[str, float]:
     }
 
 
+@lru_cache(maxsize=4096)
 def static_bytes(shape: JobShape) -> dict[str, float]:
     """Weights, adapters and optimizer state: counted exactly."""
     arch = shape.arch
@@ -124,6 +128,7 @@ def static_bytes(shape: JobShape) -> dict[str, float]:
     }
 
 
+@lru_cache(maxsize=8192)
 def estimate_memory(shape: JobShape, coefficients: MemoryCoefficients) -> MemoryBreakdown:
     f = memory_features(shape)
     static = static_bytes(shape)

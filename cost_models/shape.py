@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from cost_models.architectures import Architecture
 from cost_models.errors import EstimateError
@@ -53,10 +54,10 @@ class JobShape:
                                 f"{', '.join(CHECKPOINTING)}")
         if self.optimizer not in OPTIMIZERS:
             raise EstimateError(f"training.optimizer: {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
-        unknown = [name for name in self.lora_targets if name not in self.arch.module_names()]
+        unknown = [name for name in self.lora_targets if name not in self.arch.module_names]
         if unknown or not self.lora_targets:
             raise EstimateError(f"lora.target_modules: {unknown or 'none'} not in {self.arch.name}; accepted: "
-                                f"all-linear or names among {', '.join(self.arch.module_names())}")
+                                f"all-linear or names among {', '.join(self.arch.module_names)}")
         if min(self.lora_rank, self.seq_len, self.micro_batch, self.grad_accum, self.gpus) < 1:
             raise EstimateError("job shape: rank, seq_len, micro_batch, grad_accum and gpus must be >= 1")
 
@@ -85,11 +86,11 @@ class JobShape:
         """Passes over the layers per micro-batch: forward and backward, plus a recompute when checkpointing."""
         return 2 if self.checkpointing == "none" else 3
 
-    @property
+    @cached_property
     def lora_linears(self):
-        return tuple(linear for linear in self.arch.linears() if linear.name in self.lora_targets)
+        return tuple(linear for linear in self.arch.linears if linear.name in self.lora_targets)
 
-    @property
+    @cached_property
     def lora_params(self) -> int:
         return self.arch.layers * sum(self.lora_rank * (l.inputs + l.outputs) for l in self.lora_linears)
 

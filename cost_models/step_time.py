@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 from cost_models.calibration import TimeCoefficients
 from cost_models.catalog import Gpu
@@ -36,6 +37,7 @@ class StepTime:
         return asdict(self)
 
 
+@lru_cache(maxsize=16384)
 def time_features(shape: JobShape, gpu: Gpu) -> dict[str, float]:
     """What one optimizer step on `gpu` has to do, per micro-batch at the job's mean micro-batch (FLOPs and
     bytes already divided by the GPU's peak rates), and per step (adapter tensors, gradient sync)."""

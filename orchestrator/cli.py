@@ -13,6 +13,8 @@ COMMANDS = {
     "train": "orchestrator.commands.train",
     "generate": "orchestrator.commands.generate",
     "doctor": "orchestrator.commands.doctor",
+    "plan": "orchestrator.commands.plan",
+    "costs": "orchestrator.commands.costs",
 }
 USER_ERRORS = (
     "train_core.errors:UserError",
