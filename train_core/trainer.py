@@ -238,6 +238,8 @@ class Trainer:
         self.log(f"training: {self.total_steps} steps, batch {self.config.training.batch_size} sequences, "
                  f"micro-batch {self.micro_batch}, {self.dist.world_size} worker(s)")
         try:
+            if state.step == 0 and self.data.eval:
+                self._emit(metrics, {"step": 0, "eval_loss": self.evaluate(), "time": time.time()})
             while state.step < self.total_steps:
                 record = self._optimizer_step(state)
                 if state.step % self.config.training.log_every == 0 or state.step == self.total_steps:

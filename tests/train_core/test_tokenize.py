@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from train_core.data.templates import apply_chat_template_setting
@@ -45,3 +47,19 @@ def test_named_and_unknown_templates(tokenizer):
     assert apply_chat_template_setting(tokenizer, "chatml") == "chatml"
     with pytest.raises(ConfigError, match="accepted: auto, chatml"):
         apply_chat_template_setting(tokenizer, "vicuna")
+
+
+def test_gguf_path_and_builtin_share_one_conversion():
+    from train_core.models.sources import smollm2_gguf_path
+
+    assert resolve_model(str(smollm2_gguf_path())).path == resolve_model("builtin:smollm2-135m-instruct").path
+
+
+def test_hub_ids_are_refused_offline_and_bad_names_explained(monkeypatch):
+    from train_core.errors import ModelSourceError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError, match="HF_HUB_OFFLINE=1"):
+        resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    with pytest.raises(ModelSourceError, match=re.escape("accepted: builtin:smollm2-135m-instruct|tiny-llama|tiny-qwen2")):
+        resolve_model("builtin:gpt-5")

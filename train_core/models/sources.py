@@ -5,11 +5,10 @@ import hashlib
 import importlib.util
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from train_core.cache import cache_root
+from train_core.cache import cache_root, publish_directory
 from train_core.errors import ModelSourceError
 from train_core.models.tiny import TINY_ARCHITECTURES, build_tiny_model
 
@@ -90,10 +89,7 @@ def convert_gguf(gguf: Path) -> Path:
     except Exception as error:  # transformers raises many kinds for unreadable files
         raise ModelSourceError(f"model.name: cannot load GGUF {gguf}: {error}") from None
     _save_plain(model, tokenizer, staging)
-    if target.exists():
-        shutil.rmtree(staging)
-    else:
-        os.replace(staging, target)
+    publish_directory(staging, target)
     return target
 
 

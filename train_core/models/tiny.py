@@ -40,6 +40,7 @@ def build_tiny_model(name: str, target: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from train_core.data.templates import CHATML
+    from train_core.cache import publish_directory
 
     tokenizer_core = Tokenizer(models.BPE())
     tokenizer_core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -63,7 +64,7 @@ def build_tiny_model(name: str, target: Path) -> None:
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
-    staging = target.parent / f".{target.name}.building"
+    staging = target.parent / f".{target.name}.building-{os.getpid()}"
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    os.replace(staging, target)
+    publish_directory(staging, target)

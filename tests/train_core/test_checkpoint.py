@@ -1,0 +1,61 @@
+"""Checkpoints are committed by `latest` only; interrupted saves are never read and are cleaned up."""
+from pathlib import Path
+
+import pytest
+
+from train_core.checkpoint import REQUIRED_FILES, CheckpointManager, step_key
+from train_core.config import load_config
+from train_core.errors import ConfigError
+from train_core.store import LocalStore
+from train_core.trainer import train
+
+
+def write_step(directory: Path, step: int) -> None:
+    for name in REQUIRED_FILES:
+        (directory / name).write_text(f"{name}@{step}")
+
+
+class FailingUploadStore(LocalStore):
+    """A LocalStore whose directory upload dies after copying one file, like a process killed mid-save."""
+
+    def upload_dir(self, local_dir: Path, key_prefix: str) -> None:
+        target = self._path(key_prefix)
+        target.mkdir(parents=True)
+        first = sorted(local_dir.iterdir())[0]
+        (target / first.name).write_bytes(first.read_bytes())
+        raise OSError("connection reset during upload")
+
+
+def test_interrupted_save_never_moves_latest_and_is_garbage_collected(tmp_path):
+    manager = CheckpointManager(LocalStore(tmp_path / "run"), tmp_path / "staging", keep=2)
+    manager.save(2, lambda d: write_step(d, 2))
+    broken = CheckpointManager(FailingUploadStore(tmp_path / "run"), tmp_path / "staging", keep=2)
+    with pytest.raises(OSError):
+        broken.save(4, lambda d: write_step(d, 4))
+    assert (tmp_path / "run" / step_key(4)).is_dir()
+    assert manager.latest_step() == 2
+    restored = manager.load(manager.latest_step(), tmp_path / "restore")
+    assert (restored / "trainer_state.json").read_text() == "trainer_state.json@2"
+    manager.prune()
+    assert not (tmp_path / "run" / step_key(4)).exists()
+    assert (tmp_path / "run" / step_key(2)).is_dir()
+
+
+def test_keeps_only_the_last_k_and_requires_every_file(tmp_path):
+    manager = CheckpointManager(LocalStore(tmp_path / "run"), tmp_path / "staging", keep=2)
+    for step in (1, 2, 3, 4):
+        manager.save(step, lambda d, s=step: write_step(d, s))
+    assert manager.store.list_dir("checkpoints") == ["latest", "step-00000003", "step-00000004"]
+    with pytest.raises(RuntimeError, match="lacks"):
+        manager.save(5, lambda d: (d / "adapter_config.json").write_text("{}"))
+    assert manager.latest_step() == 4
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(config_factory):
+    first = load_config(config_factory({"training": {"max_steps": 2}}))
+    train(first)
+    changed = load_config(config_factory({"training": {"max_steps": 2, "learning_rate": 0.01}}, name="other.yaml"))
+    with pytest.raises(ConfigError, match="different config"):
+        train(changed, resume=True)
+    with pytest.raises(ConfigError, match="pass --resume"):
+        train(first)

@@ -1,0 +1,32 @@
+"""`spottune doctor` passes here; `spottune generate` runs a base model with and without a trained adapter."""
+import json
+
+from tests.train_core.helpers import run_cli, write_config
+
+
+def test_doctor_passes():
+    result = run_cli("doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
+    for check in ("environment", "device", "4-bit weights", "train step", "checkpoint"):
+        assert f"PASS  {check}" in result.stdout
+
+
+def test_generate_with_adapter_and_prompt_file(tmp_path):
+    config = write_config(tmp_path, {"training": {"max_steps": 2}})
+    assert run_cli("train", str(config)).returncode == 0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Name a tea.\nName a cup.\n", encoding="utf-8")
+    result = run_cli(
+        "generate", "--model", "builtin:tiny-llama", "--adapter", str(tmp_path / "run" / "adapter"),
+        "--prompts", str(prompts), "--max-new-tokens", "5", "--json",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [record["prompt"] for record in records] == ["Name a tea.", "Name a cup."]
+    assert all(isinstance(record["reply"], str) for record in records)
+
+
+def test_generate_rejects_a_directory_that_is_not_an_adapter(tmp_path):
+    result = run_cli("generate", "--model", "builtin:tiny-llama", "--adapter", str(tmp_path), "--prompt", "hi")
+    assert result.returncode == 2 and "no adapter_config.json" in result.stderr and "Traceback" not in result.stderr
