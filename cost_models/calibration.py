@@ -98,6 +98,7 @@ class Measurement:
     peak_allocated_gib: float
     step_s: float
     context_gib: float
+    weights_gib: float  # allocated after loading the model and adding the adapters
     checkpoint_mb: float | None
     checkpoint_s: float | None
 
@@ -126,7 +127,8 @@ def measurement_from_row(row: dict[str, str], source: str) -> Measurement:
         shape=shape, gpu=card, run=row["run"], status=row["status"],
         peak_reserved_gib=_float(row["peak_reserved_gib"]) or 0.0,
         peak_allocated_gib=_float(row["peak_allocated_gib"]) or 0.0, step_s=_float(row["step_s"]) or 0.0,
-        context_gib=_float(row["context_gib"]) or 0.0, checkpoint_mb=_float(row.get("checkpoint_mb", "")),
+        context_gib=_float(row["context_gib"]) or 0.0, weights_gib=_float(row["weights_gib"]) or 0.0,
+        checkpoint_mb=_float(row.get("checkpoint_mb", "")),
         checkpoint_s=_float(row.get("checkpoint_s", "")),
     )
 
