@@ -275,27 +275,59 @@ def write_row(path: Path, row: dict) -> None:
         writer.writerow({key: (f"{value:.4f}" if isinstance(value, float) else value) for key, value in row.items()})
 
 
+def measure_group(group: Group, bench: Bench, context: dict, args: argparse.Namespace, started: float) -> None:
+    """Measure the group's points until the deadline, appending one CSV row per point."""
+    import torch
+
+    checkpoint: tuple[float, float] | None = None
+    for point in group.points:
+        if time.monotonic() - started > args.deadline:
+            print("deadline reached; stopping this group", flush=True)
+            return
+        row = {
+            **context, "engine": f"train_core {bench.engine_name}", "arch": group.arch, "layers": bench.arch.layers,
+            "quantization": bench.trainer.path.quantization, "lora_rank": group.rank,
+            "lora_targets": "+".join(group.targets or ("all-linear",)), "checkpointing": point.checkpointing,
+            "seq_len": point.seq_len, "micro_batch": point.micro_batch, "grad_accum": point.grad_accum,
+            "samples_per_row": point.samples_per_row, "weights_gib": bench.weights_gib,
+            "lora_params": bench.lora_params, "timed_steps": args.timed,
+        }
+        try:
+            result = bench.measure(point, args.warmup, args.timed)
+        except torch.cuda.OutOfMemoryError:
+            bench.trainer.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+            result = {"status": "oom"}
+        if checkpoint is None and result["status"] == "ok":
+            checkpoint = bench.checkpoint_cost()  # after a step, so the optimizer state is in it
+        if checkpoint is not None:
+            row.update(checkpoint_mb=checkpoint[0], checkpoint_s=checkpoint[1])
+        write_row(Path(args.out), {**row, **result})
+        shown = {key: result.get(key) for key in ("status", "peak_reserved_gib", "step_s")}
+        print(f"   {point}: {json.dumps(shown, default=lambda v: round(v, 3))}", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import warnings
 
     import torch
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU here; use --device cpu for a dry run", file=sys.stderr)
         return 2
     started = time.monotonic()
-    card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     now = datetime.datetime.now(datetime.timezone.utc)
-    today, run_id = now.date().isoformat(), now.strftime("%Y-%m-%dT%H:%MZ")
-    stamp = versions()
-    out = Path(args.out)
+    context = {
+        "run": now.strftime("%Y-%m-%dT%H:%MZ"), "date": now.date().isoformat(), "versions": versions(),
+        "card": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    }
     work = Path(tempfile.mkdtemp(prefix="spottune-calib-"))
     built: dict[str, Path] = {}
     uses = Counter(_arch(group).name for group in MATRIX[args.matrix])
-    print(f"{card}; {stamp}; writing {out}", flush=True)
+    print(f"{context['card']}; {context['versions']}; writing {args.out}", flush=True)
     try:
         for group in MATRIX[args.matrix]:
             arch = _arch(group)
@@ -307,39 +339,10 @@ def run(args: argparse.Namespace) -> int:
                 build_model_dir(arch, built[arch.name], device)
             setup = time.monotonic()
             bench = Bench(group, arch, built[arch.name], work, device)
-            checkpoint: tuple[float, float] | None = None
             print(f"== {arch.name} {group.quantization} r{group.rank}: loaded in {time.monotonic() - setup:.1f}s, "
                   f"{bench.weights_gib:.2f} GiB, {bench.lora_params:,} LoRA params ({bench.engine_name})", flush=True)
-            for point in group.points:
-                if time.monotonic() - started > args.deadline:
-                    print("deadline reached; stopping this group", flush=True)
-                    break
-                base = {
-                    "date": today, "card": card, "engine": f"train_core {bench.engine_name}", "versions": stamp,
-                    "arch": group.arch, "layers": arch.layers, "quantization": bench.trainer.path.quantization,
-                    "lora_rank": group.rank, "lora_targets": "+".join(group.targets or ("all-linear",)),
-                    "checkpointing": point.checkpointing, "run": run_id, "timed_steps": args.timed,
-
-                    "seq_len": point.seq_len, "micro_batch": point.micro_batch, "grad_accum": point.grad_accum,
-                    "samples_per_row": point.samples_per_row, "weights_gib": bench.weights_gib,
-                    "lora_params": bench.lora_params,
-                }
-                try:
-                    result = bench.measure(point, args.warmup, args.timed)
-                except torch.cuda.OutOfMemoryError:
-                    bench.trainer.optimizer.zero_grad(set_to_none=True)
-                    gc.collect()
-                    torch.cuda.empty_cache()
-                    result = {"status": "oom"}
-                if checkpoint is None and result["status"] == "ok":
-                    checkpoint = bench.checkpoint_cost()  # after a step, so the optimizer state is in it
-                if checkpoint is not None:
-                    base.update(checkpoint_mb=checkpoint[0], checkpoint_s=checkpoint[1])
-                write_row(out, {**base, **result})
-                shown = {key: result.get(key) for key in ("status", "peak_reserved_gib", "step_s")}
-                print(f"   {point}: {json.dumps(shown, default=lambda v: round(v, 3))}", flush=True)
+            measure_group(group, bench, context, args, started)
             bench.close()
-            del bench
             uses[arch.name] -= 1
             if not uses[arch.name]:
                 shutil.rmtree(built.pop(arch.name), ignore_errors=True)

@@ -3,11 +3,13 @@ what would make a job fit when nothing does."""
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 from typing import Iterable
 
 from cost_models.calibration import Calibration, load_calibration
 from cost_models.catalog import Gpu
-from cost_models.estimate import Estimate, estimate
+from cost_models.estimate import SAFETY_FRACTION, Estimate, estimate
+from cost_models.memory import estimate_memory
 from cost_models.shape import CHECKPOINTING, JobShape
 
 MODE_ORDER = {"none": 0, "full": 1, "offload": 2}  # prefer keeping more on the GPU when times tie
@@ -17,13 +19,17 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def candidate_shapes(shape: JobShape, rows_per_worker: int, micro_batch: int | None, checkpointing: str | None):
+@lru_cache(maxsize=1024)
+def candidate_shapes(
+    shape: JobShape, rows_per_worker: int, micro_batch: int | None, checkpointing: str | None
+) -> tuple[JobShape, ...]:
     """Every (micro-batch, checkpointing) the config allows; micro-batches divide the rows of one worker."""
     sizes = [micro_batch] if micro_batch else divisors(rows_per_worker)
     modes = [checkpointing] if checkpointing else list(CHECKPOINTING)
-    for size in sizes:
-        for mode in modes:
-            yield shape.with_(micro_batch=size, grad_accum=max(1, rows_per_worker // size), checkpointing=mode)
+    return tuple(
+        shape.with_(micro_batch=size, grad_accum=max(1, rows_per_worker // size), checkpointing=mode)
+        for size in sizes for mode in modes
+    )
 
 
 def autosize(
@@ -36,12 +42,13 @@ def autosize(
 ) -> Estimate:
     """The fastest fitting choice (None = auto); when nothing fits, the choice needing the least memory."""
     calibration = calibration or load_calibration()
-    options = [estimate(s, gpu, calibration) for s in candidate_shapes(shape, rows_per_worker, micro_batch,
-                                                                        checkpointing)]
-    fitting = [o for o in options if o.fits]
+    options = candidate_shapes(shape, rows_per_worker, micro_batch, checkpointing)
+    needs = [(estimate_memory(option, calibration.memory).total, option) for option in options]
+    limit = gpu.memory_gib * (1 - SAFETY_FRACTION)
+    fitting = [estimate(option, gpu, calibration) for need, option in needs if need <= limit]
     if fitting:
         return min(fitting, key=lambda o: (o.time.step, MODE_ORDER[o.shape.checkpointing], o.need_gib))
-    return min(options, key=lambda o: o.need_gib)
+    return estimate(min(needs, key=lambda pair: pair[0])[1], gpu, calibration)
 
 
 def shorter_rows(shape: JobShape) -> JobShape:

@@ -8,7 +8,7 @@ import csv
 import hashlib
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from cost_models.architectures import resolve_architecture
@@ -55,7 +55,7 @@ class TimeCoefficients:
     offload_gbs: float  # host <-> device copy rate for offloaded activations
     host_factors: dict[str, float] = field(default_factory=dict)  # per calibration run (machine); 1 = reference
 
-    @property
+    @cached_property
     def host_factor(self) -> float:
         """The host speed a plan assumes: the mean over the measured machines."""
         return sum(self.host_factors.values()) / len(self.host_factors) if self.host_factors else 1.0

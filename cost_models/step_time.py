@@ -37,16 +37,13 @@ class StepTime:
         return asdict(self)
 
 
-@lru_cache(maxsize=16384)
-def time_features(shape: JobShape, gpu: Gpu) -> dict[str, float]:
-    """What one optimizer step on `gpu` has to do, per micro-batch at the job's mean micro-batch (FLOPs and
-    bytes already divided by the GPU's peak rates), and per step (adapter tensors, gradient sync)."""
+@lru_cache(maxsize=8192)
+def work(shape: JobShape) -> dict[str, float]:
+    """FLOPs, bytes and host operations of one micro-batch at the job's mean size, for any GPU."""
     arch = shape.arch
     tokens = shape.tokens_per_micro_batch
     targets = shape.targets(tokens)
     passes = shape.passes
-    peak = gpu.bf16_tflops * 1e12
-    bandwidth = gpu.mem_bw_gbs * 1e9
     gemm = (2 * passes * arch.linear_params + (2 * passes + 2) * shape.lora_params) * tokens
     gemm += 6 * arch.hidden * arch.vocab * targets  # head + checkpointed loss chunk + input gradient
     attention = 4 * tokens**2 * arch.q_dim * arch.layers * (passes - 1 + 2.5)
@@ -61,11 +58,11 @@ def time_features(shape: JobShape, gpu: Gpu) -> dict[str, float]:
         "target_passes": float(arch.layers * passes * len(shape.lora_targets)),
         "tokens": tokens,
         "loss_chunks": float(passes * max(1, math.ceil(targets / LOSS_CHUNK_ROWS))),
-        "gemm": gemm / peak,
-        "masked_attention": attention / peak if shape.masked else 0.0,
-        "causal_attention": 0.0 if shape.masked else attention / 2 / peak,
-        "weight_bytes": weight_bytes / bandwidth,
-        "activation_bytes": passes * tokens * arch.layers * layer_bytes_per_token(shape) / bandwidth,
+        "gemm": gemm,
+        "masked_attention": attention if shape.masked else 0.0,
+        "causal_attention": 0.0 if shape.masked else attention / 2,
+        "weight_bytes": weight_bytes,
+        "activation_bytes": passes * tokens * arch.layers * layer_bytes_per_token(shape),
         "offload_bytes": 4.0 * tokens * arch.layers * arch.hidden if shape.checkpointing == "offload" else 0.0,
         "float_base": 1.0 if shape.float_base else 0.0,
         "grad_accum": float(shape.grad_accum),
@@ -73,6 +70,17 @@ def time_features(shape: JobShape, gpu: Gpu) -> dict[str, float]:
         "gradient_sync": sync,
         "tokens_per_step": shape.grad_accum * tokens * shape.gpus,
     }
+
+
+def time_features(shape: JobShape, gpu: Gpu) -> dict[str, float]:
+    """The work of one micro-batch with FLOPs and device bytes divided by this GPU's peak rates."""
+    features = dict(work(shape))
+    peak, bandwidth = gpu.bf16_tflops * 1e12, gpu.mem_bw_gbs * 1e9
+    for name in ("gemm", "masked_attention", "causal_attention"):
+        features[name] /= peak
+    for name in ("weight_bytes", "activation_bytes"):
+        features[name] /= bandwidth
+    return features
 
 
 def step_from_features(f: dict[str, float], c: TimeCoefficients, host_speed: float) -> StepTime:

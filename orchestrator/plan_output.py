@@ -69,27 +69,27 @@ def plot_plan(plan: SweepPlan, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise EstimateError("--plot needs matplotlib: pip install matplotlib") from None
-    totals: dict[str, list[float]] = {}
+    usd: dict[str, float] = {}
+    wall: dict[str, float] = {}
+    placed: dict[str, int] = {}
     for trial in plan.trials:
         cheapest: dict[str, PlanRow] = {}
         for row in trial.rows:
-            if row.run is None:
-                continue
             name = row.offer.gpu.name
-            if name not in cheapest or row.run.usd < cheapest[name].run.usd:
+            if row.run is not None and (name not in cheapest or row.run.usd < cheapest[name].run.usd):
                 cheapest[name] = row
         for name, row in cheapest.items():
-            usd, wall = totals.setdefault(name, [0.0, 0.0, 0.0])[:2]
-            totals[name][0], totals[name][1] = usd + row.run.usd, wall + row.run.wall_hours
-            totals[name][2] += 1
-    complete = {name: v for name, v in totals.items() if v[2] == len(plan.trials)}
+            usd[name] = usd.get(name, 0.0) + row.run.usd
+            wall[name] = wall.get(name, 0.0) + row.run.wall_hours
+            placed[name] = placed.get(name, 0) + 1
+    complete = [name for name, count in placed.items() if count == len(plan.trials)]
     if not complete:
         raise EstimateError("--plot: no GPU type fits every trial, nothing to draw")
-    names = sorted(complete, key=lambda n: complete[n][0])
+    names = sorted(complete, key=usd.__getitem__)
     figure, (cost_axis, time_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
-    cost_axis.bar(names, [complete[n][0] for n in names], color="tab:green")
+    cost_axis.bar(names, [usd[n] for n in names], color="tab:green")
     cost_axis.set_ylabel("expected $ (whole sweep, cheapest offer per GPU)")
-    time_axis.bar(names, [complete[n][1] for n in names], color="tab:blue")
+    time_axis.bar(names, [wall[n] for n in names], color="tab:blue")
     time_axis.set_ylabel("expected hours (sum over trials)")
     for axis in (cost_axis, time_axis):
         axis.tick_params(axis="x", rotation=45)

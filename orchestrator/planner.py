@@ -63,16 +63,14 @@ class PlanRow:
         return {
             "trial": self.trial_id, "gpu": o.gpu.name, "provider": o.provider, "instance_type": o.instance_type,
             "region": o.region, "market": o.market, "usd_per_gpu_hour": o.usd_per_gpu_hour, "price_date": o.date,
-            "interruptions_per_hour": o.interruptions_per_hour, "fits": e.fits, "need_gib": round(e.need_gib, 2),
-            "have_gib": e.have_gib, "headroom_gib": round(e.headroom_gib, 2),
-            "peak_reserved_gib": round(e.memory.reserved, 2), "micro_batch": e.shape.micro_batch,
-            "grad_accum": e.shape.grad_accum, "checkpointing": e.shape.checkpointing,
-            "step_s": round(e.time.step, 4), "bound": e.time.bound, "tokens_per_step": round(e.time.tokens_per_step),
-            "work_hours": round(r.work_hours, 4) if r else None, "hours": round(r.wall_hours, 4) if r else None,
-            "expected_preemptions": round(r.expected_preemptions, 3) if r else None,
-            "checkpoint_every_steps": r.checkpoint_every_steps if r else None,
-            "usd": round(r.usd, 4) if r else None, "calibrated": e.calibrated, "chosen": self.chosen,
-            "excluded": self.excluded,
+            "interruptions_per_hour": o.interruptions_per_hour, "fits": e.fits, "need_gib": e.need_gib,
+            "have_gib": e.have_gib, "headroom_gib": e.headroom_gib, "peak_reserved_gib": e.memory.reserved,
+            "micro_batch": e.shape.micro_batch, "grad_accum": e.shape.grad_accum,
+            "checkpointing": e.shape.checkpointing, "step_s": e.time.step, "bound": e.time.bound,
+            "tokens_per_step": e.time.tokens_per_step, "work_hours": r.work_hours if r else None,
+            "hours": r.wall_hours if r else None, "expected_preemptions": r.expected_preemptions if r else None,
+            "checkpoint_every_steps": r.checkpoint_every_steps if r else None, "usd": r.usd if r else None,
+            "calibrated": e.calibrated, "chosen": self.chosen, "excluded": self.excluded,
         }
 
 
