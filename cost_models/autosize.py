@@ -54,7 +54,8 @@ def autosize(
 def shorter_rows(shape: JobShape) -> JobShape:
     """The same job with max_seq_length halved (rows get shorter, samples get truncated)."""
     half = max(16, shape.seq_len // 2)
-    rows = replace(shape.rows, mean_tokens=min(shape.rows.mean_tokens, half), max_tokens=min(shape.rows.max_tokens, half))
+    rows = replace(shape.rows, mean_tokens=min(shape.rows.mean_tokens, half),
+                   max_tokens=min(shape.rows.max_tokens, half))
     return shape.with_(seq_len=half, rows=rows)
 
 

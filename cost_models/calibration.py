@@ -81,6 +81,7 @@ class Calibration:
             gpu.name in self.cards
             and shape.engine == self.engine
             and shape.quantization in self.quantizations
+            and shape.compute_dtype == "bf16"
             and low / 2 <= shape.tokens_per_micro_batch <= high * 2
             and params_low / 2 <= shape.arch.total_params <= params_high * 4
         )

@@ -51,6 +51,13 @@ class Offer:
     def key(self) -> str:
         return f"{self.provider}:{self.instance_type}:{self.region}:{self.market}"
 
+    def billed_gpus(self, gpus: int) -> int:
+        """GPUs paid for when a job needs `gpus`: whole instances are rented (a p4d bills all 8)."""
+        return -(-gpus // self.gpus_per_instance) * self.gpus_per_instance
+
+    def usd_per_hour(self, gpus: int) -> float:
+        return self.usd_per_gpu_hour * self.billed_gpus(gpus)
+
 
 def _rows(name: str) -> list[dict[str, str]]:
     with open(DATA / name, encoding="utf-8", newline="") as handle:
@@ -138,8 +145,8 @@ def list_offers(
     gpu_names: Iterable[str] | None = None,
     max_price: float | None = None,
 ) -> list[Offer]:
-    """Offers of the given providers (every real provider when None) in one market or both, optionally limited to GPU types
-    and a $/GPU-hour ceiling; sorted by price."""
+    """Offers of the given providers (every real provider when None) in one market or both, optionally
+    limited to GPU types and a $/GPU-hour ceiling; sorted by price."""
     if market not in (*MARKETS, "any"):
         raise EstimateError(f"resources.market: {market!r}; accepted: spot, on-demand, any")
     wanted = None if provider_names is None else list(provider_names)

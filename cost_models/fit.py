@@ -3,9 +3,10 @@
     python -m cost_models.fit            # refit after bench/calibrate_estimator.py added rows
 
 Memory: weighted linear least squares (relative error, no negative scales) of measured peak reserved
-bytes on the byte counts of memory.memory_features, after the exactly counted weights and optimizer state. Time: Nelder-Mead
-on log step time over bounded host, efficiency and overlap parameters, with one host-speed factor per
-calibration run (each run is a different machine). Accuracy is reported in-sample and with each
+bytes on the byte counts of memory.memory_features, after the exactly counted weights and optimizer
+state. Time: Nelder-Mead on the 4th power of log step-time errors (it weighs the worst points) over
+bounded host, efficiency and overlap parameters, with one host-speed factor per calibration run (each
+run is a different machine). Accuracy is reported in-sample and with each
 architecture left out of the fit.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ from cost_models.step_time import estimate_step_time, step_from_features, time_f
 MEMORY_FEATURES = ("saved", "saved_float_base", "mask_per_layer", "logits", "working", "working_float_base", "one")
 TIME_BOUNDS = {  # name: (low, high); host terms are seconds
     "host_layer_pass_4bit": (1e-4, 0.05), "host_layer_pass_float": (1e-4, 0.05), "host_per_target": (0.0, 0.01),
-    "host_loss_chunk": (0.0, 0.01), "host_per_token": (0.0, 2e-6), "host_micro_batch": (0.0, 0.2), "host_lora_tensor": (0.0, 1e-3), "gemm_efficiency": (0.2, 0.85),
+    "host_loss_chunk": (0.0, 0.01), "host_per_token": (0.0, 2e-6), "host_micro_batch": (0.0, 0.2),
+    "host_lora_tensor": (0.0, 1e-3), "gemm_efficiency": (0.2, 0.85),
     "masked_attention_efficiency": (0.05, 0.7), "causal_attention_efficiency": (0.1, 0.75),
     "elementwise_traffic": (0.5, 20.0), "overlap": (1.5, 12.0), "offload_gbs": (2.0, 60.0),
 }
@@ -57,9 +59,10 @@ def nonnegative_least_squares(rows: list[list[float]], targets: list[float], wei
     active = list(range(len(rows[0])))
     while True:
         scale = [max(abs(row[j]) for row in rows) or 1.0 for j in active]
-        xtx = [[sum(w * w * row[i] * row[j] / (si * sj) for row, w in zip(rows, weights)) for j, sj in zip(active, scale)]
-               for i, si in zip(active, scale)]
-        xty = [sum(w * w * row[i] * t / si for row, t, w in zip(rows, targets, weights)) for i, si in zip(active, scale)]
+        pairs = list(zip(active, scale))
+        xtx = [[sum(w * w * row[i] * row[j] / (si * sj) for row, w in zip(rows, weights)) for j, sj in pairs]
+               for i, si in pairs]
+        xty = [sum(w * w * row[i] * t / si for row, t, w in zip(rows, targets, weights)) for i, si in pairs]
         solution = [value / s for value, s in zip(solve(xtx, xty), scale)]
         negative = [j for j, value in zip(active, solution) if value < 0]
         if not negative:
@@ -165,7 +168,8 @@ def time_errors(points: Sequence[Measurement], coefficients: TimeCoefficients, p
 
 
 def _summary(errors: list[float]) -> dict[str, float]:
-    return {"max_abs": round(max(abs(e) for e in errors), 4), "rms": round(math.sqrt(sum(e * e for e in errors) / len(errors)), 4)}
+    rms = math.sqrt(sum(e * e for e in errors) / len(errors))
+    return {"max_abs": round(max(abs(e) for e in errors), 4), "rms": round(rms, 4)}
 
 
 def held_out_errors(points: Sequence[Measurement], time_start: TimeCoefficients) -> dict[str, dict[str, float]]:

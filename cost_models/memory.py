@@ -87,18 +87,18 @@ def memory_features(shape: JobShape) -> dict[str, float]:
     """
     arch = shape.arch
     tokens = shape.max_tokens_per_micro_batch
-    per_layer = layer_bytes_per_token(shape)
+    per_layer = layer_bytes_per_token(shape) * shape.activation_scale
     mask_entries = float(tokens) ** 2 if shape.masked else 0.0
     if shape.checkpointing == "none":
         saved, working = tokens * arch.layers * per_layer, 0.0
     elif shape.checkpointing == "full":
-        saved, working = tokens * arch.layers * 2 * arch.hidden, tokens * per_layer
+        saved, working = tokens * arch.layers * 2 * arch.hidden * shape.activation_scale, tokens * per_layer
     else:  # offload: the layer inputs live in pinned CPU memory
         saved, working = 0.0, tokens * per_layer
     return {
         "saved": saved,
         "saved_float_base": saved if shape.float_base else 0.0,
-        "mask_per_layer": mask_entries * arch.layers if shape.checkpointing == "none" else 0.0,
+        "mask_per_layer": mask_entries * arch.layers * shape.activation_scale if shape.checkpointing == "none" else 0.0,
         "logits": min(shape.targets(tokens), LOSS_CHUNK_ROWS) * arch.vocab,
         "working": working,
         "working_float_base": working if shape.float_base else 0.0,

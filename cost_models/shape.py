@@ -44,6 +44,7 @@ class JobShape:
     optimizer: str = "adamw_8bit"
     engine: str = "train_core-hf"
     gpus: int = 1
+    compute_dtype: str = "bf16"  # "fp32" doubles activations and runs matmuls at the TF32 rate (uncalibrated)
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
@@ -52,6 +53,8 @@ class JobShape:
         if self.checkpointing not in CHECKPOINTING:
             raise EstimateError(f"training.activation_checkpointing: {self.checkpointing!r}; accepted: "
                                 f"{', '.join(CHECKPOINTING)}")
+        if self.compute_dtype not in ("bf16", "fp32"):
+            raise EstimateError(f"model.compute_dtype: {self.compute_dtype!r}; accepted: bf16, fp32")
         if self.optimizer not in OPTIMIZERS:
             raise EstimateError(f"training.optimizer: {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
         unknown = [name for name in self.lora_targets if name not in self.arch.module_names]
@@ -97,6 +100,11 @@ class JobShape:
     @property
     def lora_tensors(self) -> int:
         return 2 * len(self.lora_targets) * self.arch.layers
+
+    @property
+    def activation_scale(self) -> float:
+        """Bytes of an activation relative to bf16."""
+        return 2.0 if self.compute_dtype == "fp32" else 1.0
 
     @property
     def float_base(self) -> bool:

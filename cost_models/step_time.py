@@ -58,11 +58,11 @@ def work(shape: JobShape) -> dict[str, float]:
         "target_passes": float(arch.layers * passes * len(shape.lora_targets)),
         "tokens": tokens,
         "loss_chunks": float(passes * max(1, math.ceil(targets / LOSS_CHUNK_ROWS))),
-        "gemm": gemm,
+        "gemm": gemm * shape.activation_scale,  # fp32 compute runs at about half the bf16 (TF32) rate
         "masked_attention": attention if shape.masked else 0.0,
         "causal_attention": 0.0 if shape.masked else attention / 2,
         "weight_bytes": weight_bytes,
-        "activation_bytes": passes * tokens * arch.layers * layer_bytes_per_token(shape),
+        "activation_bytes": passes * tokens * arch.layers * layer_bytes_per_token(shape) * shape.activation_scale,
         "offload_bytes": 4.0 * tokens * arch.layers * arch.hidden if shape.checkpointing == "offload" else 0.0,
         "float_base": 1.0 if shape.float_base else 0.0,
         "grad_accum": float(shape.grad_accum),

@@ -42,6 +42,12 @@ def catalog_table(records: list[dict]) -> str:
         "interruption rates per hour are priors from the bucket (cost_models/data/interruption_buckets.csv)"
 
 
+def _offer_name(row: PlanRow) -> str:
+    billed = row.offer.billed_gpus(row.estimate.shape.gpus)
+    suffix = f" (bills {billed} GPUs)" if billed > 1 else ""
+    return f"{row.offer.provider} {row.offer.instance_type}{suffix}"
+
+
 def _cheapest(rows: list[PlanRow], market: str) -> PlanRow | None:
     fitting = [r for r in rows if r.run is not None and r.offer.market == market]
     return min(fitting, key=lambda r: r.run.usd) if fitting else None
@@ -66,7 +72,7 @@ def job_records(job: TrialJob, offers: list[Offer]) -> list[dict]:
             best = _cheapest(rows, market)
             prefix = market.replace("-", "_")
             record.update({
-                f"{prefix}_offer": f"{best.offer.provider} {best.offer.instance_type}" if best else None,
+                f"{prefix}_offer": _offer_name(best) if best else None,
                 f"{prefix}_usd_per_gpu_hour": best.offer.usd_per_gpu_hour if best else None,
                 f"{prefix}_hours": round(best.run.wall_hours, 4) if best else None,
                 f"{prefix}_usd": round(best.run.usd, 4) if best else None,

@@ -22,13 +22,18 @@ def best_per_gpu(rows: list[PlanRow]) -> list[PlanRow]:
     return kept
 
 
+def _instance(row: PlanRow) -> str:
+    billed = row.offer.billed_gpus(row.estimate.shape.gpus)
+    return row.offer.instance_type if billed == 1 else f"{row.offer.instance_type} (bills {billed} GPUs)"
+
+
 def _cells(row: PlanRow) -> list[str]:
     e, r = row.estimate, row.run
     fits = "yes" if e.fits else "no"
     if row.excluded:
         fits = "price"
     return [
-        "*" if row.chosen else "", e.gpu.name, row.offer.provider, row.offer.instance_type, row.offer.market,
+        "*" if row.chosen else "", e.gpu.name, row.offer.provider, _instance(row), row.offer.market,
         money(row.offer.usd_per_gpu_hour), fits, f"{e.need_gib:.1f}/{e.have_gib:.0f}", f"{e.headroom_gib:+.1f}",
         f"{e.shape.micro_batch}x{e.shape.grad_accum}", e.shape.checkpointing, f"{e.time.step:.2f}",
         hours(r.wall_hours if r else None), f"{r.expected_preemptions:.2f}" if r else "-", money(r.usd if r else None),

@@ -55,14 +55,15 @@ class PlanRow:
 
     @property
     def usd_per_hour(self) -> float:
-        """What this trial pays per hour on this offer (all its GPUs)."""
-        return self.offer.usd_per_gpu_hour * self.estimate.shape.gpus
+        """What this trial pays per hour on this offer (every GPU of the instances it rents)."""
+        return self.offer.usd_per_hour(self.estimate.shape.gpus)
 
     def as_dict(self) -> dict:
         e, o, r = self.estimate, self.offer, self.run
         return {
             "trial": self.trial_id, "gpu": o.gpu.name, "provider": o.provider, "instance_type": o.instance_type,
-            "region": o.region, "market": o.market, "usd_per_gpu_hour": o.usd_per_gpu_hour, "price_date": o.date,
+            "region": o.region, "market": o.market, "usd_per_gpu_hour": o.usd_per_gpu_hour,
+            "billed_gpus": o.billed_gpus(e.shape.gpus), "usd_per_hour": self.usd_per_hour, "price_date": o.date,
             "interruptions_per_hour": o.interruptions_per_hour, "fits": e.fits, "need_gib": e.need_gib,
             "have_gib": e.have_gib, "headroom_gib": e.headroom_gib, "peak_reserved_gib": e.memory.reserved,
             "micro_batch": e.shape.micro_batch, "grad_accum": e.shape.grad_accum,
@@ -145,6 +146,7 @@ def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1) -> Tr
         grad_accum=max(1, rows_per_worker // (micro_batch or 1)), checkpointing="full", rows=rows,
         optimizer="adamw_8bit" if training.optimizer == "auto" else training.optimizer,
         engine=ENGINE_PROFILES[config.model.engine], gpus=gpus_per_trial,
+        compute_dtype="fp32" if config.model.compute_dtype == "fp32" else "bf16",
     )
     steps_per_epoch = math.ceil(rows.rows / training.batch_size) if rows.rows else 0
     steps = steps_per_epoch * training.epochs
@@ -169,7 +171,7 @@ def price_row(job: TrialJob, offer: Offer, sized: Estimate, steps_done: int, sto
     state = static_bytes(shape)
     checkpoint = checkpoint_seconds(state["lora_params_grads"] / 2 + state["optimizer_state"], storage)
     restart = restart_seconds(shape.arch.total_params * 2)
-    run = expected_run(max(0, job.steps - steps_done), sized.time.step, offer.usd_per_gpu_hour * shape.gpus,
+    run = expected_run(max(0, job.steps - steps_done), sized.time.step, offer.usd_per_hour(shape.gpus),
                        offer.interruptions_per_hour, checkpoint, restart, every_steps)
     return PlanRow(job.trial_id, offer, sized, run)
 
@@ -251,6 +253,7 @@ def plan_sweep(spec: SweepSpec, trials: Iterable[TrialSpec], offers: Sequence[Of
     if spec.resources.max_total_cost is not None:
         total = sum(p.chosen.run.usd for p in plans if p.chosen and p.chosen.run)
         if total > spec.resources.max_total_cost:
-            notes.append(f"expected total ${total:.2f} exceeds resources.max_total_cost ${spec.resources.max_total_cost:g}")
+            limit = spec.resources.max_total_cost
+            notes.append(f"expected total ${total:.2f} exceeds resources.max_total_cost ${limit:g}")
     return SweepPlan(plans, len(offers), notes)
 

@@ -102,5 +102,6 @@ def test_a_config_that_fits_nowhere_says_what_would_make_it_fit(tmp_path):
     }, resources={"gpus": ["L4", "A10G"]})
     result = run_cli("plan", str(spec))
     assert result.returncode == 1
-    assert "fits no offered GPU: needs" in result.stdout and "would fit with: model.quantization nf4 on" in result.stdout
+    assert "fits no offered GPU: needs" in result.stdout
+    assert "would fit with: model.quantization nf4 on" in result.stdout
     assert "placed 0/2 trial(s)" in result.stdout
