@@ -33,9 +33,10 @@ class ModelSettings(StrictModel):
     compute_dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Dtype of matmuls and activations. auto = bf16 on CUDA, fp32 on CPU."
     )
-    engine: Literal["auto", "hf"] = Field(
-        "auto", description="Training engine: hf = transformers + PEFT (the reference path). auto picks the fastest "
-        "engine that supports the architecture on this device.",
+    engine: Literal["auto", "hf", "fast"] = Field(
+        "auto", description="Training engine: hf = transformers + PEFT (the reference path); fast = our fused NF4 + "
+        "LoRA engine (CUDA, llama/qwen2/mistral, nf4 base, bf16 compute, no LoRA dropout). auto = fast where it "
+        "supports the run, else hf.",
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel; flash_attention_2 only where the flash-attn package is installed."

@@ -30,10 +30,19 @@ class Distributed:
     def active(self) -> bool:
         return self.world_size > 1
 
+    @staticmethod
+    def _collective_device() -> torch.device:
+        """NCCL reduces only CUDA tensors; gloo takes CPU tensors."""
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.active:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
+        if not self.active:
+            return tensor
+        on_device = tensor.to(self._collective_device())
+        dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+        return on_device.to(tensor.device)
 
     def all_reduce_grads(self, parameters: list[torch.nn.Parameter]) -> None:
         """Sum gradients over workers (the loss is already divided by the global target count)."""
@@ -51,7 +60,7 @@ class Distributed:
     def any_true(self, flag: bool) -> bool:
         if not self.active:
             return flag
-        tensor = torch.tensor([1.0 if flag else 0.0])
+        tensor = torch.tensor([1.0 if flag else 0.0], device=self._collective_device())
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return bool(tensor.item())
 

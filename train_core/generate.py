@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,6 +54,7 @@ class Generator:
                 raise ModelSourceError(f"--adapter: {adapter} has no adapter_config.json (expected a PEFT adapter dir)")
             from peft import PeftModel
 
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = PeftModel.from_pretrained(model, adapter)
         self.model = model.eval()
 

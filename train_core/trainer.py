@@ -117,7 +117,7 @@ class Trainer:
         if latest is None:
             return fresh
         where = self.store.describe("checkpoints")
-        local = self.checkpoints.load(latest, self.work_dir / ".restore")
+        local = self.checkpoints.load(latest, self.work_dir / ".staging" / f"restore-rank{self.dist.rank}")
         state = TrainerState.from_json((local / "trainer_state.json").read_text(encoding="utf-8"))
         if state.config_fingerprint != fresh.config_fingerprint:
             raise ConfigError(
@@ -135,6 +135,7 @@ class Trainer:
             restore_rng(state.rng[self.dist.rank])
         else:
             torch.manual_seed(self.config.training.seed * 1_000_003 + state.step * 101 + self.dist.rank)
+        shutil.rmtree(local, ignore_errors=True)
         self.log(f"resumed from step {latest} ({where})")
         return state
 
@@ -225,6 +226,9 @@ class Trainer:
 
     def run(self, resume: bool = False) -> TrainResult:
         self._refuse_silent_overwrite(resume)
+        if self.dist.is_main:
+            shutil.rmtree(self.work_dir / ".staging", ignore_errors=True)
+        self.dist.barrier()
         self._setup()
         state = self._restore()
         resumed_from = state.step if state.step else None

@@ -1,0 +1,79 @@
+"""Longest context the fast engine trains at batch 1 within a GPU memory cap (80 GiB emulates an H100 80GB).
+
+Trains one optimizer step per length, in increasing order, with offloaded layer inputs and tiled MLP,
+until one runs out of memory; records peak allocated memory and seconds per step for each length. With
+--layers below the architecture's depth, the full model's peak is estimated by adding the missing
+layers' NF4 weights (each layer's is measured), since offload keeps no per-layer activations on the GPU.
+
+    python bench/long_context.py --model llama-3-8b --layers 4 --lengths 131072 262144 409600 --out $OUT
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ARCHITECTURES, GIB, adamw_8bit, build_model, environment, fast_step, release, write_result  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="llama-3-8b")
+    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--lengths", type=int, nargs="+", required=True)
+    parser.add_argument("--cap-gib", type=float, default=80.0)
+    parser.add_argument("--tile", type=int, default=16384)
+    parser.add_argument("--ce", type=int, default=1024)
+    parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "spottune-bench-models")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from train_core.fast.engine import FastEngine
+    from train_core.fast.loading import AdapterSpec
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * GIB / total))
+    path = build_model(args.model, args.root, args.layers)
+    release()
+    engine = FastEngine(
+        path, AdapterSpec.from_target_modules(16, 16, "all-linear", seed=0), torch.device("cuda"), "offload",
+        ce_budget_mib=args.ce, mlp_tile_rows=args.tile,
+    )
+    optimizer = adamw_8bit(engine.trainable_parameters())
+    layer_bytes = sum(base.nbytes() for group in engine.model.layers[0].groups.values() for base in group.bases)
+    depth = ARCHITECTURES[args.model]["num_hidden_layers"]
+    built = len(engine.model.layers)
+    vocab = engine.model.spec.vocab
+    for length in args.lengths:
+        torch.cuda.reset_peak_memory_stats()
+        ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(length))
+        record = {"run": f"long context {args.model} {built}/{depth} layers, {length} tokens, cap {args.cap_gib} GiB"}
+        try:
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            loss = fast_step(engine, optimizer, [ids])
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / GIB
+            record.update(
+                tokens=length, s_per_step=round(time.perf_counter() - started, 2), loss=round(loss, 4),
+                peak_alloc_gib=round(peak, 2), peak_reserved_gib=round(torch.cuda.max_memory_reserved() / GIB, 2),
+                full_depth_peak_estimate_gib=round(peak + (depth - built) * layer_bytes / GIB, 2),
+                host_offload_gib_full_depth=round((depth - 1) * length * engine.model.spec.hidden * 2 / GIB, 1),
+            )
+        except torch.cuda.OutOfMemoryError as error:
+            record.update(tokens=length, error=f"OOM: {str(error).splitlines()[0][:200]}")
+        write_result(args.out, {**record, **environment()})
+        optimizer.zero_grad(set_to_none=True)
+        release()
+        if "error" in record:
+            break
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Tokens/s and peak memory of the standard HF QLoRA recipe and of the fast engine, in one process.
+
+Each run is `engine:MICROxACCUM[:mode][:ce=MiB][:tile=ROWS]`, e.g. `hf:2x4`, `fast:2x4:offload:ce=256`;
+every step holds MICRO*ACCUM sequences of --seq random token ids. The first fast run also reports
+start-up (safetensors load + NF4 quantization + first optimizer step, Triton compilation included,
+with an empty Triton cache).
+
+    python bench/qlora_speed.py --model qwen2-1.5b --runs hf:2x4 hf:8x1 fast:2x4:offload fast:4x2:none --out $OUT
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (  # noqa: E402
+    adamw_8bit, build_model, environment, fast_step, hf_step, load_hf_recipe, random_batch, release, summarise,
+    timed_steps, write_result,
+)
+
+
+def parse_run(spec: str) -> dict:
+    parts = spec.split(":")
+    micro, accum = (int(v) for v in parts[1].split("x"))
+    run = {"engine": parts[0], "micro": micro, "accum": accum, "mode": "full", "ce": 512, "tile": None, "profile": False}
+    for part in parts[2:]:
+        if part == "prof":
+            run["profile"] = True
+        elif part.startswith("ce="):
+            run["ce"] = int(part[3:])
+        elif part.startswith("tile="):
+            run["tile"] = int(part[5:])
+        else:
+            run["mode"] = part
+    return run
+
+
+def run_hf(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: int, profile_out: Path) -> tuple[list[float], dict]:
+    model = load_hf_recipe(path)
+    optimizer = adamw_8bit([p for p in model.parameters() if p.requires_grad])
+
+    def step(index: int) -> float:
+        return hf_step(model, optimizer, [random_batch(index, m, run["micro"], seq, vocab) for m in range(run["accum"])])
+
+    seconds, losses = timed_steps(step, warmup, steps)
+    return seconds, {"losses": [round(l, 4) for l in losses]}
+
+
+def run_fast(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: int, profile_out: Path) -> tuple[list[float], dict]:
+    from train_core.fast.engine import FastEngine
+    from train_core.fast.loading import AdapterSpec
+
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    engine = FastEngine(
+        path, AdapterSpec.from_target_modules(16, 16, "all-linear", seed=0), torch.device("cuda"), run["mode"],
+        ce_budget_mib=run["ce"], mlp_tile_rows=run["tile"],
+    )
+    torch.cuda.synchronize()
+    loaded = time.perf_counter() - started
+    optimizer = adamw_8bit(engine.trainable_parameters())
+    first_step: list[float] = []
+
+    def step(index: int) -> float:
+        begin = time.perf_counter()
+        loss = fast_step(engine, optimizer, [random_batch(index, m, run["micro"], seq, vocab) for m in range(run["accum"])])
+        if index == 0:
+            torch.cuda.synchronize()
+            first_step.append(time.perf_counter() - begin)
+        return loss
+
+    seconds, losses = timed_steps(step, warmup, steps)
+    if run["profile"]:
+        profile_step(lambda: step(warmup + steps), profile_out)
+    extra = {"load_s": round(loaded, 2), "first_step_s": round(first_step[0], 2), "startup_s": round(loaded + first_step[0], 2),
+             "losses": [round(l, 4) for l in losses], "engine": engine.description}
+    return seconds, extra
+
+
+def profile_step(step, out: Path) -> None:
+    """Append the CUDA-time table of one profiled step to `out`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    with open(out, "a", encoding="utf-8") as handle:
+        handle.write(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=60) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2-1.5b")
+    parser.add_argument("--layers", type=int, default=None, help="build the architecture with fewer layers")
+    parser.add_argument("--runs", nargs="+", required=True)
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "spottune-bench-models")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    started = time.perf_counter()
+    path = build_model(args.model, args.root, args.layers)
+    print(f"built {path} in {time.perf_counter() - started:.1f}s", flush=True)
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(path).vocab_size
+    for spec in args.runs:
+        run = parse_run(spec)
+        release()
+        label = f"{args.model}{'' if args.layers is None else f'-{args.layers}l'} {spec} seq {args.seq}"
+        try:
+            runner = run_hf if run["engine"] == "hf" else run_fast
+            seconds, extra = runner(path, run, args.seq, vocab, args.warmup, args.steps, args.out / "profile.txt")
+            tokens = run["micro"] * run["accum"] * args.seq
+            write_result(args.out, {**summarise(label, seconds, tokens, extra), **env})
+        except Exception as error:  # keep measuring the other runs; the failure is recorded
+            traceback.print_exc()
+            write_result(args.out, {"run": label, "error": f"{type(error).__name__}: {str(error)[:300]}", **env})
+        release()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Print benchmark results (results.jsonl) as a short table, the baselines' ratios included."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(path: str) -> None:
+    try:
+        records = [json.loads(line) for line in open(path, encoding="utf-8")]
+    except FileNotFoundError:
+        print("no results")
+        return
+    baselines = {r["run"].split(" hf:")[0] + r["run"].split(" hf:")[1].split(" ")[0]: r for r in records
+                 if " hf:" in r["run"] and "tokens_per_s" in r}
+    for r in records:
+        if "error" in r:
+            print(f"{r['run']:<48} ERROR {r['error'][:120]}")
+            continue
+        if "max_rel_loss_diff" in r:
+            print(f"{r['run']:<48} max rel loss diff {r['max_rel_loss_diff']} (mean {r['mean_rel_loss_diff']}), "
+                  f"PEFT-loaded adapter rel diff {r['adapter_rel_diff']}")
+            continue
+        if "full_depth_peak_estimate_gib" in r:
+            print(f"{r['run']:<48} {r['s_per_step']:>7}s peak {r['peak_alloc_gib']} GiB (full depth ~{r['full_depth_peak_estimate_gib']})")
+            continue
+        model = r["run"].split(" ")[0]
+        ratios = " ".join(
+            f"x{r['tokens_per_s'] / b['tokens_per_s']:.2f} vs {key[len(model):]}"
+            for key, b in baselines.items() if key.startswith(model) and b is not r
+        )
+        startup = f" startup {r['startup_s']}s" if "startup_s" in r else ""
+        print(f"{r['run']:<48} {r['tokens_per_s']:>7} tok/s {r['s_per_step']:>7}s/step alloc {r['peak_alloc_gib']:>6} "
+              f"res {r['peak_reserved_gib']:>6} GiB {ratios}{startup}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "results.jsonl")

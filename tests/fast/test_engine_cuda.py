@@ -1,0 +1,73 @@
+"""The fast engine on CUDA: Triton path against its reference path and against transformers + PEFT in bf16."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.fast.helpers import hf_loss_and_grads, hf_twin, packed_batch, randomize_adapters, tiny_path
+from train_core.fast.attention import varlen_backend
+from train_core.fast.batch import PackedBatch
+from train_core.fast.loading import AdapterSpec, load_fast_model
+from train_core.fast.recompute import Recompute
+
+pytestmark = pytest.mark.cuda
+CUDA = torch.device("cuda")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got.float() - expected.float()).norm() / expected.float().norm().clamp(min=1e-12))
+
+
+def run(model, batch_tensors, mode: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    for parameter in model.parameters():
+        parameter.grad = None
+    batch = PackedBatch.build(*batch_tensors, CUDA)
+    loss = model.loss_sum(batch, Recompute(mode, CUDA), ce_chunk_rows=256)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.fixture(params=["tiny-qwen2", "tiny-llama"])
+def setup(request):
+    path = tiny_path(request.param)
+    model = load_fast_model(path, AdapterSpec.from_target_modules(16, 16, "all-linear", seed=1), CUDA)
+    generator = torch.Generator().manual_seed(2)
+    randomize_adapters(model, generator)
+    return path, model, packed_batch([300, 77, 512, 135], model.spec.vocab, generator)
+
+
+def test_varlen_attention_backend_is_found():
+    assert varlen_backend(CUDA) is not None
+
+
+def test_triton_path_matches_reference_path(setup, monkeypatch):
+    _, model, batch = setup
+    monkeypatch.setenv("SPOTTUNE_KERNELS", "reference")
+    loss_ref, grads_ref = run(model, batch, "none")
+    monkeypatch.setenv("SPOTTUNE_KERNELS", "auto")
+    loss, grads = run(model, batch, "none")
+    assert relative_error(loss, loss_ref) < 2e-3
+    assert max(relative_error(g, r) for g, r in zip(grads, grads_ref)) < 3e-2
+
+
+def test_checkpointing_modes_agree(setup):
+    _, model, batch = setup
+    loss_none, grads_none = run(model, batch, "none")
+    loss_full, grads_full = run(model, batch, "full")
+    loss_offload, grads_offload = run(model, batch, "offload")
+    assert torch.equal(loss_full, loss_offload)
+    # the attention backward accumulates with atomics, so gradients agree to rounding, not bitwise
+    assert max(relative_error(a, b) for a, b in zip(grads_full, grads_offload)) < 5e-3
+    assert relative_error(loss_full, loss_none) < 1e-3
+    assert max(relative_error(a, b) for a, b in zip(grads_full, grads_none)) < 2e-2
+
+
+def test_matches_transformers_peft_in_bf16(setup):
+    path, model, batch = setup
+    twin = hf_twin(model, path, torch.bfloat16, "cuda", TARGETS, r=16, alpha=16)
+    loss, grads = run(model, batch, "full")
+    ids, positions, labels = (t.to(CUDA) for t in batch)
+    expected_loss, expected_grads = hf_loss_and_grads(twin, ids, positions, labels, list(model.adapter_state()))
+    assert relative_error(loss, expected_loss) < 5e-3
+    assert max(relative_error(g, e) for g, e in zip(grads, expected_grads)) < 5e-2

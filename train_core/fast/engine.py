@@ -1,0 +1,108 @@
+"""FastEngine: the training loop's view of the fast model (loss, trainable parameters, adapter I/O)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from train_core.fast.adapter import load_peft_state, save_peft_adapter
+from train_core.fast.arch import unsupported_reason
+from train_core.fast.batch import PackedBatch
+from train_core.fast.loading import AdapterSpec, load_fast_model
+from train_core.fast.recompute import Recompute
+
+DEFAULT_CE_BUDGET_MIB = 512
+
+
+def fast_engine_unsupported(config, path) -> str | None:
+    """Why the fast engine cannot run this TrainConfig on this DevicePath (None when it can)."""
+    if path.device != "cuda":
+        return "the fast engine runs on CUDA only"
+    if path.quantization != "nf4" or path.compute_dtype != torch.bfloat16:
+        return f"base weights {path.quantization} with compute {path.compute_dtype} (fast engine: nf4 with bf16)"
+    from train_core.fast.layer import PROJECTIONS
+    from train_core.models.sources import resolve_model
+
+    targets = config.lora.target_modules
+    if targets != "all-linear" and not set(targets) <= set(PROJECTIONS):
+        return f"LoRA targets beyond the decoder projections ({sorted(set(targets) - set(PROJECTIONS))})"
+    return unsupported(resolve_model(config.model.name).path, config.lora.dropout, torch.device(path.device))
+
+
+def build_fast_engine(config, path) -> "FastEngine":
+    """A FastEngine for a TrainConfig and DevicePath, with the model's tokenizer."""
+    from train_core.models.loading import load_tokenizer
+    from train_core.models.sources import resolve_model
+
+    resolved = resolve_model(config.model.name)
+    lora = config.lora
+    adapters = AdapterSpec.from_target_modules(lora.r, lora.alpha, lora.target_modules, config.training.seed)
+    engine = FastEngine(resolved.path, adapters, torch.device("cuda"), path.activation_checkpointing)
+    engine.tokenizer = load_tokenizer(resolved.path)
+    engine.description = f"{resolved.description}; {engine.description}"
+    return engine
+
+
+def unsupported(model_path: str | Path, lora_dropout: float, device: torch.device) -> str | None:
+    """Why the fast engine cannot train this model here (None when it can)."""
+    if device.type != "cuda":
+        return "the fast engine runs on CUDA only"
+    if lora_dropout:
+        return "LoRA dropout (the fast engine's fused LoRA has none)"
+    from transformers import AutoConfig
+
+    return unsupported_reason(AutoConfig.from_pretrained(model_path))
+
+
+def ce_chunk_rows(vocab: int, budget_mib: int) -> int:
+    """Rows of bf16 logits per loss chunk that fit the budget, in [256, 8192], a multiple of 256."""
+    rows = (budget_mib * 2**20) // (vocab * 2) // 256 * 256
+    return max(256, min(8192, rows))
+
+
+class FastEngine:
+    """NF4 base + LoRA with our fused kernels; the CPU/HF engine is its reference."""
+
+    def __init__(
+        self, model_path: str | Path, adapters: AdapterSpec, device: torch.device, checkpointing: str = "full",
+        ce_budget_mib: int = DEFAULT_CE_BUDGET_MIB, mlp_tile_rows: int | None = None, dtype: torch.dtype = torch.bfloat16,
+    ) -> None:
+        self.model_path = str(model_path)
+        self.adapters = adapters
+        self.device = device
+        self.model = load_fast_model(model_path, adapters, device, dtype)
+        self.recompute = Recompute(checkpointing, device)
+        self.ce_chunk_rows = ce_chunk_rows(self.model.spec.vocab, ce_budget_mib)
+        self.mlp_tile_rows = mlp_tile_rows
+        self.training = True
+        self.tokenizer = None
+        spec = self.model.spec
+        self.description = (
+            f"fast engine: {spec.model_type} {spec.layers} layers, NF4 base with merged LoRA r={adapters.r}, "
+            f"activation checkpointing {checkpointing}, loss chunks of {self.ce_chunk_rows} rows"
+            + (f", MLP tiles of {mlp_tile_rows} rows" if mlp_tile_rows else "")
+        )
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return self.model.parameters()
+
+    def loss_sum(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        """Sum of token cross-entropies over labels != -100 (fp32 scalar, graph attached when grad is enabled)."""
+        batch = PackedBatch.build(input_ids, position_ids, labels, self.device)
+        return self.model.loss_sum(batch, self.recompute, self.ce_chunk_rows, self.mlp_tile_rows)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """PEFT-named adapter tensors (base_model.model.<module>.lora_A.weight ...)."""
+        return dict(self.model.adapter_state())
+
+    def save_adapter(self, directory: str | Path) -> None:
+        save_peft_adapter(self.model.adapter_state(), self.adapters, self.model_path, directory)
+
+    def load_adapter_state(self, state_dict: dict[str, torch.Tensor]) -> None:
+        load_peft_state(self.model.adapter_state(), state_dict)
+
+    def train(self) -> None:
+        self.training = True
+
+    def eval(self) -> None:
+        self.training = False

@@ -1,0 +1,62 @@
+"""The fast causal LM: frozen embedding and head, NF4 decoder layers with LoRA, fused loss over targets only."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from train_core.fast.arch import ArchSpec
+from train_core.fast.batch import PackedBatch
+from train_core.fast.layer import DecoderLayer, module_path
+from train_core.fast.recompute import Recompute
+from train_core.kernels.cross_entropy import linear_cross_entropy
+from train_core.kernels.rms_norm import rms_norm
+
+
+@dataclass
+class FastCausalLM:
+    spec: ArchSpec
+    embed: torch.Tensor  # (vocab, hidden), frozen
+    head: torch.Tensor  # (vocab, hidden), frozen; the embedding itself when tied
+    final_norm: torch.Tensor
+    layers: list[DecoderLayer]
+    inv_freq: torch.Tensor
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def adapter_state(self) -> dict[str, torch.nn.Parameter]:
+        """Adapter tensors under PEFT's saved key names (base_model.model.<module>.lora_A.weight)."""
+        state = {}
+        for index, layer in enumerate(self.layers):
+            for projection, (a, b) in layer.adapters.items():
+                prefix = f"base_model.model.{module_path(index, projection)}"
+                state[f"{prefix}.lora_A.weight"] = a
+                state[f"{prefix}.lora_B.weight"] = b
+        return state
+
+    def hidden_states(self, batch: PackedBatch, recompute: Recompute, mlp_tile_rows: int | None = None) -> torch.Tensor:
+        """(tokens, hidden) output of the last decoder layer."""
+        window = self.spec.sliding_window
+        if window is not None and batch.max_length > window:
+            raise ValueError(f"a packed sample of {batch.max_length} tokens exceeds the sliding window ({window})")
+        x = F.embedding(batch.input_ids, self.embed)
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+
+            def run(inputs: torch.Tensor, recomputing: bool, layer: DecoderLayer = layer) -> torch.Tensor:
+                return layer.forward(inputs, batch, self.spec, self.inv_freq, mlp_tile_rows, recomputing)
+
+            x = recompute(index, index == last, run, x, layer.parameters())
+        return x
+
+    def loss_sum(
+        self, batch: PackedBatch, recompute: Recompute, ce_chunk_rows: int, mlp_tile_rows: int | None = None
+    ) -> torch.Tensor:
+        """Sum of token cross-entropies over the batch's targets (fp32 scalar, graph attached)."""
+        hidden = self.hidden_states(batch, recompute, mlp_tile_rows)
+        if batch.targets.numel() == 0:
+            return hidden[:0].float().sum()
+        selected = rms_norm(hidden.index_select(0, batch.target_rows), self.final_norm, self.spec.eps)
+        return linear_cross_entropy(selected, self.head, batch.targets, ce_chunk_rows)
