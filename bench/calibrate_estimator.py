@@ -8,6 +8,9 @@ changes how it uses memory or time, then refit with `python -m cost_models.fit`.
 
     python bench/calibrate_estimator.py --out cost_models/data/calibration.csv --deadline 200
     python bench/calibrate_estimator.py --device cpu --matrix smoke --out /tmp/calib.csv   # dry run
+
+--engine is train_core's model.engine: auto (default) measures what train_core picks per group (the fast
+engine for NF4 Llama/Qwen2/Mistral, transformers + PEFT otherwise); each row names the engine that ran.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cost_models.architectures import Architecture, resolve_architecture  # noqa: E402
 
+ENGINE_NAMES = {"HFEngine": "train_core-hf", "FastEngine": "train_core-fast"}  # as cost_models names them
 COLUMNS = [
     "run", "date", "card", "engine", "versions", "arch", "layers", "quantization", "lora_rank", "lora_targets",
     "checkpointing", "seq_len", "micro_batch", "grad_accum", "samples_per_row", "tokens_per_micro_batch",
@@ -145,7 +149,9 @@ def synthetic_samples(point: Point, vocab: int, rows: int, seed: int):
 class Bench:
     """One loaded model (train_core engine + optimizer) driven through the Trainer's optimizer step."""
 
-    def __init__(self, group: Group, arch: Architecture, model_dir: Path, work: Path, device: str) -> None:
+    def __init__(
+        self, group: Group, arch: Architecture, model_dir: Path, work: Path, device: str, engine: str
+    ) -> None:
         from train_core.config import TrainConfig
         from train_core.device import choose_device_path
         from train_core.engine import build_engine
@@ -155,7 +161,7 @@ class Bench:
         self.device = device
         self.arch = arch
         self.config = TrainConfig.model_validate({
-            "model": {"name": str(model_dir), "quantization": group.quantization},
+            "model": {"name": str(model_dir), "quantization": group.quantization, "engine": engine},
             "data": {"train": str(work / "unused.jsonl"), "max_seq_length": 16384},
             "lora": {"r": group.rank, "alpha": 2 * group.rank,
                      "target_modules": list(group.targets) if group.targets else "all-linear"},
@@ -173,7 +179,7 @@ class Bench:
         trainer.optimizer = build_optimizer(trainer.trainable, self.config.training, trainer.path.optimizer)
         trainer.scheduler = build_scheduler(trainer.optimizer, self.config.training, 10**6)
         trainer.total_steps = 10**6
-        self.engine_name = trainer.engine.description.rsplit("; ", 1)[-1]
+        self.engine_name = ENGINE_NAMES.get(type(trainer.engine).__name__, type(trainer.engine).__name__)
         self.lora_params = sum(parameter.numel() for parameter in trainer.trainable)
         self.weights_gib = self._allocated_gib()
 
@@ -186,13 +192,19 @@ class Bench:
         return torch.cuda.memory_allocated() / 2**30
 
     def set_checkpointing(self, mode: str) -> None:
-        model = self.trainer.engine.model
-        if mode == "none":
-            model.gradient_checkpointing_disable()
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        """Switch the loaded engine's activation checkpointing without reloading the model."""
+        engine = self.trainer.engine
         self.trainer.path = dataclasses.replace(self.trainer.path, activation_checkpointing=mode)
-        self.trainer.engine.path = self.trainer.path
+        if self.engine_name == "train_core-fast":
+            from train_core.fast.recompute import Recompute
+
+            engine.recompute = Recompute(mode, engine.device)
+            return
+        if mode == "none":
+            engine.model.gradient_checkpointing_disable()
+        else:
+            engine.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        engine.path = self.trainer.path
 
     def measure(self, point: Point, warmup: int, timed: int) -> dict:
         """Steady-state peak memory (after the first step) and the median of `timed` step times."""
@@ -285,7 +297,7 @@ def measure_group(group: Group, bench: Bench, context: dict, args: argparse.Name
             print("deadline reached; stopping this group", flush=True)
             return
         row = {
-            **context, "engine": f"train_core {bench.engine_name}", "arch": group.arch, "layers": bench.arch.layers,
+            **context, "engine": bench.engine_name, "arch": group.arch, "layers": bench.arch.layers,
             "quantization": bench.trainer.path.quantization, "lora_rank": group.rank,
             "lora_targets": "+".join(group.targets or ("all-linear",)), "checkpointing": point.checkpointing,
             "seq_len": point.seq_len, "micro_batch": point.micro_batch, "grad_accum": point.grad_accum,
@@ -338,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
                 built[arch.name] = work / arch.name.replace("[", "_").replace("]", "")
                 build_model_dir(arch, built[arch.name], device)
             setup = time.monotonic()
-            bench = Bench(group, arch, built[arch.name], work, device)
+            bench = Bench(group, arch, built[arch.name], work, device, args.engine)
             print(f"== {arch.name} {group.quantization} r{group.rank}: loaded in {time.monotonic() - setup:.1f}s, "
                   f"{bench.weights_gib:.2f} GiB, {bench.lora_params:,} LoRA params ({bench.engine_name})", flush=True)
             measure_group(group, bench, context, args, started)
@@ -357,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="cost_models/data/calibration.csv", help="CSV to append rows to")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run of the script")
     parser.add_argument("--matrix", choices=sorted(MATRIX), default="default")
+    parser.add_argument("--engine", choices=("auto", "hf", "fast"), default="auto", help="train_core model.engine")
     parser.add_argument("--deadline", type=float, default=200.0, help="start no new point after this many seconds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per point (peak counts from step 2)")
     parser.add_argument("--timed", type=int, default=3, help="timed steps per point (the median is recorded)")

@@ -41,7 +41,7 @@ def autosize(
     calibration: Calibration | None = None,
 ) -> Estimate:
     """The fastest fitting choice (None = auto); when nothing fits, the choice needing the least memory."""
-    calibration = calibration or load_calibration()
+    calibration = calibration or load_calibration(shape.engine)
     options = candidate_shapes(shape, rows_per_worker, micro_batch, checkpointing)
     needs = [(estimate_memory(option, calibration.memory).total, option) for option in options]
     limit = gpu.memory_gib * (1 - SAFETY_FRACTION)
@@ -69,7 +69,7 @@ def fit_advice(
     calibration: Calibration | None = None,
 ) -> str:
     """One line: how short the job falls on the biggest offered card, and which changes would make it fit."""
-    calibration = calibration or load_calibration()
+    calibration = calibration or load_calibration(shape.engine)
     offered = sorted(offered, key=lambda g: g.memory_gib)
     if not offered:
         return "no offer matches the filters (providers, market, GPUs, price)"

@@ -19,7 +19,8 @@ from cost_models.shape import JobShape, RowStats
 DATA = Path(__file__).with_name("data")
 MEASUREMENTS = DATA / "calibration.csv"
 FIT = DATA / "calibration_fit.json"
-ENGINES = {"train_core transformers + PEFT": "train_core-hf"}
+LEGACY_ENGINE_NAMES = {"train_core transformers + PEFT": "train_core-hf"}  # how run 1 and 2 named the engine
+REFERENCE_ENGINE = "train_core-hf"  # whose coefficients stand in for an engine without measurements
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def measurement_from_row(row: dict[str, str], source: str) -> Measurement:
         seq_len=seq_len, micro_batch=micro_batch, grad_accum=int(row["grad_accum"]),
         checkpointing=row["checkpointing"],
         rows=RowStats(tokens / micro_batch, seq_len, float(row["samples_per_row"]), targets / tokens, 0, source),
-        engine=ENGINES.get(row["engine"], row["engine"]),
+        engine=LEGACY_ENGINE_NAMES.get(row["engine"], row["engine"]),
     )
     return Measurement(
         shape=shape, gpu=card, run=row["run"], status=row["status"],
@@ -153,9 +154,16 @@ def calibration_from_dict(raw: dict) -> Calibration:
 
 
 @lru_cache(maxsize=4)
-def load_calibration(path: Path = FIT) -> Calibration:
+def load_calibrations(path: Path = FIT) -> dict[str, Calibration]:
+    """Every engine's fitted calibration, by engine name."""
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise EstimateError(f"{path}: cannot read the fitted calibration ({error}); run python -m cost_models.fit")
-    return calibration_from_dict(raw)
+    return {engine: calibration_from_dict(entry) for engine, entry in raw["engines"].items()}
+
+
+def load_calibration(engine: str = REFERENCE_ENGINE, path: Path = FIT) -> Calibration:
+    """The engine's calibration; an engine never measured gets the reference engine's (so covers() is False)."""
+    calibrations = load_calibrations(path)
+    return calibrations.get(engine) or calibrations[REFERENCE_ENGINE]

@@ -32,7 +32,7 @@ class Estimate:
 
 
 def estimate(shape: JobShape, gpu: Gpu, calibration: Calibration | None = None) -> Estimate:
-    calibration = calibration or load_calibration()
+    calibration = calibration or load_calibration(shape.engine)
     memory = estimate_memory(shape, calibration.memory)
     return Estimate(
         gpu=gpu, shape=shape, memory=memory, time=estimate_step_time(shape, gpu, calibration.time),

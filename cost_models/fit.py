@@ -186,8 +186,10 @@ def held_out_errors(points: Sequence[Measurement], time_start: TimeCoefficients)
     return {"memory_reserved": _summary(memory), "step_time": _summary(time)}
 
 
-def fit(path: Path = MEASUREMENTS) -> Calibration:
-    points = [p for p in load_measurements(path) if p.status == "ok"]
+MIN_POINTS = 12  # an engine needs this many measured points before it gets its own coefficients
+
+
+def fit_engine(points: Sequence[Measurement], path: Path) -> Calibration:
     memory = fit_memory(points)
     time = fit_time(points)
     tokens = [p.shape.tokens_per_micro_batch for p in points]
@@ -207,6 +209,14 @@ def fit(path: Path = MEASUREMENTS) -> Calibration:
     )
 
 
+def fit(path: Path = MEASUREMENTS) -> dict[str, Calibration]:
+    """One calibration per engine with enough measured points."""
+    points = [p for p in load_measurements(path) if p.status == "ok"]
+    engines = sorted({p.shape.engine for p in points})
+    by_engine = {engine: [p for p in points if p.shape.engine == engine] for engine in engines}
+    return {engine: fit_engine(group, path) for engine, group in by_engine.items() if len(group) >= MIN_POINTS}
+
+
 def _rounded(value):
     if isinstance(value, float):
         return float(f"{value:.6g}")
@@ -217,14 +227,15 @@ def _rounded(value):
     return value
 
 
-def write(calibration: Calibration, path: Path = FIT) -> None:
-    path.write_text(json.dumps(_rounded(asdict(calibration)), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+def write(calibrations: dict[str, Calibration], path: Path = FIT) -> None:
+    payload = {"engines": {engine: _rounded(asdict(c)) for engine, c in calibrations.items()}}
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
-    calibration = fit()
-    write(calibration)
-    print(json.dumps(calibration.accuracy, indent=2))
+    calibrations = fit()
+    write(calibrations)
+    print(json.dumps({engine: c.accuracy for engine, c in calibrations.items()}, indent=2))
     return 0
 
 

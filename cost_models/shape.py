@@ -10,6 +10,7 @@ from cost_models.errors import EstimateError
 QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "bf16", "fp32")
 CHECKPOINTING = ("none", "full", "offload")
 OPTIMIZERS = ("adamw", "adamw_8bit")
+ENGINES = ("train_core-hf", "train_core-fast")
 LOSS_CHUNK_ROWS = 1024  # train_core projects at most this many target rows onto the vocabulary at once
 
 
@@ -55,6 +56,8 @@ class JobShape:
                                 f"{', '.join(CHECKPOINTING)}")
         if self.compute_dtype not in ("bf16", "fp32"):
             raise EstimateError(f"model.compute_dtype: {self.compute_dtype!r}; accepted: bf16, fp32")
+        if self.engine not in ENGINES:
+            raise EstimateError(f"model.engine: {self.engine!r} has no estimator; accepted: {', '.join(ENGINES)}")
         if self.optimizer not in OPTIMIZERS:
             raise EstimateError(f"training.optimizer: {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
         unknown = [name for name in self.lora_targets if name not in self.arch.module_names]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from cost_models.catalog import Offer
+from orchestrator.plan_output import engine_notes
 from orchestrator.planner import PlanRow, TrialJob, plan_trial
 from orchestrator.render import hours, money, table
 
@@ -66,7 +67,7 @@ def job_records(job: TrialJob, offers: list[Offer]) -> list[dict]:
             "gpu": name, "fits": e.fits, "need_gib": round(e.need_gib, 2), "have_gib": e.have_gib,
             "micro_batch": e.shape.micro_batch, "grad_accum": e.shape.grad_accum,
             "checkpointing": e.shape.checkpointing, "step_s": round(e.time.step, 4), "steps": job.steps,
-            "calibrated": e.calibrated, "data": plan.data,
+            "calibrated": e.calibrated, "engine": e.shape.engine, "data": plan.data,
         }
         for market in ("on-demand", "spot"):
             best = _cheapest(rows, market)
@@ -96,5 +97,8 @@ def job_table(source: str, records: list[dict]) -> str:
          "yes" if r["calibrated"] else "uncalibrated")
         for r in records
     ]
-    data = records[0]["data"] if records else ""
-    return f"{source}: data {data}\n" + table(headers, rows)
+    if not records:
+        return f"{source}: no offer matches the filters"
+    notes = engine_notes({records[0]["engine"]})
+    header = f"{source}: engine {records[0]['engine']}; data {records[0]['data']}"
+    return "\n".join([header, table(headers, rows), *notes])

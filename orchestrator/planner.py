@@ -25,7 +25,8 @@ from orchestrator.spec import Resources, SweepSpec, TrialSpec
 from train_core.cache import cache_root
 from train_core.config import TrainConfig
 
-ENGINE_PROFILES = {"auto": "train_core-hf", "hf": "train_core-hf"}
+FAST_ENGINE_MODEL_TYPES = ("llama", "qwen2", "mistral")  # mirrors train_core.fast.arch (which imports torch)
+FAST_ENGINE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -131,21 +132,39 @@ def row_stats(config: TrainConfig) -> RowStats:
                              data.train_on, data.chat_template, data.system_prompt, cache_root())
 
 
+def engine_profile(config: TrainConfig, arch: Architecture, quantization: str, targets: tuple[str, ...]) -> str:
+    """Which train_core engine runs this config on a CUDA GPU, as train_core.engine.build_engine decides."""
+    if config.model.engine == "hf":
+        return "train_core-hf"
+    reasons = [
+        reason for reason, applies in (
+            (f"base weights {quantization} (fast engine: nf4)", quantization != "nf4"),
+            ("fp32 compute (fast engine: bf16)", config.model.compute_dtype == "fp32"),
+            (f"model type {arch.model_type!r}", arch.model_type not in FAST_ENGINE_MODEL_TYPES),
+            ("LoRA dropout", bool(config.lora.dropout)),
+            ("LoRA targets beyond the decoder projections", not set(targets) <= set(FAST_ENGINE_TARGETS)),
+        ) if applies
+    ]
+    if config.model.engine == "fast" and reasons:
+        raise EstimateError(f"model.engine: fast is not possible for this run ({reasons[0]}); accepted: auto, hf")
+    return "train_core-hf" if reasons else "train_core-fast"
+
+
 def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1) -> TrialJob:
     """Translate a TrainConfig into the estimators' terms (auto settings resolve as train_core does on CUDA)."""
     arch = architecture(config)
     training = config.training
-    targets = config.lora.target_modules
+    targets = arch.module_names if config.lora.target_modules == "all-linear" else tuple(config.lora.target_modules)
+    quantization = "nf4" if config.model.quantization == "auto" else config.model.quantization
     rows = row_stats(config)
     rows_per_worker = max(1, training.batch_size // gpus_per_trial)
     micro_batch = training.micro_batch_size if isinstance(training.micro_batch_size, int) else None
     shape = JobShape(
-        arch=arch, quantization="nf4" if config.model.quantization == "auto" else config.model.quantization,
-        lora_rank=config.lora.r, lora_targets=arch.module_names if targets == "all-linear" else tuple(targets),
+        arch=arch, quantization=quantization, lora_rank=config.lora.r, lora_targets=targets,
         seq_len=config.data.max_seq_length, micro_batch=micro_batch or 1,
         grad_accum=max(1, rows_per_worker // (micro_batch or 1)), checkpointing="full", rows=rows,
         optimizer="adamw_8bit" if training.optimizer == "auto" else training.optimizer,
-        engine=ENGINE_PROFILES[config.model.engine], gpus=gpus_per_trial,
+        engine=engine_profile(config, arch, quantization, targets), gpus=gpus_per_trial,
         compute_dtype="fp32" if config.model.compute_dtype == "fp32" else "bf16",
     )
     steps_per_epoch = math.ceil(rows.rows / training.batch_size) if rows.rows else 0
@@ -201,7 +220,7 @@ def plan_trial(
     sizing_cache: dict | None = None,
 ) -> TrialPlan:
     """Every offer for one trial, sized per GPU type, priced, with the cheapest fitting one chosen."""
-    calibration = calibration or load_calibration()
+    calibration = calibration or load_calibration(job.shape.engine)
     cache = {} if sizing_cache is None else sizing_cache
     rows = []
     for offer in offers:
@@ -238,7 +257,6 @@ def choose_offer(
 
 def plan_sweep(spec: SweepSpec, trials: Iterable[TrialSpec], offers: Sequence[Offer]) -> SweepPlan:
     """Every trial × offer of a sweep; trials with equal shapes share their sizing."""
-    calibration = load_calibration()
     every = spec.checkpoint.every_steps if isinstance(spec.checkpoint.every_steps, int) else None
     cache: dict = {}
     plans = []
@@ -247,8 +265,7 @@ def plan_sweep(spec: SweepSpec, trials: Iterable[TrialSpec], offers: Sequence[Of
             job = trial_job(trial.id, trial.config, spec.resources.gpus_per_trial)
         except EstimateError as error:
             raise EstimateError(f"trial {trial.id}: {error}") from None
-        plans.append(plan_trial(job, offers, spec.resources.max_price_per_hour, 0, spec.storage, every, calibration,
-                                cache))
+        plans.append(plan_trial(job, offers, spec.resources.max_price_per_hour, 0, spec.storage, every, None, cache))
     notes = []
     if spec.resources.max_total_cost is not None:
         total = sum(p.chosen.run.usd for p in plans if p.chosen and p.chosen.run)

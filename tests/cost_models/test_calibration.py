@@ -1,12 +1,12 @@
 """The fitted estimator against every point measured on a real GPU (cost_models/data/calibration.csv)."""
 import pytest
 
-from cost_models.calibration import FIT, MEASUREMENTS, load_calibration, load_measurements, sha256
+from cost_models.calibration import FIT, MEASUREMENTS, load_calibrations, load_measurements, sha256
 from cost_models.memory import estimate_memory, static_bytes
 from cost_models.step_time import estimate_step_time
 
 POINTS = [p for p in load_measurements() if p.status == "ok"]
-CALIBRATION = load_calibration()
+CALIBRATIONS = load_calibrations()
 
 
 def _label(point) -> str:
@@ -16,9 +16,11 @@ def _label(point) -> str:
 
 
 def test_the_fit_belongs_to_the_measurements():
-    assert CALIBRATION.measurements_sha256 == sha256(MEASUREMENTS), (
-        f"{MEASUREMENTS.name} changed since {FIT.name} was fitted: run python -m cost_models.fit"
-    )
+    assert set(CALIBRATIONS) == {p.shape.engine for p in POINTS}
+    for calibration in CALIBRATIONS.values():
+        assert calibration.measurements_sha256 == sha256(MEASUREMENTS), (
+            f"{MEASUREMENTS.name} changed since {FIT.name} was fitted: run python -m cost_models.fit"
+        )
 
 
 def test_every_point_records_card_engine_versions_and_date():
@@ -44,14 +46,14 @@ def test_matrix_spans_the_issue_ranges():
 
 @pytest.mark.parametrize("point", POINTS, ids=_label)
 def test_peak_reserved_vram_within_10_percent(point):
-    predicted = estimate_memory(point.shape, CALIBRATION.memory).reserved
+    predicted = estimate_memory(point.shape, CALIBRATIONS[point.shape.engine].memory).reserved
     assert predicted == pytest.approx(point.peak_reserved_gib, rel=0.10)
 
 
 @pytest.mark.parametrize("point", POINTS, ids=_label)
 def test_step_time_within_25_percent_on_the_machine_it_was_measured_on(point):
-    host = CALIBRATION.time.host_factors[point.run]
-    predicted = estimate_step_time(point.shape, point.gpu, CALIBRATION.time, host).step
+    time = CALIBRATIONS[point.shape.engine].time
+    predicted = estimate_step_time(point.shape, point.gpu, time, time.host_factors[point.run]).step
     assert predicted == pytest.approx(point.step_s, rel=0.25)
 
 

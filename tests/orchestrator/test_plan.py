@@ -105,3 +105,20 @@ def test_a_config_that_fits_nowhere_says_what_would_make_it_fit(tmp_path):
     assert "fits no offered GPU: needs" in result.stdout
     assert "would fit with: model.quantization nf4 on" in result.stdout
     assert "placed 0/2 trial(s)" in result.stdout
+
+
+@pytest.mark.parametrize("model, expected", [
+    ({"engine": "hf"}, "train_core-hf"),
+    ({}, "train_core-fast"),  # auto: NF4 Qwen2 with bf16 compute runs on the fast engine
+    ({"quantization": "bf16"}, "train_core-hf"),
+    ({"name": "gemma-2-2b"}, "train_core-hf"),
+])
+def test_the_engine_is_the_one_train_core_would_pick(tmp_path, model, expected):
+    _, trials = load_spec(write_spec(tmp_path, config={"model": model}))
+    assert trial_job(trials[0].id, trials[0].config).shape.engine == expected
+
+
+def test_forcing_the_fast_engine_where_it_cannot_run_fails_with_one_line(tmp_path):
+    result = run_cli("plan", str(write_spec(tmp_path, config={"model": {"engine": "fast", "quantization": "bf16"}})))
+    assert result.returncode == 2
+    assert "model.engine: fast is not possible for this run (base weights bf16" in result.stderr
