@@ -11,6 +11,10 @@ changes how it uses memory or time, then refit with `python -m cost_models.fit`.
 
 --engine is train_core's model.engine: auto (default) measures what train_core picks per group (the fast
 engine for NF4 Llama/Qwen2/Mistral, transformers + PEFT otherwise); each row names the engine that ran.
+
+Groups run one after another in this process and rows are appended in that order: the fast engine's
+dequantization buffers (train_core.fast.lora.BUFFERS) are module-global and only grow, so a group inherits
+the biggest earlier model's; cost_models.calibration.load_measurements replays the order to count them.
 """
 from __future__ import annotations
 

@@ -2,11 +2,12 @@
 
     python -m cost_models.fit            # refit after bench/calibrate_estimator.py added rows
 
-Memory: weighted linear least squares (relative error, no negative scales) of measured peak reserved
-bytes on the byte counts of memory.memory_features, after the exactly counted weights and optimizer
-state. Time: Nelder-Mead on the 4th power of log step-time errors (it weighs the worst points) over
-bounded host, efficiency and overlap parameters, with one host-speed factor per calibration run (each
-run is a different machine). Accuracy is reported in-sample and with each
+Each engine is fitted on its own points, with only the features and parameters it has. Memory: weighted
+linear least squares (relative error, no negative scales) of measured peak reserved bytes (less what the
+bench process carried from earlier groups) on the byte counts of memory.memory_features, after the exactly
+counted weights, buffers and optimizer state. Time: Nelder-Mead on the 4th power of log step-time errors (it
+weighs the worst points) over bounded host, efficiency and overlap parameters, with one host-speed factor
+per calibration run (each run is a different machine). Accuracy is reported in-sample and with each
 architecture left out of the fit.
 """
 from __future__ import annotations
@@ -22,9 +23,9 @@ from cost_models.calibration import (
     FIT, MEASUREMENTS, Calibration, Measurement, MemoryCoefficients, TimeCoefficients, load_measurements, sha256,
 )
 from cost_models.memory import GIB, estimate_memory, memory_features, static_bytes
+from cost_models.shape import FAST_ENGINE
 from cost_models.step_time import estimate_step_time, step_from_features, time_features
 
-MEMORY_FEATURES = ("saved", "saved_float_base", "mask_per_layer", "logits", "working", "working_float_base", "one")
 TIME_BOUNDS = {  # name: (low, high); host terms are seconds
     "host_layer_pass_4bit": (1e-4, 0.05), "host_layer_pass_float": (1e-4, 0.05), "host_per_target": (0.0, 0.01),
     "host_loss_chunk": (0.0, 0.01), "host_per_token": (0.0, 2e-6), "host_micro_batch": (0.0, 0.2),
@@ -33,6 +34,13 @@ TIME_BOUNDS = {  # name: (low, high); host terms are seconds
     "elementwise_traffic": (0.5, 20.0), "overlap": (1.5, 12.0), "offload_gbs": (2.0, 60.0),
 }
 HOST_FACTOR_BOUNDS = (0.6, 1.8)
+ABSENT_TIME_PARAMETERS = {  # work an engine never does: kept out of its fit, stored as null
+    FAST_ENGINE: ("host_layer_pass_float", "masked_attention_efficiency"),  # NF4 base only; varlen attention
+}
+
+
+def time_parameters(engine: str) -> list[str]:
+    return [name for name in TIME_BOUNDS if name not in ABSENT_TIME_PARAMETERS.get(engine, ())]
 
 
 def solve(matrix: list[list[float]], vector: list[float]) -> list[float]:
@@ -74,12 +82,14 @@ def nonnegative_least_squares(rows: list[list[float]], targets: list[float], wei
 
 
 def fit_memory(points: Sequence[Measurement]) -> MemoryCoefficients:
-    rows = [[memory_features(p.shape)[name] for name in MEMORY_FEATURES] for p in points]
-    targets = [p.peak_reserved_gib * GIB - sum(static_bytes(p.shape).values()) for p in points]
-    weights = [1.0 / (p.peak_reserved_gib * GIB) for p in points]
+    """Scales of the features the points' engine has (memory_features returns no others)."""
+    names = list(memory_features(points[0].shape))
+    rows = [[memory_features(p.shape)[name] for name in names] for p in points]
+    targets = [p.job_reserved_gib * GIB - sum(static_bytes(p.shape).values()) for p in points]
+    weights = [1.0 / (p.job_reserved_gib * GIB) for p in points]
     values = nonnegative_least_squares(rows, targets, weights)
     context = sum(p.context_gib for p in points) / len(points)
-    return MemoryCoefficients(**dict(zip(MEMORY_FEATURES, values)), cuda_context_gib=context)
+    return MemoryCoefficients(**dict(zip(names, values)), cuda_context_gib=context)
 
 
 def nelder_mead(function: Callable[[list[float]], float], start: list[float], iterations: int) -> list[float]:
@@ -120,8 +130,7 @@ def _unbounded(x: float, low: float, high: float) -> float:
     return math.log(fraction / (1 - fraction))
 
 
-def _decode(z: list[float], runs: list[str]) -> TimeCoefficients:
-    names = list(TIME_BOUNDS)
+def _decode(z: list[float], names: list[str], runs: list[str]) -> TimeCoefficients:
     values = {name: _bounded(value, *TIME_BOUNDS[name]) for name, value in zip(names, z)}
     factors = {runs[0]: 1.0}
     for run, value in zip(runs[1:], z[len(names):]):
@@ -131,19 +140,20 @@ def _decode(z: list[float], runs: list[str]) -> TimeCoefficients:
 
 def fit_time(points: Sequence[Measurement], start: TimeCoefficients | None = None) -> TimeCoefficients:
     runs = sorted({p.run for p in points})
+    names = time_parameters(points[0].shape.engine)
     initial = start or TimeCoefficients(
         host_layer_pass_4bit=0.003, host_layer_pass_float=0.002, host_per_target=0.0003, host_loss_chunk=0.001,
         host_per_token=2e-7, host_micro_batch=0.005,
         host_lora_tensor=2e-5, gemm_efficiency=0.5, masked_attention_efficiency=0.25,
         causal_attention_efficiency=0.35, elementwise_traffic=3.0, overlap=4.0, offload_gbs=20.0,
     )
-    z = [_unbounded(getattr(initial, name), *TIME_BOUNDS[name]) for name in TIME_BOUNDS]
+    z = [_unbounded(getattr(initial, name), *TIME_BOUNDS[name]) for name in names]
     z += [_unbounded(initial.host_factors.get(run, 1.0), *HOST_FACTOR_BOUNDS) for run in runs[1:]]
 
     work = [(time_features(p.shape, p.gpu), p.run, p.step_s) for p in points]
 
     def loss(vector: list[float]) -> float:
-        coefficients = _decode(vector, runs)
+        coefficients = _decode(vector, names, runs)
         total = 0.0
         for features, run, measured in work:
             predicted = step_from_features(features, coefficients, coefficients.host_factors[run]).step
@@ -152,11 +162,11 @@ def fit_time(points: Sequence[Measurement], start: TimeCoefficients | None = Non
 
     for _ in range(4):  # restarts shake the simplex out of flat regions
         z = nelder_mead(loss, z, 1500)
-    return _decode(z, runs)
+    return _decode(z, names, runs)
 
 
 def memory_errors(points: Sequence[Measurement], coefficients: MemoryCoefficients) -> list[float]:
-    return [estimate_memory(p.shape, coefficients).reserved / p.peak_reserved_gib - 1 for p in points]
+    return [estimate_memory(p.shape, coefficients).reserved / p.job_reserved_gib - 1 for p in points]
 
 
 def time_errors(points: Sequence[Measurement], coefficients: TimeCoefficients, per_run: bool = True) -> list[float]:

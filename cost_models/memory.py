@@ -1,16 +1,18 @@
 """Peak VRAM of one training worker, as a breakdown: weights, LoRA state, activations, loss, allocator, context.
 
-Exact terms (weights, adapters, optimizer state) are counted; the terms that depend on how the engine
-saves tensors are per-token byte counts of the decoder layer scaled by coefficients fitted to measured
-peaks (cost_models/data/calibration.csv via cost_models.fit).
+Exact terms (weights, adapters, optimizer state, the fast engine's dequantization buffers) are counted; the
+terms that depend on how the engine saves tensors are per-token byte counts of the decoder layer scaled by
+coefficients fitted per engine to measured peaks (cost_models/data/calibration.csv via cost_models.fit).
+Each engine has its own features: the fast engine has no bf16 base, no dense mask and no fp32 logits.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property, lru_cache
 
+from cost_models import fast_engine
 from cost_models.calibration import MemoryCoefficients
-from cost_models.shape import LOSS_CHUNK_ROWS, JobShape
+from cost_models.shape import FAST_ENGINE, LOSS_CHUNK_ROWS, JobShape
 
 GIB = 2**30
 BYTES_PER_PARAM = {
@@ -21,6 +23,11 @@ BYTES_PER_PARAM = {
     "fp32": 4.0,
 }
 EIGHT_BIT_MIN_ELEMENTS = 4096  # bitsandbytes keeps 32-bit states for smaller tensors
+COMPONENTS = {  # memory feature: the breakdown field it belongs to
+    "saved": "activations", "saved_float_base": "activations", "working": "layer_recompute",
+    "working_float_base": "layer_recompute", "mask_per_layer": "attention_mask", "logits": "logits_loss",
+    "one": "allocator_and_workspace",
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class MemoryBreakdown:
     The cached results are shared: treat them as read-only."""
 
     weights: float
+    dequant_buffers: float
     embeddings_and_norms: float
     lora_params_grads: float
     optimizer_state: float
@@ -54,11 +62,14 @@ class MemoryBreakdown:
 def layer_bytes_per_token(shape: JobShape) -> float:
     """Bytes one decoder layer saves per token for backward (bf16 compute, LoRA on shape.lora_targets).
 
-    A least-squares fit (within 4%) to saved-tensor counts of the Hugging Face Llama/Qwen2 layer with PEFT
-    LoRA under bf16 autocast, over widths and target sets: a module's input is kept only when an adapter
-    needs it. With a dense mask the engine also keeps K and V expanded to every query head.
+    The fast engine's layer is counted from its code (fast_engine.layer_saved_bytes_per_token). For the
+    transformers + PEFT engine, a least-squares fit (within 4%) to saved-tensor counts of the Hugging Face
+    Llama/Qwen2 layer with PEFT LoRA under bf16 autocast, over widths and target sets: a module's input is
+    kept only when an adapter needs it. With a dense mask it also keeps K and V expanded to every query head.
     """
     arch = shape.arch
+    if shape.engine == FAST_ENGINE:
+        return float(fast_engine.layer_saved_bytes_per_token(arch))
     targets = set(shape.lora_targets)
     saved = 11.7 * arch.hidden + 5.84 * arch.intermediate + 2.75 * arch.kv_dim
     if targets & {"q_proj", "k_proj", "v_proj", "qkv_proj"}:
@@ -79,12 +90,18 @@ def layer_bytes_per_token(shape: JobShape) -> float:
 
 @lru_cache(maxsize=8192)
 def memory_features(shape: JobShape) -> dict[str, float]:
-    """Byte counts whose scales the calibration fits, at the job's largest micro-batch.
+    """Byte counts whose scales the calibration fits, at the job's largest micro-batch; only the features
+    this job's engine has (the keys are what cost_models.fit solves for, per engine).
 
     The terms add up: what the allocator reserves at the peak holds the saved activations, the loss
     chunk and one recomputed layer together, because blocks freed by one phase stay cached for the next.
-    A bf16/fp32 base keeps extra input copies for the adapters (the `*_float_base` terms).
     """
+    return _fast_features(shape) if shape.engine == FAST_ENGINE else _hf_features(shape)
+
+
+def _hf_features(shape: JobShape) -> dict[str, float]:
+    """transformers + PEFT: a bf16/fp32 base keeps extra input copies for the adapters (the `*_float_base`
+    terms); packed micro-batches get a dense T x T mask per layer; the loss chunk's logits are fp32."""
     arch = shape.arch
     tokens = shape.max_tokens_per_micro_batch
     per_layer = layer_bytes_per_token(shape) * shape.activation_scale
@@ -106,9 +123,34 @@ def memory_features(shape: JobShape) -> dict[str, float]:
     }
 
 
+def _fast_features(shape: JobShape) -> dict[str, float]:
+    """The fast engine (NF4, bf16): `working` is one layer's backward (and its recompute when checkpointed);
+    `logits` is one bf16 chunk of logits (turned into its own gradient in place) plus the target rows'
+    hidden states, their norm and their gradient. Offload keeps two layer inputs on the GPU: the last layer's
+    (never offloaded) and the one prefetched while the layer after it runs backward."""
+    arch = shape.arch
+    tokens = shape.max_tokens_per_micro_batch
+    layer = fast_engine.layer_saved_bytes_per_token(arch)
+    backward = fast_engine.backward_bytes_per_token(arch)
+    layer_input = 2 * arch.hidden
+    if shape.checkpointing == "none":
+        saved, working = tokens * arch.layers * layer, tokens * backward
+    elif shape.checkpointing == "full":
+        saved, working = tokens * arch.layers * layer_input, tokens * (layer + backward)
+    else:
+        saved, working = tokens * 2 * layer_input, tokens * (layer + backward)
+    targets = shape.targets(tokens)
+    return {
+        "saved": float(saved),
+        "working": float(working),
+        "logits": 2.0 * min(targets, fast_engine.ce_chunk_rows(arch.vocab)) * arch.vocab + 3 * layer_input * targets,
+        "one": 1.0,
+    }
+
+
 @lru_cache(maxsize=4096)
 def static_bytes(shape: JobShape) -> dict[str, float]:
-    """Weights, adapters and optimizer state: counted exactly."""
+    """Weights, adapters, optimizer state and the fast engine's dequantization buffers: counted exactly."""
     arch = shape.arch
     other_bytes = 4.0 if shape.quantization == "fp32" else 2.0
     lora = shape.lora_params
@@ -120,8 +162,10 @@ def static_bytes(shape: JobShape) -> dict[str, float]:
             for numel in (shape.lora_rank * linear.inputs, shape.lora_rank * linear.outputs):
                 per = 2.0 + 8.0 / 256 if numel >= EIGHT_BIT_MIN_ELEMENTS else 8.0
                 optimizer += arch.layers * numel * per
+    buffers = sum(fast_engine.dequant_buffer_elements(arch)) * 2.0 if shape.engine == FAST_ENGINE else 0.0
     return {
         "weights": arch.linear_params * BYTES_PER_PARAM[shape.quantization],
+        "dequant_buffers": buffers,  # the fast engine's two reused bf16 buffers for merged weights
         "embeddings_and_norms": arch.other_params * other_bytes,
         "lora_params_grads": 8.0 * lora,  # fp32 adapters and their fp32 gradients
         "optimizer_state": optimizer,
@@ -130,18 +174,10 @@ def static_bytes(shape: JobShape) -> dict[str, float]:
 
 @lru_cache(maxsize=8192)
 def estimate_memory(shape: JobShape, coefficients: MemoryCoefficients) -> MemoryBreakdown:
-    f = memory_features(shape)
     static = static_bytes(shape)
-    c = coefficients
+    fitted = dict.fromkeys(set(COMPONENTS.values()), 0.0)
+    for name, count in memory_features(shape).items():
+        fitted[COMPONENTS[name]] += getattr(coefficients, name) * count / GIB
     return MemoryBreakdown(
-        weights=static["weights"] / GIB,
-        embeddings_and_norms=static["embeddings_and_norms"] / GIB,
-        lora_params_grads=static["lora_params_grads"] / GIB,
-        optimizer_state=static["optimizer_state"] / GIB,
-        activations=(c.saved * f["saved"] + c.saved_float_base * f["saved_float_base"]) / GIB,
-        layer_recompute=(c.working * f["working"] + c.working_float_base * f["working_float_base"]) / GIB,
-        attention_mask=c.mask_per_layer * f["mask_per_layer"] / GIB,
-        logits_loss=c.logits * f["logits"] / GIB,
-        allocator_and_workspace=c.one / GIB,
-        cuda_context=c.cuda_context_gib,
+        **{name: value / GIB for name, value in static.items()}, **fitted, cuda_context=coefficients.cuda_context_gib,
     )

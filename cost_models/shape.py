@@ -10,7 +10,8 @@ from cost_models.errors import EstimateError
 QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "bf16", "fp32")
 CHECKPOINTING = ("none", "full", "offload")
 OPTIMIZERS = ("adamw", "adamw_8bit")
-ENGINES = ("train_core-hf", "train_core-fast")
+HF_ENGINE, FAST_ENGINE = "train_core-hf", "train_core-fast"  # train_core's transformers + PEFT and fused engines
+ENGINES = (HF_ENGINE, FAST_ENGINE)
 LOSS_CHUNK_ROWS = 1024  # train_core projects at most this many target rows onto the vocabulary at once
 
 
@@ -43,7 +44,7 @@ class JobShape:
     checkpointing: str
     rows: RowStats
     optimizer: str = "adamw_8bit"
-    engine: str = "train_core-hf"
+    engine: str = HF_ENGINE
     gpus: int = 1
     compute_dtype: str = "bf16"  # "fp32" doubles activations and runs matmuls at the TF32 rate (uncalibrated)
 
@@ -58,6 +59,9 @@ class JobShape:
             raise EstimateError(f"model.compute_dtype: {self.compute_dtype!r}; accepted: bf16, fp32")
         if self.engine not in ENGINES:
             raise EstimateError(f"model.engine: {self.engine!r} has no estimator; accepted: {', '.join(ENGINES)}")
+        if self.engine == FAST_ENGINE and (self.quantization, self.compute_dtype) != ("nf4", "bf16"):
+            raise EstimateError(f"model.engine: {FAST_ENGINE} runs an nf4 base with bf16 compute, not "
+                                f"{self.quantization} with {self.compute_dtype}")
         if self.optimizer not in OPTIMIZERS:
             raise EstimateError(f"training.optimizer: {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
         unknown = [name for name in self.lora_targets if name not in self.arch.module_names]
@@ -81,8 +85,14 @@ class JobShape:
 
     @property
     def masked(self) -> bool:
-        """More than one sample per micro-batch: the engine then builds a dense block-diagonal attention mask."""
+        """More than one sample per micro-batch: the transformers + PEFT engine then builds a dense block-diagonal
+        attention mask (the fast engine runs varlen attention per sample)."""
         return self.micro_batch > 1 or self.rows.mean_samples > 1.0
+
+    @property
+    def mean_sample_tokens(self) -> float:
+        """Tokens of an average sample (a packed row holds several)."""
+        return self.rows.mean_tokens / max(1.0, self.rows.mean_samples)
 
     def targets(self, tokens: float) -> float:
         return tokens * self.rows.target_fraction

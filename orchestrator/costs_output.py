@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from cost_models.catalog import Offer
-from orchestrator.plan_output import engine_notes
 from orchestrator.planner import PlanRow, TrialJob, plan_trial
 from orchestrator.render import hours, money, table
 
@@ -99,6 +98,5 @@ def job_table(source: str, records: list[dict]) -> str:
     ]
     if not records:
         return f"{source}: no offer matches the filters"
-    notes = engine_notes({records[0]["engine"]})
     header = f"{source}: engine {records[0]['engine']}; data {records[0]['data']}"
-    return "\n".join([header, table(headers, rows), *notes])
+    return "\n".join([header, table(headers, rows)])

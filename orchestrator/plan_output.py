@@ -1,7 +1,7 @@
 """How `spottune plan` shows a SweepPlan: a table per trial, a summary, and an optional PNG per GPU type."""
 from __future__ import annotations
 
-from cost_models.calibration import REFERENCE_ENGINE, load_calibration, load_calibrations
+from cost_models.calibration import load_calibration
 from cost_models.errors import EstimateError
 from orchestrator.planner import PlanRow, SweepPlan
 from orchestrator.render import hours, money, table
@@ -43,7 +43,6 @@ def _cells(row: PlanRow) -> list[str]:
 
 def render_plan(name: str, trials: list[TrialSpec], plan: SweepPlan, all_offers: bool = False) -> str:
     params = {t.id: t.params for t in trials}
-    cards = ", ".join(load_calibration().cards)
     lines = [f"sweep {name}: {len(plan.trials)} trial(s) x {plan.offers} offer(s); * = chosen (cheapest expected $ "
              "that fits, spot preemptions included); provider local = simulated market at catalog prices"]
     for trial in plan.trials:
@@ -58,21 +57,13 @@ def render_plan(name: str, trials: list[TrialSpec], plan: SweepPlan, all_offers:
     lines += ["", f"placed {len(placed)}/{len(plan.trials)} trial(s); expected total {money(plan.total_usd)}"]
     lines += plan.notes
     if any(not row.estimate.calibrated for row in plan.rows):
+        engines = sorted({row.estimate.shape.engine for row in plan.rows})
+        cards = "; ".join(f"{engine} on {', '.join(load_calibration(engine).cards)}" for engine in engines)
         lines.append(f"uncalibrated = no measured point near this job on that GPU for this engine (measured: {cards}); "
                      "treat its VRAM and time as a model, see cost_models/README.md")
-    lines += engine_notes({row.estimate.shape.engine for row in plan.rows})
     if not all_offers:
         lines.append("showing the cheapest offer per GPU type and market; --all-offers lists every offer")
     return "\n".join(lines)
-
-
-def engine_notes(engines: set[str]) -> list[str]:
-    """A line for each engine that has no measured points of its own."""
-    return [
-        f"engine {engine}: not measured yet, estimated with the {REFERENCE_ENGINE} coefficients (likely "
-        "pessimistic); measure it with bench/calibrate_estimator.py on a GPU, then python -m cost_models.fit"
-        for engine in sorted(engines - set(load_calibrations()))
-    ]
 
 
 def plot_plan(plan: SweepPlan, path: str) -> None:

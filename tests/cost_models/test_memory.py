@@ -1,7 +1,9 @@
 import pytest
 
 from cost_models.calibration import load_calibration
-from cost_models.memory import BYTES_PER_PARAM, estimate_memory, static_bytes
+from cost_models.errors import EstimateError
+from cost_models.memory import BYTES_PER_PARAM, estimate_memory, memory_features, static_bytes
+from cost_models.shape import FAST_ENGINE
 from tests.cost_models.helpers import shape
 
 COEFFICIENTS = load_calibration().memory
@@ -55,3 +57,33 @@ def test_fewer_lora_targets_keep_fewer_activations():
     qv = memory(checkpointing="none", targets=("q_proj", "v_proj"))
     assert qv.activations < all_linear.activations
     assert qv.lora_params_grads < all_linear.lora_params_grads
+
+
+FAST = load_calibration(FAST_ENGINE).memory
+
+
+def fast(**kwargs):
+    return shape(**kwargs).with_(engine=FAST_ENGINE)
+
+
+def test_the_fast_engine_has_neither_a_dense_mask_nor_a_float_base_and_counts_its_dequant_buffers():
+    job = fast(checkpointing="none", micro_batch=4)
+    assert set(memory_features(job)) == {"saved", "working", "logits", "one"}
+    breakdown = estimate_memory(job, FAST)
+    h, f = job.arch.hidden, job.arch.intermediate
+    assert breakdown.attention_mask == 0
+    assert breakdown.dequant_buffers * 2**30 == 2 * (2 * f * h + f * h)  # slot 0: gate|up, slot 1: down
+    assert memory().dequant_buffers == 0
+
+
+def test_the_fast_engine_needs_less_than_transformers_peft_and_checkpointing_still_saves():
+    for mode in ("none", "full", "offload"):
+        assert estimate_memory(fast(checkpointing=mode), FAST).reserved < memory(checkpointing=mode).reserved
+    none, full, offload = (estimate_memory(fast(checkpointing=m, seq=8192), FAST).reserved
+                           for m in ("none", "full", "offload"))
+    assert none > full > offload
+
+
+def test_the_fast_engine_runs_only_nf4_with_bf16_compute():
+    with pytest.raises(EstimateError, match="train_core-fast runs an nf4 base with bf16 compute"):
+        shape(quantization="bf16").with_(engine=FAST_ENGINE)

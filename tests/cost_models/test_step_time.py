@@ -2,6 +2,7 @@ import pytest
 
 from cost_models.calibration import load_calibration
 from cost_models.catalog import gpu
+from cost_models.shape import FAST_ENGINE
 from cost_models.step_time import estimate_step_time, time_features
 from tests.cost_models.helpers import shape
 
@@ -46,3 +47,33 @@ def test_offload_adds_copies():
 def test_two_gpus_add_a_gradient_sync():
     assert step(shape()).gradient_sync == 0
     assert step(shape().with_(gpus=2)).gradient_sync > 0
+
+
+def fast(job):
+    return job.with_(engine=FAST_ENGINE)
+
+
+def test_the_fast_engine_attends_within_each_sample_without_a_mask():
+    whole = time_features(fast(shape(seq=8192, samples=1.0)), gpu("H200"))
+    packed = time_features(fast(shape(seq=8192, samples=4.0)), gpu("H200"))
+    assert packed["masked_attention"] == whole["masked_attention"] == 0
+    assert packed["causal_attention"] == pytest.approx(whole["causal_attention"] / 4)
+
+
+def test_the_fast_engine_merges_adapters_and_never_recomputes_the_down_projection():
+    job = fast(shape(model="llama-3-8b", checkpointing="none"))
+    tokens, arch = job.tokens_per_micro_batch, job.arch
+    peak = gpu("H200").bf16_tflops * 1e12
+    none = time_features(job, gpu("H200"))["gemm"] * peak
+    head = 4 * arch.hidden * arch.vocab * job.targets(tokens)
+    assert none == pytest.approx(4 * arch.linear_params * tokens + 4 * job.lora_params * tokens + head)
+    full = time_features(job.with_(checkpointing="full"), gpu("H200"))["gemm"] * peak
+    down = arch.layers * arch.hidden * arch.intermediate
+    assert full - none == pytest.approx(2 * (arch.linear_params - down) * tokens)
+
+
+def test_the_fast_engine_has_its_own_time_coefficients():
+    time = load_calibration(FAST_ENGINE).time
+    job = fast(shape())
+    assert time.masked_attention_efficiency is None and time.host_layer_pass_float is None
+    assert estimate_step_time(job, gpu("H200"), time).step < step(shape()).step
