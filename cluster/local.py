@@ -1,6 +1,7 @@
 """The `local` provider: nodes are slices of a Ray instance on this machine, rented on a simulated spot market.
 
-Offers are the catalog's GPU types at their catalog prices (the work itself runs on this machine's CPU).
+Offers are the catalog's simulated market (cost_models.catalog.simulated_offers: every GPU type at the
+cheapest price any provider lists); the work itself runs on this machine's CPU.
 Each launched node gets a directory where its processes register (cluster/node_agent.py). The market
 (cluster/spot_market.py) decides when a node is reclaimed: a notice file with a deadline, then at the
 deadline a hard kill (SIGKILL) of every process registered on the node; notice 0 kills at once. After a
@@ -22,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.errors import ClusterError
-from cluster.interim_catalog import gpu_prices
 from cluster.node_agent import HEARTBEAT_FILE, NODE_DIR_ENV, NOTICE_FILE, PIDS_DIR, RECLAIMED_FILE, write_atomic
 from cluster.processes import ProcessRecord, session_members
-from cluster.provider import LaunchSpec, Node, NodeEvent, NodeOffer, Requirements, offer_matches
+from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements
 from cluster.spot_market import PreemptionPlan, SimulatedMarket, plan_preemption
+from cost_models.catalog import LOCAL, Offer, list_offers
 
 SESSION_FILE = "session.json"
 RAY_ENV = {
@@ -112,22 +113,15 @@ class LocalProvider:
 
     # the provider interface
 
-    def offers(self, requirements: Requirements) -> list[NodeOffer]:
+    def offers(self, requirements: Requirements) -> list[Offer]:
         now = time.time()
-        candidates = []
-        for row in gpu_prices():
-            for market, per_gpu in (("spot", row.spot_per_gpu_hour), ("on-demand", row.on_demand_per_gpu_hour)):
-                if market == "spot" and self._no_spot_until.get(row.gpu, 0.0) > now:
-                    continue
-                candidates.append(NodeOffer(
-                    provider=self.name, gpu=row.gpu, gpus=requirements.gpus, vram_gib=row.vram_gib,
-                    market=market, price_per_hour=round(per_gpu * requirements.gpus, 6), region="local",
-                    instance_type=f"sim-{row.gpu.lower()}-x{requirements.gpus}",
-                ))
-        return sorted((o for o in candidates if offer_matches(o, requirements)), key=lambda o: o.price_per_hour)
+        return [
+            offer for offer in list_offers([LOCAL], requirements.market, requirements.gpu_types)
+            if offer.market != "spot" or self._no_spot_until.get(offer.gpu.name, 0.0) <= now
+        ]
 
-    def launch(self, offer: NodeOffer, spec: LaunchSpec) -> Node:
-        node_id = f"{spec.trial_id}-a{spec.attempt}-{offer.gpu.lower()}"
+    def launch(self, offer: Offer, spec: LaunchSpec) -> Node:
+        node_id = f"{spec.trial_id}-a{spec.attempt}-{offer.gpu.name.lower()}"
         directory = self.run_dir / "nodes" / node_id
         if directory.exists():
             shutil.rmtree(directory)
@@ -159,7 +153,7 @@ class LocalProvider:
         if state.deadline is None and state.plan is not None and self._triggered(state, now):
             notice = state.plan.notice_s
             state.deadline = now + notice
-            self._no_spot_until[node.offer.gpu] = now + self.market.capacity_cooldown_s
+            self._no_spot_until[node.offer.gpu.name] = now + self.market.capacity_cooldown_s
             if notice > 0:
                 write_atomic(state.directory / NOTICE_FILE, json.dumps({"deadline": state.deadline}))
                 events.append(NodeEvent("notice", now, deadline=state.deadline,

@@ -1,48 +1,26 @@
 """The one interface every capacity provider implements (local, aws, kubernetes): offers, launch, terminate, watch.
 
-A provider rents nodes; it does not know about training. The controller asks for offers that meet a
-trial's requirements, launches the one the planner picks, polls `watch` for what happened to it, and
-terminates it when the attempt is over. Events are `running` (capacity is up), `notice` (it will be
-reclaimed at `deadline`) and `lost` (it is gone).
+A provider rents nodes; it does not know about training. The controller asks for the catalog offers a
+provider can launch now, the planner (orchestrator/planner.py) picks the cheapest one that fits a trial,
+the provider launches it, the controller polls `watch` for what happened to the node and terminates it
+when the attempt is over. Events are `running` (capacity is up), `notice` (it will be reclaimed at
+`deadline`) and `lost` (it is gone).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-Market = Literal["spot", "on-demand"]
+from cost_models.catalog import Offer
 
 
 @dataclass(frozen=True)
 class Requirements:
-    """What one trial needs from a node."""
+    """What a trial asks of a provider's market (whether the job fits a GPU is the planner's question)."""
 
     gpus: int = 1
-    min_vram_gib: float = 0.0
     gpu_types: tuple[str, ...] | None = None
     market: Literal["spot", "on-demand", "any"] = "spot"
-    max_price_per_hour: float | None = None
-
-
-@dataclass(frozen=True)
-class NodeOffer:
-    """Something a provider can launch now, at a price for the whole node."""
-
-    provider: str
-    gpu: str
-    gpus: int
-    vram_gib: float
-    market: Market
-    price_per_hour: float
-    region: str
-    instance_type: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.provider}:{self.region}:{self.instance_type}:{self.market}"
-
-    def describe(self) -> str:
-        return f"{self.gpus}x{self.gpu} {self.market} {self.provider}/{self.region} ${self.price_per_hour:.4f}/h"
 
 
 @dataclass(frozen=True)
@@ -53,16 +31,22 @@ class LaunchSpec:
     trial_id: str
     trial_index: int
     attempt: int
+    gpus: int = 1
 
 
 @dataclass
 class Node:
     id: str
-    offer: NodeOffer
+    offer: Offer
     spec: LaunchSpec
     launched_at: float
     env: dict[str, str] = field(default_factory=dict)  # what the node's workers need to find their agent
     accelerator: Literal["cpu", "cuda"] = "cuda"  # what the workers compute on (the local market simulates GPUs on CPU)
+
+    @property
+    def price_per_hour(self) -> float:
+        """What the node costs: every GPU of the instances rented for it."""
+        return self.offer.usd_per_hour(self.spec.gpus)
 
 
 @dataclass(frozen=True)
@@ -76,10 +60,10 @@ class NodeEvent:
 class Provider(Protocol):
     name: str
 
-    def offers(self, requirements: Requirements) -> list[NodeOffer]:
-        """Offers that meet the requirements and can be launched now, cheapest first."""
+    def offers(self, requirements: Requirements) -> list[Offer]:
+        """Catalog offers this provider can launch now for these requirements, cheapest first."""
 
-    def launch(self, offer: NodeOffer, spec: LaunchSpec) -> Node:
+    def launch(self, offer: Offer, spec: LaunchSpec) -> Node:
         """Start renting a node; it reports `running` through watch() once usable."""
 
     def terminate(self, node: Node) -> None:
@@ -89,12 +73,6 @@ class Provider(Protocol):
         """Events since the previous call for this node (non-blocking)."""
 
 
-def offer_matches(offer: NodeOffer, requirements: Requirements) -> bool:
-    """The filter every provider applies to its candidate offers."""
-    if offer.gpus < requirements.gpus or offer.vram_gib < requirements.min_vram_gib:
-        return False
-    if requirements.gpu_types is not None and offer.gpu not in requirements.gpu_types:
-        return False
-    if requirements.market != "any" and offer.market != requirements.market:
-        return False
-    return requirements.max_price_per_hour is None or offer.price_per_hour <= requirements.max_price_per_hour
+def describe_offer(offer: Offer, gpus: int) -> str:
+    """One line for logs and events, e.g. '1xL4 spot local/local $0.2830/h'."""
+    return f"{gpus}x{offer.gpu.name} {offer.market} {offer.provider}/{offer.region} ${offer.usd_per_hour(gpus):.4f}/h"

@@ -1,0 +1,1 @@
+"""Pure estimators: GPU catalog, VRAM, step time and preemption-aware cost. Never imports torch."""

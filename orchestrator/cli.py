@@ -13,6 +13,8 @@ COMMANDS = {
     "train": "orchestrator.commands.train",
     "generate": "orchestrator.commands.generate",
     "doctor": "orchestrator.commands.doctor",
+    "plan": "orchestrator.commands.plan",
+    "costs": "orchestrator.commands.costs",
     "submit": "orchestrator.commands.submit",
     "status": "orchestrator.commands.status",
     "resume": "orchestrator.commands.resume",

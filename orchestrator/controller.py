@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cluster.provider import LaunchSpec, Node, Provider
+from cluster.provider import LaunchSpec, Node, Provider, Requirements, describe_offer
 from cluster.spot_market import storage_fault_step
 from cluster.storage import open_store, parse_uri
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import spent_usd
-from orchestrator.placement import choose_offer, requirements_for
-from orchestrator.spec import SweepSpec
+from orchestrator.planner import choose_offer
+from orchestrator.spec import Resources, SweepSpec, TrialSpec
 from orchestrator.state import StateStore
 from train_core.checkpoint import LATEST_KEY, STATE_FILE, step_key
 from train_core.config import TrainConfig
@@ -39,6 +39,11 @@ if TYPE_CHECKING:
     from train_core.store import ObjectStore
 
 POLL_S = 0.25
+
+
+def requirements(resources: Resources) -> Requirements:
+    """What a sweep's resources ask of a provider's market."""
+    return Requirements(resources.gpus_per_trial, tuple(resources.gpus) if resources.gpus else None, resources.market)
 
 
 @dataclass
@@ -241,31 +246,37 @@ class Controller:
                     self.state.record(self.run_id, trial.id, "budget", "failed", message=message,
                                       detail={"spent": spent, "budget": budget})
                     continue
-            config = TrainConfig.model_validate(trial.config)
-            offer = choose_offer(self.provider.offers(requirements_for(config, self.spec.resources)))
-            if offer is None:
+            resume = self.committed_step(trial.id)
+            trial_spec = TrialSpec(id=trial.id, index=trial.idx, params=trial.params,
+                                   config=TrainConfig.model_validate(trial.config))
+            every = self.spec.checkpoint.every_steps
+            choice = choose_offer(trial_spec, self.provider.offers(requirements(self.spec.resources)),
+                                  self.spec.resources, steps_done=resume, storage=str(self.storage),
+                                  every_steps=every if isinstance(every, int) else None)
+            if choice is None:
                 if trial.id not in self._waiting:
                     self._waiting.add(trial.id)
                     self.state.record(self.run_id, trial.id, "waiting", detail={"reason": "no offer fits right now"})
                 continue
             self._waiting.discard(trial.id)
             attempt = trial.attempts + 1
-            resume = self.committed_step(trial.id)
-            node = self.provider.launch(offer, LaunchSpec(self.run_id, trial.id, trial.idx, attempt))
+            gpus = self.spec.resources.gpus_per_trial
+            node = self.provider.launch(choice.offer, LaunchSpec(self.run_id, trial.id, trial.idx, attempt, gpus))
             self.active[trial.id] = Active(trial.id, attempt, node, resume)
+            label = describe_offer(choice.offer, gpus)
             self.state.record(
-                self.run_id, trial.id, "launch", "provisioning", attempt=attempt, node=node.id, offer=offer.id,
-                price=offer.price_per_hour, step=resume, count="attempts",
-                detail={"gpu": offer.gpu, "market": offer.market, "offer": offer.describe(), "resume_from": resume},
+                self.run_id, trial.id, "launch", "provisioning", attempt=attempt, node=node.id,
+                offer=choice.offer.key, price=node.price_per_hour, step=resume, count="attempts",
+                detail={"gpu": choice.offer.gpu.name, "market": choice.offer.market, "offer": label,
+                        "resume_from": resume, "expected_usd": choice.run.usd if choice.run else None},
             )
-            self.trial_log(trial.id, attempt, f"== attempt {attempt} on {node.id} ({offer.describe()}), "
-                                              f"from step {resume}")
+            self.trial_log(trial.id, attempt, f"== attempt {attempt} on {node.id} ({label}), from step {resume}")
 
     # helpers
 
     def _event(self, active: Active, kind: str, state: str | None = None, **fields) -> None:
         self.state.record(self.run_id, active.trial_id, kind, state, attempt=active.attempt, node=active.node.id,
-                          offer=active.node.offer.id, price=active.node.offer.price_per_hour, **fields)
+                          offer=active.node.offer.key, price=active.node.price_per_hour, **fields)
 
     def _payload(self, active: Active) -> dict:
         trial = self.state.trial(self.run_id, active.trial_id)

@@ -54,8 +54,8 @@ def trial_views(state: StateStore, run_id: str) -> list[TrialView]:
 def _offer_label(offer_id: str | None) -> str | None:
     if not offer_id:
         return None
-    provider, _, instance, market = offer_id.split(":")
-    return f"{instance.removeprefix('sim-')} {market}"
+    provider, instance, region, market = offer_id.split(":")
+    return f"{instance.removeprefix('simulated-')} {market}"
 
 
 def _number(value: float | None, digits: int = 4) -> str:

@@ -8,17 +8,22 @@ from pathlib import Path
 from cluster.errors import ClusterError
 from cluster.local import LocalProvider
 from cluster.storage import StorageURI, check_writable, parse_uri
+from cost_models.errors import EstimateError
+from orchestrator.controller import requirements
 from orchestrator.errors import SpecError
-from orchestrator.placement import TrialPlan, check_plan, check_resources, plan_sweep
-from orchestrator.spec import SweepSpec, load_spec
+from orchestrator.planner import SweepPlan, plan_sweep
+from orchestrator.spec import SweepSpec, TrialSpec, load_spec
 from orchestrator.state import StateStore
+
+LAUNCHABLE = ("local",)
 
 
 @dataclass
 class Prepared:
     path: Path
     spec: SweepSpec
-    plans: list[TrialPlan]
+    trials: list[TrialSpec]
+    plan: SweepPlan
     storage: StorageURI
 
 
@@ -26,7 +31,10 @@ def prepare(path: Path) -> Prepared:
     """Everything that can be wrong with a sweep fails here, as one line, before anything is launched."""
     spec, trials = load_spec(path)
     source = str(path)
-    check_resources(spec, source)
+    for provider in spec.resources.providers:
+        if provider not in LAUNCHABLE:
+            raise SpecError(f"{source}: field 'resources.providers': provider {provider!r} can be planned "
+                            f"(spottune plan) but not launched by this build; accepted: {', '.join(LAUNCHABLE)}")
     for trial in trials:
         for field in ("train", "eval"):
             value = getattr(trial.config.data, field)
@@ -36,24 +44,24 @@ def prepare(path: Path) -> Prepared:
         storage = parse_uri(spec.storage).absolute(Path.cwd())
     except ClusterError as error:
         raise SpecError(f"{source}: {error}") from None
-    pricing = LocalProvider(Path.cwd(), spec.simulation, cpus=1)
-    plans = plan_sweep(spec, trials, pricing.offers)
-    check_plan(spec, plans, source)
+    market = LocalProvider(Path.cwd(), spec.simulation, cpus=1)
+    try:
+        plan = plan_sweep(spec, trials, market.offers(requirements(spec.resources)))
+    except EstimateError as error:
+        raise SpecError(f"{source}: {error}") from None
+    for trial in plan.unplaced:
+        raise SpecError(f"{source}: trial {trial.trial_id} cannot be placed: {trial.advice or 'no offer'}")
+    budget = spec.resources.max_total_cost
+    cheapest = min(plan.trials, key=lambda trial: trial.chosen.run.usd)
+    if budget is not None and budget < cheapest.chosen.run.usd:
+        offer = cheapest.chosen.offer
+        raise SpecError(
+            f"{source}: field 'resources.max_total_cost': budget ${budget:g} is below the expected "
+            f"${cheapest.chosen.run.usd:.3g} of the cheapest trial ({cheapest.trial_id} on {offer.gpu.name} "
+            f"{offer.market})"
+        )
     check_writable(storage, spec.storage_endpoint)
-    return Prepared(path, spec, plans, storage)
-
-
-def plan_table(plans: list[TrialPlan]) -> str:
-    header = ("TRIAL", "PARAMS", "NEEDS", "STEPS", "OFFER", "EST. HOURS", "EST. $")
-    rows = [header]
-    for plan in plans:
-        params = ", ".join(f"{name}={value}" for name, value in plan.trial.params.items()) or "-"
-        rows.append((plan.trial.id, params, f"{plan.requirements.min_vram_gib:g} GiB", str(plan.total_steps),
-                     plan.offer.describe(), f"{plan.estimate.hours:.5f}", f"{plan.estimate.usd:.6f}"))
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = ["plan (interim estimator: crude parameter-count rule until the issue-3 planner lands):"]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
+    return Prepared(path, spec, trials, plan, storage)
 
 
 def register(prepared: Prepared, state_dir: Path) -> tuple[StateStore, str]:
@@ -65,10 +73,11 @@ def register(prepared: Prepared, state_dir: Path) -> tuple[StateStore, str]:
     while run_id in existing:
         counter += 1
         run_id = f"{base}-{counter}"
+    steps = {plan.trial_id: plan.steps for plan in prepared.plan.trials}
     trials = [
-        {"id": plan.trial.id, "index": plan.trial.index, "params": plan.trial.params,
-         "config": plan.trial.config.model_dump(mode="json"), "total_steps": plan.total_steps}
-        for plan in prepared.plans
+        {"id": trial.id, "index": trial.index, "params": trial.params,
+         "config": trial.config.model_dump(mode="json"), "total_steps": steps[trial.id]}
+        for trial in prepared.trials
     ]
     store.create_run(run_id, prepared.spec.name, str(prepared.path.resolve()),
                      prepared.spec.model_dump(mode="json"), str(prepared.storage), trials)

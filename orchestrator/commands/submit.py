@@ -18,16 +18,17 @@ def run(args: argparse.Namespace) -> int:
 
     from orchestrator.daemon import spawn_controller
     from orchestrator.layout import RunLayout, default_state_dir
+    from orchestrator.plan_output import render_plan
     from orchestrator.progress import watch
-    from orchestrator.submission import prepare, plan_table, register
+    from orchestrator.submission import prepare, register
 
     state_dir = Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
     prepared = prepare(Path(args.spec))
-    print(plan_table(prepared.plans))
+    print(render_plan(prepared.spec.name, prepared.trials, prepared.plan))
     store, run_id = register(prepared, state_dir)
     layout = RunLayout(state_dir, run_id)
     pid = spawn_controller(layout)
-    print(f"run {run_id}: {len(prepared.plans)} trial(s), controller PID {pid}, state {store.path}")
+    print(f"run {run_id}: {len(prepared.trials)} trial(s), controller PID {pid}, state {store.path}")
     if args.detach:
         print(f"follow with: spottune status {run_id}   (logs: spottune logs {run_id}/TRIAL)")
         return 0

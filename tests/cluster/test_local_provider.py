@@ -44,13 +44,13 @@ def _watch_until(provider, node, kind, timeout=30.0):
     raise AssertionError(f"no {kind} event; saw {[e.kind for e in seen]}")
 
 
-def test_offers_filter_and_sort():
+def test_offers_come_from_the_catalog_market_cheapest_first():
     provider = LocalProvider("/nonexistent", SimulatedMarket(), cpus=1)
-    spot = provider.offers(Requirements(gpus=2, min_vram_gib=40))
-    assert spot and all(o.market == "spot" and o.vram_gib >= 40 and o.gpus == 2 for o in spot)
-    assert [o.price_per_hour for o in spot] == sorted(o.price_per_hour for o in spot)
-    assert {o.gpu for o in provider.offers(Requirements(gpu_types=("L4",), market="any"))} == {"L4"}
-    assert provider.offers(Requirements(max_price_per_hour=0.01)) == []
+    spot = provider.offers(Requirements())
+    assert spot and all(o.market == "spot" and o.provider == "local" for o in spot)
+    assert [o.usd_per_gpu_hour for o in spot] == sorted(o.usd_per_gpu_hour for o in spot)
+    both = provider.offers(Requirements(gpu_types=("L4",), market="any"))
+    assert {(o.gpu.name, o.market) for o in both} == {("L4", "spot"), ("L4", "on-demand")}
 
 
 def test_notice_then_hard_kill_at_the_deadline_and_capacity_cooldown(tmp_path):
@@ -66,7 +66,8 @@ def test_notice_then_hard_kill_at_the_deadline_and_capacity_cooldown(tmp_path):
         notice = events[-1]
         assert agent.notice_deadline() == pytest.approx(notice.deadline)
         assert process.poll() is None, "nothing is killed before the deadline"
-        assert offer.gpu not in {o.gpu for o in provider.offers(Requirements())}, "reclaimed spot capacity is gone"
+        assert offer.gpu.name not in {o.gpu.name for o in provider.offers(Requirements())}, "spot capacity is gone"
+        assert offer.gpu.name in {o.gpu.name for o in provider.offers(Requirements(market="on-demand"))}
         lost = _watch_until(provider, node, "lost")[-1]
         assert lost.time >= notice.deadline
         assert process.wait(timeout=10) == -9

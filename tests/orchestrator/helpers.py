@@ -1,114 +1,44 @@
-"""Helpers for sweep tests: tiny-model sweep specs, the CLI in a subprocess, reference runs, process checks."""
+"""Sweep specs for planner tests, and the CLI in a fresh interpreter."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
-from cluster.processes import ProcessRecord, session_members, start_ticks
-from orchestrator.state import StateStore
-
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_DATA = REPO / "examples" / "data" / "copywriting_train.jsonl"
-EVAL_DATA = REPO / "examples" / "data" / "copywriting_eval.jsonl"
 
 
-def tiny_sweep(directory: Path, name: str, **sections) -> Path:
-    """A sweep of builtin:tiny-llama trials over learning rates; keyword arguments replace top-level sections."""
-    spec = {
-        "name": name,
-        "config": {
-            "model": {"name": "builtin:tiny-llama", "quantization": "fp32"},
-            "data": {"train": str(TRAIN_DATA), "eval": str(EVAL_DATA), "max_seq_length": 128},
-            "lora": {"r": 8, "alpha": 16},
-            "training": {"max_steps": 10, "batch_size": 4, "learning_rate": 1.0e-3, "seed": 3},
-        },
-        "search": {"parameters": {"training.learning_rate": [1.0e-3, 2.0e-3]}},
-        "checkpoint": {"every_steps": 3, "keep": 2},
-        "storage": f"file://{directory / 'store'}",
-        "max_parallel": 2,
-        **sections,
+def write_spec(directory: Path, config: dict | None = None, parameters: dict | None = None,
+               resources: dict | None = None, name: str = "sweep.yaml") -> Path:
+    base = {
+        "model": {"name": "qwen2.5-1.5b"},
+        "data": {"train": str(TRAIN_DATA), "max_seq_length": 1024},
+        "lora": {"r": 16},
+        "training": {"batch_size": 8, "epochs": 40, "max_steps": 200},
     }
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    for section, values in (config or {}).items():
+        base.setdefault(section, {}).update(values)
+    spec = {
+        "name": "plan-test", "config": base,
+        "search": {"method": "grid", "parameters": parameters or {"lora.r": [8, 32]}},
+        "resources": {"providers": ["aws", "gcp", "runpod"], "market": "any", **(resources or {})},
+    }
+    path = directory / name
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     return path
 
 
-def warm_model_cache() -> None:
-    """Build builtin:tiny-llama once here, so parallel trials do not all build it at start."""
-    from train_core.models.sources import resolve_model
-
-    resolve_model("builtin:tiny-llama")
-
-
-def spottune(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `spottune ARGS` in a fresh interpreter from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
+def run_cli(*args: str, check_no_torch: bool = False) -> subprocess.CompletedProcess:
+    """`spottune ARGS` in a new interpreter; optionally fail if anything imported torch."""
+    code = (
+        "import sys\nfrom orchestrator.cli import main\n"
+        f"code = main({list(args)!r})\n"
+        + ("assert 'torch' not in sys.modules, 'torch was imported'\n" if check_no_torch else "")
+        + "sys.exit(code)\n"
     )
-
-
-def only_run(state_dir: Path) -> str:
-    runs = StateStore(state_dir).runs()
-    assert len(runs) == 1, [run.id for run in runs]
-    return runs[0].id
-
-
-def reference_adapter(config: dict, directory: Path) -> dict:
-    """Train the same config in this process, single-threaded like a Ray worker, and return its adapter tensors."""
-    import torch
-    from safetensors.torch import load_file
-
-    from train_core.config import TrainConfig
-    from train_core.trainer import Trainer
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        trial = TrainConfig.model_validate({**config, "output_dir": str(directory)})
-        Trainer(trial, log=lambda message: None).run()
-    finally:
-        torch.set_num_threads(threads)
-    return load_file(str(directory / "adapter" / "adapter_model.safetensors"))
-
-
-def adapter_tensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "adapter_model.safetensors"))
-
-
-def assert_bit_identical(got: dict, expected: dict) -> None:
-    import torch
-
-    assert got.keys() == expected.keys()
-    for key in expected:
-        assert torch.equal(got[key], expected[key]), f"{key} differs"
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def leftover_processes(controller: ProcessRecord) -> list[int]:
-    """Processes still alive from a controller's session (it and its Ray instance)."""
-    alive = [controller.pid] if start_ticks(controller.pid) == controller.ticks else []
-    return alive + [process.pid for process in session_members(controller)]
-
-
-def controller_record(state_dir: Path, run_id: str) -> ProcessRecord:
-    """The controller of a run as recorded by its local provider (PID and start time)."""
-    session = json.loads((state_dir / run_id / "ray" / "session.json").read_text(encoding="utf-8"))
-    return ProcessRecord.parse(session["controller"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)

@@ -14,7 +14,7 @@ import pytest
 from cluster.processes import start_ticks
 from orchestrator.ledger import compute_ledger
 from orchestrator.state import StateStore
-from tests.orchestrator.helpers import (
+from tests.orchestrator.sweeps import (
     adapter_tensors, assert_bit_identical, controller_record, leftover_processes, only_run, reference_adapter,
     spottune, tiny_sweep, wait_for, warm_model_cache,
 )

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from tests.orchestrator.helpers import spottune, tiny_sweep
+from tests.orchestrator.sweeps import spottune, tiny_sweep
 
 
 def _spec(tmp_path, **changes):
@@ -27,15 +27,17 @@ CASES = {
     "unknown field": ({"budget": 5}, "field 'budget': unknown field; accepted fields here: base, checkpoint"),
     "empty grid": ({"search/parameters/training.learning_rate": []},
                    "search.parameters.training.learning_rate is an empty list"),
-    "unknown GPU": ({"resources/gpus": ["B300"]}, "field 'resources.gpus': unknown GPU 'B300'; known: RTX4090"),
+    "unknown GPU": ({"resources/gpus": ["B300"]}, "resources.gpus: unknown GPU 'B300'; accepted: A10G"),
     "budget below the cheapest trial": ({"resources/max_total_cost": 1e-12},
-                                        "field 'resources.max_total_cost': budget $1e-12 is below the estimated $"),
-    "unknown provider": ({"resources/providers": ["azure"]}, "provider 'azure' is not available; accepted: local"),
+                                        "field 'resources.max_total_cost': budget $1e-12 is below the expected $"),
+    "provider without a launcher": ({"resources/providers": ["aws"]},
+                                    "provider 'aws' can be planned (spottune plan) but not launched"),
     "bad trial config": ({"config/training/batch_size": 0}, "field 'training.batch_size': Input should be greater"),
     "schedule names no trial": ({"simulation": {"preemptions": [{"trial": 7, "at_step": 2}]}},
                                 "field 'simulation': no trial 7 in this sweep"),
     "unsupported storage": ({"storage": "gs://bucket/x"}, "storage: unsupported storage scheme 'gs://'"),
-    "no capacity at this price": ({"resources/max_price_per_hour": 0.001}, "no offer has 1 GPU(s)"),
+    "no capacity at this price": ({"resources/max_price_per_hour": 0.001},
+                                  "cannot be placed: fits, but every fitting offer costs more than max_price_per_hour"),
 }
 
 

@@ -6,7 +6,7 @@ import json
 import yaml
 
 from cluster.storage import open_store, parse_uri
-from tests.orchestrator.helpers import (
+from tests.orchestrator.sweeps import (
     EVAL_DATA, TRAIN_DATA, adapter_tensors, assert_bit_identical, reference_adapter, spottune,
 )
 

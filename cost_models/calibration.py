@@ -1,0 +1,212 @@
+"""Calibration data: measured points (calibration.csv) and the coefficients fitted to them (calibration_fit.json).
+
+`python bench/calibrate_estimator.py` measures on a GPU; `python -m cost_models.fit` refits the JSON.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+from cost_models.architectures import resolve_architecture
+from cost_models.catalog import Gpu, gpu_for_device
+from cost_models.errors import EstimateError
+from cost_models.fast_engine import dequant_buffer_elements
+from cost_models.shape import FAST_ENGINE, HF_ENGINE, JobShape, RowStats
+
+DATA = Path(__file__).with_name("data")
+MEASUREMENTS = DATA / "calibration.csv"
+FIT = DATA / "calibration_fit.json"
+LEGACY_ENGINE_NAMES = {"train_core transformers + PEFT": HF_ENGINE}  # how run 1 and 2 named the engine
+
+
+@dataclass(frozen=True)
+class MemoryCoefficients:
+    """Scales of memory.memory_features (bytes per counted byte), plus the CUDA context in GiB. None = the
+    engine has no such feature (the fast engine: no bf16 base, no dense mask)."""
+
+    saved: float
+    logits: float
+    working: float
+    one: float
+    cuda_context_gib: float
+    saved_float_base: float | None = None
+    mask_per_layer: float | None = None
+    working_float_base: float | None = None
+
+
+@dataclass(frozen=True)
+class TimeCoefficients:
+    """Host (Python/launch) seconds, GPU efficiencies against the datasheet peak, and how the two overlap.
+    None = the engine never does that work (the fast engine: no bf16 base, no dense mask)."""
+
+    host_layer_pass_4bit: float  # seconds per decoder layer per pass, 4-bit base
+    host_per_target: float  # extra seconds per layer pass per LoRA target module
+    host_loss_chunk: float  # seconds per loss chunk per pass (the chunk loop runs in Python)
+    host_per_token: float  # seconds per token of a micro-batch (collation in Python)
+    host_micro_batch: float
+    host_lora_tensor: float  # optimizer + clipping seconds per LoRA tensor per step
+    gemm_efficiency: float
+    causal_attention_efficiency: float
+    elementwise_traffic: float  # bytes moved per saved activation byte
+    overlap: float  # p of the p-norm that combines host and GPU time (large = perfect overlap)
+    offload_gbs: float  # host <-> device copy rate for offloaded activations
+    host_layer_pass_float: float | None = None  # seconds per decoder layer per pass with a bf16/fp32 base
+    masked_attention_efficiency: float | None = None  # attention under a dense mask
+    host_factors: dict[str, float] = field(default_factory=dict)  # per calibration run (machine); 1 = reference
+
+    @cached_property
+    def host_factor(self) -> float:
+        """The host speed a plan assumes: the mean over the measured machines."""
+        return sum(self.host_factors.values()) / len(self.host_factors) if self.host_factors else 1.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    engine: str
+    cards: tuple[str, ...]  # catalog GPU names with measured points
+    memory: MemoryCoefficients
+    time: TimeCoefficients
+    tokens_range: tuple[float, float]
+    params_range: tuple[float, float]
+    quantizations: tuple[str, ...]
+    measurements_sha256: str
+    accuracy: dict
+
+    def covers(self, gpu: Gpu, shape: JobShape) -> bool:
+        """True when measured points exist for this GPU, engine and weight format, around this job's size."""
+        low, high = self.tokens_range
+        params_low, params_high = self.params_range
+        return (
+            gpu.name in self.cards
+            and shape.engine == self.engine
+            and shape.quantization in self.quantizations
+            and shape.compute_dtype == "bf16"
+            and low / 2 <= shape.tokens_per_micro_batch <= high * 2
+            and params_low / 2 <= shape.arch.total_params <= params_high * 4
+        )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One row of calibration.csv as a job shape on a catalog GPU, with what was measured."""
+
+    shape: JobShape
+    gpu: Gpu
+    run: str
+    status: str
+    peak_reserved_gib: float
+    peak_allocated_gib: float
+    step_s: float
+    context_gib: float
+    weights_gib: float  # allocated after loading the model and adding the adapters
+    checkpoint_mb: float | None
+    checkpoint_s: float | None
+    held_buffers: tuple[int, int] = (0, 0)  # fast-engine dequantization buffer elements the process held at load
+
+    @property
+    def held_buffers_gib(self) -> float:
+        """The bf16 dequantization buffers that earlier groups of the same bench process left allocated."""
+        return 2 * sum(self.held_buffers) / 2**30
+
+    @property
+    def carried_gib(self) -> float:
+        """What the peak holds beyond this job's own needs: held buffers larger than the job's own (the
+        module-global buffers only grow, and the transformers + PEFT engine has none)."""
+        own = dequant_buffer_elements(self.shape.arch) if self.shape.engine == FAST_ENGINE else (0, 0)
+        return 2 * sum(max(held, mine) - mine for held, mine in zip(self.held_buffers, own)) / 2**30
+
+    @property
+    def job_reserved_gib(self) -> float:
+        """Peak reserved memory of this job alone, as a training process running one model would see it."""
+        return self.peak_reserved_gib - self.carried_gib
+
+
+def _float(value: str) -> float | None:
+    return float(value) if value not in ("", None) else None
+
+
+def measurement_from_row(row: dict[str, str], source: str) -> Measurement:
+    card = gpu_for_device(row["card"])
+    if card is None:
+        raise EstimateError(f"{source}: card {row['card']!r} is not in cost_models/data/gpus.csv device_names")
+    arch = resolve_architecture(row["arch"]).with_layers(int(row["layers"]))
+    tokens, targets = int(row["tokens_per_micro_batch"]), int(row["targets_per_micro_batch"])
+    micro_batch, seq_len = int(row["micro_batch"]), int(row["seq_len"])
+    targets_field = row["lora_targets"]
+    shape = JobShape(
+        arch=arch, quantization=row["quantization"], lora_rank=int(row["lora_rank"]),
+        lora_targets=arch.module_names if targets_field == "all-linear" else tuple(targets_field.split("+")),
+        seq_len=seq_len, micro_batch=micro_batch, grad_accum=int(row["grad_accum"]),
+        checkpointing=row["checkpointing"],
+        rows=RowStats(tokens / micro_batch, seq_len, float(row["samples_per_row"]), targets / tokens, 0, source),
+        engine=LEGACY_ENGINE_NAMES.get(row["engine"], row["engine"]),
+    )
+    return Measurement(
+        shape=shape, gpu=card, run=row["run"], status=row["status"],
+        peak_reserved_gib=_float(row["peak_reserved_gib"]) or 0.0,
+        peak_allocated_gib=_float(row["peak_allocated_gib"]) or 0.0, step_s=_float(row["step_s"]) or 0.0,
+        context_gib=_float(row["context_gib"]) or 0.0, weights_gib=_float(row["weights_gib"]) or 0.0,
+        checkpoint_mb=_float(row.get("checkpoint_mb", "")),
+        checkpoint_s=_float(row.get("checkpoint_s", "")),
+    )
+
+
+def load_measurements(path: Path = MEASUREMENTS) -> list[Measurement]:
+    """Every row, with the dequantization buffers its bench process held when the row's model was loaded.
+
+    bench/calibrate_estimator.py measures its groups one after another in one process, appending rows in
+    that order; the fast engine's buffers (train_core.fast.lora.BUFFERS) are module-global and grow to the
+    largest weight group seen, so a group measured after a bigger fast-engine model carries that model's
+    buffers. Replaying each run's rows in file order recovers them exactly.
+    """
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = [measurement_from_row(row, f"{path}:{number}") for number, row in enumerate(csv.DictReader(handle), 2)]
+    state: dict[str, tuple[tuple, tuple[int, int], tuple[int, int]]] = {}  # run: (group, held at load, held after)
+    replayed = []
+    for row in rows:
+        s = row.shape
+        group = (s.arch.name, s.engine, s.quantization, s.lora_rank, s.lora_targets, row.weights_gib)
+        last, at_load, after = state.get(row.run, ((), (0, 0), (0, 0)))
+        if group != last:  # a new model was loaded: it finds what the previous group left
+            at_load = after
+        own = dequant_buffer_elements(s.arch) if s.engine == FAST_ENGINE else (0, 0)
+        state[row.run] = (group, at_load, (max(at_load[0], own[0]), max(at_load[1], own[1])))
+        replayed.append(replace(row, held_buffers=at_load))
+    return replayed
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def calibration_from_dict(raw: dict) -> Calibration:
+    return Calibration(
+        engine=raw["engine"], cards=tuple(raw["cards"]), memory=MemoryCoefficients(**raw["memory"]),
+        time=TimeCoefficients(**raw["time"]), tokens_range=tuple(raw["tokens_range"]),
+        params_range=tuple(raw["params_range"]), quantizations=tuple(raw["quantizations"]),
+        measurements_sha256=raw["measurements_sha256"], accuracy=raw.get("accuracy", {}),
+    )
+
+
+@lru_cache(maxsize=4)
+def load_calibrations(path: Path = FIT) -> dict[str, Calibration]:
+    """Every engine's fitted calibration, by engine name."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise EstimateError(f"{path}: cannot read the fitted calibration ({error}); run python -m cost_models.fit")
+    return {engine: calibration_from_dict(entry) for engine, entry in raw["engines"].items()}
+
+
+def load_calibration(engine: str = HF_ENGINE, path: Path = FIT) -> Calibration:
+    """The engine's fitted calibration (every engine in shape.ENGINES has its own)."""
+    calibrations = load_calibrations(path)
+    if engine not in calibrations:
+        raise EstimateError(f"{path}: no fitted calibration for engine {engine!r} (fitted: "
+                            f"{', '.join(sorted(calibrations))}); measure it with bench/calibrate_estimator.py on a "
+                            "GPU, then run python -m cost_models.fit")
+    return calibrations[engine]

@@ -1,0 +1,128 @@
+"""JobShape: the plain description of one training job that every estimator takes (no train_core types)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+from cost_models.architectures import Architecture
+from cost_models.errors import EstimateError
+
+QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "bf16", "fp32")
+CHECKPOINTING = ("none", "full", "offload")
+OPTIMIZERS = ("adamw", "adamw_8bit")
+HF_ENGINE, FAST_ENGINE = "train_core-hf", "train_core-fast"  # train_core's transformers + PEFT and fused engines
+ENGINES = (HF_ENGINE, FAST_ENGINE)
+LOSS_CHUNK_ROWS = 1024  # train_core projects at most this many target rows onto the vocabulary at once
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """What a data set looks like once tokenized and (optionally) packed into rows of max_seq_length."""
+
+    mean_tokens: float  # tokens in an average row
+    max_tokens: int  # tokens in the longest row (sets the memory peak)
+    mean_samples: float  # samples per row (1 without packing)
+    target_fraction: float  # share of tokens that carry loss
+    rows: int  # rows per epoch
+    source: str  # how these numbers were obtained
+
+    @classmethod
+    def full_rows(cls, seq_len: int, rows: int = 0, target_fraction: float = 0.5) -> "RowStats":
+        """Every row filled to seq_len with several samples (packed data, when no data set can be read)."""
+        return cls(float(seq_len), seq_len, 2.0, target_fraction, rows, f"assumed full {seq_len}-token rows")
+
+
+@dataclass(frozen=True)
+class JobShape:
+    arch: Architecture
+    quantization: str
+    lora_rank: int
+    lora_targets: tuple[str, ...]
+    seq_len: int
+    micro_batch: int  # rows per forward/backward
+    grad_accum: int  # micro-batches per optimizer step on one worker
+    checkpointing: str
+    rows: RowStats
+    optimizer: str = "adamw_8bit"
+    engine: str = HF_ENGINE
+    gpus: int = 1
+    compute_dtype: str = "bf16"  # "fp32" doubles activations and runs matmuls at the TF32 rate (uncalibrated)
+
+    def __post_init__(self) -> None:
+        if self.quantization not in QUANTIZATIONS:
+            raise EstimateError(f"model.quantization: {self.quantization!r} cannot be estimated; accepted: "
+                                f"{', '.join(QUANTIZATIONS)}")
+        if self.checkpointing not in CHECKPOINTING:
+            raise EstimateError(f"training.activation_checkpointing: {self.checkpointing!r}; accepted: "
+                                f"{', '.join(CHECKPOINTING)}")
+        if self.compute_dtype not in ("bf16", "fp32"):
+            raise EstimateError(f"model.compute_dtype: {self.compute_dtype!r}; accepted: bf16, fp32")
+        if self.engine not in ENGINES:
+            raise EstimateError(f"model.engine: {self.engine!r} has no estimator; accepted: {', '.join(ENGINES)}")
+        if self.engine == FAST_ENGINE and (self.quantization, self.compute_dtype) != ("nf4", "bf16"):
+            raise EstimateError(f"model.engine: {FAST_ENGINE} runs an nf4 base with bf16 compute, not "
+                                f"{self.quantization} with {self.compute_dtype}")
+        if self.optimizer not in OPTIMIZERS:
+            raise EstimateError(f"training.optimizer: {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
+        unknown = [name for name in self.lora_targets if name not in self.arch.module_names]
+        if unknown or not self.lora_targets:
+            raise EstimateError(f"lora.target_modules: {unknown or 'none'} not in {self.arch.name}; accepted: "
+                                f"all-linear or names among {', '.join(self.arch.module_names)}")
+        if min(self.lora_rank, self.seq_len, self.micro_batch, self.grad_accum, self.gpus) < 1:
+            raise EstimateError("job shape: rank, seq_len, micro_batch, grad_accum and gpus must be >= 1")
+
+    def with_(self, **changes) -> "JobShape":
+        return replace(self, **changes)
+
+    @property
+    def tokens_per_micro_batch(self) -> float:
+        """Mean tokens of one micro-batch (rows are laid end to end, padding-free)."""
+        return self.micro_batch * self.rows.mean_tokens
+
+    @property
+    def max_tokens_per_micro_batch(self) -> int:
+        return self.micro_batch * self.rows.max_tokens
+
+    @property
+    def masked(self) -> bool:
+        """More than one sample per micro-batch: the transformers + PEFT engine then builds a dense block-diagonal
+        attention mask (the fast engine runs varlen attention per sample)."""
+        return self.micro_batch > 1 or self.rows.mean_samples > 1.0
+
+    @property
+    def mean_sample_tokens(self) -> float:
+        """Tokens of an average sample (a packed row holds several)."""
+        return self.rows.mean_tokens / max(1.0, self.rows.mean_samples)
+
+    def targets(self, tokens: float) -> float:
+        return tokens * self.rows.target_fraction
+
+    @property
+    def passes(self) -> int:
+        """Passes over the layers per micro-batch: forward and backward, plus a recompute when checkpointing."""
+        return 2 if self.checkpointing == "none" else 3
+
+    @cached_property
+    def lora_linears(self):
+        return tuple(linear for linear in self.arch.linears if linear.name in self.lora_targets)
+
+    @cached_property
+    def lora_params(self) -> int:
+        return self.arch.layers * sum(self.lora_rank * (l.inputs + l.outputs) for l in self.lora_linears)
+
+    @property
+    def lora_tensors(self) -> int:
+        return 2 * len(self.lora_targets) * self.arch.layers
+
+    @property
+    def activation_scale(self) -> float:
+        """Bytes of an activation relative to bf16."""
+        return 2.0 if self.compute_dtype == "fp32" else 1.0
+
+    @property
+    def float_base(self) -> bool:
+        return self.quantization in ("bf16", "fp32")
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.micro_batch * self.grad_accum * self.gpus

@@ -1,0 +1,159 @@
+"""Seconds per optimizer step: GPU work (FLOPs and bytes over calibrated rates) against host work (Python and
+kernel launches per layer), combined per micro-batch, plus the optimizer.
+
+FLOPs of LoRA on a frozen base: forward 2·N, backward 2·N (no weight-gradient GEMM), +2·N with recompute;
+the LM head runs on target tokens only. Per engine: transformers + PEFT runs the adapters as extra GEMMs
+(forward, input and weight gradients), recomputes each loss chunk, and attends over the whole micro-batch
+(dense mask when packed); the fast engine merges the adapters into the dequantized weight (adapters add only
+their weight gradients), finishes the loss gradient in the forward, defers a checkpointed layer's MLP to its
+backward (down is never recomputed) and attends within each sample (varlen).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+from cost_models import fast_engine
+from cost_models.calibration import TimeCoefficients
+from cost_models.catalog import Gpu
+from cost_models.memory import BYTES_PER_PARAM, layer_bytes_per_token
+from cost_models.shape import FAST_ENGINE, LOSS_CHUNK_ROWS, JobShape
+
+ALLREDUCE_GBS = 50.0  # EST gradient all-reduce rate between GPUs of one host (uncalibrated)
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Seconds per optimizer step and where they go (per-micro-batch terms are summed over the step)."""
+
+    gemm: float
+    attention: float
+    memory_traffic: float
+    host: float
+    offload_copies: float
+    optimizer: float
+    gradient_sync: float
+    step: float
+    tokens_per_step: float
+    bound: str  # "gpu" or "host": which side sets the pace
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@lru_cache(maxsize=8192)
+def work(shape: JobShape) -> dict[str, float]:
+    """FLOPs, bytes and host operations of one micro-batch at the job's mean size, for any GPU."""
+    arch = shape.arch
+    tokens = shape.tokens_per_micro_batch
+    passes = shape.passes
+    sync = 0.0
+    if shape.gpus > 1:
+        sync = 2 * (shape.gpus - 1) / shape.gpus * 4 * shape.lora_params / (ALLREDUCE_GBS * 1e9)
+    engine = _fast_work(shape) if shape.engine == FAST_ENGINE else _hf_work(shape)
+    return {
+        **engine,
+        "layer_passes": float(arch.layers * passes),
+        "tokens": tokens,
+        "activation_bytes": passes * tokens * arch.layers * layer_bytes_per_token(shape) * shape.activation_scale,
+        "float_base": 1.0 if shape.float_base else 0.0,
+        "grad_accum": float(shape.grad_accum),
+        "lora_tensors": float(shape.lora_tensors),
+        "gradient_sync": sync,
+        "tokens_per_step": shape.grad_accum * tokens * shape.gpus,
+    }
+
+
+def _hf_work(shape: JobShape) -> dict[str, float]:
+    arch = shape.arch
+    tokens = shape.tokens_per_micro_batch
+    targets = shape.targets(tokens)
+    passes = shape.passes
+    gemm = (2 * passes * arch.linear_params + (2 * passes + 2) * shape.lora_params) * tokens
+    gemm += 6 * arch.hidden * arch.vocab * targets  # head + checkpointed loss chunk + input gradient
+    attention = 4 * tokens**2 * arch.q_dim * arch.layers * (passes - 1 + 2.5)
+    weight_bytes = passes * arch.linear_params * (
+        2.0 if shape.float_base else BYTES_PER_PARAM[shape.quantization] + 4.0
+    )
+    return {
+        "target_passes": float(arch.layers * passes * len(shape.lora_targets)),
+        "loss_chunks": float(passes * max(1, math.ceil(targets / LOSS_CHUNK_ROWS))),
+        "gemm": gemm * shape.activation_scale,  # fp32 compute runs at about half the bf16 (TF32) rate
+        "masked_attention": attention if shape.masked else 0.0,
+        "causal_attention": 0.0 if shape.masked else attention / 2,
+        "weight_bytes": weight_bytes,
+        "offload_bytes": 4.0 * tokens * arch.layers * arch.hidden if shape.checkpointing == "offload" else 0.0,
+    }
+
+
+def _fast_work(shape: JobShape) -> dict[str, float]:
+    """The fast engine (NF4, bf16). Left out: the rank-r LoRA product inside each dequantization (2·r FLOPs per
+    merged weight, under 4% of the GEMMs at rank 16 and 512 tokens)."""
+    arch = shape.arch
+    tokens = shape.tokens_per_micro_batch
+    targets = shape.targets(tokens)
+    recompute = shape.checkpointing != "none"
+    linear = arch.linear_params
+    gemm = 4 * linear * tokens  # forward and input gradient through the merged weights
+    gemm += 4 * shape.lora_params * tokens  # adapter weight gradients: x·Aᵀ, dY·B, then dA and dB
+    gemm += 4 * arch.hidden * arch.vocab * targets  # logits and their input gradient, once per chunk
+    dequantized = 2 * linear  # every group for the forward and again for its input gradient
+    if recompute:
+        gemm += 2 * (linear - fast_engine.down_params(arch)) * tokens
+        dequantized += fast_engine.attention_params(arch)
+    attention = 4 * tokens * shape.mean_sample_tokens * arch.q_dim * arch.layers * (shape.passes - 1 + 2.5) / 2
+    return {
+        "target_passes": float(arch.layers * len(shape.lora_targets)),  # adapter gradients: backward only
+        "loss_chunks": float(fast_engine.loss_chunks(arch.vocab, targets)),
+        "gemm": gemm,
+        "masked_attention": 0.0,
+        "causal_attention": attention,
+        "weight_bytes": dequantized * (BYTES_PER_PARAM["nf4"] + 4.0),  # read NF4, write and re-read bf16
+        "offload_bytes": 4.0 * tokens * (arch.layers - 1) * arch.hidden if shape.checkpointing == "offload" else 0.0,
+    }
+
+
+def time_features(shape: JobShape, gpu: Gpu) -> dict[str, float]:
+    """The work of one micro-batch with FLOPs and device bytes divided by this GPU's peak rates."""
+    features = dict(work(shape))
+    peak, bandwidth = gpu.bf16_tflops * 1e12, gpu.mem_bw_gbs * 1e9
+    for name in ("gemm", "masked_attention", "causal_attention"):
+        features[name] /= peak
+    for name in ("weight_bytes", "activation_bytes"):
+        features[name] /= bandwidth
+    return features
+
+
+def step_from_features(f: dict[str, float], c: TimeCoefficients, host_speed: float) -> StepTime:
+    """Combine the work of time_features with coefficients: per micro-batch the host and the GPU overlap
+    (a p-norm of the two), offload copies add on top; the optimizer and gradient sync run once per step."""
+    per_pass = c.host_layer_pass_float if f["float_base"] else c.host_layer_pass_4bit
+    host = host_speed * (
+        f["layer_passes"] * per_pass + f["target_passes"] * c.host_per_target
+        + f["loss_chunks"] * c.host_loss_chunk + f["tokens"] * c.host_per_token + c.host_micro_batch
+    )
+    gemm = f["gemm"] / c.gemm_efficiency
+    attention = f["causal_attention"] / c.causal_attention_efficiency
+    if f["masked_attention"]:
+        attention += f["masked_attention"] / c.masked_attention_efficiency
+    traffic = f["weight_bytes"] + c.elementwise_traffic * f["activation_bytes"]
+    gpu_seconds = gemm + attention + traffic
+    micro = (host**c.overlap + gpu_seconds**c.overlap) ** (1 / c.overlap)
+    copies = f["offload_bytes"] / (c.offload_gbs * 1e9)
+    optimizer = host_speed * c.host_lora_tensor * f["lora_tensors"]
+    n = f["grad_accum"]
+    return StepTime(
+        gemm=n * gemm, attention=n * attention, memory_traffic=n * traffic, host=n * host,
+        offload_copies=n * copies, optimizer=optimizer, gradient_sync=f["gradient_sync"],
+        step=n * (micro + copies) + optimizer + f["gradient_sync"], tokens_per_step=f["tokens_per_step"],
+        bound="gpu" if gpu_seconds >= host else "host",
+    )
+
+
+def estimate_step_time(
+    shape: JobShape, gpu: Gpu, coefficients: TimeCoefficients, host_factor: float | None = None
+) -> StepTime:
+    """Step time on `gpu`; host_factor scales host work (default: the mean of the calibrated machines)."""
+    speed = coefficients.host_factor if host_factor is None else host_factor
+    return step_from_features(time_features(shape, gpu), coefficients, speed)

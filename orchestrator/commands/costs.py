@@ -1,0 +1,55 @@
+"""spottune costs [CONFIG.yaml] [--gpu G] [--provider P] [--spot|--on-demand] [--json|--csv]"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "the GPU catalog with prices and dates; with a train config, what that job costs on each GPU type"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="train config YAML: price this job on every GPU type")
+    parser.add_argument("--gpu", action="append", help="only these GPU types (repeat or comma-separate)")
+    parser.add_argument("--provider", action="append", help="only these providers (default: all but local)")
+    market = parser.add_mutually_exclusive_group()
+    market.add_argument("--spot", action="store_const", const="spot", dest="market", help="spot offers only")
+    market.add_argument("--on-demand", action="store_const", const="on-demand", dest="market",
+                        help="on-demand offers only")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print rows as JSON")
+    output.add_argument("--csv", action="store_true", help="print rows as CSV")
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    from cost_models.catalog import list_offers
+    from cost_models.errors import EstimateError
+    from orchestrator.costs_output import catalog_records, catalog_table, job_records, job_table
+    from orchestrator.render import to_csv, to_json
+
+    try:
+        offers = list_offers(_split(args.provider), args.market or "any", _split(args.gpu))
+        if args.config:
+            from orchestrator.planner import trial_job
+            from train_core.config import load_config
+
+            config = load_config(args.config)
+            records = job_records(trial_job("job", config), offers)
+            text = job_table(args.config, records)
+        else:
+            records = catalog_records(offers)
+            text = catalog_table(records)
+    except EstimateError as error:
+        raise EstimateError(f"{args.config}: {error}" if args.config else str(error)) from None
+    if args.json:
+        sys.stdout.write(to_json(records) + "\n")
+    elif args.csv:
+        sys.stdout.write(to_csv(records))
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,70 @@
+"""spottune plan SPEC.yaml [--gpu G] [--provider P] [--max-price X] [--spot|--on-demand] [--json|--csv] [--plot F]"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "before paying: per trial and GPU offer, whether it fits, VRAM, step time, hours, preemptions and expected $"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="sweep spec YAML")
+    parser.add_argument("--gpu", action="append", help="only these GPU types (repeat or comma-separate)")
+    parser.add_argument("--provider", action="append", help="only these providers (default: the spec's)")
+    parser.add_argument("--max-price", type=float, help="only offers up to this $ per GPU-hour")
+    market = parser.add_mutually_exclusive_group()
+    market.add_argument("--spot", action="store_const", const="spot", dest="market", help="spot offers only")
+    market.add_argument("--on-demand", action="store_const", const="on-demand", dest="market",
+                        help="on-demand offers only")
+    parser.add_argument("--all-offers", action="store_true",
+                        help="list every offer (default: the cheapest offer per GPU type and market)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print every trial x offer row as JSON")
+    output.add_argument("--csv", action="store_true", help="print every trial x offer row as CSV")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw expected cost and hours per GPU type")
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    from cost_models.errors import EstimateError
+    from orchestrator import planner
+    from orchestrator.plan_output import render_plan
+    from orchestrator.render import to_csv, to_json
+    from orchestrator.spec import load_spec
+
+    spec, trials = load_spec(args.spec)
+    resources = spec.resources.model_copy(update={
+        key: value for key, value in {
+            "gpus": _split(args.gpu), "providers": _split(args.provider), "market": args.market,
+        }.items() if value
+    })
+    try:
+        offers = planner.offers_for(resources)
+        if args.max_price is not None:
+            offers = [offer for offer in offers if offer.usd_per_gpu_hour <= args.max_price]
+        plan = planner.plan_sweep(spec.model_copy(update={"resources": resources}), trials, offers)
+    except EstimateError as error:
+        raise EstimateError(f"{args.spec}: {error}") from None
+    records = [row.as_dict() for row in plan.rows]
+    if args.json:
+        sys.stdout.write(to_json({
+            "sweep": spec.name, "offers": plan.offers, "total_usd": plan.total_usd, "notes": plan.notes,
+            "trials": [{"trial": t.trial_id, "steps": t.steps, "data": t.data, "advice": t.advice,
+                        "chosen": t.chosen.as_dict() if t.chosen else None} for t in plan.trials],
+            "rows": records,
+        }) + "\n")
+    elif args.csv:
+        sys.stdout.write(to_csv(records))
+    else:
+        print(render_plan(spec.name, trials, plan, args.all_offers))
+    if args.plot:
+        from orchestrator.plan_output import plot_plan
+
+        plot_plan(plan, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    return 0 if not plan.unplaced else 1

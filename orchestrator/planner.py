@@ -1,0 +1,276 @@
+"""Place trials on offers: each trial's TrainConfig becomes a cost_models JobShape, is sized and estimated on
+every offered GPU type, priced per offer with expected preemptions, and the cheapest offer that fits (within
+the sweep's limits) is chosen. The controller calls choose_offer() to place a trial and again, with
+steps_done, to re-plan after a preemption. Never imports torch.
+"""
+from __future__ import annotations
+
+import glob
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from cost_models.architectures import Architecture, resolve_architecture
+from cost_models.autosize import autosize, fit_advice
+from cost_models.calibration import Calibration, load_calibration
+from cost_models.catalog import Offer, gpus, list_offers
+from cost_models.errors import EstimateError
+from cost_models.estimate import Estimate
+from cost_models.memory import static_bytes
+from cost_models.preemption import RunCost, checkpoint_seconds, expected_run, restart_seconds
+from cost_models.shape import JobShape, RowStats
+from cost_models.tokens import dataset_row_stats
+from orchestrator.spec import Resources, SweepSpec, TrialSpec
+from train_core.cache import cache_root
+from train_core.config import TrainConfig
+
+FAST_ENGINE_MODEL_TYPES = ("llama", "qwen2", "mistral")  # mirrors train_core.fast.arch (which imports torch)
+FAST_ENGINE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """A trial as the estimators see it: the shape before sizing, and what sizing may change."""
+
+    trial_id: str
+    shape: JobShape
+    rows_per_worker: int  # sequences one worker processes per optimizer step
+    micro_batch: int | None  # None = auto
+    checkpointing: str | None  # None = auto
+    steps: int
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    trial_id: str
+    offer: Offer
+    estimate: Estimate
+    run: RunCost | None  # None when the job does not fit this GPU
+    chosen: bool = False
+    excluded: str = ""  # why a fitting offer cannot be chosen (price limit)
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.fits
+
+    @property
+    def usd_per_hour(self) -> float:
+        """What this trial pays per hour on this offer (every GPU of the instances it rents)."""
+        return self.offer.usd_per_hour(self.estimate.shape.gpus)
+
+    def as_dict(self) -> dict:
+        e, o, r = self.estimate, self.offer, self.run
+        return {
+            "trial": self.trial_id, "gpu": o.gpu.name, "provider": o.provider, "instance_type": o.instance_type,
+            "region": o.region, "market": o.market, "usd_per_gpu_hour": o.usd_per_gpu_hour,
+            "billed_gpus": o.billed_gpus(e.shape.gpus), "usd_per_hour": self.usd_per_hour, "price_date": o.date,
+            "interruptions_per_hour": o.interruptions_per_hour, "fits": e.fits, "need_gib": e.need_gib,
+            "have_gib": e.have_gib, "headroom_gib": e.headroom_gib, "peak_reserved_gib": e.memory.reserved,
+            "micro_batch": e.shape.micro_batch, "grad_accum": e.shape.grad_accum,
+            "checkpointing": e.shape.checkpointing, "step_s": e.time.step, "bound": e.time.bound,
+            "tokens_per_step": e.time.tokens_per_step, "work_hours": r.work_hours if r else None,
+            "hours": r.wall_hours if r else None, "expected_preemptions": r.expected_preemptions if r else None,
+            "checkpoint_every_steps": r.checkpoint_every_steps if r else None, "usd": r.usd if r else None,
+            "calibrated": e.calibrated, "chosen": self.chosen, "excluded": self.excluded,
+        }
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    trial_id: str
+    steps: int
+    data: str  # where the token statistics came from
+    rows: list[PlanRow]
+    chosen: PlanRow | None
+    advice: str = ""  # when nothing fits: what would
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    trials: list[TrialPlan]
+    offers: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[PlanRow]:
+        return [row for trial in self.trials for row in trial.rows]
+
+    @property
+    def total_usd(self) -> float:
+        return sum(t.chosen.run.usd for t in self.trials if t.chosen and t.chosen.run)
+
+    @property
+    def unplaced(self) -> list[TrialPlan]:
+        return [t for t in self.trials if t.chosen is None]
+
+
+def model_dir(name: str) -> Path | None:
+    """A local directory holding the model's tokenizer, if there is one (no download, no conversion)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name == "builtin:smollm2-135m-instruct":
+        found = sorted(glob.glob(str(cache_root() / "gguf" / "SmolLM2-135M-Instruct*")))
+        return Path(found[-1]) if found else None
+    if name.startswith("builtin:"):
+        candidate = cache_root() / "builtin" / name.removeprefix("builtin:")
+        return candidate if candidate.is_dir() else None
+    return None
+
+
+def architecture(config: TrainConfig) -> Architecture:
+    return resolve_architecture(config.model.name, cache_root())
+
+
+def row_stats(config: TrainConfig) -> RowStats:
+    """Rows of the trial's data set; full rows when the data file is not readable here."""
+    data = config.data
+    if not Path(data.train).is_file():
+        return RowStats.full_rows(data.max_seq_length)
+    return dataset_row_stats(data.train, model_dir(config.model.name), data.max_seq_length, data.packing,
+                             data.train_on, data.chat_template, data.system_prompt, cache_root())
+
+
+def engine_profile(config: TrainConfig, arch: Architecture, quantization: str, targets: tuple[str, ...]) -> str:
+    """Which train_core engine runs this config on a CUDA GPU, as train_core.engine.build_engine decides."""
+    if config.model.engine == "hf":
+        return "train_core-hf"
+    reasons = [
+        reason for reason, applies in (
+            (f"base weights {quantization} (fast engine: nf4)", quantization != "nf4"),
+            ("fp32 compute (fast engine: bf16)", config.model.compute_dtype == "fp32"),
+            (f"model type {arch.model_type!r}", arch.model_type not in FAST_ENGINE_MODEL_TYPES),
+            ("LoRA dropout", bool(config.lora.dropout)),
+            ("LoRA targets beyond the decoder projections", not set(targets) <= set(FAST_ENGINE_TARGETS)),
+        ) if applies
+    ]
+    if config.model.engine == "fast" and reasons:
+        raise EstimateError(f"model.engine: fast is not possible for this run ({reasons[0]}); accepted: auto, hf")
+    return "train_core-hf" if reasons else "train_core-fast"
+
+
+def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1) -> TrialJob:
+    """Translate a TrainConfig into the estimators' terms (auto settings resolve as train_core does on CUDA)."""
+    arch = architecture(config)
+    training = config.training
+    targets = arch.module_names if config.lora.target_modules == "all-linear" else tuple(config.lora.target_modules)
+    quantization = "nf4" if config.model.quantization == "auto" else config.model.quantization
+    rows = row_stats(config)
+    rows_per_worker = max(1, training.batch_size // gpus_per_trial)
+    micro_batch = training.micro_batch_size if isinstance(training.micro_batch_size, int) else None
+    shape = JobShape(
+        arch=arch, quantization=quantization, lora_rank=config.lora.r, lora_targets=targets,
+        seq_len=config.data.max_seq_length, micro_batch=micro_batch or 1,
+        grad_accum=max(1, rows_per_worker // (micro_batch or 1)), checkpointing="full", rows=rows,
+        optimizer="adamw_8bit" if training.optimizer == "auto" else training.optimizer,
+        engine=engine_profile(config, arch, quantization, targets), gpus=gpus_per_trial,
+        compute_dtype="fp32" if config.model.compute_dtype == "fp32" else "bf16",
+    )
+    steps_per_epoch = math.ceil(rows.rows / training.batch_size) if rows.rows else 0
+    steps = steps_per_epoch * training.epochs
+    if training.max_steps:
+        steps = min(steps, training.max_steps) if steps else training.max_steps
+    checkpointing = None if training.activation_checkpointing == "auto" else training.activation_checkpointing
+    return TrialJob(trial_id, shape, rows_per_worker, micro_batch, checkpointing, steps)
+
+
+def offers_for(resources: Resources) -> list[Offer]:
+    """The offers a sweep may use. Today: the catalog for the spec's providers (`local` = the simulated
+    market); the seam where cluster providers' offers() will plug in."""
+    market = "any" if resources.market == "any" else resources.market
+    return list_offers(resources.providers, market, resources.gpus)
+
+
+def price_row(job: TrialJob, offer: Offer, sized: Estimate, steps_done: int, storage: str,
+              every_steps: int | None) -> PlanRow:
+    if not sized.fits:
+        return PlanRow(job.trial_id, offer, sized, None)
+    shape = sized.shape
+    state = static_bytes(shape)
+    checkpoint = checkpoint_seconds(state["lora_params_grads"] / 2 + state["optimizer_state"], storage)
+    restart = restart_seconds(shape.arch.total_params * 2)
+    run = expected_run(max(0, job.steps - steps_done), sized.time.step, offer.usd_per_hour(shape.gpus),
+                       offer.interruptions_per_hour, checkpoint, restart, every_steps)
+    return PlanRow(job.trial_id, offer, sized, run)
+
+
+def _pick(rows: list[PlanRow], max_price_per_hour: float | None) -> list[PlanRow]:
+    priced = []
+    for row in rows:
+        if row.run is not None and max_price_per_hour is not None and row.usd_per_hour > max_price_per_hour:
+            row = PlanRow(row.trial_id, row.offer, row.estimate, row.run,
+                          excluded=f"over max_price_per_hour {max_price_per_hour:g}")
+        priced.append(row)
+    candidates = [r for r in priced if r.run is not None and not r.excluded]
+    if candidates:
+        best = min(candidates, key=lambda r: (r.run.usd, r.run.wall_hours, r.offer.key))
+        priced = [PlanRow(r.trial_id, r.offer, r.estimate, r.run, True) if r is best else r for r in priced]
+    return sorted(priced, key=lambda r: (not r.fits, r.run.usd if r.run else math.inf, r.offer.key))
+
+
+def plan_trial(
+    job: TrialJob,
+    offers: Sequence[Offer],
+    max_price_per_hour: float | None = None,
+    steps_done: int = 0,
+    storage: str = "file://./runs",
+    every_steps: int | None = None,
+    calibration: Calibration | None = None,
+    sizing_cache: dict | None = None,
+) -> TrialPlan:
+    """Every offer for one trial, sized per GPU type, priced, with the cheapest fitting one chosen."""
+    calibration = calibration or load_calibration(job.shape.engine)
+    cache = {} if sizing_cache is None else sizing_cache
+    rows = []
+    for offer in offers:
+        key = (job.shape, job.rows_per_worker, job.micro_batch, job.checkpointing, offer.gpu.name)
+        if key not in cache:
+            cache[key] = autosize(job.shape, offer.gpu, job.rows_per_worker, job.micro_batch, job.checkpointing,
+                                  calibration)
+        rows.append(price_row(job, offer, cache[key], steps_done, storage, every_steps))
+    rows = _pick(rows, max_price_per_hour)
+    chosen = next((r for r in rows if r.chosen), None)
+    advice = ""
+    if chosen is None:
+        if any(r.fits for r in rows):
+            advice = f"fits, but every fitting offer costs more than max_price_per_hour {max_price_per_hour:g}"
+        else:
+            offered = {o.gpu.name: o.gpu for o in offers}.values()
+            advice = fit_advice(job.shape, job.rows_per_worker, offered, gpus().values(), job.micro_batch,
+                                job.checkpointing, calibration)
+    return TrialPlan(job.trial_id, job.steps, job.shape.rows.source, rows, chosen, advice)
+
+
+def choose_offer(
+    trial: TrialSpec,
+    offers: Sequence[Offer],
+    resources: Resources,
+    steps_done: int = 0,
+    storage: str = "file://./runs",
+    every_steps: int | None = None,
+) -> PlanRow | None:
+    """The cheapest offer (expected $, preemptions included) on which the trial's remaining steps fit, or None."""
+    job = trial_job(trial.id, trial.config, resources.gpus_per_trial)
+    return plan_trial(job, offers, resources.max_price_per_hour, steps_done, storage, every_steps).chosen
+
+
+def plan_sweep(spec: SweepSpec, trials: Iterable[TrialSpec], offers: Sequence[Offer]) -> SweepPlan:
+    """Every trial × offer of a sweep; trials with equal shapes share their sizing."""
+    every = spec.checkpoint.every_steps if isinstance(spec.checkpoint.every_steps, int) else None
+    cache: dict = {}
+    plans = []
+    for trial in trials:
+        try:
+            job = trial_job(trial.id, trial.config, spec.resources.gpus_per_trial)
+        except EstimateError as error:
+            raise EstimateError(f"trial {trial.id}: {error}") from None
+        plans.append(plan_trial(job, offers, spec.resources.max_price_per_hour, 0, spec.storage, every, None, cache))
+    notes = []
+    if spec.resources.max_total_cost is not None:
+        total = sum(p.chosen.run.usd for p in plans if p.chosen and p.chosen.run)
+        if total > spec.resources.max_total_cost:
+            limit = spec.resources.max_total_cost
+            notes.append(f"expected total ${total:.2f} exceeds resources.max_total_cost ${limit:g}")
+    return SweepPlan(plans, len(offers), notes)
+

@@ -1,0 +1,89 @@
+import pytest
+
+from cost_models.calibration import load_calibration
+from cost_models.errors import EstimateError
+from cost_models.memory import BYTES_PER_PARAM, estimate_memory, memory_features, static_bytes
+from cost_models.shape import FAST_ENGINE
+from tests.cost_models.helpers import shape
+
+COEFFICIENTS = load_calibration().memory
+
+
+def memory(**kwargs):
+    return estimate_memory(shape(**kwargs), COEFFICIENTS)
+
+
+def test_breakdown_adds_up_and_names_every_part():
+    breakdown = memory()
+    parts = breakdown.as_dict()
+    for name in ("weights", "embeddings_and_norms", "lora_params_grads", "optimizer_state", "activations",
+                 "layer_recompute", "attention_mask", "logits_loss", "allocator_and_workspace", "cuda_context"):
+        assert parts[name] >= 0
+    assert breakdown.total == pytest.approx(breakdown.reserved + breakdown.cuda_context)
+    assert breakdown.total == pytest.approx(sum(v for k, v in parts.items() if k not in ("reserved", "total")))
+
+
+def test_weight_formats_cost_what_they_store():
+    qwen = shape(quantization="nf4").arch
+    assert static_bytes(shape(quantization="nf4"))["weights"] == pytest.approx(qwen.linear_params * 0.5159, rel=1e-3)
+    ratios = [static_bytes(shape(quantization=q))["weights"] for q in ("nf4", "nf4-nodq", "int8", "bf16", "fp32")]
+    assert ratios == sorted(ratios)
+    assert BYTES_PER_PARAM["nf4-nodq"] - BYTES_PER_PARAM["nf4"] == pytest.approx(0.373 / 8, rel=0.01)  # QLoRA DQ
+
+
+def test_eight_bit_adam_is_smaller_than_fp32_adam():
+    eight = static_bytes(shape())["optimizer_state"]
+    full = static_bytes(shape().with_(optimizer="adamw"))["optimizer_state"]
+    assert eight < full / 3
+
+
+def test_more_tokens_more_memory_and_checkpointing_saves_it():
+    assert memory(seq=4096).reserved > memory(seq=2048).reserved
+    assert memory(micro_batch=4).reserved > memory(micro_batch=1).reserved
+    assert memory(checkpointing="none").reserved > memory(checkpointing="full").reserved
+    assert memory(checkpointing="full").reserved > memory(checkpointing="offload").reserved
+    assert memory(quantization="bf16").reserved > memory(quantization="nf4").reserved
+
+
+def test_dense_mask_only_costs_without_checkpointing_and_with_several_samples():
+    packed = memory(checkpointing="none", micro_batch=2, seq=4096)
+    single = memory(checkpointing="none", micro_batch=1, seq=8192, samples=1.0)
+    assert packed.attention_mask > 0 and single.attention_mask == 0
+    assert memory(checkpointing="full", micro_batch=2).attention_mask == 0
+
+
+def test_fewer_lora_targets_keep_fewer_activations():
+    all_linear = memory(checkpointing="none")
+    qv = memory(checkpointing="none", targets=("q_proj", "v_proj"))
+    assert qv.activations < all_linear.activations
+    assert qv.lora_params_grads < all_linear.lora_params_grads
+
+
+FAST = load_calibration(FAST_ENGINE).memory
+
+
+def fast(**kwargs):
+    return shape(**kwargs).with_(engine=FAST_ENGINE)
+
+
+def test_the_fast_engine_has_neither_a_dense_mask_nor_a_float_base_and_counts_its_dequant_buffers():
+    job = fast(checkpointing="none", micro_batch=4)
+    assert set(memory_features(job)) == {"saved", "working", "logits", "one"}
+    breakdown = estimate_memory(job, FAST)
+    h, f = job.arch.hidden, job.arch.intermediate
+    assert breakdown.attention_mask == 0
+    assert breakdown.dequant_buffers * 2**30 == 2 * (2 * f * h + f * h)  # slot 0: gate|up, slot 1: down
+    assert memory().dequant_buffers == 0
+
+
+def test_the_fast_engine_needs_less_than_transformers_peft_and_checkpointing_still_saves():
+    for mode in ("none", "full", "offload"):
+        assert estimate_memory(fast(checkpointing=mode), FAST).reserved < memory(checkpointing=mode).reserved
+    none, full, offload = (estimate_memory(fast(checkpointing=m, seq=8192), FAST).reserved
+                           for m in ("none", "full", "offload"))
+    assert none > full > offload
+
+
+def test_the_fast_engine_runs_only_nf4_with_bf16_compute():
+    with pytest.raises(EstimateError, match="train_core-fast runs an nf4 base with bf16 compute"):
+        shape(quantization="bf16").with_(engine=FAST_ENGINE)

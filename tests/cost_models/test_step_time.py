@@ -1,0 +1,79 @@
+import pytest
+
+from cost_models.calibration import load_calibration
+from cost_models.catalog import gpu
+from cost_models.shape import FAST_ENGINE
+from cost_models.step_time import estimate_step_time, time_features
+from tests.cost_models.helpers import shape
+
+TIME = load_calibration().time
+
+
+def step(job, card="H200"):
+    return estimate_step_time(job, gpu(card), TIME)
+
+
+def test_lora_flops_have_no_weight_gradient_and_recompute_adds_a_forward():
+    job = shape(model="llama-3-8b", checkpointing="none", samples=1.0)
+    tokens = job.tokens_per_micro_batch
+    peak = gpu("H200").bf16_tflops * 1e12
+    linear = time_features(job, gpu("H200"))["gemm"] * peak
+    head = 6 * job.arch.hidden * job.arch.vocab * job.targets(tokens)
+    lora = 6 * job.lora_params * tokens
+    assert linear == pytest.approx(4 * job.arch.linear_params * tokens + lora + head)
+    recompute = time_features(job.with_(checkpointing="full"), gpu("H200"))["gemm"] * peak
+    assert recompute - linear == pytest.approx(2 * (job.arch.linear_params + job.lora_params) * tokens)
+
+
+def test_bigger_jobs_take_longer_and_slower_cards_take_longer():
+    small = step(shape(seq=2048, micro_batch=1))
+    assert step(shape(seq=2048, micro_batch=4)).step > small.step
+    assert step(shape(grad_accum=2)).step == pytest.approx(2 * small.step, rel=0.05)
+    big = shape(model="llama-3-8b", seq=4096)
+    assert step(big, "L4").step > step(big, "A100-80GB").step > step(big, "H200").step
+
+
+def test_small_jobs_on_fast_cards_are_host_bound_and_big_ones_gpu_bound():
+    assert step(shape(model="qwen2-0.5b", seq=512)).bound == "host"
+    assert step(shape(model="llama-3-8b", seq=4096, micro_batch=4), "A10G").bound == "gpu"
+
+
+def test_offload_adds_copies():
+    full = step(shape(checkpointing="full"))
+    offload = step(shape(checkpointing="offload"))
+    assert offload.offload_copies > 0 and offload.step > full.step
+
+
+def test_two_gpus_add_a_gradient_sync():
+    assert step(shape()).gradient_sync == 0
+    assert step(shape().with_(gpus=2)).gradient_sync > 0
+
+
+def fast(job):
+    return job.with_(engine=FAST_ENGINE)
+
+
+def test_the_fast_engine_attends_within_each_sample_without_a_mask():
+    whole = time_features(fast(shape(seq=8192, samples=1.0)), gpu("H200"))
+    packed = time_features(fast(shape(seq=8192, samples=4.0)), gpu("H200"))
+    assert packed["masked_attention"] == whole["masked_attention"] == 0
+    assert packed["causal_attention"] == pytest.approx(whole["causal_attention"] / 4)
+
+
+def test_the_fast_engine_merges_adapters_and_never_recomputes_the_down_projection():
+    job = fast(shape(model="llama-3-8b", checkpointing="none"))
+    tokens, arch = job.tokens_per_micro_batch, job.arch
+    peak = gpu("H200").bf16_tflops * 1e12
+    none = time_features(job, gpu("H200"))["gemm"] * peak
+    head = 4 * arch.hidden * arch.vocab * job.targets(tokens)
+    assert none == pytest.approx(4 * arch.linear_params * tokens + 4 * job.lora_params * tokens + head)
+    full = time_features(job.with_(checkpointing="full"), gpu("H200"))["gemm"] * peak
+    down = arch.layers * arch.hidden * arch.intermediate
+    assert full - none == pytest.approx(2 * (arch.linear_params - down) * tokens)
+
+
+def test_the_fast_engine_has_its_own_time_coefficients():
+    time = load_calibration(FAST_ENGINE).time
+    job = fast(shape())
+    assert time.masked_attention_efficiency is None and time.host_layer_pass_float is None
+    assert estimate_step_time(job, gpu("H200"), time).step < step(shape()).step
