@@ -13,13 +13,14 @@ Run as a daemon: `python -m orchestrator.controller --state-dir DIR RUN` (spawne
 from __future__ import annotations
 
 import argparse
+import copy
 import fcntl
 import json
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,8 +29,8 @@ from cluster.spot_market import storage_fault_step
 from cluster.storage import open_store, parse_uri
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import spent_usd
-from orchestrator.planner import choose_offer
-from orchestrator.spec import Resources, SweepSpec, TrialSpec
+from orchestrator.planner import PlanRow, choose_offer
+from orchestrator.spec import Resources, SweepSpec, TrialSpec, set_dotted
 from orchestrator.state import StateStore
 from train_core.checkpoint import LATEST_KEY, STATE_FILE, step_key
 from train_core.config import TrainConfig
@@ -39,6 +40,30 @@ if TYPE_CHECKING:
     from train_core.store import ObjectStore
 
 POLL_S = 0.25
+
+
+def planned_settings(choice: PlanRow, config: TrainConfig, spec: SweepSpec, accelerator: str) -> dict:
+    """Config fields the chosen plan row decides: the Young/Daly checkpoint interval when the sweep asks for
+    `auto`, and on a CUDA node the micro-batch and checkpointing mode the row was sized with (where the config
+    leaves them `auto`). None of them is in the config fingerprint, so each attempt may differ."""
+    settings: dict = {}
+    if spec.checkpoint.every_steps == "auto" and choice.run is not None:
+        settings["checkpoint.every_steps"] = choice.run.checkpoint_every_steps
+    if accelerator == "cuda":
+        shape = choice.estimate.shape
+        if config.training.micro_batch_size == "auto":
+            settings["training.micro_batch_size"] = shape.micro_batch
+        if config.training.activation_checkpointing == "auto":
+            settings["training.activation_checkpointing"] = shape.checkpointing
+    return settings
+
+
+def with_settings(config: dict, settings: dict) -> dict:
+    """A copy of a config mapping with dotted fields replaced."""
+    result = copy.deepcopy(config)
+    for name, value in settings.items():
+        set_dotted(result, name, value)
+    return result
 
 
 def requirements(resources: Resources) -> Requirements:
@@ -61,6 +86,7 @@ class Active:
     max_step: int = 0
     trained: bool = False
     final: dict | None = None
+    settings: dict = field(default_factory=dict)  # what the chosen plan row sets in the trial's config
 
 
 class Controller:
@@ -247,8 +273,8 @@ class Controller:
                                       detail={"spent": spent, "budget": budget})
                     continue
             resume = self.committed_step(trial.id)
-            trial_spec = TrialSpec(id=trial.id, index=trial.idx, params=trial.params,
-                                   config=TrainConfig.model_validate(trial.config))
+            config = TrainConfig.model_validate(trial.config)
+            trial_spec = TrialSpec(id=trial.id, index=trial.idx, params=trial.params, config=config)
             every = self.spec.checkpoint.every_steps
             choice = choose_offer(trial_spec, self.provider.offers(requirements(self.spec.resources)),
                                   self.spec.resources, steps_done=resume, storage=str(self.storage),
@@ -262,13 +288,15 @@ class Controller:
             attempt = trial.attempts + 1
             gpus = self.spec.resources.gpus_per_trial
             node = self.provider.launch(choice.offer, LaunchSpec(self.run_id, trial.id, trial.idx, attempt, gpus))
-            self.active[trial.id] = Active(trial.id, attempt, node, resume)
+            settings = planned_settings(choice, config, self.spec, node.accelerator)
+            self.active[trial.id] = Active(trial.id, attempt, node, resume, settings=settings)
             label = describe_offer(choice.offer, gpus)
             self.state.record(
                 self.run_id, trial.id, "launch", "provisioning", attempt=attempt, node=node.id,
                 offer=choice.offer.key, price=node.price_per_hour, step=resume, count="attempts",
                 detail={"gpu": choice.offer.gpu.name, "market": choice.offer.market, "offer": label,
-                        "resume_from": resume, "expected_usd": choice.run.usd if choice.run else None},
+                        "resume_from": resume, "expected_usd": choice.run.usd if choice.run else None,
+                        "settings": settings},
             )
             self.trial_log(trial.id, attempt, f"== attempt {attempt} on {node.id} ({label}), from step {resume}")
 
@@ -284,7 +312,7 @@ class Controller:
         node_dir = self.layout.root / "nodes" / active.node.id
         return {
             "run_id": self.run_id, "trial_id": trial.id, "attempt": active.attempt,
-            "config": {**trial.config, "output_dir": str(uri)}, "storage": str(uri),
+            "config": {**with_settings(trial.config, active.settings), "output_dir": str(uri)}, "storage": str(uri),
             "storage_endpoint": self.spec.storage_endpoint, "node_env": active.node.env,
             "workers": self.spec.resources.gpus_per_trial, "use_gpu": active.node.accelerator == "cuda",
             "storage_fault_step": storage_fault_step(self.spec.simulation, trial.idx, trial.id, active.attempt),

@@ -139,8 +139,19 @@ def render_text(report: dict) -> str:
     return "\n".join(out)
 
 
+def _value_per_step(rows: list[tuple[int, int, float, float]]) -> dict[int, float]:
+    """One value per step: the latest attempt's, else the one backfilled from the final checkpoint (attempt 0)."""
+    by_step: dict[int, float] = {}
+    for attempt, step, value, _ in sorted(rows, key=lambda row: (row[0] == 0, row[0])):
+        if attempt == 0:
+            by_step.setdefault(step, value)
+        else:
+            by_step[step] = value
+    return by_step
+
+
 def plot_losses(state: StateStore, run_id: str, path: Path) -> Path:
-    """Loss per step for every trial (the last value recorded for each step), preemptions marked."""
+    """Training loss per step for every trial (eval loss dashed), preemptions marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,17 +160,16 @@ def plot_losses(state: StateStore, run_id: str, path: Path) -> Path:
     events = state.events(run_id)
     figure, axes = plt.subplots(figsize=(9, 5))
     for trial in state.trials(run_id):
-        by_step: dict[int, float] = {}
-        for attempt, step, value, _ in sorted(state.metrics(run_id, trial.id), key=lambda row: (row[0] == 0, row[0])):
-            if attempt == 0:
-                by_step.setdefault(step, value)
-            else:
-                by_step[step] = value
+        by_step = _value_per_step(state.metrics(run_id, trial.id))
         if not by_step:
             continue
         steps = sorted(by_step)
         label = f"{trial.id} " + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in trial.params.items())
         (line,) = axes.plot(steps, [by_step[s] for s in steps], label=label.strip(), linewidth=1.5)
+        evals = _value_per_step(state.metrics(run_id, trial.id, "eval_loss"))
+        if evals:
+            axes.plot(sorted(evals), [evals[s] for s in sorted(evals)], linestyle="--", marker="o",
+                      color=line.get_color(), linewidth=1.2, label=f"{trial.id} eval loss")
         for event in events:
             if event.trial_id != trial.id or event.kind not in ("preempted", "lost"):
                 continue
@@ -172,7 +182,7 @@ def plot_losses(state: StateStore, run_id: str, path: Path) -> Path:
     axes.scatter([], [], marker="v", color="grey", edgecolors="black", label="preempted, checkpoint saved on notice")
     axes.scatter([], [], marker="X", color="grey", edgecolors="black", label="preempted, killed (dotted: resumed from)")
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("training loss")
+    axes.set_ylabel("loss (solid: training, dashed: eval)")
     axes.set_title(f"{run_id}: loss per trial, preemptions marked")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)

@@ -101,7 +101,8 @@ class TrialSpec(BaseModel):
     config: TrainConfig
 
 
-def _set_dotted(target: dict, dotted: str, value: Any) -> None:
+def set_dotted(target: dict, dotted: str, value: Any) -> None:
+    """Set a dotted field (`training.learning_rate`) in a nested config mapping."""
     *parents, leaf = dotted.split(".")
     node = target
     for part in parents:
@@ -176,7 +177,7 @@ def expand_trials(spec: SweepSpec, spec_dir: Path, source: str) -> list[TrialSpe
     for index, params in enumerate(_points(spec.search, source)):
         raw = copy.deepcopy(base)
         for name, value in params.items():
-            _set_dotted(raw, name, value)
+            set_dotted(raw, name, value)
         raw.setdefault("checkpoint", {})["keep"] = spec.checkpoint.keep
         if isinstance(spec.checkpoint.every_steps, int):
             raw["checkpoint"]["every_steps"] = spec.checkpoint.every_steps
