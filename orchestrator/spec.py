@@ -13,13 +13,12 @@ import random
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cluster.spot_market import SimulatedMarket, unknown_trial_refs
 from orchestrator.errors import SpecError
 from train_core.config import TrainConfig
-from train_core.config_errors import describe_validation_error
+from train_core.config_errors import describe_validation_error, read_yaml
 from train_core.errors import ConfigError
 
 
@@ -163,7 +162,7 @@ def base_config(spec: SweepSpec, spec_dir: Path, source: str) -> dict:
         path = Path(spec.base) if Path(spec.base).is_absolute() else spec_dir / spec.base
         if not path.is_file():
             raise SpecError(f"{source}: field 'base': train config {path} not found")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = read_yaml(path, SpecError)
         if not isinstance(loaded, dict):
             raise SpecError(f"{path}: expected a mapping of sections (model, data, ...)")
         raw = loaded
@@ -200,12 +199,7 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: sweep spec not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{path}:{where} not valid YAML ({getattr(error, 'problem', error)})") from None
+    raw = read_yaml(path, SpecError)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping with name, base/config, search, resources, storage")
     try:

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 from typing import Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from train_core.config_errors import describe_validation_error
+from train_core.config_errors import describe_validation_error, read_yaml
 from train_core.errors import ConfigError
 
 
@@ -153,13 +152,7 @@ def load_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(error, 'problem', error)})") from None
-    return parse_config(raw, str(path))
+    return parse_config(read_yaml(path, ConfigError), str(path))
 
 
 def _resolve(path: str, base_dir: Path) -> str:

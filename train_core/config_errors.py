@@ -1,7 +1,20 @@
-"""Turn a pydantic ValidationError into one readable line."""
+"""Turn unreadable YAML and pydantic ValidationErrors into one readable line."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
 from pydantic import BaseModel, ValidationError
+
+
+def read_yaml(path: Path, error: type[Exception]) -> object:
+    """Parse a YAML file, or raise `error` with one line naming the file, the line and the problem."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise error(f"{path}:{where} not valid YAML ({getattr(problem, 'problem', problem)})") from None
 
 
 def _field_path(loc: tuple) -> str:

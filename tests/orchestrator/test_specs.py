@@ -70,3 +70,12 @@ def test_exit_status_and_stderr_from_the_real_command(tmp_path):
                       str(tmp_path / "state"))
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and "unknown GPU 'B300'" in result.stderr
+
+
+def test_a_malformed_base_config_names_its_file_and_line(tmp_path, capsys):
+    base = tmp_path / "base.yaml"
+    base.write_text("model:\n  name: builtin:tiny-llama\ntraining: [unclosed\n", encoding="utf-8")
+    spec = _spec(tmp_path, base="base.yaml")
+    assert main(["submit", str(spec), "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{base}: line" in err and "not valid YAML" in err, err
