@@ -4,10 +4,11 @@ Trains one optimizer step per length, in increasing order, with offloaded layer 
 until one runs out of memory; records peak allocated memory, seconds per step and the pinned host memory
 for each length. Offload pins at most a host budget (--host-budget-gib, default the engine's: 80 % of the
 host's available memory); layer inputs past it stay on the GPU. With --layers below the architecture's
-depth, the full model's peak is estimated from the measured one: minus the inputs kept on the GPU here,
-plus the missing layers' NF4 weights and adapter state (each layer's is measured), plus the inputs that
-the budget would keep on the GPU at full depth (an upper bound: they are all alive only at the start of
-backward). Offload keeps no other per-layer activations on the GPU.
+depth, the full model's peak is estimated from the measured one plus the missing layers' NF4 weights and
+adapter state (each layer's is measured); offload keeps no other per-layer activations on the GPU.
+Inputs kept on the GPU add to the peak one fewer than their number: with all inputs offloaded the peak
+already holds two (the one being restored and the next, prefetched), with k kept it holds the last
+layer's and the k kept ones, all alive at the start of backward (measured: 2 kept, +1 input).
 
     python bench/long_context.py --model llama-3-8b --layers 4 --lengths 131072 262144 409600 --out $OUT
 """
@@ -80,7 +81,8 @@ def main() -> None:
             host_per_layer = -(-input_bytes // store.chunk_bytes) * store.chunk_bytes
             host_layers = min(depth - 1, store.budget_bytes // host_per_layer)
             kept_full = depth - 1 - host_layers
-            estimate = peak - kept_here * input_bytes + (depth - built) * layer_bytes + kept_full * input_bytes
+            offloaded_peak = peak - max(0, kept_here - 1) * input_bytes
+            estimate = offloaded_peak + (depth - built) * layer_bytes + max(0, kept_full - 1) * input_bytes
             record.update(
                 tokens=length, s_per_step=round(seconds, 2), loss=round(loss, 4),
                 peak_alloc_gib=round(peak / GIB, 2), peak_reserved_gib=round(torch.cuda.max_memory_reserved() / GIB, 2),
