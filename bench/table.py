@@ -22,7 +22,9 @@ def main(path: str) -> None:
                   f"PEFT-loaded adapter rel diff {r['adapter_rel_diff']}")
             continue
         if "full_depth_peak_estimate_gib" in r:
-            print(f"{r['run']:<48} {r['s_per_step']:>7}s peak {r['peak_alloc_gib']} GiB (full depth ~{r['full_depth_peak_estimate_gib']})")
+            print(f"{r['run']:<48} {r['s_per_step']:>7}s peak {r['peak_alloc_gib']} GiB, {r.get('inputs_kept_on_gpu', 0)} inputs "
+                  f"on GPU, {r.get('host_pinned_gib', '?')} GiB pinned (full depth ~{r['full_depth_peak_estimate_gib']} GiB, "
+                  f"{r.get('full_depth_host_pinned_gib', '?')} GiB pinned)")
             continue
         model = r["run"].split(" ")[0]
         ratios = " ".join(

@@ -7,8 +7,9 @@ import torch
 from tests.fast.helpers import hf_loss_and_grads, hf_twin, packed_batch, randomize_adapters, tiny_path
 from train_core.fast.attention import varlen_backend
 from train_core.fast.batch import PackedBatch
+from train_core.fast.host_store import HostStore
 from train_core.fast.loading import AdapterSpec, load_fast_model
-from train_core.fast.recompute import Recompute
+from train_core.fast.recompute import ActivationOffloader, Recompute
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
@@ -19,11 +20,11 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     return float((got.float() - expected.float()).norm() / expected.float().norm().clamp(min=1e-12))
 
 
-def run(model, batch_tensors, mode: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def run(model, batch_tensors, mode: str, recompute: Recompute | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     for parameter in model.parameters():
         parameter.grad = None
     batch = PackedBatch.build(*batch_tensors, CUDA)
-    loss = model.loss_sum(batch, Recompute(mode, CUDA), ce_chunk_rows=256)
+    loss = model.loss_sum(batch, recompute or Recompute(mode, CUDA), ce_chunk_rows=256)
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -61,6 +62,30 @@ def test_checkpointing_modes_agree(setup):
     assert max(relative_error(a, b) for a, b in zip(grads_full, grads_offload)) < 5e-3
     assert relative_error(loss_full, loss_none) < 1e-3
     assert max(relative_error(a, b) for a, b in zip(grads_full, grads_none)) < 2e-2
+    no_room = Recompute("offload", CUDA, host_budget_bytes=0)  # every input stays on the GPU, as in full
+    loss_kept, grads_kept = run(model, batch, "offload", no_room)
+    assert no_room.offloader.kept == {0}
+    assert torch.equal(loss_full, loss_kept)
+    assert max(relative_error(a, b) for a, b in zip(grads_full, grads_kept)) < 5e-3
+
+
+def test_offloader_round_trips_in_chunks_and_refuses_what_passes_the_budget():
+    chunk = 4096
+    offloader = ActivationOffloader(CUDA, HostStore(budget_bytes=5 * chunk, pin=True, chunk_bytes=chunk))
+    generator = torch.Generator(device=CUDA).manual_seed(0)
+    inputs = [torch.randn(rows, 2, device=CUDA, generator=generator).to(torch.bfloat16) for rows in (3000, 2500, 1000)]
+    expected = [x.clone() for x in inputs]
+    placed = [offloader.put(index, x) for index, x in enumerate(inputs)]  # 3 chunks, 3 more (refused), 1
+    assert placed == [True, False, True]
+    assert offloader.kept == {1}
+    assert offloader.store.held_bytes == 4 * chunk
+    del inputs
+    scribble = torch.full((4 * 3000 * 2,), float("nan"), device=CUDA)  # reuse the freed device memory
+    assert torch.equal(offloader.take(2), expected[2])
+    offloader.prefetch(0)
+    assert torch.equal(offloader.take(0), expected[0])
+    assert not offloader.meta and not offloader.ready
+    del scribble
 
 
 def test_matches_transformers_peft_in_bf16(setup):

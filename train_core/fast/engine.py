@@ -66,12 +66,13 @@ class FastEngine:
     def __init__(
         self, model_path: str | Path, adapters: AdapterSpec, device: torch.device, checkpointing: str = "full",
         ce_budget_mib: int = DEFAULT_CE_BUDGET_MIB, mlp_tile_rows: int | None = None, dtype: torch.dtype = torch.bfloat16,
+        host_budget_bytes: int | None = None,
     ) -> None:
         self.model_path = str(model_path)
         self.adapters = adapters
         self.device = device
         self.model = load_fast_model(model_path, adapters, device, dtype)
-        self.recompute = Recompute(checkpointing, device)
+        self.recompute = Recompute(checkpointing, device, host_budget_bytes)
         self.ce_chunk_rows = ce_chunk_rows(self.model.spec.vocab, ce_budget_mib)
         self.mlp_tile_rows = mlp_tile_rows
         self.training = True

@@ -1,35 +1,42 @@
 """Activation checkpointing per decoder layer: none, full (recompute), or offload (recompute, and keep the
-layer inputs in pinned host memory, copied on a side stream while the GPU computes)."""
+layer inputs in pinned host memory, copied on a side stream while the GPU computes). Offload pins at most
+a host budget; the layer inputs that would pass it stay on the GPU, as in `full`."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
 
+from train_core.fast.host_store import HostStore, default_host_budget
+
 MODES = ("none", "full", "offload")
 
 
 class ActivationOffloader:
-    """Pinned host copies of layer inputs: device-to-host in forward, prefetched host-to-device one layer ahead
-    in backward, both on a side stream so they overlap the layers' compute."""
+    """Host copies of layer inputs: device-to-host in forward, prefetched host-to-device one layer ahead
+    in backward, both on a side stream so they overlap the layers' compute. `kept` holds the layers whose
+    input the store refused in the last forward (their caller keeps them on the GPU)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, store: HostStore) -> None:
         self.stream = torch.cuda.Stream(device)
-        self.host: dict[int, torch.Tensor] = {}
+        self.store = store
+        self.kept: set[int] = set()
         self.meta: dict[int, tuple[torch.Size, torch.dtype]] = {}
         self.ready: dict[int, tuple[torch.Tensor, torch.cuda.Event]] = {}
 
-    def put(self, index: int, x: torch.Tensor) -> None:
-        numel = x.numel()
-        buffer = self.host.get(index)
-        if buffer is None or buffer.numel() < numel or buffer.dtype != x.dtype:
-            buffer = torch.empty(numel, dtype=x.dtype, pin_memory=True)
-            self.host[index] = buffer
+    def put(self, index: int, x: torch.Tensor) -> bool:
+        """Start copying x to the host; False when the host budget has no room for it."""
+        if not self.store.reserve(index, x.nbytes):
+            self.kept.add(index)
+            return False
+        self.kept.discard(index)
         self.stream.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(self.stream):
-            buffer[:numel].copy_(x.reshape(-1), non_blocking=True)
+            for device_piece, host_piece in self.store.pieces(index, x.reshape(-1)):
+                host_piece.copy_(device_piece, non_blocking=True)
         x.record_stream(self.stream)
         self.meta[index] = (x.shape, x.dtype)
+        return True
 
     def prefetch(self, index: int) -> None:
         if index in self.ready or index not in self.meta:
@@ -37,7 +44,8 @@ class ActivationOffloader:
         shape, dtype = self.meta[index]
         with torch.cuda.stream(self.stream):
             x = torch.empty(shape, dtype=dtype, device=self.stream.device)
-            x.view(-1).copy_(self.host[index][: x.numel()], non_blocking=True)
+            for device_piece, host_piece in self.store.pieces(index, x.view(-1)):
+                device_piece.copy_(host_piece, non_blocking=True)
             event = torch.cuda.Event()
             event.record(self.stream)
         self.ready[index] = (x, event)
@@ -59,13 +67,13 @@ class LayerCheckpoint(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, run: Callable[[torch.Tensor, bool], torch.Tensor], offloader: ActivationOffloader | None, index: int, *params):
-        ctx.run, ctx.offloader, ctx.index = run, offloader, index
         with torch.no_grad():
             out = run(x, False)
-        if offloader is not None:
-            offloader.put(index, x)
-        else:
+        if offloader is not None and not offloader.put(index, x):
+            offloader = None
+        if offloader is None:
             ctx.save_for_backward(x)
+        ctx.run, ctx.offloader, ctx.index = run, offloader, index
         return out
 
     @staticmethod
@@ -85,13 +93,17 @@ class LayerCheckpoint(torch.autograd.Function):
 class Recompute:
     """Applies one checkpointing mode to every decoder layer of a forward pass."""
 
-    def __init__(self, mode: str, device: torch.device) -> None:
+    def __init__(self, mode: str, device: torch.device, host_budget_bytes: int | None = None) -> None:
+        """`host_budget_bytes` bounds the pinned memory of `offload` (default: part of the host's available memory)."""
         if mode not in MODES:
             raise ValueError(f"activation checkpointing mode {mode!r}; accepted: {', '.join(MODES)}")
         if mode == "offload" and device.type != "cuda":
             raise ValueError("activation offload needs a CUDA device")
         self.mode = mode
-        self.offloader = ActivationOffloader(device) if mode == "offload" else None
+        self.offloader = None
+        if mode == "offload":
+            budget = default_host_budget() if host_budget_bytes is None else host_budget_bytes
+            self.offloader = ActivationOffloader(device, HostStore(budget, pin=True))
 
     def __call__(
         self, index: int, last: bool, run: Callable[[torch.Tensor, bool], torch.Tensor], x: torch.Tensor,
