@@ -120,6 +120,19 @@ def watch(state: StateStore, layout: RunLayout, interval: float = 5.0, out=sys.s
         time.sleep(0.5)
 
 
+def follow(state: StateStore, layout: RunLayout, interval: float = 5.0, out=sys.stdout) -> int:
+    """Watch a run to its end and say how it ended; Ctrl-C stops the watching, never the run. Exit status."""
+    run_id = layout.run_id
+    try:
+        status = watch(state, layout, interval, out)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; run {run_id} goes on in the background "
+              f"(`spottune status {run_id}`, `spottune cancel {run_id}`)", file=out)
+        return 0
+    print(f"run {run_id} {status}; see `spottune report {run_id}`", file=out)
+    return 0 if status == "succeeded" else 1
+
+
 def status_json(state: StateStore, layout: RunLayout) -> dict:
     run = state.run(layout.run_id)
     trials = state.trials(layout.run_id)

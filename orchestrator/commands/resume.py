@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.daemon import spawn_controller
     from orchestrator.errors import SpecError
     from orchestrator.layout import RunLayout
-    from orchestrator.progress import watch
+    from orchestrator.progress import follow
 
     store, state_dir = open_state(args)
     store.run(args.run)
@@ -38,6 +38,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"run {args.run}: controller PID {pid} resumed it")
     if args.detach:
         return 0
-    status = watch(store, layout, args.interval)
-    print(f"run {args.run} {status}; see `spottune report {args.run}`")
-    return 0 if status == "succeeded" else 1
+    return follow(store, layout, args.interval)

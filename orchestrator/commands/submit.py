@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.daemon import spawn_controller
     from orchestrator.layout import RunLayout, default_state_dir
     from orchestrator.plan_output import render_plan
-    from orchestrator.progress import watch
+    from orchestrator.progress import follow
     from orchestrator.submission import prepare, register
 
     state_dir = Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
@@ -32,6 +32,4 @@ def run(args: argparse.Namespace) -> int:
     if args.detach:
         print(f"follow with: spottune status {run_id}   (logs: spottune logs {run_id}/TRIAL)")
         return 0
-    status = watch(store, layout, args.interval)
-    print(f"run {run_id} {status}; see `spottune report {run_id}`")
-    return 0 if status == "succeeded" else 1
+    return follow(store, layout, args.interval)

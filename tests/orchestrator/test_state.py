@@ -89,3 +89,25 @@ def test_cancel_without_a_controller_and_status(tmp_path, capsys):
     assert "run 'nope' not found" in capsys.readouterr().err
     assert main(["resume", "r1", "--state-dir", str(tmp_path)]) == 0
     assert "nothing to resume" in capsys.readouterr().out
+
+
+def test_following_a_run_ends_with_its_status_and_ctrl_c_leaves_it_running(tmp_path, monkeypatch):
+    import io
+
+    from orchestrator import progress
+    from orchestrator.layout import RunLayout
+
+    store = _store(tmp_path)
+    layout = RunLayout(tmp_path, "r1")
+    out = io.StringIO()
+    assert progress.follow(store, layout, out=out) == 1  # no controller, trial never ran
+    assert out.getvalue().strip().splitlines()[-1].startswith("run r1 ")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(progress, "watch", interrupted)
+    out = io.StringIO()
+    assert progress.follow(store, layout, out=out) == 0
+    assert "run r1 goes on in the background" in out.getvalue()
+    assert store.trials("r1")[0].state == "pending" and not store.trials("r1")[0].cancel_requested
