@@ -45,6 +45,9 @@ class ModelSettings(StrictModel):
 class DataSettings(StrictModel):
     train: str = Field(..., description="Training data: a JSONL file (alpaca, sharegpt or messages rows).")
     eval: str | None = Field(None, description="Optional held-out JSONL file of the same format, for eval loss.")
+    eval_samples: int | None = Field(
+        None, ge=1, description="Evaluate on the first N rows of the eval file only (cheaper evals); None = all."
+    )
     format: Literal["auto", "alpaca", "sharegpt", "messages"] = Field(
         "auto", description="Row format; auto detects it from the first row's keys."
     )
@@ -122,11 +125,13 @@ class TrainConfig(StrictModel):
     def fingerprint(self) -> str:
         """Hash of what defines the trained weights; checkpoints carry it to refuse resuming a different job.
 
-        Settings that only change how the same math is scheduled (micro-batch, activation checkpointing,
-        engine, logging, checkpoint cadence) are left out, so a re-planned trial may change them on resume.
+        Settings that only change how the same math is scheduled or measured (micro-batch, activation
+        checkpointing, engine, logging, eval size, checkpoint cadence) are left out, so a re-planned trial may
+        change them on resume.
         """
         significant = self.model_dump(mode="json", exclude={"output_dir", "checkpoint"})
         significant["model"].pop("engine")
+        significant["data"].pop("eval_samples")
         for name in ("micro_batch_size", "activation_checkpointing", "log_every", "eval_every"):
             significant["training"].pop(name)
         return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:16]

@@ -63,3 +63,20 @@ def test_hub_ids_are_refused_offline_and_bad_names_explained(monkeypatch):
         resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
     with pytest.raises(ModelSourceError, match=re.escape("accepted: builtin:smollm2-135m-instruct|tiny-llama|tiny-qwen2")):
         resolve_model("builtin:gpt-5")
+
+
+def test_eval_samples_takes_the_first_rows_and_leaves_the_fingerprint(tokenizer):
+    from tests.train_core.helpers import EVAL_DATA, TRAIN_DATA
+    from train_core.config import TrainConfig
+    from train_core.data.dataset import prepare_data
+
+    def config(**data):
+        return TrainConfig.model_validate({"model": {"name": "builtin:tiny-qwen2"}, "data": {
+            "train": str(TRAIN_DATA), "eval": str(EVAL_DATA), "max_seq_length": 256, **data}})
+
+    everything, first = config(), config(eval_samples=5)
+    full = prepare_data(everything.data, tokenizer).eval
+    some = prepare_data(first.data, tokenizer).eval
+    assert len(full) == 40 and len(some) == 5
+    assert [s.input_ids for s in some] == [s.input_ids for s in full[:5]]
+    assert first.fingerprint() == everything.fingerprint()

@@ -39,6 +39,7 @@ def prepare_data(settings: DataSettings, tokenizer) -> PreparedData:
     evaluation: list[TokenizedSample] = []
     if settings.eval:
         eval_conversations, _ = load_conversations(settings.eval, detected, settings.system_prompt)
+        eval_conversations = eval_conversations[: settings.eval_samples]
         evaluation, _ = tokenize_dataset(tokenizer, eval_conversations, settings.max_seq_length, settings.train_on)
     return PreparedData(train, report, evaluation, detected, template)
 
