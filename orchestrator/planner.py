@@ -24,9 +24,7 @@ from cost_models.tokens import dataset_row_stats
 from orchestrator.spec import Resources, SweepSpec, TrialSpec
 from train_core.cache import cache_root
 from train_core.config import TrainConfig
-
-FAST_ENGINE_MODEL_TYPES = ("llama", "qwen2", "mistral")  # mirrors train_core.fast.arch (which imports torch)
-FAST_ENGINE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from train_core.fast.support import PROJECTIONS, SUPPORTED_MODEL_TYPES
 
 
 @dataclass(frozen=True)
@@ -140,9 +138,9 @@ def engine_profile(config: TrainConfig, arch: Architecture, quantization: str, t
         reason for reason, applies in (
             (f"base weights {quantization} (fast engine: nf4)", quantization != "nf4"),
             ("fp32 compute (fast engine: bf16)", config.model.compute_dtype == "fp32"),
-            (f"model type {arch.model_type!r}", arch.model_type not in FAST_ENGINE_MODEL_TYPES),
+            (f"model type {arch.model_type!r}", arch.model_type not in SUPPORTED_MODEL_TYPES),
             ("LoRA dropout", bool(config.lora.dropout)),
-            ("LoRA targets beyond the decoder projections", not set(targets) <= set(FAST_ENGINE_TARGETS)),
+            ("LoRA targets beyond the decoder projections", not set(targets) <= set(PROJECTIONS)),
         ) if applies
     ]
     if config.model.engine == "fast" and reasons:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+from train_core.fast.support import SUPPORTED_MODEL_TYPES
 
 
 @dataclass(frozen=True)

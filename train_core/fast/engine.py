@@ -20,7 +20,7 @@ def fast_engine_unsupported(config, path) -> str | None:
         return "the fast engine runs on CUDA only"
     if path.quantization != "nf4" or path.compute_dtype != torch.bfloat16:
         return f"base weights {path.quantization} with compute {path.compute_dtype} (fast engine: nf4 with bf16)"
-    from train_core.fast.layer import PROJECTIONS
+    from train_core.fast.support import PROJECTIONS
     from train_core.models.sources import resolve_model
 
     targets = config.lora.target_modules

@@ -11,11 +11,9 @@ from train_core.fast.batch import PackedBatch
 from train_core.fast.lora import LoRAGroup, lora_linear
 from train_core.fast.mlp import lora_mlp
 from train_core.fast.qkv import qkv_rope
+from train_core.fast.support import ATTENTION_PROJECTIONS, PROJECTIONS
 from train_core.kernels.rms_norm import rms_norm
 
-ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
-PROJECTIONS = ATTENTION_PROJECTIONS + MLP_PROJECTIONS
 GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from train_core.fast.arch import arch_spec, inverse_frequencies, unsupported_reason
-from train_core.fast.layer import GROUPS, PROJECTIONS, DecoderLayer, module_path
+from train_core.fast.layer import GROUPS, DecoderLayer, module_path
+from train_core.fast.support import PROJECTIONS
 from train_core.fast.lora import LoRAGroup
 from train_core.fast.model import FastCausalLM
 from train_core.fast.nf4 import quantize_nf4
