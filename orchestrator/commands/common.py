@@ -4,6 +4,23 @@ from __future__ import annotations
 import argparse
 
 
+def add_offer_filters(parser: argparse.ArgumentParser, providers_default: str) -> None:
+    """--gpu, --provider and --spot/--on-demand: which catalog offers a command looks at."""
+    parser.add_argument("--gpu", action="append", help="only these GPU types (repeat or comma-separate)")
+    parser.add_argument("--provider", action="append", help=f"only these providers (default: {providers_default})")
+    market = parser.add_mutually_exclusive_group()
+    market.add_argument("--spot", action="store_const", const="spot", dest="market", help="spot offers only")
+    market.add_argument("--on-demand", action="store_const", const="on-demand", dest="market",
+                        help="on-demand offers only")
+
+
+def comma_list(values: list[str] | None) -> list[str] | None:
+    """Repeated and comma-separated flag values as one list; None when the flag was not given."""
+    if not values:
+        return None
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
 def add_state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", help="where runs and spottune.db live (default: $SPOTTUNE_STATE_DIR or ./runs)")
 

@@ -4,26 +4,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from orchestrator.commands.common import add_offer_filters, comma_list
+
 HELP = "the GPU catalog with prices and dates; with a train config, what that job costs on each GPU type"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="train config YAML: price this job on every GPU type")
-    parser.add_argument("--gpu", action="append", help="only these GPU types (repeat or comma-separate)")
-    parser.add_argument("--provider", action="append", help="only these providers (default: all but local)")
-    market = parser.add_mutually_exclusive_group()
-    market.add_argument("--spot", action="store_const", const="spot", dest="market", help="spot offers only")
-    market.add_argument("--on-demand", action="store_const", const="on-demand", dest="market",
-                        help="on-demand offers only")
+    add_offer_filters(parser, "all but local")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print rows as JSON")
     output.add_argument("--csv", action="store_true", help="print rows as CSV")
-
-
-def _split(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.render import to_csv, to_json
 
     try:
-        offers = list_offers(_split(args.provider), args.market or "any", _split(args.gpu))
+        offers = list_offers(comma_list(args.provider), args.market or "any", comma_list(args.gpu))
         if args.config:
             from orchestrator.planner import trial_job
             from train_core.config import load_config

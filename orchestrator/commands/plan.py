@@ -4,30 +4,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+from orchestrator.commands.common import add_offer_filters, comma_list
+
 HELP = "before paying: per trial and GPU offer, whether it fits, VRAM, step time, hours, preemptions and expected $"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="sweep spec YAML")
-    parser.add_argument("--gpu", action="append", help="only these GPU types (repeat or comma-separate)")
-    parser.add_argument("--provider", action="append", help="only these providers (default: the spec's)")
+    add_offer_filters(parser, "the spec's")
     parser.add_argument("--max-price", type=float, help="only offers up to this $ per GPU-hour")
-    market = parser.add_mutually_exclusive_group()
-    market.add_argument("--spot", action="store_const", const="spot", dest="market", help="spot offers only")
-    market.add_argument("--on-demand", action="store_const", const="on-demand", dest="market",
-                        help="on-demand offers only")
     parser.add_argument("--all-offers", action="store_true",
                         help="list every offer (default: the cheapest offer per GPU type and market)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print every trial x offer row as JSON")
     output.add_argument("--csv", action="store_true", help="print every trial x offer row as CSV")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw expected cost and hours per GPU type")
-
-
-def _split(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     spec, trials = load_spec(args.spec)
     resources = spec.resources.model_copy(update={
         key: value for key, value in {
-            "gpus": _split(args.gpu), "providers": _split(args.provider), "market": args.market,
+            "gpus": comma_list(args.gpu), "providers": comma_list(args.provider), "market": args.market,
         }.items() if value
     })
     try:
