@@ -18,7 +18,7 @@ TRAIN_DATA = REPO / "examples" / "data" / "copywriting_train.jsonl"
 EVAL_DATA = REPO / "examples" / "data" / "copywriting_eval.jsonl"
 
 
-def tiny_sweep(directory: Path, name: str, **sections) -> Path:
+def tiny_sweep(directory: Path, name: str, max_steps: int = 10, **sections) -> Path:
     """A sweep of builtin:tiny-llama trials over learning rates; keyword arguments replace top-level sections."""
     spec = {
         "name": name,
@@ -26,7 +26,7 @@ def tiny_sweep(directory: Path, name: str, **sections) -> Path:
             "model": {"name": "builtin:tiny-llama", "quantization": "fp32"},
             "data": {"train": str(TRAIN_DATA), "eval": str(EVAL_DATA), "max_seq_length": 128},
             "lora": {"r": 8, "alpha": 16},
-            "training": {"max_steps": 10, "batch_size": 4, "learning_rate": 1.0e-3, "seed": 3},
+            "training": {"max_steps": max_steps, "batch_size": 4, "learning_rate": 1.0e-3, "seed": 3},
         },
         "search": {"parameters": {"training.learning_rate": [1.0e-3, 2.0e-3]}},
         "checkpoint": {"every_steps": 3, "keep": 2},

@@ -16,6 +16,9 @@ from tests.orchestrator.sweeps import (
     spottune, tiny_sweep, warm_model_cache,
 )
 
+# Tiny-model steps take well under 0.1 s on a quiet machine, faster than the market notices a step and a
+# 0.5 s notice runs out: enough steps after the preemption point keep every trial running until it lands.
+STEPS = 25  # one epoch of the copywriting rows at this sequence length and batch
 PREEMPTIONS = [
     {"trial": 0, "at_step": 4, "notice_s": 60},  # long notice: emergency checkpoint, nothing lost
     {"trial": 1, "at_step": 5, "notice_s": 0},  # no notice: hard kill
@@ -27,7 +30,7 @@ PREEMPTIONS = [
 def chaos(tmp_path_factory):
     directory = tmp_path_factory.mktemp("chaos")
     spec = tiny_sweep(
-        directory, "chaos",
+        directory, "chaos", max_steps=STEPS,
         search={"parameters": {"training.learning_rate": [1.0e-3, 2.0e-3, 3.0e-3]}},
         max_parallel=3,
         simulation={"seed": 1, "capacity_cooldown_s": 600, "preemptions": PREEMPTIONS},
@@ -80,7 +83,7 @@ def test_every_step_has_a_loss_and_retrained_steps_match(chaos):
         by_step: dict[int, set] = {}
         for _, step, value, _ in rows:
             by_step.setdefault(step, set()).add(value)
-        assert sorted(by_step) == list(range(1, 11))
+        assert sorted(by_step) == list(range(1, STEPS + 1))
         assert all(len(values) == 1 for values in by_step.values()), "a retrained step gave another loss"
 
 
