@@ -25,9 +25,7 @@ STEPS, EVERY = 24, 5  # the data set gives 25 steps per epoch
 @pytest.fixture(scope="module")
 def crashed(tmp_path_factory):
     directory = tmp_path_factory.mktemp("crash")
-    spec = tiny_sweep(directory, "crash", checkpoint={"every_steps": EVERY, "keep": 2})
-    text = spec.read_text(encoding="utf-8").replace("max_steps: 10", f"max_steps: {STEPS}")
-    spec.write_text(text, encoding="utf-8")
+    spec = tiny_sweep(directory, "crash", max_steps=STEPS, checkpoint={"every_steps": EVERY, "keep": 2})
     state_dir = directory / "state"
     warm_model_cache()
     submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir))

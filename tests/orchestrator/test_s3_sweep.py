@@ -20,6 +20,7 @@ from tests.orchestrator.sweeps import (
 from tests.s3_server import S3Server
 
 FAULT_STEP = 6
+STEPS = 25  # long enough for `spottune cancel` to land while trial 1 still trains
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,8 @@ def s3_sweep(tmp_path_factory, s3_server: S3Server):
     directory = tmp_path_factory.mktemp("s3sweep")
     prefix = s3_server.prefix("sweeps")
     spec = tiny_sweep(
-        directory, "s3sweep", storage=f"s3://{s3_server.bucket}/{prefix}", storage_endpoint=s3_server.endpoint,
+        directory, "s3sweep", max_steps=STEPS, storage=f"s3://{s3_server.bucket}/{prefix}",
+        storage_endpoint=s3_server.endpoint,
         simulation={"storage_faults": [{"trial": 0, "attempt": 1, "step": FAULT_STEP}]},
         resources={"gpus_per_trial": 2},
     )
@@ -68,8 +70,8 @@ def test_bucket_holds_committed_checkpoints_and_the_adapter(s3_sweep, monkeypatc
     trial = state.trials(run_id)[0]
     server = s3_sweep["server"]
     store = open_store(parse_uri(f"s3://{server.bucket}/{s3_sweep['prefix']}/{run_id}/{trial.id}"))
-    assert store.read_text("checkpoints/latest").strip() == "10"
-    assert store.list_dir("checkpoints") == ["latest", "step-00000009", "step-00000010"]
+    assert store.read_text("checkpoints/latest").strip() == str(STEPS)
+    assert store.list_dir("checkpoints") == ["latest", f"step-{STEPS - 1:08d}", f"step-{STEPS:08d}"]
     store.download_dir("adapter", tmp_path / "adapter")
     got, expected = adapter_tensors(tmp_path / "adapter"), reference_adapter(trial.config, tmp_path / "reference")
     assert got.keys() == expected.keys()
