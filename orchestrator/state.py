@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from orchestrator.errors import SpecError
 
 DB_NAME = "spottune.db"
+BUSY_TIMEOUT_S = 30.0
 TERMINAL = ("succeeded", "failed", "cancelled")
 TRANSITIONS = {
     "pending": {"provisioning", "failed", "cancelled"},
@@ -148,11 +149,27 @@ class StateStore:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / DB_NAME
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        self._set_wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        with self._write() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    def _set_wal(self) -> None:
+        """Switch to WAL; the switch needs a moment alone with the file and SQLite does not wait for it itself."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self._db.close()
@@ -170,10 +187,20 @@ class StateStore:
     # runs
 
     def create_run(self, run_id: str, name: str, spec_path: str, spec: dict, storage: str,
-                   trials: list[dict]) -> None:
-        """Insert a run and its trials (all pending), with a `submitted` event per trial."""
+                   trials: list[dict]) -> str:
+        """Insert a run and its trials (all pending), with a `submitted` event per trial; returns the run's id.
+
+        The id is `run_id`, or `run_id-2`, `-3`... when taken: chosen inside the write transaction, so
+        concurrent submissions never pick the same one.
+        """
         now = time.time()
         with self._write() as db:
+            taken = {row["id"] for row in db.execute("SELECT id FROM runs WHERE id = ? OR id LIKE ?",
+                                                     (run_id, f"{run_id}-%"))}
+            base, counter = run_id, 1
+            while run_id in taken:
+                counter += 1
+                run_id = f"{base}-{counter}"
             db.execute(
                 "INSERT INTO runs (id, name, spec_path, spec, storage, created) VALUES (?, ?, ?, ?, ?, ?)",
                 (run_id, name, spec_path, json.dumps(spec), storage, now),
@@ -186,6 +213,7 @@ class StateStore:
                      trial.get("total_steps"), now),
                 )
                 self._insert_event(db, run_id, trial["id"], "submitted", "pending", now=now)
+        return run_id
 
     def run(self, run_id: str) -> RunRow:
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
