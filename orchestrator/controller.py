@@ -32,7 +32,7 @@ from orchestrator.ledger import spent_usd
 from orchestrator.planner import PlanRow, choose_offer
 from orchestrator.spec import Resources, SweepSpec, TrialSpec, set_dotted
 from orchestrator.state import StateStore
-from train_core.checkpoint import LATEST_KEY, STATE_FILE, step_key
+from train_core.checkpoint import STATE_FILE, newest_committed_step, step_key
 from train_core.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -111,8 +111,7 @@ class Controller:
         return open_store(self.storage.child(self.run_id, trial_id), self.spec.storage_endpoint)
 
     def committed_step(self, trial_id: str) -> int:
-        text = self._store(trial_id).read_text(LATEST_KEY)
-        return int(text.strip()) if text else 0
+        return newest_committed_step(self._store(trial_id))
 
     # the loop
 
@@ -173,6 +172,10 @@ class Controller:
             elif kind == "checkpoint" and current:
                 self._event(active, "checkpoint", step=record["step"], now=when,
                             detail={"save_seconds": record.get("save_seconds")})
+            elif kind == "checkpoint_skipped" and current:
+                active.resume_step = record["step"]
+                self._event(active, "checkpoint_skipped", step=record["step"], now=when,
+                            detail={"skipped": record["skipped"], "resumed_from": record["step"]})
             elif kind == "started" and current:
                 self._event(active, "workers_started", now=when, detail={"world_size": record["world_size"]})
             elif kind == "log":

@@ -118,8 +118,12 @@ def train_worker(payload: dict) -> None:
         guard.checkpoint_written()
         send("checkpoint", step=step, save_seconds=guard.save_seconds)
 
+    def on_checkpoint_skipped(step: int, skipped: list[str]) -> None:
+        send("checkpoint_skipped", wait=True, step=step, skipped=skipped)
+
     config = TrainConfig.model_validate(payload["config"])
-    hooks = TrainHooks(on_metrics=on_metrics, on_checkpoint=on_checkpoint, stop_requested=guard.stop_requested)
+    hooks = TrainHooks(on_metrics=on_metrics, on_checkpoint=on_checkpoint, stop_requested=guard.stop_requested,
+                       on_checkpoint_skipped=on_checkpoint_skipped)
     work_dir = Path(payload["work_dir"]) / f"rank-{rank}"
     try:
         result = Trainer(config, store=store, work_dir=work_dir, hooks=hooks, log=log).run(resume=True)
