@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from cluster.provider import LaunchSpec, Node, Provider, Requirements, describe_offer
 from cluster.spot_market import storage_fault_step
-from cluster.storage import open_store, parse_uri
+from cluster.storage import Backoff, describe_error, open_store, parse_uri, storage_errors
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import spent_usd
 from orchestrator.planner import PlanRow, choose_offer
@@ -103,6 +103,7 @@ class Controller:
         self.storage = parse_uri(run.storage)
         self.active: dict[str, Active] = {}
         self._waiting: set[str] = set()
+        self._storage_down: dict[str, tuple[Backoff, float]] = {}  # trial -> (backoff, monotonic time of next try)
         self.layout.logs.mkdir(parents=True, exist_ok=True)
 
     # storage
@@ -111,7 +112,40 @@ class Controller:
         return open_store(self.storage.child(self.run_id, trial_id), self.spec.storage_endpoint)
 
     def committed_step(self, trial_id: str) -> int:
+        """The trial's committed step in storage; raises what storage raises when it cannot be read."""
         return newest_committed_step(self._store(trial_id))
+
+    def known_step(self, trial_id: str) -> int:
+        """The committed step in storage, or while storage is unreachable the last checkpoint the log saw."""
+        try:
+            return self.committed_step(trial_id)
+        except storage_errors() as error:
+            self.trial_log(trial_id, 0, f"storage unreachable ({describe_error(error)}); using the last known step")
+            steps = [e.step for e in self.state.events(self.run_id, trial_id)
+                     if e.kind in ("checkpoint", "launch", "checkpoint_skipped") and e.step is not None]
+            return max(steps, default=0)
+
+    def storage_ready(self, trial_id: str) -> int | None:
+        """The committed step when storage answers; None while it is down, waiting with backoff and an event."""
+        down = self._storage_down.get(trial_id)
+        if down is not None and time.monotonic() < down[1]:
+            return None
+        try:
+            step = self.committed_step(trial_id)
+        except storage_errors() as error:
+            backoff = down[0] if down is not None else Backoff(first_s=1.0, cap_s=60.0)
+            wait = backoff.next_wait()
+            self._storage_down[trial_id] = (backoff, time.monotonic() + wait)
+            if down is None:
+                self.state.record(self.run_id, trial_id, "storage_unavailable",
+                                  detail={"error": describe_error(error), "source": "controller"})
+                self.trial_log(trial_id, 0, f"storage unreachable ({describe_error(error)}); waiting for it")
+            return None
+        if down is not None:
+            del self._storage_down[trial_id]
+            self.state.record(self.run_id, trial_id, "storage_restored", step=step, detail={"source": "controller"})
+            self.trial_log(trial_id, 0, "storage reachable again")
+        return step
 
     # the loop
 
@@ -139,7 +173,7 @@ class Controller:
             if trial.state in ("provisioning", "running"):
                 self.state.record(
                     self.run_id, trial.id, "lost", "preempted", attempt=launch.attempt, node=launch.node,
-                    offer=launch.offer, price=launch.price, step=self.committed_step(trial.id),
+                    offer=launch.offer, price=launch.price, step=self.known_step(trial.id),
                     detail={"cause": "controller_restart", "reason": "node lost while the controller was down"},
                 )
                 self.trial_log(trial.id, launch.attempt, "node lost while the controller was down; relaunching")
@@ -172,6 +206,14 @@ class Controller:
             elif kind == "checkpoint" and current:
                 self._event(active, "checkpoint", step=record["step"], now=when,
                             detail={"save_seconds": record.get("save_seconds")})
+            elif kind == "storage_outage" and current:
+                if record["error"] is None:
+                    self._event(active, "storage_restored", now=when, detail={"source": "worker"})
+                else:
+                    self._event(active, "storage_unavailable", now=when, detail={"error": record["error"],
+                                                                                 "source": "worker"})
+                self.trial_log(trial_id, attempt, f"storage unreachable, waiting: {record['error']}"
+                               if record["error"] else "storage reachable again", when)
             elif kind == "checkpoint_skipped" and current:
                 active.resume_step = record["step"]
                 self._event(active, "checkpoint_skipped", step=record["step"], now=when,
@@ -222,7 +264,7 @@ class Controller:
         trial = self.state.trial(self.run_id, active.trial_id)
         self.provider.terminate(active.node)
         end = active.lost_at if active.lost_at is not None else time.time()
-        committed = self.committed_step(trial.id)
+        committed = self.known_step(trial.id)
         final = active.final or {}
         if outcome["ok"] and final.get("status") == "completed":
             self._backfill_losses(trial.id, committed)
@@ -258,7 +300,7 @@ class Controller:
                 self.state.record(self.run_id, trial.id, "cancelled", "cancelled")
                 continue
             self.provider.terminate(active.node)
-            self._event(active, "cancelled", "cancelled", step=self.committed_step(trial.id))
+            self._event(active, "cancelled", "cancelled", step=self.known_step(trial.id))
             self._event(active, "terminated")
 
     def launch_ready(self) -> None:
@@ -275,7 +317,9 @@ class Controller:
                     self.state.record(self.run_id, trial.id, "budget", "failed", message=message,
                                       detail={"spent": spent, "budget": budget})
                     continue
-            resume = self.committed_step(trial.id)
+            resume = self.storage_ready(trial.id)
+            if resume is None:
+                continue
             config = TrainConfig.model_validate(trial.config)
             trial_spec = TrialSpec(id=trial.id, index=trial.idx, params=trial.params, config=config)
             every = self.spec.checkpoint.every_steps
@@ -324,7 +368,11 @@ class Controller:
 
     def _backfill_losses(self, trial_id: str, step: int) -> None:
         """Losses of steps whose live records were lost (e.g. with a dead controller), from the final checkpoint."""
-        text = self._store(trial_id).read_text(f"{step_key(step)}/{STATE_FILE}")
+        try:
+            text = self._store(trial_id).read_text(f"{step_key(step)}/{STATE_FILE}")
+        except storage_errors() as error:
+            self.trial_log(trial_id, 0, f"storage unreachable ({describe_error(error)}); losses not backfilled")
+            return
         if text is None:
             return
         history = json.loads(text).get("loss_history", [])

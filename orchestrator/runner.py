@@ -78,7 +78,7 @@ def train_worker(payload: dict) -> None:
     import ray.train
 
     from cluster.faults import FlakyStore
-    from cluster.storage import open_store
+    from cluster.storage import RetryingStore, open_store
     from train_core.config import TrainConfig
     from train_core.trainer import Trainer, TrainHooks
 
@@ -100,7 +100,10 @@ def train_worker(payload: dict) -> None:
         send("log", line=line)
 
     send("started", world_size=ray.train.get_context().get_world_size())
-    store = open_store(payload["storage"], payload.get("storage_endpoint"))
+    def on_outage(error: str | None) -> None:
+        send("storage_outage", wait=True, error=error)
+
+    store = RetryingStore(open_store(payload["storage"], payload.get("storage_endpoint")), on_outage=on_outage)
     if payload.get("storage_fault_step") is not None:
         store = FlakyStore(store, payload["storage_fault_step"])
     guard = NoticeGuard(agent, log)
