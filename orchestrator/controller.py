@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cluster.provider import LaunchSpec, Node, Provider, Requirements, describe_offer
-from cluster.spot_market import storage_fault_step
+from cluster.spot_market import storage_fault
 from cluster.storage import Backoff, describe_error, open_store, parse_uri, storage_errors
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import spent_usd
@@ -357,12 +357,13 @@ class Controller:
         trial = self.state.trial(self.run_id, active.trial_id)
         uri = self.storage.child(self.run_id, trial.id)
         node_dir = self.layout.root / "nodes" / active.node.id
+        fault = storage_fault(self.spec.simulation, trial.idx, trial.id, active.attempt)
         return {
             "run_id": self.run_id, "trial_id": trial.id, "attempt": active.attempt,
             "config": {**with_settings(trial.config, active.settings), "output_dir": str(uri)}, "storage": str(uri),
             "storage_endpoint": self.spec.storage_endpoint, "node_env": active.node.env,
             "workers": self.spec.resources.gpus_per_trial, "use_gpu": active.node.accelerator == "cuda",
-            "storage_fault_step": storage_fault_step(self.spec.simulation, trial.idx, trial.id, active.attempt),
+            "storage_fault": fault.model_dump() if fault is not None else None,
             "work_dir": str(node_dir / "work"), "ray_storage": str(self.layout.root / "ray_results"),
         }
 

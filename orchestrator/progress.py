@@ -11,7 +11,7 @@ from orchestrator.ledger import compute_ledger
 from orchestrator.state import Event, RunRow, StateStore, TrialRow
 
 SHOWN_EVENTS = {"launch", "notice", "preempted", "lost", "error", "succeeded", "failed", "cancelled", "budget",
-                "waiting", "training", "checkpoint_skipped", "storage_unavailable", "storage_restored"}
+                "waiting", "training", "checkpoint_skipped", "storage_unavailable", "storage_restored", "retry"}
 
 
 def run_status(run: RunRow, trials: list[TrialRow], alive: bool) -> str:
@@ -89,6 +89,7 @@ def describe_event(event: Event) -> str:
         "waiting": lambda: f"waiting: {detail.get('reason')}",
         "storage_unavailable": lambda: f"storage unreachable, waiting with backoff: {detail.get('error')}",
         "storage_restored": lambda: "storage reachable again",
+        "retry": lambda: f"failed trial sent back to pending by resume --retry-failed ({detail.get('errors')} errors)",
         "checkpoint_skipped": lambda: (f"damaged checkpoints skipped ({'; '.join(detail.get('skipped', []))}), "
                                        f"resumed from step {event.step}"),
     }.get(event.kind, lambda: event.kind)()

@@ -104,8 +104,8 @@ def train_worker(payload: dict) -> None:
         send("storage_outage", wait=True, error=error)
 
     store = RetryingStore(open_store(payload["storage"], payload.get("storage_endpoint")), on_outage=on_outage)
-    if payload.get("storage_fault_step") is not None:
-        store = FlakyStore(store, payload["storage_fault_step"])
+    if payload.get("storage_fault") is not None:
+        store = FlakyStore(store, payload["storage_fault"]["step"], payload["storage_fault"]["kind"])
     guard = NoticeGuard(agent, log)
 
     def on_metrics(record: dict) -> None:

@@ -282,6 +282,25 @@ class StateStore:
                 (*values.values(), time.time(), run_id, trial_id),
             )
 
+    def retry_failed(self, run_id: str) -> list[str]:
+        """Send the run's failed trials back to pending with their error count cleared; returns their ids.
+
+        An explicit operator decision (the cause was fixed), recorded as a `retry` event; the trials resume
+        from their committed checkpoints like any relaunch.
+        """
+        now = time.time()
+        with self._write() as db:
+            failed = db.execute("SELECT id, errors FROM trials WHERE run_id = ? AND state = 'failed' ORDER BY idx",
+                                (run_id,)).fetchall()
+            for row in failed:
+                self._insert_event(db, run_id, row["id"], "retry", "pending", detail={"errors": row["errors"]},
+                                   now=now)
+                db.execute("UPDATE trials SET state = 'pending', errors = 0, message = NULL, updated = ? "
+                           "WHERE run_id = ? AND id = ?", (now, run_id, row["id"]))
+            if failed:
+                db.execute("UPDATE runs SET finished = NULL WHERE id = ?", (run_id,))
+        return [row["id"] for row in failed]
+
     def request_cancel(self, run_id: str, trial_id: str | None = None) -> int:
         """Flag non-terminal trials (one, or the whole run) for the controller to cancel; returns how many."""
         query = ("UPDATE trials SET cancel_requested = 1 "

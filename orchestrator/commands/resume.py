@@ -1,4 +1,4 @@
-"""spottune resume RUN [--detach]"""
+"""spottune resume RUN [--retry-failed] [--detach]"""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,8 @@ HELP = "restart the controller of an interrupted run; trials continue from their
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run id")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="also relaunch failed trials (once their cause is fixed), from their last checkpoints")
     parser.add_argument("--detach", action="store_true", help="start the controller and return")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between progress tables")
     add_state_dir(parser)
@@ -31,8 +33,14 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError(
             f"run {args.run} is already driven by controller PID {running}; see `spottune status {args.run}`"
         )
+    if args.retry_failed:
+        retried = store.retry_failed(args.run)
+        if retried:
+            print(f"run {args.run}: retrying {len(retried)} failed trial(s): {', '.join(retried)}")
     if all(trial.terminal for trial in store.trials(args.run)):
-        print(f"run {args.run}: every trial has finished; nothing to resume")
+        failed = sum(trial.state == "failed" for trial in store.trials(args.run))
+        hint = f" ({failed} failed: `spottune resume {args.run} --retry-failed` relaunches them)" if failed else ""
+        print(f"run {args.run}: every trial has finished; nothing to resume{hint}")
         return 0
     pid = spawn_controller(layout)
     print(f"run {args.run}: controller PID {pid} resumed it")
