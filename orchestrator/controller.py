@@ -29,6 +29,7 @@ from cluster.spot_market import storage_fault
 from cluster.storage import Backoff, describe_error, open_store, parse_uri, storage_errors
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import spent_usd
+from orchestrator.mirror import RunMirror
 from orchestrator.planner import PlanRow, choose_offer
 from orchestrator.spec import Resources, SweepSpec, TrialSpec, set_dotted
 from orchestrator.state import StateStore
@@ -40,6 +41,11 @@ if TYPE_CHECKING:
     from train_core.store import ObjectStore
 
 POLL_S = 0.25
+EXIT_STATE_LOST = 4
+
+
+class StateLost(Exception):
+    """The run's state database disappeared from under the controller."""
 
 
 def planned_settings(choice: PlanRow, config: TrainConfig, spec: SweepSpec, accelerator: str) -> dict:
@@ -101,6 +107,7 @@ class Controller:
         run = state.run(self.run_id)
         self.spec = SweepSpec.model_validate(run.spec)
         self.storage = parse_uri(run.storage)
+        self.mirror = RunMirror(state, self.run_id, run.storage, self.spec.storage_endpoint)
         self.active: dict[str, Active] = {}
         self._waiting: set[str] = set()
         self._storage_down: dict[str, tuple[Backoff, float]] = {}  # trial -> (backoff, monotonic time of next try)
@@ -152,6 +159,8 @@ class Controller:
     def run(self) -> None:
         self.recover()
         while True:
+            self.check_state()
+            self.mirror.sync()
             self.apply(self.runner.drain())
             self.watch_nodes()
             self.collect()
@@ -161,6 +170,14 @@ class Controller:
                 break
             time.sleep(self.poll_s)
         self.state.set_finished(self.run_id, time.time())
+        self.mirror.sync(force=True)
+
+    def check_state(self) -> None:
+        """Stop (StateLost) when the database file is gone: whatever is written from now on would be lost."""
+        reason = self.state.missing()
+        if reason is not None:
+            raise StateLost(f"run {self.run_id}: {reason}; stopping. Its history is mirrored in storage: "
+                            f"spottune resume --from {self.storage.child(self.run_id)}")
 
     def recover(self) -> None:
         """Close attempts left open by a controller that died; their trials go back to be relaunched."""
@@ -450,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         provider.start()
         Controller(state, layout, provider, RayRunner()).run()
+    except StateLost as lost:
+        print(lost, file=sys.stderr, flush=True)
+        return EXIT_STATE_LOST
     finally:
         provider.shutdown()
         lock.release()

@@ -7,6 +7,7 @@ so a restarted controller recovers everything from this file and the object stor
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -158,6 +159,16 @@ class StateStore:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+        self._identity = _file_identity(self.path)
+
+    def missing(self) -> str | None:
+        """Why the database file this store opened is no longer at its path (removed or replaced), or None."""
+        identity = _file_identity(self.path)
+        if identity is None:
+            return f"the state database {self.path} was removed"
+        if identity != self._identity:
+            return f"the state database {self.path} was replaced by another file"
+        return None
 
     def _set_wal(self) -> None:
         """Switch to WAL; the switch needs a moment alone with the file and SQLite does not wait for it itself."""
@@ -301,6 +312,35 @@ class StateStore:
                 db.execute("UPDATE runs SET finished = NULL WHERE id = ?", (run_id,))
         return [row["id"] for row in failed]
 
+    def export_run(self, run_id: str) -> dict:
+        """A run with its trials, events and metrics as plain data (the mirror kept in the run's storage)."""
+        run = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if run is None:
+            raise SpecError(f"run {run_id!r} not found in {self.path}")
+        tables = {name: [dict(row) for row in self._db.execute(f"SELECT * FROM {name} WHERE run_id = ?", (run_id,))]
+                  for name in ("trials", "events", "metrics")}
+        for event in tables["events"]:
+            del event["seq"]
+        return {"run": dict(run), **tables}
+
+    def import_run(self, snapshot: dict) -> str:
+        """Re-create a run from `export_run`'s data; refused when this database already has the run."""
+        run_id = snapshot["run"]["id"]
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+                raise SpecError(f"run {run_id} is already in {self.path}; resume it with `spottune resume {run_id}`")
+            for table, rows in (("runs", [snapshot["run"]]), ("trials", snapshot["trials"]),
+                                ("events", snapshot["events"]), ("metrics", snapshot["metrics"])):
+                known = {column["name"] for column in db.execute(f"PRAGMA table_info({table})")}
+                for row in rows:
+                    if not row or set(row) - known:
+                        raise SpecError(f"run mirror of {run_id}: {table} row has unknown columns "
+                                        f"{sorted(set(row) - known)}; accepted: {sorted(known)}")
+                    columns = ", ".join(row)
+                    db.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})",
+                               tuple(row.values()))
+        return run_id
+
     def request_cancel(self, run_id: str, trial_id: str | None = None) -> int:
         """Flag non-terminal trials (one, or the whole run) for the controller to cancel; returns how many."""
         query = ("UPDATE trials SET cancel_requested = 1 "
@@ -400,3 +440,11 @@ class StateStore:
             (run_id, trial_id, kind),
         ).fetchall()
         return [(row["attempt"], row["step"], row["value"], row["time"]) for row in rows]
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino

@@ -1,7 +1,8 @@
-"""spottune resume RUN [--retry-failed] [--detach]"""
+"""spottune resume RUN [--retry-failed] [--detach], or spottune resume --from STORAGE/RUN (re-attach a run)"""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from orchestrator.commands.common import add_state_dir
 
@@ -9,7 +10,10 @@ HELP = "restart the controller of an interrupted run; trials continue from their
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run id")
+    parser.add_argument("run", nargs="?", help="run id (not needed with --from)")
+    parser.add_argument("--from", dest="source", metavar="URI",
+                        help="re-attach a run from its storage prefix (e.g. s3://bucket/runs/RUN_ID) when the state "
+                             "database lost it; S3 endpoints come from AWS_ENDPOINT_URL_S3")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also relaunch failed trials (once their cause is fixed), from their last checkpoints")
     parser.add_argument("--detach", action="store_true", help="start the controller and return")
@@ -25,7 +29,22 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.layout import RunLayout
     from orchestrator.progress import follow
 
-    store, state_dir = open_state(args)
+    if args.source is not None:
+        from orchestrator.layout import default_state_dir
+        from orchestrator.mirror import attach
+        from orchestrator.state import StateStore
+
+        state_dir = Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
+        store = StateStore(state_dir)
+        run_id = attach(store, args.source)
+        if args.run not in (None, run_id):
+            raise SpecError(f"--from: {args.source} holds run {run_id}, not {args.run}")
+        args.run = run_id
+        print(f"run {run_id}: re-attached from {args.source}")
+    elif args.run is None:
+        raise SpecError("resume: give a run id, or --from STORAGE_PREFIX to re-attach a run from its storage")
+    else:
+        store, state_dir = open_state(args)
     store.run(args.run)
     layout = RunLayout(state_dir, args.run)
     running = controller_pid(layout)
