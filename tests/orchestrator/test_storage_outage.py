@@ -14,8 +14,12 @@ from cluster.storage import Backoff, RetryingStore, S3Store
 from orchestrator.controller import Controller
 from orchestrator.layout import RunLayout
 from orchestrator.spec import SweepSpec
+from orchestrator.state import StateStore
 from orchestrator.submission import prepare, register
-from tests.orchestrator.sweeps import tiny_sweep, wait_for
+from tests.orchestrator.sweeps import (
+    adapter_tensors, assert_bit_identical, only_run, reference_adapter, spottune, tiny_sweep, wait_for,
+    warm_model_cache,
+)
 from tests.tcp_gate import TcpGate
 from train_core.checkpoint import LATEST_KEY, MANIFEST_FILE, step_key
 
@@ -122,3 +126,35 @@ def test_garbage_latest_crashes_neither_recover_nor_launch(tmp_path):
     assert launch.attempt == 2 and launch.step == 6
     for active in controller.active.values():
         controller.provider.terminate(active.node)
+
+
+def test_sweep_waits_out_an_outage_and_finishes_with_the_uninterrupted_adapter(tmp_path, s3_server, gate):
+    """The whole path: the gate closes while the trial's node boots, so the worker's first storage access meets
+    the outage; it waits (an event, no error counted), goes on when the gate reopens, and ends bit-identical."""
+    prefix = s3_server.prefix("sweep-outage")
+    spec = tiny_sweep(tmp_path, "outage", max_steps=9, checkpoint={"every_steps": 3, "keep": 2},
+                      search={"parameters": {"training.learning_rate": [1.0e-3]}}, max_parallel=1,
+                      storage=f"s3://{s3_server.bucket}/{prefix}", storage_endpoint=f"http://127.0.0.1:{gate.port}",
+                      simulation={"boot_s": 3})
+    state_dir = tmp_path / "state"
+    warm_model_cache()
+    submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir))
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = only_run(state_dir)
+    state = StateStore(state_dir)
+    trial_id = state.trials(run_id)[0].id
+    wait_for(lambda: any(e.kind == "launch" for e in state.events(run_id, trial_id)), timeout=300,
+             what="the trial's launch", every=0.05)
+    gate.close()
+    outage = wait_for(lambda: [e for e in state.events(run_id, trial_id) if e.kind == "storage_unavailable"],
+                      timeout=300, what="the worker to report the outage")
+    assert outage[0].detail["source"] == "worker" and "EndpointConnectionError" in outage[0].detail["error"]
+    gate.open()
+    wait_for(lambda: state.trial(run_id, trial_id).terminal, timeout=600, what="the trial to end")
+    trial = state.trial(run_id, trial_id)
+    assert (trial.state, trial.errors, trial.attempts) == ("succeeded", 0, 1)
+    kinds = [e.kind for e in state.events(run_id, trial_id)]
+    assert kinds.index("storage_unavailable") < kinds.index("storage_restored") < kinds.index("training")
+    store = S3Store(s3_server.bucket, f"{prefix}/{run_id}/{trial_id}", s3_server.endpoint)
+    store.download_dir("adapter", tmp_path / "adapter")
+    assert_bit_identical(adapter_tensors(tmp_path / "adapter"), reference_adapter(trial.config, tmp_path / "ref"))
