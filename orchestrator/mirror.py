@@ -41,8 +41,8 @@ class RunMirror:
         self._written_events, self._written_at = count, time.monotonic()
 
 
-def attach(state: StateStore, location: str, endpoint: str | None = None) -> str:
-    """Re-create a run in `state` from the mirror under `location` (the run's storage prefix); its run id."""
+def read_mirror(location: str, endpoint: str | None = None) -> dict:
+    """The run snapshot mirrored under `location` (the run's storage prefix); one-line errors otherwise."""
     uri = parse_uri(location, field="--from")
     store = open_store(uri, endpoint)
     try:
@@ -57,4 +57,4 @@ def attach(state: StateStore, location: str, endpoint: str | None = None) -> str
         snapshot["run"]["id"]
     except (ValueError, KeyError, TypeError):
         raise SpecError(f"--from: {store.describe(MIRROR_KEY)} is not a spottune run mirror") from None
-    return state.import_run(snapshot)
+    return snapshot

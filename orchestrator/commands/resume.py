@@ -31,14 +31,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.source is not None:
         from orchestrator.layout import default_state_dir
-        from orchestrator.mirror import attach
+        from orchestrator.mirror import read_mirror
         from orchestrator.state import StateStore
 
+        snapshot = read_mirror(args.source)
+        if args.run not in (None, snapshot["run"]["id"]):
+            raise SpecError(f"--from: {args.source} holds run {snapshot['run']['id']}, not {args.run}")
         state_dir = Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
         store = StateStore(state_dir)
-        run_id = attach(store, args.source)
-        if args.run not in (None, run_id):
-            raise SpecError(f"--from: {args.source} holds run {run_id}, not {args.run}")
+        run_id = store.import_run(snapshot)
         args.run = run_id
         print(f"run {run_id}: re-attached from {args.source}")
     elif args.run is None:

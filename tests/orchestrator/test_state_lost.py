@@ -76,3 +76,13 @@ def test_mirror_import_refuses_unknown_columns_and_a_run_already_present(tmp_pat
     assert other.import_run(snapshot) == "r1"
     assert [e.kind for e in other.events("r1")] == ["submitted"]
     assert other.export_run("r1") == snapshot
+
+
+def test_resume_from_a_prefix_without_a_mirror_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    assert main(["resume", "--from", f"file://{tmp_path / 'store' / 'r1'}", "--state-dir", str(tmp_path / "s")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(f"--from: {tmp_path / 'store' / 'r1' / MIRROR_KEY} does not exist; give the run's prefix, "
+                          f"e.g. file://{tmp_path / 'store' / 'r1'}/RUN_ID under the sweep's storage")
+    assert len(error.splitlines()) == 1 and not (tmp_path / "s").exists()
