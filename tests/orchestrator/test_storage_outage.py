@@ -158,3 +158,28 @@ def test_sweep_waits_out_an_outage_and_finishes_with_the_uninterrupted_adapter(t
     store = S3Store(s3_server.bucket, f"{prefix}/{run_id}/{trial_id}", s3_server.endpoint)
     store.download_dir("adapter", tmp_path / "adapter")
     assert_bit_identical(adapter_tensors(tmp_path / "adapter"), reference_adapter(trial.config, tmp_path / "ref"))
+
+
+def test_worker_reports_become_events_a_person_reads(tmp_path):
+    """What train_worker sends on a skipped damaged checkpoint or an outage is recorded and shown by `status`."""
+    from orchestrator.progress import describe_event
+
+    controller, state, run_id = _controller(tmp_path, f"file://{tmp_path / 'store'}")
+    controller.launch_ready()
+    trial_id, attempt = next(iter(controller.active.values())).trial_id, 1
+    skipped = ["step 4: adapter_model.safetensors has 10 bytes, the manifest says 20"]
+    controller.apply([
+        {"trial": trial_id, "attempt": attempt, "kind": "checkpoint_skipped", "time": 1.0, "step": 2,
+         "skipped": skipped},
+        {"trial": trial_id, "attempt": attempt, "kind": "storage_outage", "time": 2.0, "error": "write_text x: boom"},
+        {"trial": trial_id, "attempt": attempt, "kind": "storage_outage", "time": 3.0, "error": None},
+    ])
+    events = state.events(run_id, trial_id)[-3:]
+    assert [(e.kind, e.step) for e in events] == [("checkpoint_skipped", 2), ("storage_unavailable", None),
+                                                  ("storage_restored", None)]
+    assert events[0].detail == {"skipped": skipped, "resumed_from": 2}
+    assert describe_event(events[0]).endswith(f"{trial_id} damaged checkpoints skipped ({skipped[0]}), "
+                                              "resumed from step 2")
+    assert describe_event(events[1]).endswith("storage unreachable, waiting with backoff: write_text x: boom")
+    for active in controller.active.values():
+        controller.provider.terminate(active.node)
