@@ -67,18 +67,13 @@ def prepare(path: Path) -> Prepared:
 def register(prepared: Prepared, state_dir: Path) -> tuple[StateStore, str]:
     """Record the run and its trials (pending) in the state database; returns the store and the run id."""
     store = StateStore(state_dir)
-    existing = {run.id for run in store.runs()}
-    base = f"{prepared.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_id, counter = base, 1
-    while run_id in existing:
-        counter += 1
-        run_id = f"{base}-{counter}"
     steps = {plan.trial_id: plan.steps for plan in prepared.plan.trials}
     trials = [
         {"id": trial.id, "index": trial.index, "params": trial.params,
          "config": trial.config.model_dump(mode="json"), "total_steps": steps[trial.id]}
         for trial in prepared.trials
     ]
-    store.create_run(run_id, prepared.spec.name, str(prepared.path.resolve()),
-                     prepared.spec.model_dump(mode="json"), str(prepared.storage), trials)
+    base = f"{prepared.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id = store.create_run(base, prepared.spec.name, str(prepared.path.resolve()),
+                              prepared.spec.model_dump(mode="json"), str(prepared.storage), trials)
     return store, run_id

@@ -35,6 +35,7 @@ class TrainHooks:
     on_metrics: Callable[[dict], None] | None = None
     on_checkpoint: Callable[[int], None] | None = None
     stop_requested: Callable[[], bool] | None = None
+    on_checkpoint_skipped: Callable[[int, list[str]], None] | None = None  # (resumed step, what was skipped)
 
 
 @dataclass
@@ -101,7 +102,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config.training, self.total_steps)
 
     def _refuse_silent_overwrite(self, resume: bool) -> None:
-        latest = self.checkpoints.latest_step()
+        latest = self.checkpoints.newest_step()
         if latest is not None and not resume:
             raise ConfigError(
                 f"output_dir: {self.store.describe('checkpoints')} already holds checkpoints (latest step {latest}); "
@@ -113,11 +114,15 @@ class Trainer:
             step=0, epoch=0, cursor=0, tokens_seen=0,
             config_fingerprint=self.config.fingerprint(), world_size=self.dist.world_size,
         )
-        latest = self.checkpoints.latest_step()
-        if latest is None:
+        restored = self.checkpoints.restore(self.work_dir / ".staging" / f"restore-rank{self.dist.rank}")
+        if restored is None:
             return fresh
+        latest, local = restored.step, restored.path
         where = self.store.describe("checkpoints")
-        local = self.checkpoints.load(latest, self.work_dir / ".staging" / f"restore-rank{self.dist.rank}")
+        if restored.skipped:
+            self.log(f"skipped damaged checkpoints ({'; '.join(restored.skipped)}); resuming from step {latest}")
+            if self.hooks.on_checkpoint_skipped is not None and self.dist.is_main:
+                self.hooks.on_checkpoint_skipped(latest, restored.skipped)
         state = TrainerState.from_json((local / "trainer_state.json").read_text(encoding="utf-8"))
         if state.config_fingerprint != fresh.config_fingerprint:
             raise ConfigError(
