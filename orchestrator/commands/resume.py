@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator.commands.common import add_state_dir
+from orchestrator.commands.common import add_state_dir, positive_number
 
 HELP = "restart the controller of an interrupted run; trials continue from their last committed checkpoints"
 
@@ -11,7 +11,7 @@ HELP = "restart the controller of an interrupted run; trials continue from their
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run id")
     parser.add_argument("--detach", action="store_true", help="start the controller and return")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between progress tables")
+    parser.add_argument("--interval", type=positive_number, default=5.0, help="seconds between progress tables")
     add_state_dir(parser)
 
 
