@@ -371,6 +371,7 @@ def test_each_input_succeeds_or_fails_in_one_clear_line(case, tmp_path, no_launc
     assert outcome.kind == expected, f"{case.name}: {outcome.kind} (status {outcome.status}): {outcome.stderr[-800:]}"
     if case.expect == BAD:
         assert not no_launch, f"{case.name}: a controller was launched for bad input"
+        assert not (tmp_path / "state" / "spottune.db").exists() or case.name.startswith("cli "), case.name
 
 
 def test_the_corpus_is_large_enough():
