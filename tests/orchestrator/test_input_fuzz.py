@@ -326,6 +326,11 @@ def empty_state(directory: Path) -> Path:
     return directory / "state"
 
 
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def cli_cases() -> list[Case]:
     def plan(*flags: str) -> Callable[[Path], list[str]]:
         return lambda d: ["plan", str(tiny_sweep(d, "cli")), *flags]
@@ -353,6 +358,10 @@ def cli_cases() -> list[Case]:
         Case("cli plan missing spec file", BAD, lambda d: ["plan", str(d / "absent.yaml")]),
         Case("cli train missing config", BAD, lambda d: ["train", str(d / "absent.yaml")]),
         Case("cli costs --gpu unknown", BAD, lambda d: ["costs", "--gpu", "B300"]),
+        Case("cli costs config with missing data", BAD, lambda d: [
+            "costs", str(raw_config(config_text(data={"train": str(d / "absent.jsonl")}))(d)[1])]),
+        Case("cli costs config with non-UTF-8 data", BAD, lambda d: [
+            "costs", str(raw_config(config_text(data={"train": str(write(d / "l.jsonl", b"\xff\n"))}))(d)[1])]),
         Case("cli submit --interval nan", BAD, lambda d: [
             "submit", str(tiny_sweep(d, "cli")), "--interval", "nan", "--state-dir", str(d / "state")]),
         Case("cli submit --interval -1", BAD, lambda d: [
