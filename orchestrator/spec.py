@@ -104,7 +104,9 @@ class SweepSpec(_Strict):
     )
     checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     max_parallel: Integer = Field(2, ge=1, le=256, description="Trials running at the same time.")
-    max_error_retries: Integer = Field(2, ge=0, le=100, description="Relaunches after real errors (preemptions are not counted).")
+    max_error_retries: Integer = Field(
+        2, ge=0, le=100, description="Relaunches after real errors (preemptions are not counted)."
+    )
     simulation: SimulatedMarket = Field(
         default_factory=SimulatedMarket,
         description="The local provider's simulated spot market: random or scheduled preemptions, storage faults.",

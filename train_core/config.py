@@ -48,7 +48,8 @@ class DataSettings(StrictModel):
     train: str = Field(..., description="Training data: a JSONL file (alpaca, sharegpt or messages rows).")
     eval: str | None = Field(None, description="Optional held-out JSONL file of the same format, for eval loss.")
     eval_samples: Integer | None = Field(
-        None, ge=1, le=10**9, description="Evaluate on the first N rows of the eval file only (cheaper evals); None = all."
+        None, ge=1, le=10**9,
+        description="Evaluate on the first N rows of the eval file only (cheaper evals); None = all.",
     )
     format: Literal["auto", "alpaca", "sharegpt", "messages"] = Field(
         "auto", description="Row format; auto detects it from the first row's keys."
@@ -59,7 +60,9 @@ class DataSettings(StrictModel):
         "template string.",
     )
     system_prompt: str | None = Field(None, description="System message prepended to rows that have none.")
-    max_seq_length: Integer = Field(1024, ge=16, le=1 << 21, description="Tokens per sequence; longer samples are truncated.")
+    max_seq_length: Integer = Field(
+        1024, ge=16, le=1 << 21, description="Tokens per sequence; longer samples are truncated."
+    )
     packing: Flag = Field(
         True, description="Pack several samples per sequence (padding-free, no attention across samples)."
     )
@@ -86,9 +89,13 @@ Beta = Annotated[Number, Field(ge=0.0, lt=1.0)]
 
 
 class TrainingSettings(StrictModel):
-    seed: Integer = Field(42, ge=0, le=MAX_SEED, description="Seed for LoRA init, data order (with the epoch) and dropout.")
+    seed: Integer = Field(
+        42, ge=0, le=MAX_SEED, description="Seed for LoRA init, data order (with the epoch) and dropout."
+    )
     epochs: Integer = Field(1, ge=1, le=10_000, description="Passes over the training data.")
-    max_steps: Integer | None = Field(None, ge=1, le=MAX_STEPS, description="Stop after this many optimizer steps (caps epochs).")
+    max_steps: Integer | None = Field(
+        None, ge=1, le=MAX_STEPS, description="Stop after this many optimizer steps (caps epochs)."
+    )
     batch_size: Integer = Field(8, ge=1, le=65_536, description="Sequences per optimizer step, over all workers.")
     micro_batch_size: Union[Annotated[Integer, Field(ge=1, le=65_536)], Literal["auto"]] = Field(
         "auto", description="Sequences per forward/backward; auto picks one that fits (must divide batch_size)."
@@ -107,7 +114,9 @@ class TrainingSettings(StrictModel):
         "auto", description="Recompute activations in backward (full), also keep layer inputs on the CPU "
         "(offload), or keep them (none). auto = full on CUDA, none on CPU."
     )
-    eval_every: Integer | None = Field(None, ge=1, le=MAX_STEPS, description="Eval-loss interval in steps (and at the end).")
+    eval_every: Integer | None = Field(
+        None, ge=1, le=MAX_STEPS, description="Eval-loss interval in steps (and at the end)."
+    )
     log_every: Integer = Field(1, ge=1, le=MAX_STEPS, description="Metrics interval in steps.")
 
     @model_validator(mode="after")
@@ -120,7 +129,9 @@ class TrainingSettings(StrictModel):
 
 
 class CheckpointSettings(StrictModel):
-    every_steps: Integer = Field(50, ge=1, le=MAX_STEPS, description="Commit a checkpoint every N optimizer steps (and at the end).")
+    every_steps: Integer = Field(
+        50, ge=1, le=MAX_STEPS, description="Commit a checkpoint every N optimizer steps (and at the end)."
+    )
     keep: Integer = Field(2, ge=1, le=1000, description="Committed checkpoints to keep; older ones are deleted.")
 
 

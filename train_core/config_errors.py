@@ -61,7 +61,8 @@ def read_yaml(path: Path, error: type[Exception]) -> object:
         text = data.decode("utf-8")
     except UnicodeDecodeError as problem:
         line = data[: problem.start].count(b"\n") + 1
-        raise error(f"{path}: line {line}: not UTF-8 text (byte 0x{data[problem.start]:02x}); save it as UTF-8") from None
+        byte = data[problem.start]
+        raise error(f"{path}: line {line}: not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8") from None
     try:
         return yaml.load(text, Loader=_GuardedLoader)  # noqa: S506 - a SafeLoader subclass
     except _Refused as problem:

@@ -366,7 +366,8 @@ def cli_cases() -> list[Case]:
             "submit", str(tiny_sweep(d, "cli")), "--interval", "nan", "--state-dir", str(d / "state")]),
         Case("cli submit --interval -1", BAD, lambda d: [
             "submit", str(tiny_sweep(d, "cli")), "--interval", "-1", "--state-dir", str(d / "state")]),
-        Case("cli generate --max-new-tokens -5", BAD, lambda d: ["generate", "--max-new-tokens", "-5", "--prompt", "hi"]),
+        Case("cli generate --max-new-tokens -5", BAD,
+             lambda d: ["generate", "--max-new-tokens", "-5", "--prompt", "hi"]),
         Case("cli generate --temperature inf", BAD, lambda d: ["generate", "--temperature", "inf", "--prompt", "hi"]),
         Case("cli ok: plan --json", OK, plan("--json")),
         Case("cli ok: status on an empty DB", OK, on_empty_state("status")),
@@ -405,23 +406,6 @@ def test_any_number_in_any_field_plans_or_fails_in_one_line(field, value, tmp_pa
     assert outcome.kind in ("clear", "accepted"), f"{field}={value!r}: {outcome.kind}: {outcome.stderr[-800:]}"
 
 
-def fuzz_counts() -> Counter:
-    """tried / clear / traceback / accepted / unclear over the corpus's bad cases (for reports; launches nothing)."""
-    import tempfile
-
-    import orchestrator.daemon
-
-    orchestrator.daemon.spawn_controller = lambda layout: 0
-    counts: Counter = Counter()
-    for case in CASES:
-        if case.expect != BAD:
-            continue
-        with tempfile.TemporaryDirectory() as directory:
-            counts["tried"] += 1
-            counts[run_in_process(case.argv(Path(directory))).kind] += 1
-    return counts
-
-
 # --- the real command in a subprocess ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["yaml non-UTF-8 spec", "yaml duplicate key spec", "spec max_parallel=huge",
@@ -434,3 +418,16 @@ def test_real_command_exits_2_with_one_line(case, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"spottune {argv[0]}: error: "), result.stderr[-2000:]
+
+
+if __name__ == "__main__":  # python -m tests.orchestrator.test_input_fuzz: the counts, launching nothing
+    import tempfile
+
+    import orchestrator.daemon
+
+    orchestrator.daemon.spawn_controller = lambda layout: 0
+    counts: Counter = Counter()
+    for case in CASES:
+        with tempfile.TemporaryDirectory() as directory:
+            counts[(case.expect, run_in_process(case.argv(Path(directory))).kind)] += 1
+    print(", ".join(f"{expect} inputs {kind}: {count}" for (expect, kind), count in sorted(counts.items())))
