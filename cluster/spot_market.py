@@ -16,7 +16,7 @@ TrialRef = Union[int, str]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ScheduledPreemption(_Strict):

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 from cluster.errors import ClusterError
 from train_core.store import LocalStore, ObjectStore
@@ -86,8 +87,22 @@ def open_store(uri: StorageURI | str, endpoint_url: str | None = None) -> Object
     return S3Store(location.bucket, location.path, endpoint_url)
 
 
+def check_endpoint(endpoint_url: str | None, field: str = "storage_endpoint") -> None:
+    """Fail with one line unless the endpoint is an http(s)://HOST[:PORT] URL (the URL is not echoed)."""
+    if endpoint_url is None:
+        return
+    parts = urlsplit(endpoint_url)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ClusterError(f"{field}: not an endpoint URL; accepted: http://HOST[:PORT] or https://HOST[:PORT]")
+
+
 def check_writable(uri: StorageURI, endpoint_url: str | None = None) -> None:
     """Fail with one line when the location cannot be written (missing bucket, no credentials, bad endpoint)."""
+    check_endpoint(endpoint_url)
     if uri.scheme == "file":
         try:
             Path(uri.path).mkdir(parents=True, exist_ok=True)

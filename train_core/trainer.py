@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -18,7 +19,7 @@ from train_core.data.dataset import batch_plan, prepare_data
 from train_core.device import DevicePath, choose_device_path
 from train_core.engine import Engine, build_engine
 from train_core.distributed import Distributed
-from train_core.errors import ConfigError
+from train_core.errors import ConfigError, TrainingDiverged
 from train_core.metrics import MetricsLog, peak_memory_gib
 from train_core.optim import build_optimizer, build_scheduler
 from train_core.rng import capture_rng, restore_rng
@@ -144,7 +145,24 @@ class Trainer:
         self.log(f"resumed from step {latest} ({where})")
         return state
 
+    def _refuse_non_finite(self, what: str, value: float | None = None) -> None:
+        """Stop training before a NaN/inf reaches the optimizer, a checkpoint or the adapter."""
+        if value is not None and math.isfinite(value):
+            return
+        latest = self.checkpoints.latest_step()
+        kept = f"the last committed checkpoint (step {latest}) is intact" if latest else "no checkpoint was written"
+        shown = "" if value is None else f" is {value}"
+        raise TrainingDiverged(
+            f"training diverged: {what}{shown}; {kept}; lower training.learning_rate "
+            f"(now {self.config.training.learning_rate:g}) or set training.max_grad_norm"
+        )
+
+    def _check_weights_finite(self, when: str) -> None:
+        if not all(bool(torch.isfinite(parameter).all()) for parameter in self.trainable):
+            self._refuse_non_finite(f"the adapter weights hold NaN or inf {when}")
+
     def _save(self, state: TrainerState) -> None:
+        self._check_weights_finite(f"at the checkpoint of step {state.step}")
         rng_states = self.dist.gather_objects(capture_rng())
         if self.dist.is_main:
             state.rng = rng_states
@@ -178,9 +196,11 @@ class Trainer:
             tokens += batch.input_ids.numel()
         self.dist.all_reduce_grads(self.trainable)
         totals = self.dist.all_reduce_sum(torch.tensor([loss_sum.item(), float(tokens)], dtype=torch.float64))
+        self._refuse_non_finite(f"the loss of step {state.step + 1}", float(totals[0]) / normaliser)
         grad_norm = None
         if self.config.training.max_grad_norm is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.training.max_grad_norm))
+            self._refuse_non_finite(f"the gradient norm of step {state.step + 1}", grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -220,6 +240,7 @@ class Trainer:
 
     def save_adapter(self) -> str:
         """Write the final adapter (PEFT format) to `adapter/` in the store and return its location."""
+        self._check_weights_finite("at the end of training")
         if self.dist.is_main:
             staging = self.work_dir / ".staging" / "adapter"
             self.engine.save_adapter(staging)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.commands.common import add_state_dir
+from orchestrator.commands.common import add_state_dir, positive_number
 
 HELP = "restart the controller of an interrupted run; trials continue from their last committed checkpoints"
 
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-failed", action="store_true",
                         help="also relaunch failed trials (once their cause is fixed), from their last checkpoints")
     parser.add_argument("--detach", action="store_true", help="start the controller and return")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between progress tables")
+    parser.add_argument("--interval", type=positive_number, default=5.0, help="seconds between progress tables")
     add_state_dir(parser)
 
 
