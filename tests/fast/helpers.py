@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from train_core.fast.layer import GROUPS, module_path
+from train_core.fast.layer import module_path
 from train_core.fast.model import FastCausalLM
+from train_core.models.loading import attention_implementation
 from train_core.models.sources import resolve_model
 
 
@@ -35,11 +36,12 @@ def hf_base(model: FastCausalLM, path: str, dtype: torch.dtype, device: str):
     """The transformers model with our dequantized NF4 weights in place of its linear weights."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention_implementation(path, "sdpa"))
+    hf = hf.to(device)
     hf.config.use_cache = False
     with torch.no_grad():
         for index, layer in enumerate(model.layers):
-            for group, names in GROUPS.items():
+            for group, names in layer.names.items():
                 for name, base in zip(names, layer.groups[group].bases):
                     hf.get_submodule(module_path(index, name)).weight.copy_(base.dequantize(dtype))
     return hf

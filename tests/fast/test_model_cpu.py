@@ -49,16 +49,31 @@ def test_lora_autograd_matches_peft_lora_layer():
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-llama"])
+TINY_MODELS = ["tiny-qwen2", "tiny-llama", "tiny-qwen3", "tiny-llama3.2", "tiny-phi3", "tiny-gemma2", "tiny-gemma3"]
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
 @pytest.mark.parametrize("mode,tile", [("none", None), ("full", None), ("full", 5)])
 def test_fast_model_matches_transformers_peft_on_packed_batches(name, mode, tile):
+    check_against_transformers(name, [5, 9, 3, 7], mode, tile)
+
+
+def test_phi3_longrope_switches_to_its_long_factors_as_transformers_does():
+    """tiny-phi3 was pretrained on 64 tokens: a 70-token sample takes the whole batch to the long factors."""
+    model = check_against_transformers("tiny-phi3", [70, 10], "full", None)
+    rotary = model.layers[0].rotary
+    assert not torch.equal(rotary.for_length(70), rotary.for_length(64)) and rotary.scaling > 1
+
+
+def check_against_transformers(name: str, lengths: list[int], mode: str, tile: int | None):
+    """Loss and every adapter gradient of one packed batch equal transformers + PEFT's (fp32, CPU)."""
     path = tiny_path(name)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = load_fast_model(path, AdapterSpec.from_target_modules(8, 16, "all-linear", seed=1), CPU, torch.float32)
+    targets = sorted({name.rsplit(".", 3)[-3] for name in model.adapter_state()})
     generator = torch.Generator().manual_seed(2)
     randomize_adapters(model, generator)
     twin = hf_twin(model, path, torch.float32, "cpu", targets, r=8, alpha=16)
-    ids, positions, labels = packed_batch([5, 9, 3, 7], model.spec.vocab, generator)
+    ids, positions, labels = packed_batch(lengths, model.spec.vocab, generator)
     loss = model.loss_sum(PackedBatch.build(ids, positions, labels, CPU), Recompute(mode, CPU), ce_chunk_rows=7, mlp_tile_rows=tile)
     loss.backward()
     keys = list(model.adapter_state())
@@ -66,6 +81,7 @@ def test_fast_model_matches_transformers_peft_on_packed_batches(name, mode, tile
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-4)
     for key, grad in zip(keys, expected_grads):
         torch.testing.assert_close(model.adapter_state()[key].grad, grad, rtol=1e-3, atol=1e-5, msg=key)
+    return model
 
 
 def test_engine_adapter_loads_with_peft_and_gives_the_same_loss(tmp_path):
