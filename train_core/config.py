@@ -34,7 +34,7 @@ class ModelSettings(StrictModel):
     )
     engine: Literal["auto", "hf", "fast"] = Field(
         "auto", description="Training engine: hf = transformers + PEFT (the reference path); fast = our fused NF4 + "
-        "LoRA engine (CUDA, llama/qwen2/mistral, nf4 base, bf16 compute, no LoRA dropout). auto = fast where it "
+        "LoRA engine (CUDA; llama, mistral, qwen2/3, phi3, gemma2/3; nf4 base, bf16 compute, no LoRA dropout). auto = fast where it "
         "supports the run, else hf.",
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
