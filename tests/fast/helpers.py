@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from train_core.fast.batch import PackedBatch
 from train_core.fast.layer import module_path
 from train_core.fast.model import FastCausalLM
+from train_core.fast.recompute import Recompute
 from train_core.models.loading import attention_implementation
 from train_core.models.sources import resolve_model
 
@@ -64,3 +66,16 @@ def hf_loss_and_grads(peft_model, ids, positions, labels, keys: list[str]) -> tu
     loss.backward()
     named = dict(peft_model.named_parameters())
     return loss.detach(), [named[key.replace(".weight", ".default.weight")].grad for key in keys]
+
+
+def fast_loss_and_grads(model: FastCausalLM, batch_tensors, recompute: Recompute, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The fast model's summed loss on one packed batch and its adapter gradients (parameters() order)."""
+    for parameter in model.parameters():
+        parameter.grad = None
+    loss = model.loss_sum(PackedBatch.build(*batch_tensors, device), recompute, ce_chunk_rows=256)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got.float() - expected.float()).norm() / expected.float().norm().clamp(min=1e-12))
