@@ -91,12 +91,6 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def _capped(x, cap, SOFTCAP: tl.constexpr):
-        if SOFTCAP:
-            x = cap * (2.0 * tl.sigmoid(2.0 * x / cap) - 1.0)
-        return x
-
-    @triton.jit
     def cross_entropy_kernel(logits_ptr, targets_ptr, loss_ptr, vocab, cap, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + row * vocab
@@ -105,21 +99,28 @@ def _kernel():
         for start in range(0, vocab, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             mask = cols < vocab
-            x = tl.where(mask, _capped(tl.load(base + cols, mask=mask, other=0.0).to(tl.float32), cap, SOFTCAP), float("-inf"))
+            x = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32)
+            if SOFTCAP:  # cap * tanh(x / cap)
+                x = cap * (2.0 * tl.sigmoid(2.0 * x / cap) - 1.0)
+            x = tl.where(mask, x, float("-inf"))
             new_max = tl.maximum(running_max, tl.max(x, axis=0))
             running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), axis=0)
             running_max = new_max
         lse = running_max + tl.log(running_sum)
         target = tl.load(targets_ptr + row)
-        tl.store(loss_ptr + row, lse - _capped(tl.load(base + target).to(tl.float32), cap, SOFTCAP))
+        target_logit = tl.load(base + target).to(tl.float32)
+        if SOFTCAP:
+            target_logit = cap * (2.0 * tl.sigmoid(2.0 * target_logit / cap) - 1.0)
+        tl.store(loss_ptr + row, lse - target_logit)
         for start in range(0, vocab, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             mask = cols < vocab
-            raw = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32)
-            x = _capped(raw, cap, SOFTCAP)
-            grad = tl.exp(x - lse) - tl.where(cols == target, 1.0, 0.0)
+            x = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32)
             if SOFTCAP:
-                grad = grad * (1.0 - (x / cap) * (x / cap))
+                t = 2.0 * tl.sigmoid(2.0 * x / cap) - 1.0
+                grad = (tl.exp(cap * t - lse) - tl.where(cols == target, 1.0, 0.0)) * (1.0 - t * t)
+            else:
+                grad = tl.exp(x - lse) - tl.where(cols == target, 1.0, 0.0)
             tl.store(base + cols, grad.to(logits_ptr.dtype.element_ty), mask=mask)
 
     return cross_entropy_kernel

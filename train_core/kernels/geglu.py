@@ -66,10 +66,6 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def _tanh(x):
-        return 2.0 * tl.sigmoid(2.0 * x) - 1.0
-
-    @triton.jit
     def geglu_forward(eg_ptr, h_ptr, inter, k0, k1, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -77,7 +73,8 @@ def _kernels():
         e = tl.load(eg_ptr + row * 2 * inter + cols, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(eg_ptr + row * 2 * inter + inter + cols, mask=mask, other=0.0).to(tl.float32)
         dtype = h_ptr.dtype.element_ty
-        gelu = (0.5 * e * (1.0 + _tanh(k0 * (e + k1 * e * e * e)))).to(dtype).to(tl.float32)
+        t = 2.0 * tl.sigmoid(2.0 * k0 * (e + k1 * e * e * e)) - 1.0  # tanh
+        gelu = (0.5 * e * (1.0 + t)).to(dtype).to(tl.float32)
         tl.store(h_ptr + row * inter + cols, (gelu * g).to(dtype), mask=mask)
 
     @triton.jit
@@ -89,7 +86,7 @@ def _kernels():
         g = tl.load(eg_ptr + row * 2 * inter + inter + cols, mask=mask, other=0.0).to(tl.float32)
         grad = tl.load(grad_ptr + row * inter + cols, mask=mask, other=0.0).to(tl.float32)
         dtype = eg_ptr.dtype.element_ty
-        t = _tanh(k0 * (e + k1 * e * e * e))
+        t = 2.0 * tl.sigmoid(2.0 * k0 * (e + k1 * e * e * e)) - 1.0  # tanh
         gelu = (0.5 * e * (1.0 + t)).to(dtype).to(tl.float32)
         slope = 0.5 * (1.0 + t) + 0.5 * e * (1.0 - t * t) * k0 * (1.0 + 3.0 * k1 * e * e)
         tl.store(eg_ptr + row * 2 * inter + cols, (grad * g * slope).to(dtype), mask=mask)
