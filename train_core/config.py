@@ -38,7 +38,8 @@ class ModelSettings(StrictModel):
         "supports the run, else hf.",
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel; flash_attention_2 only where the flash-attn package is installed."
+        "sdpa", description="Attention kernel; flash_attention_2 only where the flash-attn package is installed. "
+        "Models that soft-cap attention scores (Gemma 2) load with eager in place of sdpa, which cannot cap them."
     )
 
 
