@@ -25,9 +25,13 @@ def attention_implementation(path: str, requested: str) -> str:
     get eager in its place rather than an error or silently different numerics."""
     from transformers import AutoConfig
 
-    if requested == "sdpa" and getattr(AutoConfig.from_pretrained(path), "attn_logit_softcapping", None) is not None:
-        return "eager"
-    return requested
+    if requested != "sdpa":
+        return requested
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):  # from_pretrained below reports the unreadable model in one line
+        return requested
+    return "eager" if getattr(config, "attn_logit_softcapping", None) is not None else requested
 
 
 def load_base_model(path: str, settings: ModelSettings, device_path: DevicePath):
