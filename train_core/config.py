@@ -36,11 +36,12 @@ class ModelSettings(StrictModel):
     )
     engine: Literal["auto", "hf", "fast"] = Field(
         "auto", description="Training engine: hf = transformers + PEFT (the reference path); fast = our fused NF4 + "
-        "LoRA engine (CUDA, llama/qwen2/mistral, nf4 base, bf16 compute, no LoRA dropout). auto = fast where it "
+        "LoRA engine (CUDA; llama, mistral, qwen2/3, phi3, gemma2/3; nf4 base, bf16 compute, no LoRA dropout). auto = fast where it "
         "supports the run, else hf.",
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel; flash_attention_2 only where the flash-attn package is installed."
+        "sdpa", description="Attention kernel; flash_attention_2 only where the flash-attn package is installed. "
+        "Models that soft-cap attention scores (Gemma 2) load with eager in place of sdpa, which cannot cap them."
     )
 
 

@@ -111,7 +111,10 @@ def test_a_config_that_fits_nowhere_says_what_would_make_it_fit(tmp_path):
     ({"engine": "hf"}, "train_core-hf"),
     ({}, "train_core-fast"),  # auto: NF4 Qwen2 with bf16 compute runs on the fast engine
     ({"quantization": "bf16"}, "train_core-hf"),
-    ({"name": "gemma-2-2b"}, "train_core-hf"),
+    ({"name": "gemma-2-2b"}, "train_core-fast"),
+    ({"name": "qwen3-8b"}, "train_core-fast"),
+    ({"name": "phi-3.5-mini"}, "train_core-fast"),
+    ({"name": "gemma-3-4b"}, "train_core-hf"),  # an image-text checkpoint: its text tower is not a fast-engine model
 ])
 def test_the_engine_is_the_one_train_core_would_pick(tmp_path, model, expected):
     _, trials = load_spec(write_spec(tmp_path, config={"model": model}))
