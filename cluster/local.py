@@ -10,8 +10,8 @@ preemption that GPU type has no spot capacity for a cooldown, so a re-plan may p
 Ray runs inside the run directory (temp dir reached through a short symlink, because Ray's socket paths
 must stay under 108 bytes), on 127.0.0.1 only, without a dashboard, and with Ray's token authentication: a
 random token per controller start, in ray/auth_token (mode 0600), which every Ray process reads through
-RAY_AUTH_TOKEN_PATH. The run's ray/ directory is 0700 (Ray makes its own directories 0777; this one keeps
-other users out of all of them). The controller process owns Ray: when the controller dies, Ray dies with
+RAY_AUTH_TOKEN_PATH. Ray's temp dir is ray/tmp: Ray makes it and its own directories 0777, and ray/ (0700)
+keeps other users out of all of them. The controller process owns Ray: when the controller dies, Ray dies with
 it, and the next controller kills whatever that session left behind, by PID, start time and command line.
 """
 from __future__ import annotations
@@ -88,7 +88,9 @@ class LocalProvider:
         link = Path(tempfile.gettempdir()) / f"spottune-ray-{digest}"
         if link.is_symlink() or link.exists():
             link.unlink()
-        link.symlink_to(ray_dir.resolve(), target_is_directory=True)
+        ray_temp = ray_dir / "tmp"  # Ray makes its temp dir 0777 (again and again); ray/ stays 0700 around it
+        ray_temp.mkdir(exist_ok=True)
+        link.symlink_to(ray_temp.resolve(), target_is_directory=True)
         self._ray_link = link
         os.environ.update(RAY_ENV)
         os.environ["RAY_TMPDIR"] = str(link)
@@ -104,7 +106,6 @@ class LocalProvider:
             _temp_dir=str(link), _node_ip_address="127.0.0.1", object_store_memory=200 * 2**20,
             configure_logging=False,
         )
-        ray_dir.chmod(0o700)  # ray.init made its temp dir (this one, through the link) 0777
         if ray.util.get_node_ip_address() != "127.0.0.1":
             ray.shutdown()
             raise ClusterError(
