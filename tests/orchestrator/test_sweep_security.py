@@ -79,8 +79,10 @@ def secured(tmp_path_factory):
             "environments": environments, "controller": controller}
 
 
-def test_the_sweep_succeeded(secured):
+def test_the_sweep_succeeded_on_two_workers(secured):
     assert [t.state for t in secured["state"].trials(secured["run"])] == ["succeeded"]
+    started = [e for e in secured["state"].events(secured["run"]) if e.kind == "workers_started"]
+    assert started and all(e.detail["world_size"] == 2 for e in started)
 
 
 def test_no_socket_of_a_running_sweep_listens_off_loopback(secured):
