@@ -454,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("run_id")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # the run's files, Ray's and the workers' included, are for this user only
     layout = RunLayout(Path(args.state_dir), args.run_id)
     lock = ControllerLock(layout.lock)
     if not lock.acquire():

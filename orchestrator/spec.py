@@ -15,7 +15,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cluster.errors import ClusterError
 from cluster.spot_market import SimulatedMarket, unknown_trial_refs
+from cluster.storage import check_endpoint, refuse_credentials
 from orchestrator.errors import SpecError
 from train_core.config import TrainConfig
 from train_core.config_errors import describe_validation_error, read_yaml
@@ -224,6 +226,18 @@ def expand_trials(spec: SweepSpec, spec_dir: Path, source: str) -> list[TrialSpe
     return trials
 
 
+def _check_uris(raw: dict, path: Path) -> None:
+    """Storage locations and the endpoint, before pydantic sees them (its errors would repeat a secret)."""
+    try:
+        for field in ("storage", "config.output_dir"):
+            if isinstance(raw.get(field), str):
+                refuse_credentials(raw[field], f"field '{field}'")
+        if isinstance(raw.get("storage_endpoint"), str):
+            check_endpoint(raw["storage_endpoint"], "field 'storage_endpoint'")
+    except ClusterError as error:
+        raise SpecError(f"{path}: {error}") from None
+
+
 def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
     path = Path(path)
     if not path.is_file():
@@ -231,11 +245,14 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
     raw = read_yaml(path, SpecError)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping with name, base/config, search, resources, storage")
+    _check_uris(raw, path)
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as error:
         raise SpecError(describe_validation_error(str(path), SweepSpec, error)) from None
     trials = expand_trials(spec, path.parent, str(path))
+    for trial in trials:
+        _check_uris({"config.output_dir": trial.config.output_dir}, path)
     unknown = unknown_trial_refs(spec.simulation, [trial.id for trial in trials])
     if unknown:
         raise SpecError(

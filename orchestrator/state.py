@@ -143,13 +143,20 @@ class RunRow:
     controller_pid: int | None
 
 
+def private_file(path: Path) -> None:
+    """Create `path` empty when missing; either way make it readable and writable by this user only."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
 class StateStore:
     """One SQLite database holding every run under a state directory."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = self.state_dir / DB_NAME
+        private_file(self.path)  # SQLite gives the -wal and -shm files the database file's mode
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
