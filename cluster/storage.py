@@ -54,17 +54,20 @@ def refuse_credentials(text: str, field: str, anywhere: bool = False) -> None:
         )
 
 
-def check_endpoint(text: str, field: str = "storage_endpoint") -> str:
-    """An S3 endpoint URL, checked: http(s), a host, a valid port, no credentials."""
+def check_endpoint(text: str | None, field: str = "storage_endpoint") -> str | None:
+    """An S3 endpoint URL, checked: http(s), a host, a valid port, no credentials (None passes through).
+    The message names what is accepted and never repeats the URL, which may hold a secret."""
+    if text is None:
+        return None
     text = text.strip()
     refuse_credentials(text, field, anywhere=True)
     parts = urlsplit(text)
     try:
-        port_ok = parts.port is None or 0 < parts.port
+        port_ok = parts.port is None or 0 < parts.port < 65536
     except ValueError:
         port_ok = False
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ClusterError(f"{field}: {text!r} is not an endpoint URL; accepted: {ENDPOINT_ACCEPTED}")
+        raise ClusterError(f"{field}: is not an endpoint URL; accepted: {ENDPOINT_ACCEPTED}")
     return text
 
 
@@ -130,19 +133,6 @@ def open_store(uri: StorageURI | str, endpoint_url: str | None = None) -> Object
     if location.scheme == "file":
         return LocalStore(location.path)
     return S3Store(location.bucket, location.path, endpoint_url)
-
-
-def check_endpoint(endpoint_url: str | None, field: str = "storage_endpoint") -> None:
-    """Fail with one line unless the endpoint is an http(s)://HOST[:PORT] URL (the URL is not echoed)."""
-    if endpoint_url is None:
-        return
-    parts = urlsplit(endpoint_url)
-    try:
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ClusterError(f"{field}: not an endpoint URL; accepted: http://HOST[:PORT] or https://HOST[:PORT]")
 
 
 def check_writable(uri: StorageURI, endpoint_url: str | None = None) -> None:
