@@ -93,6 +93,24 @@ MATRIX = {
         Group("smollm2-360m", "nf4", 32, (P("full", 1024, 8, 4), P("none", 512, 4, 2), P("none", 2048, 2, 1))),
         Group("qwen2-0.5b", "bf16", 8, (P("none", 512, 8, 1), P("full", 8192, 2, 2))),
     ),
+    # Held-out points (2026-11-29): architectures, sizes, ranks and lengths the default matrix never measured,
+    # at full depth; the issue-14 points (Qwen2.5-3B none 4x1024 accumulation 2, Qwen2.5-3B offload 1x8192,
+    # Mistral-7B offload 4x2048) and neighbours that change one factor at a time.
+    "heldout": (
+        Group("qwen2.5-3b", "nf4", 64, (
+            P("none", 1024, 4, 1, 2), P("none", 1024, 4, 1, 1), P("offload", 8192, 1, 1), P("full", 2048, 2, 2),
+            P("offload", 2048, 4, 1),
+        )),
+        Group("mistral-7b", "nf4", 16, (
+            P("offload", 2048, 4, 1), P("full", 4096, 1, 2, 2), P("none", 1024, 2, 1), P("offload", 8192, 2, 4),
+        )),
+        Group("smollm2-1.7b", "nf4", 16, (
+            P("none", 2048, 2, 2), P("full", 4096, 1, 1, 2), P("offload", 8192, 1, 2), P("full", 512, 8, 1),
+        )),
+        Group("smollm2-135m", "nf4", 16, (P("none", 2048, 4, 2), P("full", 1024, 8, 1, 2), P("offload", 4096, 2, 2))),
+        Group("gemma-2-2b", "nf4", 16, (P("full", 2048, 1, 1), P("none", 1024, 2, 2))),
+        Group("phi-3-mini", "nf4", 16, (P("full", 2048, 2, 2), P("offload", 4096, 1, 1))),
+    ),
     "smoke": (
         Group("tiny-qwen2", "bf16", 8, (P("none", 128, 2, 2), P("full", 256, 1, 1), P("full", 128, 2, 2, 2))),
         Group("tiny-llama", "nf4", 16, (P("none", 256, 1, 1),), targets=("q_proj", "v_proj")),
@@ -249,6 +267,7 @@ class Bench:
                 peak_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
                 peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30,
                 context_gib=((total - free) - torch.cuda.memory_reserved()) / 2**30,
+                allocator=allocator_stats(),
             )
         return result
 
@@ -275,6 +294,21 @@ class Bench:
             import torch
 
             torch.cuda.empty_cache()
+
+
+def allocator_stats() -> dict[str, float]:
+    """Peaks of the caching allocator's pools and its split/inactive blocks (GiB; counts as they are): where
+    reserved memory goes beyond allocated."""
+    import torch
+
+    stats = torch.cuda.memory_stats()
+    wanted = (
+        "reserved_bytes.large_pool.peak", "reserved_bytes.small_pool.peak", "inactive_split_bytes.all.peak",
+        "inactive_split_bytes.large_pool.peak", "allocated_bytes.large_pool.peak", "active_bytes.all.peak",
+        "requested_bytes.all.peak", "segment.all.peak", "segment.large_pool.peak", "num_alloc_retries",
+        "num_device_alloc", "reserved_bytes.all.current", "allocated_bytes.all.current",
+    )
+    return {key: stats[key] / 2**30 if "bytes" in key else stats[key] for key in wanted if key in stats}
 
 
 def _arch(group: Group) -> Architecture:
@@ -319,7 +353,11 @@ def measure_group(group: Group, bench: Bench, context: dict, args: argparse.Name
             checkpoint = bench.checkpoint_cost()  # after a step, so the optimizer state is in it
         if checkpoint is not None:
             row.update(checkpoint_mb=checkpoint[0], checkpoint_s=checkpoint[1])
+        allocator = result.pop("allocator", None)
         write_row(Path(args.out), {**row, **result})
+        if args.stats_out:
+            with open(args.stats_out, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({**row, **result, "allocator": allocator}, default=str) + "\n")
         shown = {key: result.get(key) for key in ("status", "peak_reserved_gib", "step_s")}
         print(f"   {point}: {json.dumps(shown, default=lambda v: round(v, 3))}", flush=True)
 
@@ -365,7 +403,20 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"done in {time.monotonic() - started:.0f}s", flush=True)
+    print_table(Path(args.out), context["run"])
     return 0
+
+
+def print_table(path: Path, run_id: str) -> None:
+    """The rows this run wrote, one compact line each."""
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["run"] == run_id]
+    print("arch engine mode seq x mb x acc spr | status alloc reserved step_s")
+    for r in rows:
+        print(f"{r['arch']} {r['engine']} {r['checkpointing']} {r['seq_len']}x{r['micro_batch']}x{r['grad_accum']} "
+              f"{r['samples_per_row']} | {r['status']} {r['peak_allocated_gib']} {r['peak_reserved_gib']} {r['step_s']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=200.0, help="start no new point after this many seconds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per point (peak counts from step 2)")
     parser.add_argument("--timed", type=int, default=3, help="timed steps per point (the median is recorded)")
+    parser.add_argument("--stats-out", default="", help="JSONL: each row with the allocator's pool statistics")
     return run(parser.parse_args(argv))
 
 
