@@ -111,6 +111,13 @@ MATRIX = {
         Group("gemma-2-2b", "nf4", 16, (P("full", 2048, 1, 1), P("none", 1024, 2, 2))),
         Group("phi-3-mini", "nf4", 16, (P("full", 2048, 2, 2), P("offload", 4096, 1, 1))),
     ),
+    "heldout2": (
+        Group("llama-3-8b", "nf4", 32, (
+            P("offload", 8192, 1, 1), P("full", 2048, 4, 2, 2), P("none", 1024, 4, 1), P("offload", 4096, 4, 2),
+        )),
+        Group("qwen2.5-7b", "nf4", 16, (P("offload", 4096, 2, 2), P("none", 2048, 1, 1, 2), P("full", 8192, 1, 1))),
+        Group("gemma-2-2b", "nf4", 16, (P("offload", 4096, 1, 1), P("full", 1024, 4, 2, 2), P("none", 512, 4, 1))),
+    ),
     "smoke": (
         Group("tiny-qwen2", "bf16", 8, (P("none", 128, 2, 2), P("full", 256, 1, 1), P("full", 128, 2, 2, 2))),
         Group("tiny-llama", "nf4", 16, (P("none", 256, 1, 1),), targets=("q_proj", "v_proj")),
