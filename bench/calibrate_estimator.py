@@ -44,7 +44,7 @@ COLUMNS = [
     "run", "date", "card", "engine", "versions", "arch", "layers", "quantization", "lora_rank", "lora_targets",
     "checkpointing", "seq_len", "micro_batch", "grad_accum", "samples_per_row", "tokens_per_micro_batch",
     "targets_per_micro_batch", "status", "peak_allocated_gib", "peak_reserved_gib", "step_s", "step_s_min",
-    "weights_gib", "lora_params", "context_gib", "timed_steps", "checkpoint_mb", "checkpoint_s",
+    "weights_gib", "lora_params", "context_gib", "timed_steps", "checkpoint_mb", "checkpoint_s", "split",
 ]
 
 
@@ -347,7 +347,7 @@ def measure_group(group: Group, bench: Bench, context: dict, args: argparse.Name
             "lora_targets": "+".join(group.targets or ("all-linear",)), "checkpointing": point.checkpointing,
             "seq_len": point.seq_len, "micro_batch": point.micro_batch, "grad_accum": point.grad_accum,
             "samples_per_row": point.samples_per_row, "weights_gib": bench.weights_gib,
-            "lora_params": bench.lora_params, "timed_steps": args.timed,
+            "lora_params": bench.lora_params, "timed_steps": args.timed, "split": args.split,
         }
         try:
             result = bench.measure(point, args.warmup, args.timed)
@@ -435,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=200.0, help="start no new point after this many seconds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per point (peak counts from step 2)")
     parser.add_argument("--timed", type=int, default=3, help="timed steps per point (the median is recorded)")
+    parser.add_argument("--split", choices=("fit", "heldout"), default="fit",
+                        help="fit: cost_models.fit uses the rows; heldout: only scored against the fit")
     parser.add_argument("--stats-out", default="", help="JSONL: each row with the allocator's pool statistics")
     return run(parser.parse_args(argv))
 

@@ -151,6 +151,23 @@ def step_from_features(f: dict[str, float], c: TimeCoefficients, host_speed: flo
     )
 
 
+def host_ahead(shape: JobShape, gpu: Gpu, c: TimeCoefficients, host_factor: float | None = None) -> float:
+    """The share (0..1) of the forward pass that the host launches ahead of the GPU: 1 - host seconds per layer
+    over GPU seconds per layer of the forward (GEMMs, dequantization and attention at the fitted rates).
+    The fast engine's offload holds that share of the offloaded layer inputs (memory.estimate_memory)."""
+    f = time_features(shape, gpu)
+    arch = shape.arch
+    speed = c.host_factor if host_factor is None else host_factor
+    forward_flops = 2 * (arch.linear_params + shape.lora_params) * shape.tokens_per_micro_batch
+    gpu_forward = (
+        forward_flops / (gpu.bf16_tflops * 1e12) / c.gemm_efficiency
+        + f["causal_attention"] / shape.passes / c.causal_attention_efficiency
+        + f["weight_bytes"] / shape.passes
+    ) / arch.layers
+    host_forward = speed * c.host_layer_pass_4bit
+    return max(0.0, min(1.0, 1.0 - host_forward / gpu_forward)) if gpu_forward > 0 else 0.0
+
+
 def estimate_step_time(
     shape: JobShape, gpu: Gpu, coefficients: TimeCoefficients, host_factor: float | None = None
 ) -> StepTime:

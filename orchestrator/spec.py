@@ -63,6 +63,9 @@ class Resources(_Strict):
     gpus_per_trial: int = Field(1, ge=1, description="GPUs (Ray Train workers) per trial.")
     max_price_per_hour: float | None = Field(None, gt=0, description="Most $/h one trial may cost.")
     max_total_cost: float | None = Field(None, gt=0, description="Budget in $ for the whole sweep.")
+    vram_headroom: float = Field(
+        0.03, ge=0, lt=0.5, description="Share of each GPU's memory kept free beyond the estimate's upper bound."
+    )
 
 
 class CheckpointPolicy(_Strict):
