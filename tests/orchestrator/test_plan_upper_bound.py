@@ -56,3 +56,25 @@ def test_more_headroom_never_adds_a_placement(tmp_path):
     fits_tight = {(t.trial_id, r.offer.key) for t in tight.trials for r in t.rows if r.fits}
     fits_loose = {(t.trial_id, r.offer.key) for t in loose.trials for r in t.rows if r.fits}
     assert fits_loose < fits_tight
+
+
+def test_explain_shows_the_terms_the_bound_and_the_interval_without_torch(tmp_path):
+    from tests.orchestrator.helpers import run_cli
+
+    config = {"data": {"train": str(tmp_path / "absent.jsonl"), "max_seq_length": 4096}}
+    spec_path = write_spec(tmp_path, config=config, parameters={"training.activation_checkpointing": ["offload"]},
+                           resources={"providers": ["aws"]})
+    spec, trials = load_spec(spec_path)
+    plan = plan_sweep(spec, trials, list_offers(spec.resources.providers, "any"))
+    row = next(r for r in plan.trials[0].rows if r.offer.gpu.name == "L4")
+    result = run_cli("plan", str(spec_path), "--explain", trials[0].id, "l4", check_no_torch=True)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for term in ("weights", "LoRA params + grads", "activations", "logits / loss", "workspace",
+                 "offload held inputs", "allocator margin", "upper bound", "GEMMs", "host (Python, launches)",
+                 "interval", "distance from measured points"):
+        assert term in out
+    assert f"upper bound                  {row.estimate.need_upper_gib:.2f}" in out
+    assert f"interval {row.estimate.step_low:.3f}-{row.estimate.step_high:.3f}" in out
+    wrong = run_cli("plan", str(spec_path), "--explain", trials[0].id, "B300")
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "accepted: " in wrong.stderr
