@@ -86,7 +86,7 @@ class Distance:
     micro_batch: float  # micro-batch outside the measured range, in factors of 4
     mode: float  # 1 when the engine was never measured with this checkpointing mode
     weights: float  # 1 for a weight format or compute dtype the engine was not measured with
-    gpu: float  # 0 a measured card, 1 a transfer through datasheet rates
+    gpu: float  # 0 a measured card, 0.5 a transfer with a measured GEMM rate, 1 a transfer through datasheet rates
 
     @property
     def memory(self) -> float:
@@ -131,7 +131,7 @@ class Calibration:
             micro_batch=_outside(shape.micro_batch, *self.micro_batch_range),
             mode=0.0 if shape.checkpointing in self.modes else 1.0,
             weights=0.0 if shape.quantization in self.quantizations and shape.compute_dtype == "bf16" else 1.0,
-            gpu=0.0 if gpu.name in self.cards else 1.0,
+            gpu=0.0 if gpu.name in self.cards else 0.5 if gpu.measured_bf16_tflops else 1.0,
         )
 
     def covers(self, gpu: Gpu, shape: JobShape) -> bool:

@@ -29,6 +29,12 @@ class Gpu:
     device_names: tuple[str, ...]
     source: str
     date: str
+    measured_bf16_tflops: float | None = None  # a measured large bf16 GEMM rate, where someone measured one
+
+    @property
+    def achieved_gemm_fraction(self) -> float | None:
+        """Measured over datasheet bf16 rate (None: not measured)."""
+        return self.measured_bf16_tflops / self.bf16_tflops if self.measured_bf16_tflops else None
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ def gpus() -> dict[str, Gpu]:
             name=row["name"], memory_gib=float(row["memory_gib"]), bf16_tflops=float(row["bf16_tflops"]),
             mem_bw_gbs=float(row["mem_bw_gbs"]), device_names=tuple(row["device_names"].split(";")),
             source=row["source"], date=row["date"],
+            measured_bf16_tflops=float(row["measured_bf16_tflops"]) if row.get("measured_bf16_tflops") else None,
         )
         for row in _rows("gpus.csv")
     }

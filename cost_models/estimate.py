@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cost_models.calibration import Calibration, Distance, load_calibration
-from cost_models.catalog import Gpu
+from cost_models.catalog import Gpu, gpus
 from cost_models.memory import MemoryBreakdown, estimate_memory, reserved_upper_gib
 from cost_models.shape import JobShape
 from cost_models.step_time import StepTime, estimate_step_time, host_ahead
@@ -56,10 +56,11 @@ def estimate(
 ) -> Estimate:
     calibration = calibration or load_calibration(shape.engine)
     distance = calibration.distance(gpu, shape)
-    ahead = host_ahead(shape, gpu, calibration.time) if shape.checkpointing == "offload" else 1.0
+    reference = gpus().get(calibration.cards[0]) if calibration.cards else None
+    ahead = host_ahead(shape, gpu, calibration.time, None, reference) if shape.checkpointing == "offload" else 1.0
     memory = estimate_memory(shape, calibration.memory, round(ahead, 3))
     upper = upper_need_gib(shape, gpu, calibration)
-    time = estimate_step_time(shape, gpu, calibration.time)
+    time = estimate_step_time(shape, gpu, calibration.time, None, reference)
     spread = 1 + calibration.time.margin * (1 + distance.time)
     return Estimate(
         gpu=gpu, shape=shape, memory=memory, time=time, distance=distance, need_gib=memory.total,
