@@ -111,3 +111,21 @@ def test_process_records_ignore_a_reused_pid():
 def test_agent_without_a_node_is_none(tmp_path):
     assert agent_from_env({}) is None
     assert LocalNodeAgent(tmp_path).notice_deadline() is None
+
+
+def test_time_scale_runs_boot_preemption_notice_and_cooldown_faster(tmp_path):
+    """At time_scale 100, 20 s of boot, a preemption 30 s into the run, 60 s of notice and 1000 s of cooldown
+    take a hundredth of that on the wall clock."""
+    market = SimulatedMarket(preemptions=[{"trial": 0, "after_s": 30, "notice_s": 60}], boot_s=20,
+                             capacity_cooldown_s=1000, time_scale=100)
+    provider = LocalProvider(tmp_path, market, cpus=1)
+    offer = provider.offers(Requirements())[0]
+    node = provider.launch(offer, LaunchSpec("run", "t000-aaaaaa", 0, 1))
+    running = _watch_until(provider, node, "running")[-1]
+    assert running.time >= node.launched_at + 0.2
+    notice = _watch_until(provider, node, "notice")[-1]
+    assert notice.time >= running.time + 0.3
+    assert notice.deadline - notice.time == pytest.approx(0.6)
+    assert offer.gpu.name not in {o.gpu.name for o in provider.offers(Requirements())}
+    lost = _watch_until(provider, node, "lost")[-1]
+    assert lost.time >= notice.deadline
