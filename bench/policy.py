@@ -1,11 +1,15 @@
 """What the policy is worth: one sweep priced three ways on a seeded spot market replayed on the `local` provider.
 
-    python bench/policy.py --seeds 0 1 2 --hazard-scales 1 5 --out /tmp/policy.json
+    python bench/policy.py --seeds 0 1 2 --markets all:1 aws+gcp:1 aws+gcp:5 --out /tmp/policy.json
+
+A market is PROVIDERS:HAZARD: the local market at the cheapest catalog price of those providers per GPU type
+and market (`all`: every provider, marketplaces included), preempting spot nodes at HAZARD times each
+offer's catalog interruption bucket rate.
 
 Real code paths: the sweep spec and planner (orchestrator.submission.prepare/register: sizing, Young/Daly,
 choose_offer), the Controller's state machine on SQLite (launch, notice, lost, preempted, re-plan, relaunch),
 the local provider's market (cluster.local + cluster.spot_market: catalog prices, each offer's interruption
-bucket rate times --hazard-scale as a seeded hazard, a 120 s notice, a hard kill at the deadline, no spot
+bucket rate times the market's hazard scale as a seeded hazard, a 120 s notice, a hard kill at the deadline, no spot
 capacity of a reclaimed GPU type for a cooldown), committed `latest` checkpoints in the trial's storage, and
 the event-log ledger (orchestrator.ledger) for dollars and lost GPU-hours.
 
@@ -62,8 +66,8 @@ SKYPILOT_CHECKPOINT_S = 1800.0
 NOTICE_S = 120.0
 
 
-def sweep_spec(directory: Path, steps: int, seed: int, hazard_scale: float, time_scale: float,
-               cooldown_s: float) -> dict:
+def sweep_spec(directory: Path, steps: int, seed: int, prices_from: list[str] | None, hazard_scale: float,
+               time_scale: float, cooldown_s: float) -> dict:
     """Four QLoRA trials of Qwen2.5-7B on the copywriting data, each several GPU-hours on a cheap card."""
     return {
         "name": "policy",
@@ -78,7 +82,8 @@ def sweep_spec(directory: Path, steps: int, seed: int, hazard_scale: float, time
         "storage": f"file://{directory / 'store'}",
         "checkpoint": {"every_steps": "auto"},
         "max_parallel": 4,
-        "simulation": {"seed": seed, "catalog_hazard_scale": hazard_scale, "time_scale": time_scale,
+        "simulation": {"seed": seed, "prices_from": prices_from, "catalog_hazard_scale": hazard_scale,
+                       "time_scale": time_scale,
                        "notice_s": NOTICE_S, "boot_s": BOOT_SECONDS, "capacity_cooldown_s": cooldown_s},
     }
 
@@ -242,7 +247,7 @@ class SimulatedRunner:
         return handle.outcome
 
 
-def run_policy(name: str, spec: dict, directory: Path, poll_s: float) -> dict:
+def run_policy(name: str, market_label: str, spec: dict, directory: Path, poll_s: float) -> dict:
     """Submit the sweep to a real Controller on the local market and price what happened from its event log."""
     directory.mkdir(parents=True)
     path = directory / "sweep.yaml"
@@ -262,7 +267,7 @@ def run_policy(name: str, spec: dict, directory: Path, poll_s: float) -> dict:
     trials = state.trials(run_id)
     gpus = sorted({e.detail.get("gpu") for e in events if e.kind == "launch"})
     return {
-        "policy": name, "seed": market.seed, "hazard_scale": market.catalog_hazard_scale,
+        "policy": name, "market": market_label, "seed": market.seed,
         "usd": ledger.usd * scale,
         "gpu_hours": sum(cost.node_seconds for cost in ledger.trials.values()) * scale / 3600,
         "sweep_hours": (max(e.time for e in events) - min(e.time for e in events if e.kind == "launch")) * scale / 3600,
@@ -273,10 +278,16 @@ def run_policy(name: str, spec: dict, directory: Path, poll_s: float) -> dict:
     }
 
 
-def policy_specs(directory: Path, args: argparse.Namespace, seed: int, hazard: float) -> dict[str, dict]:
+def parse_market(text: str) -> tuple[list[str] | None, float]:
+    providers, _, hazard = text.partition(":")
+    return (None if providers == "all" else providers.split("+")), float(hazard or 1)
+
+
+def policy_specs(directory: Path, args: argparse.Namespace, seed: int, market: str) -> dict[str, dict]:
     """The three policies' specs for one market: SkyPilot-like starts where spottune's plan starts."""
-    base = sweep_spec(directory, args.steps, seed, hazard, args.time_scale, args.cooldown_s)
-    probe = directory / f"probe-{seed}-{hazard:g}"
+    prices_from, hazard = parse_market(market)
+    base = sweep_spec(directory, args.steps, seed, prices_from, hazard, args.time_scale, args.cooldown_s)
+    probe = directory / f"probe-{seed}-{market.replace(':', '-')}"
     probe.mkdir(parents=True)
     (probe / "sweep.yaml").write_text(yaml.safe_dump(base), encoding="utf-8")
     first = prepare(probe / "sweep.yaml").plan.trials[0].chosen
@@ -289,17 +300,19 @@ def policy_specs(directory: Path, args: argparse.Namespace, seed: int, hazard: f
 
 def summarize(results: list[dict]) -> list[dict]:
     rows = []
-    for hazard in sorted({r["hazard_scale"] for r in results if r["policy"] != "on-demand"}):
-        group = [r for r in results if r["hazard_scale"] == hazard or r["policy"] == "on-demand"]
-        by_policy = {}
-        for r in group:
-            by_policy.setdefault(r["policy"], []).append(r)
+    for market in dict.fromkeys(r["market"] for r in results if r["policy"] != "on-demand"):
+        prices = market.partition(":")[0]
+        by_policy = {
+            "spottune": [r for r in results if r["policy"] == "spottune" and r["market"] == market],
+            "skypilot-like": [r for r in results if r["policy"] == "skypilot-like" and r["market"] == market],
+            "on-demand": [r for r in results if r["policy"] == "on-demand" and r["market"].partition(":")[0] == prices],
+        }
         on_demand = statistics.mean(r["usd"] for r in by_policy["on-demand"])
         skypilot = statistics.mean(r["usd"] for r in by_policy["skypilot-like"])
         for policy, runs in by_policy.items():
             usd = statistics.mean(r["usd"] for r in runs)
             rows.append({
-                "market": f"{hazard:g}x catalog buckets", "policy": policy, "seeds": len(runs),
+                "market": market, "policy": policy, "seeds": len(runs),
                 "usd": usd, "usd_min": min(r["usd"] for r in runs), "usd_max": max(r["usd"] for r in runs),
                 "vs_skypilot": usd / skypilot, "vs_on_demand": usd / on_demand,
                 "sweep_hours": statistics.mean(r["sweep_hours"] for r in runs),
@@ -315,8 +328,9 @@ def summarize(results: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--hazard-scales", type=float, nargs="+", default=[1.0, 5.0],
-                        help="multiples of the catalog's interruption bucket rates")
+    parser.add_argument("--markets", nargs="+", default=["all:1", "aws+gcp:1", "aws+gcp:5"],
+                        help="PROVIDERS:HAZARD, PROVIDERS = all or names joined by +, HAZARD = multiple of the "
+                             "catalog's interruption bucket rates")
     parser.add_argument("--steps", type=int, default=8000, help="optimizer steps per trial")
     parser.add_argument("--time-scale", type=float, default=2400.0, help="simulated seconds per wall second")
     parser.add_argument("--poll-s", type=float, default=0.05, help="controller poll interval, wall seconds")
@@ -330,18 +344,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="spottune-policy-") as temporary:
         root = Path(temporary)
         os.chdir(root)
-        for hazard in args.hazard_scales:
+        for market in args.markets:
+            prices = market.partition(":")[0]
             for seed in args.seeds:
-                specs = policy_specs(root, args, seed, hazard)
+                specs = policy_specs(root, args, seed, market)
                 for name, spec in specs.items():
-                    if name == "on-demand" and any(r["policy"] == "on-demand" for r in results):
-                        continue  # no preemptions on demand: one run stands for every seed and market
-                    result = run_policy(name, spec, root / f"{name}-{seed}-{hazard:g}", args.poll_s)
+                    if name == "on-demand" and any(r["policy"] == "on-demand" and r["market"].partition(":")[0]
+                                                   == prices for r in results):
+                        continue  # no preemptions on demand: one run stands for every seed and hazard
+                    label = market.replace(":", "-").replace("+", "_")
+                    result = run_policy(name, market, spec, root / f"{name}-{seed}-{label}", args.poll_s)
                     results.append(result)
                     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}),
                           flush=True)
     rows = summarize(results)
-    print(f"\n{'market':22} {'policy':14} {'$ mean (min-max)':>22} {'vs sky':>7} {'vs OD':>6} {'sweep h':>8} "
+    print(f"\n{'market (prices:hazard)':22} {'policy':14} {'$ mean (min-max)':>22} {'vs sky':>7} {'vs OD':>6} {'sweep h':>8} "
           f"{'GPU-h':>7} {'lost GPU-h':>10} {'preempt':>7} finished")
     for r in rows:
         print(f"{r['market']:22} {r['policy']:14} {r['usd']:8.2f} ({r['usd_min']:.2f}-{r['usd_max']:.2f})"

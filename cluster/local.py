@@ -117,7 +117,8 @@ class LocalProvider:
     def offers(self, requirements: Requirements) -> list[Offer]:
         now = time.time()
         return [
-            offer for offer in list_offers([LOCAL], requirements.market, requirements.gpu_types)
+            offer for offer in list_offers([LOCAL], requirements.market, requirements.gpu_types,
+                                           local_prices_from=self.market.prices_from)
             if offer.market != "spot" or self._no_spot_until.get(offer.gpu.name, 0.0) <= now
         ]
 

@@ -46,6 +46,10 @@ class SimulatedMarket(_Strict):
         0.0, ge=0, description="Random preemptions at this multiple of each spot offer's catalog interruption "
         "bucket rate (used when hazard_per_hour is 0; 0 = off)."
     )
+    prices_from: list[str] | None = Field(
+        None, description="Providers whose catalog prices and buckets the market copies (cheapest per GPU type "
+        "and market); null = every provider."
+    )
     time_scale: float = Field(
         1.0, gt=0, description="Simulated seconds per real second: boot, preemption times, notices and cooldowns "
         "of the market run this much faster (hours-long runs replayed in minutes)."

@@ -129,3 +129,21 @@ def test_time_scale_runs_boot_preemption_notice_and_cooldown_faster(tmp_path):
     assert offer.gpu.name not in {o.gpu.name for o in provider.offers(Requirements())}
     lost = _watch_until(provider, node, "lost")[-1]
     assert lost.time >= notice.deadline
+
+
+def test_the_market_can_copy_chosen_providers_prices():
+    from cost_models.catalog import list_offers
+    from cost_models.errors import EstimateError
+
+    hyperscalers = LocalProvider("/nonexistent", SimulatedMarket(prices_from=["aws", "gcp"]), cpus=1)
+    offers = hyperscalers.offers(Requirements(market="any"))
+    assert offers and all(o.source.startswith(("simulated at the price of aws ", "simulated at the price of gcp "))
+                          for o in offers)
+    real = list_offers(["aws", "gcp"], "any")
+    for offer in offers:
+        same = [o.usd_per_gpu_hour for o in real if (o.gpu.name, o.market) == (offer.gpu.name, offer.market)]
+        assert offer.usd_per_gpu_hour == min(same)
+    everyone = LocalProvider("/nonexistent", SimulatedMarket(), cpus=1).offers(Requirements(market="any"))
+    assert len(everyone) >= len(offers)
+    with pytest.raises(EstimateError, match="simulation.prices_from: unknown provider 'nowhere'; accepted: "):
+        LocalProvider("/nonexistent", SimulatedMarket(prices_from=["nowhere"]), cpus=1).offers(Requirements())
