@@ -273,6 +273,7 @@ def run_policy(name: str, market_label: str, spec: dict, directory: Path, poll_s
         "sweep_hours": (max(e.time for e in events) - min(e.time for e in events if e.kind == "launch")) * scale / 3600,
         "lost_gpu_hours": sum(line.lost_seconds + line.restart_seconds for line in lines) * scale / 3600,
         "preemptions": sum(trial.preemptions for trial in trials),
+        "saved_on_notice": sum(e.kind == "preempted" and e.detail.get("cause") == "notice_checkpoint" for e in events),
         "finished": sum(trial.state == "succeeded" for trial in trials), "trials": len(trials),
         "gpu_types": gpus, "wall_s": time.time() - started,
     }
@@ -319,6 +320,7 @@ def summarize(results: list[dict]) -> list[dict]:
                 "gpu_hours": statistics.mean(r["gpu_hours"] for r in runs),
                 "lost_gpu_hours": statistics.mean(r["lost_gpu_hours"] for r in runs),
                 "preemptions": statistics.mean(r["preemptions"] for r in runs),
+                "saved_on_notice": statistics.mean(r["saved_on_notice"] for r in runs),
                 "finished": f"{sum(r['finished'] for r in runs)}/{sum(r['trials'] for r in runs)}",
                 "gpu_types": sorted({g for r in runs for g in r["gpu_types"]}),
             })
@@ -359,11 +361,11 @@ def main(argv: list[str] | None = None) -> int:
                           flush=True)
     rows = summarize(results)
     print(f"\n{'market (prices:hazard)':22} {'policy':14} {'$ mean (min-max)':>22} {'vs sky':>7} {'vs OD':>6} {'sweep h':>8} "
-          f"{'GPU-h':>7} {'lost GPU-h':>10} {'preempt':>7} finished")
+          f"{'GPU-h':>7} {'lost GPU-h':>10} {'preempt':>7} {'saved':>5} finished")
     for r in rows:
         print(f"{r['market']:22} {r['policy']:14} {r['usd']:8.2f} ({r['usd_min']:.2f}-{r['usd_max']:.2f})"
               f"{r['vs_skypilot']:7.2f} {r['vs_on_demand']:6.2f} {r['sweep_hours']:8.2f} {r['gpu_hours']:7.2f} "
-              f"{r['lost_gpu_hours']:10.2f} {r['preemptions']:7.2f} {r['finished']} {','.join(r['gpu_types'])}")
+              f"{r['lost_gpu_hours']:10.2f} {r['preemptions']:7.2f} {r['saved_on_notice']:5.2f} {r['finished']} {','.join(r['gpu_types'])}")
     if out is not None:
         out.write_text(json.dumps({"runs": results, "summary": rows, "args": vars(args)}, indent=1))
     return 0
