@@ -8,6 +8,11 @@ changes how it uses memory or time, then refit with `python -m cost_models.fit`.
 
     python bench/calibrate_estimator.py --out cost_models/data/calibration.csv --deadline 200
     python bench/calibrate_estimator.py --device cpu --matrix smoke --out /tmp/calib.csv   # dry run
+    python bench/calibrate_estimator.py --matrix heldout --split heldout --out ... --stats-out stats.jsonl
+
+--split marks the rows: `fit` rows are fitted, `heldout` rows are only scored against the fit (accuracy on
+points it never saw). --stats-out adds the caching allocator's pool statistics per point (where reserved
+memory goes beyond allocated).
 
 --engine is train_core's model.engine: auto (default) measures what train_core picks per group (the fast
 engine for NF4 Llama/Qwen2/Mistral, transformers + PEFT otherwise); each row names the engine that ran.
