@@ -428,7 +428,8 @@ def print_table(path: Path, run_id: str) -> None:
     print("arch engine mode seq x mb x acc spr | status alloc reserved step_s")
     for r in rows:
         print(f"{r['arch']} {r['engine']} {r['checkpointing']} {r['seq_len']}x{r['micro_batch']}x{r['grad_accum']} "
-              f"{r['samples_per_row']} | {r['status']} {r['peak_allocated_gib']} {r['peak_reserved_gib']} {r['step_s']}")
+              f"{r['samples_per_row']} | {r['status']} {r['peak_allocated_gib']} {r['peak_reserved_gib']} "
+              f"{r['step_s']}")
 
 
 def main(argv: list[str] | None = None) -> int:

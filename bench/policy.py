@@ -360,12 +360,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}),
                           flush=True)
     rows = summarize(results)
-    print(f"\n{'market (prices:hazard)':22} {'policy':14} {'$ mean (min-max)':>22} {'vs sky':>7} {'vs OD':>6} {'sweep h':>8} "
-          f"{'GPU-h':>7} {'lost GPU-h':>10} {'preempt':>7} {'saved':>5} finished")
+    print(f"\n{'market (prices:hazard)':22} {'policy':14} {'$ mean (min-max)':>22} {'vs sky':>7} {'vs OD':>6} "
+          f"{'sweep h':>8} {'GPU-h':>7} {'lost GPU-h':>10} {'preempt':>7} {'saved':>5} finished")
     for r in rows:
         print(f"{r['market']:22} {r['policy']:14} {r['usd']:8.2f} ({r['usd_min']:.2f}-{r['usd_max']:.2f})"
               f"{r['vs_skypilot']:7.2f} {r['vs_on_demand']:6.2f} {r['sweep_hours']:8.2f} {r['gpu_hours']:7.2f} "
-              f"{r['lost_gpu_hours']:10.2f} {r['preemptions']:7.2f} {r['saved_on_notice']:5.2f} {r['finished']} {','.join(r['gpu_types'])}")
+              f"{r['lost_gpu_hours']:10.2f} {r['preemptions']:7.2f} {r['saved_on_notice']:5.2f} {r['finished']} "
+              f"{','.join(r['gpu_types'])}")
     if out is not None:
         out.write_text(json.dumps({"runs": results, "summary": rows, "args": vars(args)}, indent=1))
     return 0

@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dataclasses import replace
 
 from cost_models.calibration import (
     FIT, MEASUREMENTS, Calibration, Measurement, MemoryCoefficients, TimeCoefficients, load_measurements, sha256,
