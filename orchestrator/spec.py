@@ -85,6 +85,9 @@ class Resources(_Strict):
     gpus_per_trial: Integer = Field(1, ge=1, le=64, description="GPUs (Ray Train workers) per trial.")
     max_price_per_hour: Number | None = Field(None, gt=0, le=10_000, description="Most $/h one trial may cost.")
     max_total_cost: Number | None = Field(None, gt=0, le=10_000_000, description="Budget in $ for the whole sweep.")
+    vram_headroom: Number = Field(
+        0.03, ge=0, lt=0.5, description="Share of each GPU's memory kept free beyond the estimate's upper bound."
+    )
 
 
 class CheckpointPolicy(_Strict):

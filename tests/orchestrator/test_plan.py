@@ -30,10 +30,12 @@ def test_every_trial_gets_a_row_per_offer_and_the_cheapest_fitting_one_is_chosen
 
 def test_rows_carry_what_the_table_shows(planned):
     row = planned[3].trials[0].chosen.as_dict()
-    for key in ("fits", "need_gib", "have_gib", "headroom_gib", "peak_reserved_gib", "step_s", "hours",
-                "expected_preemptions", "usd", "calibrated", "micro_batch", "checkpointing", "price_date", "chosen"):
+    for key in ("fits", "need_gib", "need_upper_gib", "have_gib", "headroom_gib", "peak_reserved_gib", "step_s",
+                "step_s_low", "step_s_high", "hours", "expected_preemptions", "usd", "calibrated", "micro_batch",
+                "checkpointing", "price_date", "chosen"):
         assert key in row
-    assert row["headroom_gib"] == pytest.approx(row["have_gib"] - row["need_gib"], abs=0.02)
+    assert row["headroom_gib"] == pytest.approx(row["have_gib"] - row["need_upper_gib"], abs=0.02)
+    assert row["step_s_low"] < row["step_s"] < row["step_s_high"]
 
 
 def test_trial_steps_come_from_the_data_set(tmp_path):
