@@ -1,5 +1,7 @@
 """The planner places a trial only where the estimate's memory upper bound fits the card less the sweep's
 vram_headroom, whatever the point estimate says."""
+import json
+
 import pytest
 
 from cost_models.catalog import list_offers
@@ -18,7 +20,9 @@ def _plan(tmp_path, headroom=None):
     resources = {"providers": ["aws", "gcp", "runpod", "lambda", "local"]}
     if headroom is not None:
         resources["vram_headroom"] = headroom
-    config = {"data": {"train": str(tmp_path / "absent.jsonl"), "max_seq_length": 4096}}  # full 4096-token rows
+    rows = [{"instruction": f"Summarise report {i}.", "input": "", "output": "word " * 6000} for i in range(8)]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    config = {"data": {"train": str(tmp_path / "long.jsonl"), "max_seq_length": 4096}}  # full 4096-token rows
     spec, trials = load_spec(write_spec(tmp_path, config=config, parameters=GRID, resources=resources))
     return spec, plan_sweep(spec, trials, list_offers(spec.resources.providers, "any"))
 
@@ -61,7 +65,9 @@ def test_more_headroom_never_adds_a_placement(tmp_path):
 def test_explain_shows_the_terms_the_bound_and_the_interval_without_torch(tmp_path):
     from tests.orchestrator.helpers import run_cli
 
-    config = {"data": {"train": str(tmp_path / "absent.jsonl"), "max_seq_length": 4096}}
+    rows = [{"instruction": f"Summarise report {i}.", "input": "", "output": "word " * 6000} for i in range(8)]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    config = {"data": {"train": str(tmp_path / "long.jsonl"), "max_seq_length": 4096}}
     spec_path = write_spec(tmp_path, config=config, parameters={"training.activation_checkpointing": ["offload"]},
                            resources={"providers": ["aws"]})
     spec, trials = load_spec(spec_path)
