@@ -25,7 +25,7 @@ class Request:
     method: str
     path: str
     query: dict[str, str]
-    body: Any
+    body: Any  # parsed JSON, or the raw bytes of a protobuf body
     headers: dict[str, str]
 
     @property
@@ -47,6 +47,7 @@ class KubernetesApiServer:
     def __init__(self) -> None:
         self.requests: list[Request] = []
         self._answers: dict[tuple[str, str], Answer] = {}
+        self._fallbacks: dict[str, Answer] = {}
         self._streams: dict[str, queue.Queue] = {}
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -81,6 +82,10 @@ class KubernetesApiServer:
         """Answer METHOD PATH (query ignored) with `reply(request) -> (code, body)` or a fixed body."""
         self._answers[(method, path)] = reply if callable(reply) else (lambda request: (code, reply))
 
+    def answer_any(self, method: str, reply: Answer) -> None:
+        """Answer every METHOD request that has no answer of its own with `reply(request) -> (code, body)`."""
+        self._fallbacks[method] = reply
+
     def push(self, path: str, kind: str, obj: dict[str, Any]) -> None:
         """Send one watch event to the client watching PATH (queued until it connects)."""
         self._stream(path).put({"type": kind, "object": obj})
@@ -111,14 +116,16 @@ class KubernetesApiServer:
                 parts = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                is_json = "json" in self.headers.get("Content-Type", "application/json")
+                body = (json.loads(raw) if is_json else raw) if raw else None  # client-go may send protobuf
                 request = Request(self.command, parts.path, {k: v[-1] for k, v in parse_qs(parts.query).items()},
-                                  json.loads(raw) if raw else None, {k.lower(): v for k, v in self.headers.items()})
+                                  body, {k.lower(): v for k, v in self.headers.items()})
                 with server._lock:
                     server.requests.append(request)
                 if request.is_watch:
                     self._watch(request.path)
                     return
-                answer = server._answers.get((request.method, request.path))
+                answer = server._answers.get((request.method, request.path)) or server._fallbacks.get(request.method)
                 code, body = answer(request) if answer else (404, status(404, "NotFound", f"{request.path} not found"))
                 data = json.dumps(body).encode()
                 self.send_response(code)
