@@ -56,6 +56,7 @@ LABEL_RUN, LABEL_TRIAL, LABEL_ATTEMPT, LABEL_NODE = (
 )
 ANNOTATION_PRICE = "spottune.io/usd-per-gpu-hour"  # on a node (set it on the pool's node template)
 ANNOTATION_OFFER, ANNOTATION_SPEC = "spottune.io/offer", "spottune.io/launch-spec"  # on a RayCluster
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"  # in a pod
 OWNER_ENV = "SPOTTUNE_OWNER_DEPLOYMENT"  # set by the Helm chart: the controller's Deployment
 GPU_RESOURCE = "nvidia.com/gpu"
 POOL_LABELS = (
@@ -298,7 +299,7 @@ class KubernetesProvider:
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
             if self._namespace is None:
-                with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as handle:
+                with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as handle:
                     self._namespace = handle.read().strip()
             return client.ApiClient(configuration)
         try:

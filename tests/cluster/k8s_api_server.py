@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import queue
+import ssl
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +47,7 @@ class KubernetesApiServer:
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
+        self.scheme = "http"
         self._answers: dict[tuple[str, str], Answer] = {}
         self._fallbacks: dict[str, Answer] = {}
         self._streams: dict[str, queue.Queue] = {}
@@ -57,9 +59,19 @@ class KubernetesApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self) -> "KubernetesApiServer":
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self, certificate: tuple[Path, Path] | None = None) -> "KubernetesApiServer":
+        """Serve plain HTTP, or HTTPS with (certificate file, key file) as a pod's in-cluster config needs."""
+        if certificate is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, certificate))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread.start()
         return self
 

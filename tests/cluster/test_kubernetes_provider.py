@@ -14,6 +14,7 @@ those on EKS or GKE.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from datetime import datetime
@@ -286,3 +287,74 @@ def test_bad_settings_fail_with_the_field_named():
         KubernetesSettings(image="x", worker_memory="16 GB")
     with pytest.raises(ValidationError, match="nodeSelector\n  Extra inputs are not permitted"):
         KubernetesSettings(image="x", nodeSelector={})
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (the in-cluster config speaks HTTPS to the service address)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    now = dt.datetime.now(dt.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "ca.crt", directory / "tls.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_inside_a_pod_the_service_account_config_is_used(tmp_path, monkeypatch):
+    """The in-cluster path: service address from the environment, token, CA and namespace from the
+    service-account files (here in tmp_path instead of /var/run/secrets), over TLS."""
+    from kubernetes.config import incluster_config
+
+    from cluster.providers import kubernetes as provider_module
+
+    cert_file, key_file = self_signed_certificate(tmp_path)
+    (tmp_path / "token").write_text("pod-token")
+    (tmp_path / "namespace").write_text("ml-team")
+    server = KubernetesApiServer().start(certificate=(cert_file, key_file))
+    server.answer("GET", "/api/v1/nodes", NODES)
+    server.answer("GET", "/api/v1/namespaces/ml-team/pods", {"kind": "PodList", "apiVersion": "v1",
+                                                              "metadata": {"resourceVersion": "1"}, "items": []})
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(cert_file))
+    monkeypatch.setattr(provider_module, "SERVICE_ACCOUNT_NAMESPACE", str(tmp_path / "namespace"))
+    provider = KubernetesProvider(KubernetesSettings(image="x", node_command=ENTRY_POINT))
+    provider.start()
+    try:
+        assert provider.namespace == "ml-team"
+        assert [o.instance_type for o in provider.offers(Requirements(gpu_types=("L4",)))] == ["gpu-spot"]
+        assert server.calls("GET", "/api/v1/nodes")[-1].headers["authorization"].lower() == "bearer pod-token"
+        wait_for(lambda: server.calls("GET", "/api/v1/namespaces/ml-team/pods", watch=True), 1)
+    finally:
+        provider._stopping.set()
+        for path in ("/api/v1/namespaces/ml-team/pods", "/api/v1/nodes"):
+            server.end_stream(path)
+        provider.stop()
+        server.close()
+
+
+def test_the_vendored_crd_is_the_kuberay_release_file():
+    from tests.cluster.k8s_manifests import CRD_SHA256, crd_text
+
+    assert hashlib.sha256(crd_text()).hexdigest() == CRD_SHA256
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "kuberay" / "ray.io_rayclusters.yaml"
+    if shared.is_file():  # the project's shared data next to the checkout, when there is one
+        assert shared.read_bytes() == crd_text()
