@@ -392,14 +392,7 @@ class KubernetesProvider:
         """Create the attempt's RayCluster; the watches report `running` once every pod runs."""
         from kubernetes.client.exceptions import ApiException
 
-        pool = self._pools.get(offer.key)
-        if pool is None:
-            self.offers(Requirements(gpus=spec.gpus, market=offer.market))
-            pool = self._pools.get(offer.key)
-        if pool is None:
-            raise ClusterError(f"kubernetes: pool {offer.instance_type} ({offer.key}) has no schedulable GPU node "
-                               "any more; re-plan")
-        manifest = self.raycluster_manifest(offer, spec, pool)
+        manifest = self.raycluster_manifest(offer, spec)
         name = manifest["metadata"]["name"]
         node = Node(name, offer, spec, time.time(), env={}, accelerator="cuda")
         with self._lock:
@@ -447,13 +440,20 @@ class KubernetesProvider:
     def _workers(self, offer: Offer, spec: LaunchSpec) -> int:
         return -(-spec.gpus // offer.gpus_per_instance)
 
-    def raycluster_manifest(self, offer: Offer, spec: LaunchSpec, pool: _Pool) -> dict[str, Any]:
-        """The RayCluster of one trial attempt (ray.io/v1)."""
+    def raycluster_manifest(self, offer: Offer, spec: LaunchSpec) -> dict[str, Any]:
+        """The RayCluster of one trial attempt (ray.io/v1), as `launch` creates it."""
         settings = self.settings
         if not settings.node_command:
             raise ClusterError("kubernetes.node_command: no node entry point is set; this build has none yet "
                                "(it comes with the provider seam / node issues), set it in the sweep's "
                                "kubernetes: section")
+        pool = self._pools.get(offer.key)
+        if pool is None:
+            self.offers(Requirements(gpus=spec.gpus, market=offer.market))
+            pool = self._pools.get(offer.key)
+        if pool is None:
+            raise ClusterError(f"kubernetes: pool {offer.instance_type} ({offer.key}) has no schedulable GPU node "
+                               "any more; re-plan")
         name = cluster_name(spec)
         labels = {
             MANAGED_BY[0]: MANAGED_BY[1], LABEL_RUN: label_value(spec.run_id), LABEL_TRIAL: label_value(spec.trial_id),
@@ -514,7 +514,7 @@ class KubernetesProvider:
             container["envFrom"] = [{"secretRef": {"name": secret}} for secret in settings.secret_env]
         pod: dict[str, Any] = {
             "containers": [container], "terminationGracePeriodSeconds": settings.termination_grace_s,
-            "securityContext": {"runAsNonRoot": True},
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         }
         if settings.service_account:
             pod["serviceAccountName"] = settings.service_account

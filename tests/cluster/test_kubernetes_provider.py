@@ -25,7 +25,7 @@ import pytest
 from cluster.errors import ClusterError
 from cluster.provider import LaunchSpec, Requirements
 from cluster.providers.kubernetes import (
-    ANNOTATION_OFFER, LABEL_NODE, KubernetesProvider, KubernetesSettings, _Pool, cluster_name, offer_from_catalog,
+    ANNOTATION_OFFER, LABEL_NODE, KubernetesProvider, KubernetesSettings, cluster_name, offer_from_catalog,
 )
 from tests.cluster.k8s_api_server import KubernetesApiServer, status
 from tests.cluster.k8s_manifests import validate
@@ -118,8 +118,7 @@ def test_a_declared_pool_is_offered_without_nodes_and_an_unpriced_gpu_is_refused
     try:
         offer = next(o for o in provider.offers(Requirements(gpu_types=("H100",))) if o.instance_type == "h100-zero")
         assert (offer.gpus_per_instance, offer.usd_per_gpu_hour) == (8, 1.976)  # cheapest catalog H100 spot
-        manifest = provider.raycluster_manifest(offer, LaunchSpec("run-1", "t000-aa", 0, 1, gpus=8),
-                                                provider._pools[offer.key])
+        manifest = provider.raycluster_manifest(offer, LaunchSpec("run-1", "t000-aa", 0, 1, gpus=8))
         worker = manifest["spec"]["workerGroupSpecs"][0]
         assert worker["replicas"] == 1 and worker["template"]["spec"]["nodeSelector"] == {"karpenter.sh/nodepool": "h100"}
         validate(manifest)
@@ -162,7 +161,7 @@ def test_launch_without_a_node_entry_point_fails_in_one_line():
     provider = KubernetesProvider(KubernetesSettings(image="x"))
     offer = offer_from_catalog("p", "L4", 1, "cluster", "spot", None, None)
     with pytest.raises(ClusterError, match="kubernetes.node_command: no node entry point is set"):
-        provider.raycluster_manifest(offer, LaunchSpec("r", "t", 0, 1), _Pool({"a": "b"}, ()))
+        provider.raycluster_manifest(offer, LaunchSpec("r", "t", 0, 1))
 
 
 def test_pod_and_node_watch_events_become_running_notice_and_lost(provider, api):
