@@ -28,9 +28,10 @@ import os
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -225,6 +226,25 @@ def _timestamp(value: Any) -> float | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
+@contextmanager
+def api_errors(action: str) -> Iterator[None]:
+    """Turn what the API or the network says into one ClusterError line naming the action."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as error:
+        try:
+            detail = json.loads(error.body or "{}").get("message", "")
+        except (ValueError, AttributeError):
+            detail = ""
+        raise ClusterError(f"kubernetes: {action}: {error.status} {error.reason}"
+                           + (f" ({detail})" if detail else "")) from None
+    except (HTTPError, OSError) as error:
+        raise ClusterError(f"kubernetes: {action}: {type(error).__name__}: {error}") from None
+
+
 def offer_from_catalog(pool: str, gpu_name: str, gpus_per_node: int, region: str,
                        market: Literal["spot", "on-demand"], price: float | None, cloud: str | None) -> Offer:
     """An offer of a pool, priced by the user's annotation or by the catalog (its interruption rate is the
@@ -305,12 +325,10 @@ class KubernetesProvider:
         try:
             api = config.new_client_from_config(config_file=self.settings.kubeconfig, context=self.settings.context)
             if self._namespace is None:
-                _, active = config.list_kube_config_contexts(config_file=self.settings.kubeconfig)
-                chosen = active
+                contexts, active = config.list_kube_config_contexts(config_file=self.settings.kubeconfig)
                 if self.settings.context is not None:
-                    contexts, _ = config.list_kube_config_contexts(config_file=self.settings.kubeconfig)
-                    chosen = next(c for c in contexts if c["name"] == self.settings.context)
-                self._namespace = chosen["context"].get("namespace", "default")
+                    active = next(c for c in contexts if c["name"] == self.settings.context)
+                self._namespace = active["context"].get("namespace", "default")
         except (config.ConfigException, OSError, StopIteration) as error:
             raise ClusterError(f"kubernetes: cannot load kubeconfig ({error}); set kubernetes.kubeconfig/context "
                                "or run inside the cluster") from None
@@ -323,7 +341,8 @@ class KubernetesProvider:
         name = os.environ.get(OWNER_ENV)
         if not name:
             return None
-        deployment = client.AppsV1Api(self._api_client).read_namespaced_deployment(name, self.namespace)
+        with api_errors(f"cannot read the controller's Deployment {self.namespace}/{name} (its owner)"):
+            deployment = client.AppsV1Api(self._api_client).read_namespaced_deployment(name, self.namespace)
         return {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": deployment.metadata.uid}
 
     @property
@@ -335,7 +354,9 @@ class KubernetesProvider:
     def offers(self, requirements: Requirements) -> list[Offer]:
         """One offer per (pool, GPU, count, market, region) among schedulable GPU nodes, plus declared pools."""
         found: dict[str, Offer] = {}
-        for node in self._core.list_node().items:
+        with api_errors("cannot list nodes"):
+            nodes = self._core.list_node().items
+        for node in nodes:
             described = self._describe_node(node)
             if described is not None:
                 offer, pool = described
@@ -374,11 +395,17 @@ class KubernetesProvider:
         annotation = (node.metadata.annotations or {}).get(ANNOTATION_PRICE)
         try:
             price = float(annotation) if annotation is not None else None
+            if price is not None and price <= 0:
+                raise ValueError(annotation)
+            region = labels.get("topology.kubernetes.io/region", "cluster")
+            offer = offer_from_catalog(pool_name, gpu_name, count, region, market, price, _cloud_of(labels))
         except ValueError:
-            raise ClusterError(f"kubernetes node {node.metadata.name}: annotation {ANNOTATION_PRICE}="
-                               f"{annotation!r} is not a number of dollars per GPU-hour") from None
-        region = labels.get("topology.kubernetes.io/region", "cluster")
-        offer = offer_from_catalog(pool_name, gpu_name, count, region, market, price, _cloud_of(labels))
+            log.warning("kubernetes: node %s not offered: annotation %s=%r is not a positive number of dollars per "
+                        "GPU-hour", node.metadata.name, ANNOTATION_PRICE, annotation)
+            return None
+        except ClusterError as error:
+            log.warning("%s; node %s not offered", error, node.metadata.name)
+            return None
         tolerations = tuple(
             {"key": taint.key, "operator": "Equal", "value": taint.value, "effect": taint.effect}
             if taint.value else {"key": taint.key, "operator": "Exists", "effect": taint.effect}
@@ -390,19 +417,18 @@ class KubernetesProvider:
 
     def launch(self, offer: Offer, spec: LaunchSpec) -> Node:
         """Create the attempt's RayCluster; the watches report `running` once every pod runs."""
-        from kubernetes.client.exceptions import ApiException
-
         manifest = self.raycluster_manifest(offer, spec)
         name = manifest["metadata"]["name"]
         node = Node(name, offer, spec, time.time(), env={}, accelerator="cuda")
         with self._lock:
             self._clusters[name] = _Cluster(node, pods_expected=1 + self._workers(offer, spec))
         try:
-            self._custom.create_namespaced_custom_object(body=manifest, namespace=self.namespace, **RAYCLUSTER)
-        except ApiException as error:
+            with api_errors(f"cannot create RayCluster {self.namespace}/{name}"):
+                self._custom.create_namespaced_custom_object(body=manifest, namespace=self.namespace, **RAYCLUSTER)
+        except ClusterError:
             with self._lock:
                 del self._clusters[name]
-            raise ClusterError(f"kubernetes: cannot create RayCluster {name}: {error.status} {error.reason}") from None
+            raise
         return node
 
     def terminate(self, node: Node) -> None:
@@ -413,18 +439,19 @@ class KubernetesProvider:
             state = self._clusters.get(node.id)
             if state is not None:
                 state.terminated = True
-        try:
-            self._custom.delete_namespaced_custom_object(name=node.id, namespace=self.namespace, **RAYCLUSTER)
-        except ApiException as error:
-            if error.status != 404:
-                raise ClusterError(f"kubernetes: cannot delete RayCluster {node.id}: {error.status} "
-                                   f"{error.reason}") from None
+        with api_errors(f"cannot delete RayCluster {self.namespace}/{node.id}"):
+            try:
+                self._custom.delete_namespaced_custom_object(name=node.id, namespace=self.namespace, **RAYCLUSTER)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
 
     def list_nodes(self, run_id: str) -> list[Node]:
         """The run's RayClusters still in the namespace (leftovers at sweep end), rebuilt from their labels."""
         selector = f"{LABEL_RUN}={label_value(run_id)},{MANAGED_BY[0]}={MANAGED_BY[1]}"
-        listed = self._custom.list_namespaced_custom_object(namespace=self.namespace, label_selector=selector,
-                                                            **RAYCLUSTER)
+        with api_errors(f"cannot list the RayClusters of run {run_id}"):
+            listed = self._custom.list_namespaced_custom_object(namespace=self.namespace, label_selector=selector,
+                                                                **RAYCLUSTER)
         nodes = []
         for item in listed.get("items", []):
             annotations = item["metadata"].get("annotations", {})

@@ -77,7 +77,8 @@ class KubernetesApiServer:
 
     def close(self) -> None:
         self._closed.set()
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
 
     def write_kubeconfig(self, path: Path, namespace: str) -> Path:

@@ -357,3 +357,43 @@ def test_the_vendored_crd_is_the_kuberay_release_file():
     shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "kuberay" / "ray.io_rayclusters.yaml"
     if shared.is_file():  # the project's shared data next to the checkout, when there is one
         assert shared.read_bytes() == crd_text()
+
+
+def test_api_refusals_and_an_unreachable_server_fail_in_one_line(provider, api, tmp_path):
+    offer = provider.offers(Requirements(gpu_types=("L4",)))[0]
+    forbidden = ('rayclusters.ray.io is forbidden: User "system:serviceaccount:spot:spottune" cannot create '
+                 'resource "rayclusters" in API group "ray.io" in the namespace "spot"')
+    api.answer("POST", RAYCLUSTERS, status(403, "Forbidden", forbidden), code=403)
+    with pytest.raises(ClusterError) as refused:
+        provider.launch(offer, LaunchSpec("run-1", "t000-aa", 0, 1))
+    assert str(refused.value) == (f"kubernetes: cannot create RayCluster spot/{cluster_name(LaunchSpec('run-1', 't000-aa', 0, 1))}: "
+                                  f"403 Forbidden ({forbidden})")
+    assert provider._clusters == {}
+
+    closed = KubernetesApiServer()
+    kubeconfig = closed.write_kubeconfig(tmp_path / "closed", NAMESPACE)
+    closed.close()  # nothing listens on its port any more
+    unreachable = KubernetesProvider(settings(kubeconfig=str(kubeconfig)))
+    unreachable.start()
+    try:
+        with pytest.raises(ClusterError, match=r"^kubernetes: cannot list nodes: MaxRetryError: .*refused") as down:
+            unreachable.offers(Requirements())
+        assert "\n" not in str(down.value)
+    finally:
+        unreachable.stop()
+
+
+def test_a_node_with_a_bad_price_annotation_is_left_out(api, tmp_path):
+    nodes = copy.deepcopy(NODES)
+    gke = next(n for n in nodes["items"] if n["metadata"]["name"] == "gke-train-a100-spot-4f2a")
+    gke["metadata"]["annotations"]["spottune.io/usd-per-gpu-hour"] = "cheap"
+    api.answer("GET", "/api/v1/nodes", nodes)
+    provider = KubernetesProvider(settings(kubeconfig=str(api.write_kubeconfig(tmp_path / "kc", NAMESPACE))))
+    provider.start()
+    try:
+        assert [o.gpu.name for o in provider.offers(Requirements(market="spot"))] == ["L4"]
+    finally:
+        provider._stopping.set()
+        for path in (PODS, "/api/v1/nodes"):
+            api.end_stream(path)
+        provider.stop()
