@@ -528,7 +528,8 @@ class KubernetesProvider:
         settings = self.settings
         env = [
             {"name": "SPOTTUNE_NODE_ROLE", "value": role}, {"name": "SPOTTUNE_RUN", "value": spec.run_id},
-            {"name": "SPOTTUNE_TRIAL", "value": spec.trial_id}, {"name": "SPOTTUNE_ATTEMPT", "value": str(spec.attempt)},
+            {"name": "SPOTTUNE_TRIAL", "value": spec.trial_id},
+            {"name": "SPOTTUNE_ATTEMPT", "value": str(spec.attempt)},
             *({"name": key, "value": value} for key, value in sorted(settings.env.items())),
         ]
         container: dict[str, Any] = {

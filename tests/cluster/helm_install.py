@@ -38,7 +38,7 @@ def _resource_list(group_version: str) -> dict[str, Any]:
 
 
 def serve_discovery(server: KubernetesApiServer, namespace: str, kuberay: bool) -> None:
-    """Discovery of a Kubernetes API server of the pinned version serving the chart's kinds (and ray.io/v1 if `kuberay`)."""
+    """Discovery of an API server of the pinned version serving the chart's kinds (and ray.io/v1 if `kuberay`)."""
     major, minor = KUBERNETES_VERSION.split(".")
     server.answer("GET", "/version", {"major": major, "minor": minor, "gitVersion": f"v1.{minor}.0",
                                       "platform": "linux/amd64"})

@@ -51,8 +51,9 @@ def validate(manifest: dict[str, Any]) -> None:
     if manifest["kind"] == "RayCluster":
         assert manifest["apiVersion"] == "ray.io/v1"
         jsonschema.validate(manifest["spec"], raycluster_spec_schema())
-        kubernetes_validate.validate(  # metadata and pod templates against the built-in schemas too
-            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": manifest["metadata"]}, KUBERNETES_VERSION, strict=True)
+        # metadata and pod templates against the built-in schemas too
+        metadata_only = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": manifest["metadata"]}
+        kubernetes_validate.validate(metadata_only, KUBERNETES_VERSION, strict=True)
         templates = [manifest["spec"]["headGroupSpec"]["template"]]
         templates += [group["template"] for group in manifest["spec"].get("workerGroupSpecs", [])]
         for template in templates:

@@ -120,7 +120,8 @@ def test_a_declared_pool_is_offered_without_nodes_and_an_unpriced_gpu_is_refused
         assert (offer.gpus_per_instance, offer.usd_per_gpu_hour) == (8, 1.976)  # cheapest catalog H100 spot
         manifest = provider.raycluster_manifest(offer, LaunchSpec("run-1", "t000-aa", 0, 1, gpus=8))
         worker = manifest["spec"]["workerGroupSpecs"][0]
-        assert worker["replicas"] == 1 and worker["template"]["spec"]["nodeSelector"] == {"karpenter.sh/nodepool": "h100"}
+        assert worker["replicas"] == 1
+        assert worker["template"]["spec"]["nodeSelector"] == {"karpenter.sh/nodepool": "h100"}
         validate(manifest)
         with pytest.raises(ClusterError, match="no spot price for A10.*usd_per_gpu_hour"):
             offer_from_catalog("a10", "A10", 1, "cluster", "spot", None, None)
@@ -138,15 +139,18 @@ def test_launch_posts_one_valid_raycluster_pinned_to_the_pool(provider, api):
     posted = api.calls("POST", RAYCLUSTERS)[-1].body
     validate(posted)
     assert node.id == posted["metadata"]["name"] == cluster_name(spec)
-    assert posted["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "spottune", "spottune.io/run": "sweep-20261129",
-                                            "spottune.io/trial": "t001-bdea8d", "spottune.io/attempt": "2"}
+    assert posted["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "spottune", "spottune.io/run": "sweep-20261129",
+        "spottune.io/trial": "t001-bdea8d", "spottune.io/attempt": "2",
+    }
     assert "ownerReferences" not in posted["metadata"]  # outside the cluster there is no controller object
     head = posted["spec"]["headGroupSpec"]["template"]["spec"]
     worker_group = posted["spec"]["workerGroupSpecs"][0]
     worker = worker_group["template"]["spec"]
     assert worker_group["replicas"] == 2  # 2 GPUs on 1-GPU nodes: two worker pods
     assert worker["nodeSelector"] == {"karpenter.sh/nodepool": "gpu-spot", "karpenter.sh/capacity-type": "spot"}
-    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in worker["tolerations"]
+    gpu_taint = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+    assert gpu_taint in worker["tolerations"]  # the pool's own taint
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "nvidia.com/gpu" not in head["containers"][0]["resources"]["limits"]
     for pod_spec in (head, worker):
@@ -364,10 +368,11 @@ def test_api_refusals_and_an_unreachable_server_fail_in_one_line(provider, api, 
     forbidden = ('rayclusters.ray.io is forbidden: User "system:serviceaccount:spot:spottune" cannot create '
                  'resource "rayclusters" in API group "ray.io" in the namespace "spot"')
     api.answer("POST", RAYCLUSTERS, status(403, "Forbidden", forbidden), code=403)
+    spec = LaunchSpec("run-1", "t000-aa", 0, 1)
     with pytest.raises(ClusterError) as refused:
-        provider.launch(offer, LaunchSpec("run-1", "t000-aa", 0, 1))
-    assert str(refused.value) == (f"kubernetes: cannot create RayCluster spot/{cluster_name(LaunchSpec('run-1', 't000-aa', 0, 1))}: "
-                                  f"403 Forbidden ({forbidden})")
+        provider.launch(offer, spec)
+    assert str(refused.value) == (
+        f"kubernetes: cannot create RayCluster spot/{cluster_name(spec)}: 403 Forbidden ({forbidden})")
     assert provider._clusters == {}
 
     closed = KubernetesApiServer()
