@@ -60,10 +60,8 @@ ANNOTATION_OFFER, ANNOTATION_SPEC = "spottune.io/offer", "spottune.io/launch-spe
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"  # in a pod
 OWNER_ENV = "SPOTTUNE_OWNER_DEPLOYMENT"  # set by the Helm chart: the controller's Deployment
 GPU_RESOURCE = "nvidia.com/gpu"
-POOL_LABELS = (
-    "karpenter.sh/nodepool", "eks.amazonaws.com/nodegroup", "cloud.google.com/gke-nodepool",
-    "node.kubernetes.io/instance-type",
-)
+POOL_LABELS = ("karpenter.sh/nodepool", "eks.amazonaws.com/nodegroup", "cloud.google.com/gke-nodepool")
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 # (label, value meaning spot, value meaning on-demand); absent GKE label = on-demand
 CAPACITY_LABELS = (
     ("karpenter.sh/capacity-type", "spot", "on-demand"),
@@ -122,7 +120,8 @@ class KubernetesSettings(_Strict):
     node_command: list[str] = Field(default_factory=lambda: list(NODE_COMMAND),
                                     description="Command of every pod: the node entry point.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    ray_version: str = Field("2.60.0", description="Ray version in the image (KubeRay reads it).")
+    ray_version: str | None = Field(None, description="Ray version in the image (KubeRay reads it); default: "
+                                                       "the controller's own Ray, which runs from the same image.")
     service_account: str | None = Field(None, description="Pods' service account (e.g. IRSA / Workload Identity "
                                                          "for the run's storage).")
     secret_env: list[str] = Field(default_factory=list, description="Secrets whose keys become pod env (by name).")
@@ -216,6 +215,15 @@ def _cloud_of(labels: dict[str, str]) -> str | None:
         if any(key.startswith(prefix) for key in labels):
             return cloud
     return None
+
+
+def _installed_ray_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ray")
+    except PackageNotFoundError:
+        raise ClusterError("kubernetes.ray_version: Ray is not installed here; set the image's Ray version") from None
 
 
 def _timestamp(value: Any) -> float | None:
@@ -385,9 +393,15 @@ class KubernetesProvider:
             return None
         if any(taint.key in TERMINATION_TAINTS for taint in taints):
             return None
+        # a pool may mix instance types (Karpenter): one offer per pool and instance type, pinned to both
         pool_label = next((label for label in POOL_LABELS if label in labels), None)
-        pool_name = labels[pool_label] if pool_label else node.metadata.name
-        selector = {pool_label: pool_name} if pool_label else {"kubernetes.io/hostname": node.metadata.name}
+        instance_type = labels.get(INSTANCE_TYPE_LABEL)
+        selector = {pool_label: labels[pool_label]} if pool_label else {}
+        if instance_type:
+            selector[INSTANCE_TYPE_LABEL] = instance_type
+        if not selector:
+            selector = {"kubernetes.io/hostname": node.metadata.name}
+        pool_name = "/".join(selector.values())
         market = market_of_node(labels)
         for label, spot, on_demand in CAPACITY_LABELS:
             if label in labels:
@@ -511,7 +525,7 @@ class KubernetesProvider:
             "apiVersion": f"{RAYCLUSTER['group']}/{RAYCLUSTER['version']}", "kind": "RayCluster",
             "metadata": metadata,
             "spec": {
-                "rayVersion": settings.ray_version,
+                "rayVersion": settings.ray_version or _installed_ray_version(),
                 "authOptions": {"mode": "token"},
                 "headGroupSpec": {"rayStartParams": {"num-gpus": "0", "dashboard-host": "127.0.0.1"},
                                   "template": head},

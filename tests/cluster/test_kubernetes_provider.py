@@ -18,6 +18,7 @@ import hashlib
 import json
 import time
 from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,10 @@ def wait_for(read, count: int, timeout_s: float = 20.0) -> list:
 
 def epoch(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def offer_of(provider: KubernetesProvider, instance_type: str):
+    return next(o for o in provider.offers(Requirements(market="any")) if o.instance_type == instance_type)
 
 
 def pod(cluster: str, name: str, phase: str, node: str | None = None, **status_fields) -> dict:
@@ -97,13 +102,14 @@ def provider(api, tmp_path):
 def test_offers_come_from_schedulable_gpu_nodes_priced_by_annotation_or_catalog(provider, api):
     spot = provider.offers(Requirements(market="spot"))
     assert [(o.instance_type, o.gpu.name, o.gpus_per_instance, o.region, o.usd_per_gpu_hour) for o in spot] == [
-        ("gpu-spot", "L4", 1, "us-east-1", 0.3879),  # the catalog's aws g6.xlarge spot price: the node is on EKS
-        ("a100-spot", "A100-80GB", 1, "us-east4", 1.5),  # the node's spottune.io/usd-per-gpu-hour annotation
+        ("gpu-spot/g6.12xlarge", "L4", 4, "us-east-1", 0.3879),  # a pool of two instance types: two offers
+        ("gpu-spot/g6.xlarge", "L4", 1, "us-east-1", 0.3879),  # the catalog's aws g6.xlarge spot price (EKS node)
+        ("a100-spot/a2-ultragpu-1g", "A100-80GB", 1, "us-east4", 1.5),  # the node's spottune.io/usd-per-gpu-hour annotation
     ]
     assert all(o.provider == "kubernetes" for o in spot)
-    assert "aws g6.xlarge" in spot[0].source and spot[1].source == "price set on pool a100-spot"
+    assert "aws g6.xlarge" in spot[0].source and spot[2].source == "price set on pool a100-spot/a2-ultragpu-1g"
     on_demand = provider.offers(Requirements(market="on-demand"))
-    assert [(o.instance_type, o.gpu.name, o.usd_per_gpu_hour) for o in on_demand] == [("a10g-ondemand", "A10G", 1.006)]
+    assert [(o.instance_type, o.gpu.name, o.usd_per_gpu_hour) for o in on_demand] == [("a10g-ondemand/g5.xlarge", "A10G", 1.006)]
     assert provider.offers(Requirements(market="any", gpu_types=("a10g", "H100"))) == on_demand
     request = api.calls("GET", "/api/v1/nodes", watch=False)[-1]
     assert request.headers["authorization"] == "Bearer test-token"  # the kubeconfig's user reached the server
@@ -133,7 +139,7 @@ def test_a_declared_pool_is_offered_without_nodes_and_an_unpriced_gpu_is_refused
 
 
 def test_launch_posts_one_valid_raycluster_pinned_to_the_pool(provider, api):
-    offer = provider.offers(Requirements(gpu_types=("L4",)))[0]
+    offer = offer_of(provider, "gpu-spot/g6.xlarge")
     spec = LaunchSpec("sweep-20261129", "t001-bdea8d", 1, 2, gpus=2)
     node = provider.launch(offer, spec)
     posted = api.calls("POST", RAYCLUSTERS)[-1].body
@@ -148,7 +154,8 @@ def test_launch_posts_one_valid_raycluster_pinned_to_the_pool(provider, api):
     worker_group = posted["spec"]["workerGroupSpecs"][0]
     worker = worker_group["template"]["spec"]
     assert worker_group["replicas"] == 2  # 2 GPUs on 1-GPU nodes: two worker pods
-    assert worker["nodeSelector"] == {"karpenter.sh/nodepool": "gpu-spot", "karpenter.sh/capacity-type": "spot"}
+    assert worker["nodeSelector"] == {"karpenter.sh/nodepool": "gpu-spot", "node.kubernetes.io/instance-type": "g6.xlarge",
+                                      "karpenter.sh/capacity-type": "spot"}
     gpu_taint = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
     assert gpu_taint in worker["tolerations"]  # the pool's own taint
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -159,6 +166,7 @@ def test_launch_posts_one_valid_raycluster_pinned_to_the_pool(provider, api):
         assert container["envFrom"] == [{"secretRef": {"name": "spottune-storage"}}]  # secrets by reference only
         assert pod_spec["terminationGracePeriodSeconds"] == 120 and pod_spec["serviceAccountName"] == "spottune-node"
     assert json.loads(posted["metadata"]["annotations"][ANNOTATION_OFFER])["usd_per_gpu_hour"] == 0.3879
+    assert posted["spec"]["rayVersion"] == version("ray")  # the controller's Ray: same image as the pods
 
 
 def test_launch_without_a_node_entry_point_fails_in_one_line():
@@ -169,10 +177,10 @@ def test_launch_without_a_node_entry_point_fails_in_one_line():
 
 
 def test_pod_and_node_watch_events_become_running_notice_and_lost(provider, api):
-    offers = {o.gpu.name: o for o in provider.offers(Requirements(market="spot"))}
-    l4 = provider.launch(offers["L4"], LaunchSpec("run-1", "t000-aa", 0, 1))
-    a100 = provider.launch(offers["A100-80GB"], LaunchSpec("run-1", "t001-bb", 1, 1))
-    evicted = provider.launch(offers["L4"], LaunchSpec("run-1", "t002-cc", 2, 1))
+    l4_offer = offer_of(provider, "gpu-spot/g6.xlarge")
+    l4 = provider.launch(l4_offer, LaunchSpec("run-1", "t000-aa", 0, 1))
+    a100 = provider.launch(offer_of(provider, "a100-spot/a2-ultragpu-1g"), LaunchSpec("run-1", "t001-bb", 1, 1))
+    evicted = provider.launch(l4_offer, LaunchSpec("run-1", "t002-cc", 2, 1))
     gpu_node = "ip-10-0-1-12.ec2.internal"
 
     # trial 0: Pending -> Running on a spot L4 node, then the termination handler taints the node
@@ -231,7 +239,7 @@ def test_pod_and_node_watch_events_become_running_notice_and_lost(provider, api)
 
 
 def test_a_terminated_cluster_reports_nothing_and_an_expired_watch_relists(provider, api):
-    offer = provider.offers(Requirements(gpu_types=("L4",)))[0]
+    offer = offer_of(provider, "gpu-spot/g6.xlarge")
     node = provider.launch(offer, LaunchSpec("run-1", "t000-aa", 0, 1))
     api.answer("DELETE", f"{RAYCLUSTERS}/{node.id}", {"kind": "Status", "apiVersion": "v1", "status": "Success"})
     provider.terminate(node)
@@ -247,7 +255,7 @@ def test_a_terminated_cluster_reports_nothing_and_an_expired_watch_relists(provi
 
 
 def test_list_nodes_finds_a_runs_leftovers_by_label(provider, api):
-    offer = provider.offers(Requirements(gpu_types=("L4",)))[0]
+    offer = offer_of(provider, "gpu-spot/g6.xlarge")
     spec = LaunchSpec("run-1", "t000-aa", 0, 3, gpus=1)
     launched = provider.launch(offer, spec)
     created = api.calls("POST", RAYCLUSTERS)[-1].body
@@ -267,7 +275,7 @@ def test_under_the_chart_the_raycluster_is_owned_by_the_controller_deployment(ap
     provider = KubernetesProvider(settings(kubeconfig=str(api.write_kubeconfig(tmp_path / "kc", NAMESPACE))))
     provider.start()
     try:
-        node = provider.launch(provider.offers(Requirements(gpu_types=("L4",)))[0], LaunchSpec("r", "t", 0, 1))
+        node = provider.launch(offer_of(provider, "gpu-spot/g6.xlarge"), LaunchSpec("r", "t", 0, 1))
         posted = api.calls("POST", RAYCLUSTERS)[-1].body
         assert posted["metadata"]["ownerReferences"] == [{"apiVersion": "apps/v1", "kind": "Deployment",
                                                           "name": "spottune", "uid": "deploy-uid",
@@ -343,7 +351,8 @@ def test_inside_a_pod_the_service_account_config_is_used(tmp_path, monkeypatch):
     provider.start()
     try:
         assert provider.namespace == "ml-team"
-        assert [o.instance_type for o in provider.offers(Requirements(gpu_types=("L4",)))] == ["gpu-spot"]
+        assert [o.instance_type for o in provider.offers(Requirements(gpu_types=("L4",)))] == [
+            "gpu-spot/g6.12xlarge", "gpu-spot/g6.xlarge"]
         assert server.calls("GET", "/api/v1/nodes")[-1].headers["authorization"].lower() == "bearer pod-token"
         wait_for(lambda: server.calls("GET", "/api/v1/namespaces/ml-team/pods", watch=True), 1)
     finally:
@@ -364,7 +373,7 @@ def test_the_vendored_crd_is_the_kuberay_release_file():
 
 
 def test_api_refusals_and_an_unreachable_server_fail_in_one_line(provider, api, tmp_path):
-    offer = provider.offers(Requirements(gpu_types=("L4",)))[0]
+    offer = offer_of(provider, "gpu-spot/g6.xlarge")
     forbidden = ('rayclusters.ray.io is forbidden: User "system:serviceaccount:spot:spottune" cannot create '
                  'resource "rayclusters" in API group "ray.io" in the namespace "spot"')
     api.answer("POST", RAYCLUSTERS, status(403, "Forbidden", forbidden), code=403)
@@ -396,7 +405,7 @@ def test_a_node_with_a_bad_price_annotation_is_left_out(api, tmp_path):
     provider = KubernetesProvider(settings(kubeconfig=str(api.write_kubeconfig(tmp_path / "kc", NAMESPACE))))
     provider.start()
     try:
-        assert [o.gpu.name for o in provider.offers(Requirements(market="spot"))] == ["L4"]
+        assert {o.gpu.name for o in provider.offers(Requirements(market="spot"))} == {"L4"}
     finally:
         provider._stopping.set()
         for path in (PODS, "/api/v1/nodes"):
