@@ -10,6 +10,9 @@ chart's manifests as Helm renders them. Nothing is scheduled or admitted; RBAC i
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,8 @@ from typing import Any
 from tests.cluster.k8s_api_server import KubernetesApiServer, Request
 from tests.cluster.k8s_manifests import KUBERNETES_VERSION
 
-CHART = Path(__file__).resolve().parents[2] / "helm" / "spottune"
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "spottune"
 KINDS = {  # group/version -> (kind, plural, namespaced)
     "v1": [("Secret", "secrets", True), ("ConfigMap", "configmaps", True), ("ServiceAccount", "serviceaccounts", True),
            ("PersistentVolumeClaim", "persistentvolumeclaims", True), ("Pod", "pods", True),
@@ -69,22 +73,61 @@ def serve_discovery(server: KubernetesApiServer, namespace: str, kuberay: bool) 
     server.answer_any("PATCH", created)
 
 
+class HelmError(Exception):
+    """Helm refused the chart or its values; the message is Helm's own."""
+
+
+def run_helm(action: str, arguments: dict[str, Any]) -> Any:
+    """One helm-sdkpy action ("lint" or "install") in a child Python, so Helm's Go runtime (its threads and
+    signal handlers) never loads into the test process that later runs Ray and forks workers."""
+    child = subprocess.run([sys.executable, "-m", "tests.cluster.helm_install", action, json.dumps(arguments)],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    if child.returncode != 0:
+        raise RuntimeError(f"helm-sdkpy {action} crashed: {child.stderr[-2000:]}")
+    reply = json.loads(child.stdout.strip().splitlines()[-1])
+    if "error" in reply:
+        raise HelmError(reply["error"])
+    return reply["result"]
+
+
+def helm_lint(chart: Path) -> dict[str, Any]:
+    """Helm's lint of a chart directory: {"TotalChartsLinted", "Messages": [{"Severity", "Path", "Err"}], ...}."""
+    return run_helm("lint", {"chart": str(chart)})
+
+
 def helm_install(values: dict[str, Any] | None, release: str = "spottune", namespace: str = "spottune",
                  kuberay: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Install the chart into a fresh local API server: (Helm's release result, the objects it created).
-    Raises helm_sdkpy's InstallError with Helm's message when the values or templates are refused."""
-    import helm_sdkpy
-
+    Raises HelmError with Helm's message when the values or templates are refused."""
     server = KubernetesApiServer().start()
     scratch = tempfile.TemporaryDirectory()
     try:
         serve_discovery(server, namespace, kuberay)
         kubeconfig = server.write_kubeconfig(Path(scratch.name) / "kubeconfig", namespace)
-        config = helm_sdkpy.Configuration(namespace=namespace, kubeconfig=str(kubeconfig))
-        result = asyncio.run(helm_sdkpy.Install(config).run(release, str(CHART), values=values, wait=False,
-                                                            timeout=60))
+        result = run_helm("install", {"chart": str(CHART), "release": release, "namespace": namespace,
+                                      "kubeconfig": str(kubeconfig), "values": values})
         created = [r.body for r in server.calls("POST") if isinstance(r.body, dict)]
         return result, created
     finally:
         server.close()
         scratch.cleanup()
+
+
+def _child(action: str, arguments: dict[str, Any]) -> None:
+    import helm_sdkpy
+
+    config = helm_sdkpy.Configuration(namespace=arguments.get("namespace", "default"),
+                                      kubeconfig=arguments.get("kubeconfig"))
+    try:
+        if action == "lint":
+            result = asyncio.run(helm_sdkpy.Lint(config).run(arguments["chart"]))
+        else:
+            result = asyncio.run(helm_sdkpy.Install(config).run(
+                arguments["release"], arguments["chart"], values=arguments["values"], wait=False, timeout=60))
+        print(json.dumps({"result": result}))
+    except helm_sdkpy.HelmError as error:
+        print(json.dumps({"error": str(error)}))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], json.loads(sys.argv[2]))

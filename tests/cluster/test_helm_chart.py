@@ -1,4 +1,5 @@
-"""helm/spottune with the real Helm engine (helm-sdkpy ships Helm as a library).
+"""helm/spottune with the real Helm engine (helm-sdkpy ships Helm as a library; each action runs in a child
+Python, see tests/cluster/helm_install.py).
 
 Lint is Helm's `lint` of the chart directory. Rendering is Helm's install into the local API server of
 tests/cluster/helm_install.py (helm-sdkpy has no offline `template`): the objects Helm POSTs are the rendered
@@ -10,15 +11,13 @@ read-only as UID 10001, or that the RBAC below is enough on a live API server (d
 from __future__ import annotations
 
 import ast
-import asyncio
 import shutil
 from pathlib import Path
 
-import helm_sdkpy
 import pytest
 import yaml
 
-from tests.cluster.helm_install import CHART, helm_install
+from tests.cluster.helm_install import CHART, HelmError, helm_install, helm_lint
 from tests.cluster.k8s_manifests import validate
 
 PROVIDER = Path(__file__).resolve().parents[2] / "cluster" / "providers" / "kubernetes.py"
@@ -49,7 +48,7 @@ OVERRIDES = {
 
 
 def lint(chart: Path) -> list[dict]:
-    result = asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration(namespace="spottune")).run(str(chart)))
+    result = helm_lint(chart)
     assert result["TotalChartsLinted"] == 1
     return result["Messages"]
 
@@ -120,7 +119,7 @@ def test_rendered_manifests_validate_and_hold_the_security_settings(case):
     ({"image": None}, "at '': missing property 'image'"),
 ])
 def test_bad_values_are_refused_by_the_schema_with_helms_message(values, message):
-    with pytest.raises(helm_sdkpy.InstallError) as refused:
+    with pytest.raises(HelmError) as refused:
         helm_install(values)
     assert "values don't meet the specifications of the schema" in str(refused.value)
     assert message in str(refused.value)
