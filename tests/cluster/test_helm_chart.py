@@ -125,11 +125,12 @@ def test_bad_values_are_refused_by_the_schema_with_helms_message(values, message
     assert message in str(refused.value)
 
 
-def test_notes_name_kuberay_as_the_prerequisite_when_the_cluster_lacks_it():
+def test_notes_name_kuberay_as_the_prerequisite_when_the_cluster_lacks_it_and_warn_of_no_sweep():
     without, _ = helm_install(None, kuberay=False)
-    with_kuberay, _ = helm_install(None)
+    with_kuberay, _ = helm_install({"sweep": SWEEP})
     assert "does not serve ray.io/v1 RayCluster. Install the KubeRay operator first" in without["info"]["notes"]
-    assert "KubeRay" not in with_kuberay["info"]["notes"]
+    assert "no sweep is set" in without["info"]["notes"]
+    assert "KubeRay" not in with_kuberay["info"]["notes"] and "no sweep" not in with_kuberay["info"]["notes"]
 
 
 def provider_api_calls() -> set[tuple[str, str, str, bool]]:
