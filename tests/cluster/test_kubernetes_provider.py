@@ -22,6 +22,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cluster.errors import ClusterError
 from cluster.provider import LaunchSpec, Requirements
@@ -411,3 +412,54 @@ def test_a_node_with_a_bad_price_annotation_is_left_out(api, tmp_path):
         for path in (PODS, "/api/v1/nodes"):
             api.end_stream(path)
         provider.stop()
+
+
+def chart_grants() -> set[tuple[str, str, str, bool]]:
+    """(apiGroup, resource, verb, namespaced) that helm/spottune's Role and node ClusterRole grant."""
+    rbac = Path(__file__).resolve().parents[2] / "helm" / "spottune" / "rbac"
+    granted = set()
+    for name, namespaced in (("role-rules.yaml", True), ("cluster-rules.yaml", False)):
+        for rule in yaml.safe_load((rbac / name).read_text()):
+            granted |= {(group, resource, verb, namespaced) for group in rule["apiGroups"]
+                        for resource in rule["resources"] for verb in rule["verbs"]}
+    return granted
+
+
+def permission_of(request) -> tuple[str, str, str, bool]:
+    """The RBAC (apiGroup, resource, verb, namespaced) an API request needs."""
+    parts = request.path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    namespaced = rest[0] == "namespaces"
+    rest = rest[2:] if namespaced else rest
+    resource, named = rest[0], len(rest) > 1
+    verb = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}.get(request.method)
+    if verb is None:
+        verb = "get" if named else ("watch" if request.is_watch else "list")
+    return group, resource, verb, namespaced
+
+
+def test_every_request_the_provider_sends_is_granted_by_the_chart(api, tmp_path, monkeypatch):
+    """The run-time side of tests/cluster/test_helm_chart.py's RBAC check: what went over the wire."""
+    monkeypatch.setenv("SPOTTUNE_OWNER_DEPLOYMENT", "spottune")
+    api.answer("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/spottune", {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "spottune", "uid": "deploy-uid"},
+        "spec": {"selector": {}, "template": {}}})
+    provider = KubernetesProvider(settings(kubeconfig=str(api.write_kubeconfig(tmp_path / "kc", NAMESPACE))))
+    provider.start()
+    try:
+        node = provider.launch(offer_of(provider, "gpu-spot/g6.xlarge"), LaunchSpec("run-1", "t000-aa", 0, 1))
+        api.push(PODS, "ADDED", pod(node.id, f"{node.id}-worker", "Failed", "n", reason="Evicted"))
+        assert [e.kind for e in wait_for(lambda: provider.watch(node), 1)] == ["lost"]
+        wait_for(lambda: api.calls("POST", EVENTS), 1)
+        api.answer("DELETE", f"{RAYCLUSTERS}/{node.id}", {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+        provider.terminate(node)
+        api.answer("GET", RAYCLUSTERS, {"apiVersion": "ray.io/v1", "kind": "RayClusterList", "items": []})
+        assert provider.list_nodes("run-1") == []
+        wait_for(lambda: api.calls("GET", "/api/v1/nodes", watch=True), 1)
+    finally:
+        provider._stopping.set()
+        for path in (PODS, "/api/v1/nodes"):
+            api.end_stream(path)
+        provider.stop()
+    sent = {permission_of(request) for request in api.requests}
+    assert sent == chart_grants()  # every grant used in this scenario, and nothing sent that is not granted
