@@ -109,9 +109,11 @@ def shifted_labels(ids: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def load_hf_recipe(path: Path, seed: int = 0, r: int = 16, alpha: int = 16):
+def load_hf_recipe(path: Path, seed: int = 0, r: int = 16, alpha: int = 16, checkpointing: bool = True):
     """The standard QLoRA recipe: bnb NF4 + double quant, SDPA, prepare_model_for_kbit_training with
-    non-reentrant gradient checkpointing, get_peft_model on all seven projections."""
+    non-reentrant gradient checkpointing, get_peft_model on all seven projections, in train mode (transformers
+    checkpoints only while training, so a model left in from_pretrained's eval mode would run without it).
+    `checkpointing=False` is the same recipe without activation checkpointing."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -123,10 +125,12 @@ def load_hf_recipe(path: Path, seed: int = 0, r: int = 16, alpha: int = 16):
     )
     model.config.use_cache = False
     model = prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False}
     )
     torch.manual_seed(seed)
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"))
+    peft_model.train()
+    return peft_model
 
 
 def hf_step(model, optimizer, batches: list[torch.Tensor]) -> float:

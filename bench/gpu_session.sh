@@ -11,8 +11,8 @@ for round in "$@"; do
   started=$(date +%s)
   echo "== round $round" >> "$log"
   case $round in
-    tests) timeout 90 python3 -m pytest -q -m cuda tests/kernels tests/fast -p no:cacheprovider 2>&1 | tail -30 | tee -a "$log" ;;
-    qwen) timeout 120 python3 bench/qlora_speed.py --model qwen2-1.5b --out "$out" --runs ${QWEN_RUNS:-hf:2x4 hf:8x1 \
+    tests) timeout 300 python3 -m pytest -q -m cuda tests/kernels tests/fast -p no:cacheprovider 2>&1 | tail -30 | tee -a "$log" ;;
+    qwen) timeout 120 python3 bench/qlora_speed.py --model qwen2-1.5b --out "$out" --runs ${QWEN_RUNS:-hf:2x4 hf-nockpt:2x4 hf:8x1 \
             fast:2x4:offload:ce=256 fast:4x2:offload:ce=128:tile=4096 fast:8x1:offload:ce=128:tile=2048 \
             fast:4x2:none:prof fast:8x1:full} >> "$log" 2>&1 ;;
     parity) timeout 90 python3 bench/qlora_parity.py --model qwen2-1.5b --steps 50 --out "$out" >> "$log" 2>&1 ;;

@@ -1,7 +1,8 @@
 """Tokens/s and peak memory of the standard HF QLoRA recipe and of the fast engine, in one process.
 
 Each run is `engine:MICROxACCUM[:mode][:ce=MiB][:tile=ROWS]`, e.g. `hf:2x4`, `fast:2x4:offload:ce=256`;
-every step holds MICRO*ACCUM sequences of --seq random token ids. The first fast run also reports
+every step holds MICRO*ACCUM sequences of --seq random token ids. Engines: `hf` is the standard recipe
+(train mode, gradient checkpointing on), `hf-nockpt` the same recipe without checkpointing, `fast` ours. The first fast run also reports
 start-up (safetensors load + NF4 quantization + first optimizer step, Triton compilation included,
 with an empty Triton cache).
 
@@ -42,8 +43,13 @@ def parse_run(spec: str) -> dict:
     return run
 
 
+HF_ENGINES = {"hf": True, "hf-nockpt": False}  # engine name -> gradient checkpointing
+
+
 def run_hf(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: int, profile_out: Path) -> tuple[list[float], dict]:
-    model = load_hf_recipe(path)
+    model = load_hf_recipe(path, checkpointing=HF_ENGINES[run["engine"]])
+    if not model.training or model.base_model.model.is_gradient_checkpointing != HF_ENGINES[run["engine"]]:
+        raise RuntimeError(f"{run['engine']}: the recipe is not in train mode with checkpointing {HF_ENGINES[run['engine']]}")
     optimizer = adamw_8bit([p for p in model.parameters() if p.requires_grad])
 
     def step(index: int) -> float:
@@ -119,7 +125,7 @@ def main() -> None:
         release()
         label = f"{args.model}{'' if args.layers is None else f'-{args.layers}l'} {spec} seq {args.seq}"
         try:
-            runner = run_hf if run["engine"] == "hf" else run_fast
+            runner = run_hf if run["engine"] in HF_ENGINES else run_fast
             seconds, extra = runner(path, run, args.seq, vocab, args.warmup, args.steps, args.out / "profile.txt")
             tokens = run["micro"] * run["accum"] * args.seq
             write_result(args.out, {**summarise(label, seconds, tokens, extra), **env})

@@ -152,7 +152,7 @@ def from_config(config: dict, name: str, source: str) -> Architecture:
         kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=int(head_dim), vocab=field("vocab_size"),
         tied=bool(config.get("tie_word_embeddings", False)),
         qkv_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
-        norms_per_layer=4 if config.get("model_type") in ("gemma2", "gemma3") else 2, source=source,
+        norms_per_layer=4 if config.get("model_type") in ("gemma2", "gemma3", "gemma3_text") else 2, source=source,
     )
 
 

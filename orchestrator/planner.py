@@ -24,7 +24,7 @@ from cost_models.tokens import dataset_row_stats
 from orchestrator.spec import Resources, SweepSpec, TrialSpec
 from train_core.cache import cache_root
 from train_core.config import TrainConfig
-from train_core.fast.support import PROJECTIONS, SUPPORTED_MODEL_TYPES
+from train_core.fast.support import SUPPORTED_MODEL_TYPES, projections
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def engine_profile(config: TrainConfig, arch: Architecture, quantization: str, t
             ("fp32 compute (fast engine: bf16)", config.model.compute_dtype == "fp32"),
             (f"model type {arch.model_type!r}", arch.model_type not in SUPPORTED_MODEL_TYPES),
             ("LoRA dropout", bool(config.lora.dropout)),
-            ("LoRA targets beyond the decoder projections", not set(targets) <= set(PROJECTIONS)),
+            ("LoRA targets beyond the decoder projections", not set(targets) <= set(projections(arch.model_type))),
         ) if applies
     ]
     if config.model.engine == "fast" and reasons:

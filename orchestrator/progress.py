@@ -11,7 +11,7 @@ from orchestrator.ledger import compute_ledger
 from orchestrator.state import Event, RunRow, StateStore, TrialRow
 
 SHOWN_EVENTS = {"launch", "notice", "preempted", "lost", "error", "succeeded", "failed", "cancelled", "budget",
-                "waiting", "training"}
+                "waiting", "training", "checkpoint_skipped", "storage_unavailable", "storage_restored", "retry"}
 
 
 def run_status(run: RunRow, trials: list[TrialRow], alive: bool) -> str:
@@ -87,6 +87,11 @@ def describe_event(event: Event) -> str:
         "succeeded": lambda: f"succeeded at step {event.step}, eval loss {_number(detail.get('eval_loss'))}",
         "budget": lambda: f"failed: budget exhausted (${detail.get('spent', 0):.4f} of ${detail.get('budget')})",
         "waiting": lambda: f"waiting: {detail.get('reason')}",
+        "storage_unavailable": lambda: f"storage unreachable, waiting with backoff: {detail.get('error')}",
+        "storage_restored": lambda: "storage reachable again",
+        "retry": lambda: f"failed trial sent back to pending by resume --retry-failed ({detail.get('errors')} errors)",
+        "checkpoint_skipped": lambda: (f"damaged checkpoints skipped ({'; '.join(detail.get('skipped', []))}), "
+                                       f"resumed from step {event.step}"),
     }.get(event.kind, lambda: event.kind)()
     return f"{stamp} {event.trial_id} {text}"
 

@@ -78,7 +78,7 @@ def train_worker(payload: dict) -> None:
     import ray.train
 
     from cluster.faults import FlakyStore
-    from cluster.storage import open_store
+    from cluster.storage import RetryingStore, open_store
     from train_core.config import TrainConfig
     from train_core.trainer import Trainer, TrainHooks
 
@@ -100,9 +100,12 @@ def train_worker(payload: dict) -> None:
         send("log", line=line)
 
     send("started", world_size=ray.train.get_context().get_world_size())
-    store = open_store(payload["storage"], payload.get("storage_endpoint"))
-    if payload.get("storage_fault_step") is not None:
-        store = FlakyStore(store, payload["storage_fault_step"])
+    def on_outage(error: str | None) -> None:
+        send("storage_outage", wait=True, error=error)
+
+    store = RetryingStore(open_store(payload["storage"], payload.get("storage_endpoint")), on_outage=on_outage)
+    if payload.get("storage_fault") is not None:
+        store = FlakyStore(store, payload["storage_fault"]["step"], payload["storage_fault"]["kind"])
     guard = NoticeGuard(agent, log)
 
     def on_metrics(record: dict) -> None:
@@ -118,8 +121,12 @@ def train_worker(payload: dict) -> None:
         guard.checkpoint_written()
         send("checkpoint", step=step, save_seconds=guard.save_seconds)
 
+    def on_checkpoint_skipped(step: int, skipped: list[str]) -> None:
+        send("checkpoint_skipped", wait=True, step=step, skipped=skipped)
+
     config = TrainConfig.model_validate(payload["config"])
-    hooks = TrainHooks(on_metrics=on_metrics, on_checkpoint=on_checkpoint, stop_requested=guard.stop_requested)
+    hooks = TrainHooks(on_metrics=on_metrics, on_checkpoint=on_checkpoint, stop_requested=guard.stop_requested,
+                       on_checkpoint_skipped=on_checkpoint_skipped)
     work_dir = Path(payload["work_dir"]) / f"rank-{rank}"
     try:
         result = Trainer(config, store=store, work_dir=work_dir, hooks=hooks, log=log).run(resume=True)
@@ -128,6 +135,36 @@ def train_worker(payload: dict) -> None:
         raise
     send("finished", wait=True, status=result.status, step=result.step, total_steps=result.total_steps,
          train_loss=result.train_loss, eval_loss=result.eval_loss, resumed_from=result.resumed_from)
+
+
+def file_rendezvous_config(path: Path):
+    """A TorchConfig whose process group meets through a file (torch's FileStore) instead of Ray Train's
+    default TCPStore, which torch binds to every interface and serves without authentication. Only for
+    workers that share a file system: those of one machine (the local provider's nodes)."""
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
+
+    class FileRendezvousBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config) -> None:
+            gpus = worker_group.get_resources_per_worker().get("GPU", 0)
+            worker_group.execute(_set_torch_distributed_env_vars)
+            ray.get([
+                worker_group.execute_single_async(
+                    rank, _setup_torch_process_group, backend="nccl" if gpus > 0 else "gloo", world_rank=rank,
+                    world_size=len(worker_group), init_method=backend_config.init_method,
+                    timeout_s=backend_config.timeout_s,
+                )
+                for rank in range(len(worker_group))
+            ])
+
+    class FileRendezvousConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return FileRendezvousBackend
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    return FileRendezvousConfig(init_method=f"file://{path}")
 
 
 def fit_attempt(payload: dict) -> None:
@@ -139,8 +176,10 @@ def fit_attempt(payload: dict) -> None:
         num_workers=payload["workers"], use_gpu=payload["use_gpu"],
         resources_per_worker=None if payload["use_gpu"] else {"CPU": 1},
     )
+    local_node = agent_from_env(payload["node_env"]) is not None
     trainer = TorchTrainer(
         train_worker, train_loop_config=payload, scaling_config=scaling,
+        torch_config=file_rendezvous_config(Path(payload["work_dir"]) / "torch-rendezvous") if local_node else None,
         run_config=RunConfig(
             name=f"{payload['trial_id']}-a{payload['attempt']}", storage_path=payload["ray_storage"],
             failure_config=FailureConfig(max_failures=0),

@@ -11,27 +11,47 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cluster.errors import ClusterError
 from cluster.spot_market import SimulatedMarket, unknown_trial_refs
+from cluster.storage import check_endpoint, refuse_credentials
 from orchestrator.errors import SpecError
 from train_core.config import TrainConfig
 from train_core.config_errors import describe_validation_error, read_yaml
+from train_core.config_types import MAX_SEED, MAX_STEPS, Integer, Number
 from train_core.errors import ConfigError
 
 
+MAX_TRIALS = 10_000
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LogUniform(_Strict):
-    log_uniform: tuple[float, float]
+    log_uniform: tuple[Number, Number]
+
+    @model_validator(mode="after")
+    def _positive_range(self) -> "LogUniform":
+        low, high = self.log_uniform
+        if not 0 < low <= high:
+            raise ValueError(f"log_uniform needs 0 < low <= high, got [{low:g}, {high:g}]")
+        return self
 
 
 class Uniform(_Strict):
-    uniform: tuple[float, float]
+    uniform: tuple[Number, Number]
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> "Uniform":
+        low, high = self.uniform
+        if low > high:
+            raise ValueError(f"uniform needs low <= high, got [{low:g}, {high:g}]")
+        return self
 
 
 Distribution = Union[list[Any], LogUniform, Uniform]
@@ -44,8 +64,10 @@ class Search(_Strict):
         description="Dotted train-config field -> list of values (grid or random choice), or "
         "{log_uniform: [lo, hi]} / {uniform: [lo, hi]} (random only).",
     )
-    samples: int | None = Field(None, ge=1, description="Number of random trials (random search only).")
-    seed: int = Field(0, description="Seed of the random search.")
+    samples: Integer | None = Field(
+        None, ge=1, le=MAX_TRIALS, description="Number of random trials (random search only)."
+    )
+    seed: Integer = Field(0, ge=0, le=MAX_SEED, description="Seed of the random search.")
 
     @field_validator("parameters")
     @classmethod
@@ -60,16 +82,16 @@ class Resources(_Strict):
     gpus: list[str] | None = Field(None, description="Allowed GPU types (catalog names); null = any.")
     providers: list[str] = Field(default_factory=lambda: ["local"], description="Providers to place trials on.")
     market: Literal["spot", "on-demand", "any"] = Field("spot", description="Capacity type to rent.")
-    gpus_per_trial: int = Field(1, ge=1, description="GPUs (Ray Train workers) per trial.")
-    max_price_per_hour: float | None = Field(None, gt=0, description="Most $/h one trial may cost.")
-    max_total_cost: float | None = Field(None, gt=0, description="Budget in $ for the whole sweep.")
+    gpus_per_trial: Integer = Field(1, ge=1, le=64, description="GPUs (Ray Train workers) per trial.")
+    max_price_per_hour: Number | None = Field(None, gt=0, le=10_000, description="Most $/h one trial may cost.")
+    max_total_cost: Number | None = Field(None, gt=0, le=10_000_000, description="Budget in $ for the whole sweep.")
 
 
 class CheckpointPolicy(_Strict):
-    every_steps: Union[int, Literal["auto"]] = Field(
+    every_steps: Union[Annotated[Integer, Field(ge=1, le=MAX_STEPS)], Literal["auto"]] = Field(
         "auto", description="Checkpoint interval; auto = Young/Daly optimum from checkpoint cost and preemption rate."
     )
-    keep: int = Field(2, ge=1, description="Committed checkpoints kept per trial.")
+    keep: Integer = Field(2, ge=1, le=1000, description="Committed checkpoints kept per trial.")
 
 
 class SweepSpec(_Strict):
@@ -83,8 +105,10 @@ class SweepSpec(_Strict):
         None, description="Endpoint URL of an S3-compatible service (else AWS_ENDPOINT_URL_S3, else AWS)."
     )
     checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
-    max_parallel: int = Field(2, ge=1, description="Trials running at the same time.")
-    max_error_retries: int = Field(2, ge=0, description="Relaunches after real errors (preemptions are not counted).")
+    max_parallel: Integer = Field(2, ge=1, le=256, description="Trials running at the same time.")
+    max_error_retries: Integer = Field(
+        2, ge=0, le=100, description="Relaunches after real errors (preemptions are not counted)."
+    )
     simulation: SimulatedMarket = Field(
         default_factory=SimulatedMarket,
         description="The local provider's simulated spot market: random or scheduled preemptions, storage faults.",
@@ -107,7 +131,7 @@ def set_dotted(target: dict, dotted: str, value: Any) -> None:
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise SpecError(f"search.parameters.{dotted}: '{part}' is not a config section")
+            raise SpecError(f"'search.parameters.{dotted}': '{part}' is not a config section")
     node[leaf] = value
 
 
@@ -130,6 +154,10 @@ def _points(search: Search, source: str) -> list[dict[str, Any]]:
             if not isinstance(values, list):
                 raise SpecError(f"{source}: field 'search.parameters.{name}': grid search needs a list of values")
             lists.append(values)
+        size = math.prod(len(values) for values in lists)
+        if size > MAX_TRIALS:
+            raise SpecError(f"{source}: field 'search.parameters': the grid has {size:,} points; "
+                            f"accepted: at most {MAX_TRIALS:,} trials (narrow the lists or use random search)")
         return [dict(zip(names, combination)) for combination in itertools.product(*lists)] if names else [{}]
     if not search.samples:
         raise SpecError(f"{source}: field 'search.samples': random search needs samples >= 1")
@@ -176,7 +204,10 @@ def expand_trials(spec: SweepSpec, spec_dir: Path, source: str) -> list[TrialSpe
     for index, params in enumerate(_points(spec.search, source)):
         raw = copy.deepcopy(base)
         for name, value in params.items():
-            set_dotted(raw, name, value)
+            try:
+                set_dotted(raw, name, value)
+            except SpecError as error:
+                raise SpecError(f"{source}: field {error}") from None
         raw.setdefault("checkpoint", {})["keep"] = spec.checkpoint.keep
         if isinstance(spec.checkpoint.every_steps, int):
             raw["checkpoint"]["every_steps"] = spec.checkpoint.every_steps
@@ -195,6 +226,18 @@ def expand_trials(spec: SweepSpec, spec_dir: Path, source: str) -> list[TrialSpe
     return trials
 
 
+def _check_uris(raw: dict, path: Path) -> None:
+    """Storage locations and the endpoint, before pydantic sees them (its errors would repeat a secret)."""
+    try:
+        for field in ("storage", "config.output_dir"):
+            if isinstance(raw.get(field), str):
+                refuse_credentials(raw[field], f"field '{field}'")
+        if isinstance(raw.get("storage_endpoint"), str):
+            check_endpoint(raw["storage_endpoint"], "field 'storage_endpoint'")
+    except ClusterError as error:
+        raise SpecError(f"{path}: {error}") from None
+
+
 def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
     path = Path(path)
     if not path.is_file():
@@ -202,11 +245,14 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
     raw = read_yaml(path, SpecError)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping with name, base/config, search, resources, storage")
+    _check_uris(raw, path)
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as error:
         raise SpecError(describe_validation_error(str(path), SweepSpec, error)) from None
     trials = expand_trials(spec, path.parent, str(path))
+    for trial in trials:
+        _check_uris({"config.output_dir": trial.config.output_dir}, path)
     unknown = unknown_trial_refs(spec.simulation, [trial.id for trial in trials])
     if unknown:
         raise SpecError(

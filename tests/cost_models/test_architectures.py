@@ -9,6 +9,8 @@ PUBLISHED_PARAMS = {  # total parameters as their model cards state them
     "qwen2-0.5b": 0.494e9, "qwen2.5-1.5b": 1.54e9, "qwen2.5-7b": 7.61e9, "llama-3-8b": 8.03e9,
     "llama-3-70b": 70.6e9, "mistral-7b": 7.24e9, "gemma-2-2b": 2.61e9, "phi-3-mini": 3.82e9,
     "smollm2-135m": 0.135e9, "smollm2-360m": 0.362e9, "smollm2-1.7b": 1.71e9, "qwen2.5-72b": 72.7e9,
+    "qwen3-0.6b": 0.6e9, "qwen3-1.7b": 1.7e9, "qwen3-4b": 4.0e9, "qwen3-8b": 8.2e9, "llama-3.2-1b": 1.23e9,
+    "llama-3.2-3b": 3.21e9, "llama-3.3-70b": 70.6e9, "phi-3.5-mini": 3.82e9, "gemma-2-27b": 27.2e9, "gemma-3-1b": 1.0e9,
 }
 
 
@@ -21,7 +23,9 @@ def test_issue_models_are_in_the_table():
     names = set(table_names())
     for name in ("qwen2-0.5b", "qwen2.5-72b", "llama-3-8b", "llama-3-70b", "mistral-7b", "gemma-2-2b", "gemma-2-9b",
                  "phi-3-mini", "phi-3-medium", "deepseek-r1-distill-qwen-1.5b", "deepseek-r1-distill-qwen-7b",
-                 "smollm2-135m", "smollm2-360m", "smollm2-1.7b"):
+                 "smollm2-135m", "smollm2-360m", "smollm2-1.7b", "qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b",
+                 "llama-3.2-1b", "llama-3.2-3b", "llama-3.3-70b", "phi-3.5-mini", "gemma-2-27b", "gemma-3-1b",
+                 "gemma-3-4b", "gemma-3-12b", "gemma-3-27b"):
         assert name in names
 
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from train_core.fast.layer import GROUPS, module_path
+from train_core.fast.batch import PackedBatch
+from train_core.fast.layer import module_path
 from train_core.fast.model import FastCausalLM
+from train_core.fast.recompute import Recompute
+from train_core.models.loading import attention_implementation
 from train_core.models.sources import resolve_model
 
 
@@ -35,11 +38,12 @@ def hf_base(model: FastCausalLM, path: str, dtype: torch.dtype, device: str):
     """The transformers model with our dequantized NF4 weights in place of its linear weights."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention_implementation(path, "sdpa"))
+    hf = hf.to(device)
     hf.config.use_cache = False
     with torch.no_grad():
         for index, layer in enumerate(model.layers):
-            for group, names in GROUPS.items():
+            for group, names in layer.names.items():
                 for name, base in zip(names, layer.groups[group].bases):
                     hf.get_submodule(module_path(index, name)).weight.copy_(base.dequantize(dtype))
     return hf
@@ -62,3 +66,16 @@ def hf_loss_and_grads(peft_model, ids, positions, labels, keys: list[str]) -> tu
     loss.backward()
     named = dict(peft_model.named_parameters())
     return loss.detach(), [named[key.replace(".weight", ".default.weight")].grad for key in keys]
+
+
+def fast_loss_and_grads(model: FastCausalLM, batch_tensors, recompute: Recompute, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The fast model's summed loss on one packed batch and its adapter gradients (parameters() order)."""
+    for parameter in model.parameters():
+        parameter.grad = None
+    loss = model.loss_sum(PackedBatch.build(*batch_tensors, device), recompute, ce_chunk_rows=256)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got.float() - expected.float()).norm() / expected.float().norm().clamp(min=1e-12))

@@ -4,32 +4,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.fast.helpers import hf_loss_and_grads, hf_twin, packed_batch, randomize_adapters, tiny_path
+from tests.fast.helpers import (
+    fast_loss_and_grads, hf_loss_and_grads, hf_twin, packed_batch, randomize_adapters, relative_error, tiny_path,
+)
 from train_core.fast.attention import varlen_backend
-from train_core.fast.batch import PackedBatch
 from train_core.fast.host_store import HostStore
 from train_core.fast.loading import AdapterSpec, load_fast_model
 from train_core.fast.recompute import ActivationOffloader, Recompute
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((got.float() - expected.float()).norm() / expected.float().norm().clamp(min=1e-12))
 
 
 def run(model, batch_tensors, mode: str, recompute: Recompute | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    for parameter in model.parameters():
-        parameter.grad = None
-    batch = PackedBatch.build(*batch_tensors, CUDA)
-    loss = model.loss_sum(batch, recompute or Recompute(mode, CUDA), ce_chunk_rows=256)
-    loss.backward()
-    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+    return fast_loss_and_grads(model, batch_tensors, recompute or Recompute(mode, CUDA), CUDA)
 
 
-@pytest.fixture(params=["tiny-qwen2", "tiny-llama"])
+@pytest.fixture(params=["tiny-qwen2", "tiny-llama", "tiny-qwen3", "tiny-llama3.2", "tiny-phi3", "tiny-gemma2", "tiny-gemma3"])
 def setup(request):
     path = tiny_path(request.param)
     model = load_fast_model(path, AdapterSpec.from_target_modules(16, 16, "all-linear", seed=1), CUDA)
@@ -90,7 +81,8 @@ def test_offloader_round_trips_in_chunks_and_refuses_what_passes_the_budget():
 
 def test_matches_transformers_peft_in_bf16(setup):
     path, model, batch = setup
-    twin = hf_twin(model, path, torch.bfloat16, "cuda", TARGETS, r=16, alpha=16)
+    targets = sorted({key.rsplit(".", 3)[-3] for key in model.adapter_state()})
+    twin = hf_twin(model, path, torch.bfloat16, "cuda", targets, r=16, alpha=16)
     loss, grads = run(model, batch, "full")
     ids, positions, labels = (t.to(CUDA) for t in batch)
     expected_loss, expected_grads = hf_loss_and_grads(twin, ids, positions, labels, list(model.adapter_state()))

@@ -49,16 +49,57 @@ def test_lora_autograd_matches_peft_lora_layer():
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-llama"])
+TINY_MODELS = ["tiny-qwen2", "tiny-llama", "tiny-qwen3", "tiny-llama3.2", "tiny-phi3", "tiny-gemma2", "tiny-gemma3"]
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
 @pytest.mark.parametrize("mode,tile", [("none", None), ("full", None), ("full", 5)])
 def test_fast_model_matches_transformers_peft_on_packed_batches(name, mode, tile):
-    path = tiny_path(name)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    check_against_transformers(name, [5, 9, 3, 7], mode, tile)
+
+
+def test_phi3_longrope_switches_to_its_long_factors_as_transformers_does():
+    """tiny-phi3 was pretrained on 64 tokens: a 70-token sample takes the whole batch to the long factors."""
+    model = check_against_transformers("tiny-phi3", [70, 10], "full", None)
+    rotary = model.layers[0].rotary
+    assert not torch.equal(rotary.for_length(70), rotary.for_length(64)) and rotary.scaling > 1
+
+
+@pytest.mark.slow
+def test_phi35_real_layer_shape_matches_transformers_in_fp32(tmp_path):
+    """Phi-3.5-mini's layer width (head_dim 96, 32 heads, longrope with its attention factor) on its long factors,
+    one layer deep and with the pretraining length cut to 256 so a short sample passes it."""
+    import dataclasses
+
+    from tests.fast.helpers import fast_loss_and_grads, relative_error
+    from tests.fast.real_shapes import REAL_SHAPES, build
+
+    shape = REAL_SHAPES["phi-3.5-mini"]
+    config = dict(shape.config, original_max_position_embeddings=256)
+    config["rope_parameters"] = dict(config["rope_parameters"], original_max_position_embeddings=256)
+    path = build(dataclasses.replace(shape, config=config), tmp_path / "phi", CPU, torch.float32, layers=1)
     model = load_fast_model(path, AdapterSpec.from_target_modules(8, 16, "all-linear", seed=1), CPU, torch.float32)
     generator = torch.Generator().manual_seed(2)
     randomize_adapters(model, generator)
+    batch = packed_batch([300, 60], model.spec.vocab, generator)
+    loss, _ = fast_loss_and_grads(model, batch, Recompute("none", CPU), CPU)
+    keys = list(model.adapter_state())
+    twin = hf_twin(model, path, torch.float32, "cpu", ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], r=8, alpha=16)
+    expected_loss, expected_grads = hf_loss_and_grads(twin, *batch, keys)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-4)
+    for key, grad in zip(keys, expected_grads):
+        assert relative_error(model.adapter_state()[key].grad, grad) < 1e-4, key
+
+
+def check_against_transformers(name: str, lengths: list[int], mode: str, tile: int | None):
+    """Loss and every adapter gradient of one packed batch equal transformers + PEFT's (fp32, CPU)."""
+    path = tiny_path(name)
+    model = load_fast_model(path, AdapterSpec.from_target_modules(8, 16, "all-linear", seed=1), CPU, torch.float32)
+    targets = sorted({name.rsplit(".", 3)[-3] for name in model.adapter_state()})
+    generator = torch.Generator().manual_seed(2)
+    randomize_adapters(model, generator)
     twin = hf_twin(model, path, torch.float32, "cpu", targets, r=8, alpha=16)
-    ids, positions, labels = packed_batch([5, 9, 3, 7], model.spec.vocab, generator)
+    ids, positions, labels = packed_batch(lengths, model.spec.vocab, generator)
     loss = model.loss_sum(PackedBatch.build(ids, positions, labels, CPU), Recompute(mode, CPU), ce_chunk_rows=7, mlp_tile_rows=tile)
     loss.backward()
     keys = list(model.adapter_state())
@@ -66,6 +107,7 @@ def test_fast_model_matches_transformers_peft_on_packed_batches(name, mode, tile
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-4)
     for key, grad in zip(keys, expected_grads):
         torch.testing.assert_close(model.adapter_state()[key].grad, grad, rtol=1e-3, atol=1e-5, msg=key)
+    return model
 
 
 def test_engine_adapter_loads_with_peft_and_gives_the_same_loss(tmp_path):

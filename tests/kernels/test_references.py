@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from train_core.fast.nf4 import dynamic_map, quantize_nf4
 from train_core.kernels.cross_entropy import cross_entropy_reference_, linear_cross_entropy, linear_cross_entropy_reference
 from train_core.kernels.nf4_dequant import dequantize_reference
+from train_core.kernels.geglu import geglu_backward_reference, geglu_reference
 from train_core.kernels.rms_norm import rms_norm_reference
 from train_core.kernels.rope import rope_reference
 from train_core.kernels.swiglu import swiglu_backward_reference, swiglu_reference
@@ -60,6 +61,38 @@ def test_rms_norm_matches_transformers(rows, hidden):
     torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
     x = torch.randn(rows, hidden).to(torch.bfloat16)
     torch.testing.assert_close(rms_norm_reference(x, norm.weight.detach(), 1e-6), norm(x).detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_unit_offset_rms_norm_matches_gemma(dtype):
+    from transformers.models.gemma2.modeling_gemma2 import Gemma2RMSNorm
+
+    norm = Gemma2RMSNorm(200, eps=1e-6).to(dtype)
+    torch.nn.init.uniform_(norm.weight, -0.5, 0.5)
+    x = (torch.randn(17, 200) * 3).to(dtype)
+    torch.testing.assert_close(rms_norm_reference(x, norm.weight.detach(), 1e-6, unit_offset=True), norm(x).detach(), rtol=0, atol=0)
+
+
+def test_geglu_reference_matches_transformers_gelu_tanh_and_its_gradient():
+    from transformers.activations import ACT2FN
+
+    eg = torch.randn(9, 2 * 40, dtype=torch.float64, requires_grad=True)
+    e, g = eg.chunk(2, dim=-1)
+    h = ACT2FN["gelu_pytorch_tanh"](e) * g
+    grad = torch.randn_like(h)
+    (expected,) = torch.autograd.grad(h, eg, grad)
+    torch.testing.assert_close(geglu_reference(eg.detach()), h.detach(), **FP32)
+    torch.testing.assert_close(geglu_backward_reference(grad, eg.detach().clone()), expected, **FP32)
+
+
+def test_soft_capped_cross_entropy_reference_gives_loss_and_logit_gradient():
+    logits = (torch.randn(6, 50, dtype=torch.float64) * 20).requires_grad_()
+    targets = torch.randint(0, 50, (6,))
+    loss = F.cross_entropy(torch.tanh(logits / 30.0) * 30.0, targets, reduction="none")
+    (expected,) = torch.autograd.grad(loss.sum(), logits)
+    buffer = logits.detach().clone()
+    torch.testing.assert_close(cross_entropy_reference_(buffer, targets, softcap=30.0).double(), loss.detach(), **FP32)
+    torch.testing.assert_close(buffer, expected, **FP32)
 
 
 @pytest.mark.parametrize("heads,head_dim", [(3, 16), (5, 64)])

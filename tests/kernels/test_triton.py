@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from train_core.fast.nf4 import quantize_nf4
-from train_core.kernels import cross_entropy, rms_norm, rope, swiglu
+from train_core.kernels import cross_entropy, geglu, rms_norm, rope, swiglu
 
 pytestmark = pytest.mark.cuda
 BF16 = dict(rtol=2e-2, atol=2e-2)
@@ -39,8 +39,9 @@ def test_nf4_dequant_with_lora_merge(kernels, rows, cols, rank):
     torch.testing.assert_close(outputs["triton"], outputs["reference"], rtol=1e-2, atol=1e-3)
 
 
-@pytest.mark.parametrize("rows,hidden", [(1, 64), (257, 1536), (1000, 4096), (33, 200)])
-def test_rms_norm_forward_backward(kernels, rows, hidden):
+@pytest.mark.parametrize("unit_offset", [False, True])
+@pytest.mark.parametrize("rows,hidden", [(1, 64), (257, 1536), (1000, 4096), (33, 200), (4096, 256)])
+def test_rms_norm_forward_backward(kernels, rows, hidden, unit_offset):
     x = torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16) * 3
     weight = (torch.rand(hidden, device="cuda") + 0.5).to(torch.bfloat16)
     grad = torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16)
@@ -48,7 +49,7 @@ def test_rms_norm_forward_backward(kernels, rows, hidden):
     for mode in ("triton", "reference"):
         kernels(mode)
         leaf = x.clone().requires_grad_()
-        out = rms_norm.rms_norm(leaf, weight, 1e-6)
+        out = rms_norm.rms_norm(leaf, weight, 1e-6, unit_offset)
         out.backward(grad)
         results[mode] = (out, leaf.grad)
     torch.testing.assert_close(results["triton"][0], results["reference"][0], **BF16)
@@ -90,8 +91,23 @@ def test_swiglu_forward_backward(kernels, tokens, inter):
         assert relative_error(got, expected) < 1e-2
 
 
-@pytest.mark.parametrize("rows,vocab,hidden,chunk", [(9, 1000, 64, 4), (600, 151936, 1536, 256), (300, 128256, 512, 512)])
-def test_fused_linear_cross_entropy(kernels, rows, vocab, hidden, chunk):
+@pytest.mark.parametrize("tokens,inter", [(5, 176), (2048, 9216), (300, 6912)])
+def test_geglu_forward_backward(kernels, tokens, inter):
+    eg = torch.randn(tokens, 2 * inter, device="cuda", dtype=torch.bfloat16) * 2
+    grad = torch.randn(tokens, inter, device="cuda", dtype=torch.bfloat16)
+    results = {}
+    for mode in ("triton", "reference"):
+        kernels(mode)
+        results[mode] = (geglu.geglu(eg), geglu.geglu_backward_(grad, eg.clone()))
+    for got, expected in zip(results["triton"], results["reference"]):
+        assert relative_error(got, expected) < 1e-2
+
+
+@pytest.mark.parametrize("rows,vocab,hidden,chunk,softcap", [
+    (9, 1000, 64, 4, None), (600, 151936, 1536, 256, None), (300, 128256, 512, 512, None), (300, 256000, 512, 256, 30.0),
+    (9, 1000, 64, 4, 2.0),
+])
+def test_fused_linear_cross_entropy(kernels, rows, vocab, hidden, chunk, softcap):
     h = torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16)
     weight = torch.randn(vocab, hidden, device="cuda", dtype=torch.bfloat16) * 0.05
     targets = torch.randint(0, vocab, (rows,), device="cuda")
@@ -99,10 +115,10 @@ def test_fused_linear_cross_entropy(kernels, rows, vocab, hidden, chunk):
     for mode in ("triton", "reference"):
         kernels(mode)
         leaf = h.clone().requires_grad_()
-        loss = cross_entropy.linear_cross_entropy(leaf, weight, targets, chunk)
+        loss = cross_entropy.linear_cross_entropy(leaf, weight, targets, chunk, softcap)
         (loss * 0.5).backward()
         results[mode] = (loss, leaf.grad)
-    exact = cross_entropy.linear_cross_entropy_reference(h.float(), weight.float(), targets)
+    exact = cross_entropy.linear_cross_entropy_reference(h.float(), weight.float(), targets, softcap)
     torch.testing.assert_close(results["triton"][0], results["reference"][0], rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(results["triton"][0], exact, rtol=2e-3, atol=1e-2)
     assert relative_error(results["triton"][1], results["reference"][1]) < 1e-2

@@ -1,11 +1,16 @@
-"""Which Hugging Face decoder configs the fast engine runs, and their shapes."""
+"""Which Hugging Face decoder configs the fast engine runs, and their shapes and per-architecture choices."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from train_core.fast.rotary import rope_layer_parameters
+from train_core.fast.support import FUSED_MODEL_TYPES, SUPPORTED_MODEL_TYPES
 
-from train_core.fast.support import SUPPORTED_MODEL_TYPES
+ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
+ROPE_TYPES = ("default", "llama3", "linear", "longrope")
+GEMMA_TYPES = ("gemma2", "gemma3_text")
+QK_NORM_TYPES = ("qwen3", "gemma3_text")
+DROPOUTS = ("attention_dropout", "resid_pdrop", "embd_pdrop")
 
 
 @dataclass(frozen=True)
@@ -20,64 +25,73 @@ class ArchSpec:
     vocab: int
     eps: float
     tied: bool
-    sliding_window: int | None
+    layer_types: tuple[str, ...]  # "full_attention" or "sliding_attention" per layer
+    sliding_window: int | None  # keys a sliding layer sees, the query's own included
+    activation: str = "silu"  # of the gated MLP: silu or gelu_tanh
+    fused: bool = False  # one qkv_proj and one gate_up_proj linear per layer (Phi-3)
+    qk_norm: bool = False  # RMSNorm of each query and key head before the rotation (Qwen3, Gemma 3)
+    gemma: bool = False  # (1 + w) norms, norms after attention and MLP as well, embedding times sqrt(hidden)
+    attention_scale: float | None = None  # softmax scale; None = head_dim ** -0.5
+    attention_softcap: float | None = None  # scores capped as cap * tanh(scores / cap) (Gemma 2)
+    final_softcap: float | None = None  # logits capped likewise (Gemma 2)
+
+    def window(self, layer: int) -> int | None:
+        return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
+
+    @property
+    def embed_scale(self) -> float | None:
+        return self.hidden**0.5 if self.gemma else None
 
 
 def unsupported_reason(config) -> str | None:
     """Why the fast engine cannot run this config (None when it can)."""
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         return f"model type {config.model_type!r} (fast engine supports {', '.join(SUPPORTED_MODEL_TYPES)})"
-    if getattr(config, "hidden_act", "silu") not in ("silu", "swish"):
-        return f"activation {config.hidden_act!r}"
+    if _activation_name(config) not in ACTIVATIONS:
+        return f"activation {_activation_name(config)!r}"
     if getattr(config, "mlp_bias", False):
         return "MLP biases"
-    rope = rope_parameters(config)
-    if rope.get("rope_type", "default") not in ("default", "llama3", "linear"):
-        return f"rope type {rope.get('rope_type')!r}"
+    if getattr(config, "use_bidirectional_attention", False):
+        return "bidirectional attention"
+    dropped = [name for name in DROPOUTS if getattr(config, name, 0.0)]
+    if dropped:
+        return f"dropout in the model ({', '.join(dropped)})"
+    for rope in rope_layer_parameters(config).values():
+        if rope.get("rope_type", "default") not in ROPE_TYPES:
+            return f"rope type {rope.get('rope_type')!r}"
+        if rope.get("partial_rotary_factor", 1.0) != 1.0:
+            return f"partial rotary embedding (factor {rope['partial_rotary_factor']})"
     return None
 
 
 def arch_spec(config) -> ArchSpec:
-    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    heads = config.num_attention_heads
+    layers = config.num_hidden_layers
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) is not False else None
+    layer_types = getattr(config, "layer_types", None) or ["sliding_attention" if window else "full_attention"] * layers
+    gemma = config.model_type in GEMMA_TYPES
     return ArchSpec(
         model_type=config.model_type,
         hidden=config.hidden_size,
         intermediate=config.intermediate_size,
-        layers=config.num_hidden_layers,
-        heads=config.num_attention_heads,
-        kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-        head_dim=_head_dim(config),
+        layers=layers,
+        heads=heads,
+        kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
         vocab=config.vocab_size,
         eps=config.rms_norm_eps,
         tied=bool(getattr(config, "tie_word_embeddings", False)),
+        layer_types=tuple(layer_types),
         sliding_window=window,
+        activation=ACTIVATIONS[_activation_name(config)],
+        fused=config.model_type in FUSED_MODEL_TYPES,
+        qk_norm=config.model_type in QK_NORM_TYPES,
+        gemma=gemma,
+        attention_scale=config.query_pre_attn_scalar**-0.5 if gemma else None,
+        attention_softcap=getattr(config, "attn_logit_softcapping", None),
+        final_softcap=getattr(config, "final_logit_softcapping", None),
     )
 
 
-def rope_parameters(config) -> dict:
-    parameters = getattr(config, "rope_parameters", None)
-    if parameters:
-        return dict(parameters)
-    scaling = dict(getattr(config, "rope_scaling", None) or {})
-    scaling.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
-    scaling.setdefault("rope_type", scaling.get("type", "default"))
-    return scaling
-
-
-def inverse_frequencies(config) -> torch.Tensor:
-    """fp32 (head_dim / 2,) rotary inverse frequencies, as Hugging Face computes them for this config."""
-    rope = rope_parameters(config)
-    kind = rope.get("rope_type", "default")
-    if kind == "default":
-        dim = _head_dim(config)
-        return 1.0 / (rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](config, torch.device("cpu"))
-    if scaling != 1.0:
-        raise ValueError(f"rope type {kind!r} with attention scaling {scaling} is not supported by the fast engine")
-    return inv_freq.float()
-
-
-def _head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+def _activation_name(config) -> str:
+    return getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None) or "silu"

@@ -3,12 +3,15 @@
 q is (tokens, heads, head_dim) and k, v are (tokens, kv_heads, head_dim), exactly as the fused QKV
 projection lays them out, so no transposes or copies are needed on the varlen path. The first CUDA
 call probes which form of varlen attention this torch build accepts (native grouped-query heads, or
-K/V repeated to the query heads) and keeps it; without one, each sample goes through SDPA.
+K/V repeated to the query heads) and keeps it; without one, each sample goes through SDPA. A sliding
+window lets a query see its `window` latest keys (itself included), as Hugging Face's sliding masks do.
+Soft-capped scores (Gemma 2) have no flash kernel here: those layers compute their scores per sample.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -17,17 +20,27 @@ import torch.nn.functional as F
 from train_core.fast.batch import PackedBatch
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+@dataclass(frozen=True)
+class AttentionShape:
+    """What varies between layers and architectures: the window, the softmax scale and the score cap."""
+
+    window: int | None = None
+    scale: float | None = None  # None = head_dim ** -0.5
+    softcap: float | None = None
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch, shape: AttentionShape = AttentionShape()) -> torch.Tensor:
     """(tokens, heads, head_dim) causal attention within each sample."""
-    if q.is_cuda:
+    window = shape.window if shape.window is not None and shape.window < batch.max_length else None
+    if q.is_cuda and shape.softcap is None:
         varlen = varlen_backend(q.device)
-        if varlen is not None:
-            return varlen(q, k, v, batch.cu_seqlens, batch.max_length)
-    return sdpa_per_sample(q, k, v, batch.lengths)
+        if varlen is not None and (window is None or varlen.windows):
+            return varlen(q, k, v, batch.cu_seqlens, batch.max_length, window, shape.scale)
+    return sdpa_per_sample(q, k, v, batch.lengths, AttentionShape(window, shape.scale, shape.softcap))
 
 
-def sdpa_per_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """Reference path: one causal SDPA call per run of equal-length samples."""
+def sdpa_per_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], shape: AttentionShape = AttentionShape()) -> torch.Tensor:
+    """Reference path: one causal attention call per run of equal-length samples."""
     outputs, start, index = [], 0, 0
     while index < len(lengths):
         length, count = lengths[index], 1
@@ -35,13 +48,39 @@ def sdpa_per_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: 
             count += 1
         end = start + length * count
         view = [t[start:end].view(count, length, t.shape[1], t.shape[2]).transpose(1, 2) for t in (q, k, v)]
-        out = F.scaled_dot_product_attention(*view, is_causal=True, enable_gqa=view[0].shape[1] != view[1].shape[1])
+        out = _causal(*view, shape)
         outputs.append(out.transpose(1, 2).reshape(end - start, q.shape[1], q.shape[2]))
         start, index = end, index + count
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
-Varlen = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: AttentionShape) -> torch.Tensor:
+    """(batch, heads, length, head_dim) causal attention of equal-length samples."""
+    length = q.shape[2]
+    window = shape.window if shape.window is not None and shape.window < length else None
+    if shape.softcap is None and window is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=shape.scale, enable_gqa=q.shape[1] != k.shape[1])
+    rows = torch.arange(length, device=q.device)
+    distance = rows[:, None] - rows[None, :]
+    allowed = (distance >= 0) & (distance < window if window is not None else True)
+    if shape.softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=shape.scale, enable_gqa=q.shape[1] != k.shape[1])
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-1, -2)).float() * (shape.scale if shape.scale is not None else q.shape[-1] ** -0.5)
+    scores = torch.tanh(scores / shape.softcap) * shape.softcap
+    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).to(q.dtype)
+    return weights @ v
+
+
+class Varlen:
+    """A varlen attention call; `windows` says whether it takes sliding windows."""
+
+    def __init__(self, call: Callable, windows: bool) -> None:
+        self.call, self.windows = call, windows
+
+    def __call__(self, q, k, v, cu_seqlens, max_length: int, window: int | None = None, scale: float | None = None):
+        return self.call(q, k, v, cu_seqlens, max_length, window, scale)
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,26 +91,42 @@ def varlen_backend(device: torch.device) -> Varlen | None:
     except ImportError:
         return None
     parameters = inspect.signature(varlen_attn).parameters
-    causal = {"is_causal": True} if "is_causal" in parameters else {"window_size": (-1, 0)}
+    windows = "window_size" in parameters
+    takes_scale = "scale" in parameters
     native_gqa = {"enable_gqa": True} if "enable_gqa" in parameters else {}
 
-    def native(q, k, v, cu_seqlens, max_length):
-        extra = native_gqa if k.shape[1] != q.shape[1] else {}
-        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, **causal, **extra)
+    def options(window: int | None, scale: float | None) -> dict:
+        extra = {"scale": scale} if scale is not None else {}
+        if window is not None or windows:
+            return {"window_size": (window - 1 if window is not None else -1, 0), **extra}
+        return {"is_causal": True, **extra}
 
-    def repeated(q, k, v, cu_seqlens, max_length):
+    def scaled(q: torch.Tensor, scale: float | None) -> tuple[torch.Tensor, float | None]:
+        """Without a scale argument, fold the scale into q."""
+        if scale is None or takes_scale:
+            return q, scale
+        return q * (scale * q.shape[-1] ** 0.5), None
+
+    def native(q, k, v, cu_seqlens, max_length, window, scale):
+        q, scale = scaled(q, scale)
+        extra = native_gqa if k.shape[1] != q.shape[1] else {}
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, **options(window, scale), **extra)
+
+    def repeated(q, k, v, cu_seqlens, max_length, window, scale):
+        q, scale = scaled(q, scale)
         groups = q.shape[1] // k.shape[1]
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, **causal)
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, **options(window, scale))
 
-    for candidate in (native, repeated):
-        if _probe(candidate, device):
+    for candidate in (Varlen(native, False), Varlen(repeated, False)):
+        if _probe(candidate, device, AttentionShape(scale=0.1)):
+            candidate.windows = windows and _probe(candidate, device, AttentionShape(window=32, scale=0.1))
             return candidate
     return None
 
 
-def _probe(candidate: Varlen, device: torch.device) -> bool:
+def _probe(candidate: Varlen, device: torch.device, shape: AttentionShape) -> bool:
     generator = torch.Generator(device=device).manual_seed(0)
     lengths = [48, 80]
     q = torch.randn(128, 4, 64, device=device, dtype=torch.bfloat16, generator=generator).requires_grad_()
@@ -79,9 +134,9 @@ def _probe(candidate: Varlen, device: torch.device) -> bool:
     v = torch.randn(128, 2, 64, device=device, dtype=torch.bfloat16, generator=generator).requires_grad_()
     cu = torch.tensor([0, 48, 128], dtype=torch.int32, device=device)
     try:
-        out = candidate(q, k, v, cu, max(lengths))
+        out = candidate(q, k, v, cu, max(lengths), shape.window, shape.scale)
         out.float().square().sum().backward()
     except (RuntimeError, ValueError, TypeError, NotImplementedError):
         return False
-    reference = sdpa_per_sample(q.detach().float(), k.detach().float(), v.detach().float(), lengths)
+    reference = sdpa_per_sample(q.detach().float(), k.detach().float(), v.detach().float(), lengths, shape)
     return bool(torch.allclose(out.float(), reference, atol=2e-2, rtol=2e-2)) and q.grad is not None

@@ -20,13 +20,13 @@ def fast_engine_unsupported(config, path) -> str | None:
         return "the fast engine runs on CUDA only"
     if path.quantization != "nf4" or path.compute_dtype != torch.bfloat16:
         return f"base weights {path.quantization} with compute {path.compute_dtype} (fast engine: nf4 with bf16)"
-    from train_core.fast.support import PROJECTIONS
     from train_core.models.sources import resolve_model
 
     targets = config.lora.target_modules
-    if targets != "all-linear" and not set(targets) <= set(PROJECTIONS):
-        return f"LoRA targets beyond the decoder projections ({sorted(set(targets) - set(PROJECTIONS))})"
-    return unsupported(resolve_model(config.model.name).path, config.lora.dropout, torch.device(path.device))
+    return unsupported(
+        resolve_model(config.model.name).path, config.lora.dropout, torch.device(path.device),
+        None if targets == "all-linear" else tuple(targets),
+    )
 
 
 def build_fast_engine(config, path) -> "FastEngine":
@@ -43,15 +43,23 @@ def build_fast_engine(config, path) -> "FastEngine":
     return engine
 
 
-def unsupported(model_path: str | Path, lora_dropout: float, device: torch.device) -> str | None:
-    """Why the fast engine cannot train this model here (None when it can)."""
+def unsupported(
+    model_path: str | Path, lora_dropout: float, device: torch.device, targets: tuple[str, ...] | None = None
+) -> str | None:
+    """Why the fast engine cannot train this model here with these LoRA targets (None = all linears) (None when it can)."""
     if device.type != "cuda":
         return "the fast engine runs on CUDA only"
     if lora_dropout:
         return "LoRA dropout (the fast engine's fused LoRA has none)"
     from transformers import AutoConfig
 
-    return unsupported_reason(AutoConfig.from_pretrained(model_path))
+    from train_core.fast.support import projections
+
+    config = AutoConfig.from_pretrained(model_path)
+    beyond = sorted(set(targets or ()) - set(projections(config.model_type)))
+    if beyond:
+        return f"LoRA targets beyond the decoder projections ({beyond})"
+    return unsupported_reason(config)
 
 
 def ce_chunk_rows(vocab: int, budget_mib: int) -> int:
@@ -69,9 +77,9 @@ class FastEngine:
         host_budget_bytes: int | None = None,
     ) -> None:
         self.model_path = str(model_path)
-        self.adapters = adapters
         self.device = device
         self.model = load_fast_model(model_path, adapters, device, dtype)
+        self.adapters = adapters.for_model(self.model.spec.model_type)
         self.recompute = Recompute(checkpointing, device, host_budget_bytes)
         self.ce_chunk_rows = ce_chunk_rows(self.model.spec.vocab, ce_budget_mib)
         self.mlp_tile_rows = mlp_tile_rows

@@ -8,19 +8,22 @@ from pathlib import Path
 
 import torch
 
-from train_core.fast.arch import arch_spec, inverse_frequencies, unsupported_reason
-from train_core.fast.layer import GROUPS, DecoderLayer, module_path
-from train_core.fast.support import PROJECTIONS
+from train_core.fast.arch import ArchSpec, arch_spec, unsupported_reason
+from train_core.fast.attention import AttentionShape
+from train_core.fast.layer import DecoderLayer, module_path
 from train_core.fast.lora import LoRAGroup
 from train_core.fast.model import FastCausalLM
 from train_core.fast.nf4 import quantize_nf4
+from train_core.fast.qkv import HeadNorms
+from train_core.fast.rotary import DEFAULT_KEY, RotaryFrequencies, rotary_frequencies
+from train_core.fast.support import ALL_PROJECTIONS, projection_groups, projections
 
 
 @dataclass(frozen=True)
 class AdapterSpec:
     r: int
     alpha: float
-    targets: tuple[str, ...]  # projection names, e.g. ("q_proj", ..., "down_proj")
+    targets: tuple[str, ...] | None  # projection names, e.g. ("q_proj", ..., "down_proj"); None = all linears
     seed: int
 
     @property
@@ -29,11 +32,21 @@ class AdapterSpec:
 
     @classmethod
     def from_target_modules(cls, r: int, alpha: float, target_modules, seed: int) -> "AdapterSpec":
-        targets = PROJECTIONS if target_modules == "all-linear" else tuple(target_modules)
-        unknown = sorted(set(targets) - set(PROJECTIONS))
+        if target_modules == "all-linear":
+            return cls(r, alpha, None, seed)
+        unknown = sorted(set(target_modules) - set(ALL_PROJECTIONS))
         if unknown:
-            raise ValueError(f"lora.target_modules: {unknown} not in this model; accepted: all-linear or among {list(PROJECTIONS)}")
-        return cls(r, alpha, tuple(name for name in PROJECTIONS if name in targets), seed)
+            raise ValueError(f"lora.target_modules: {unknown} not in this model; accepted: all-linear or among {list(ALL_PROJECTIONS)}")
+        return cls(r, alpha, tuple(target_modules), seed)
+
+    def for_model(self, model_type: str) -> "AdapterSpec":
+        """These adapters with their targets named as in this model type, in its module order."""
+        names = projections(model_type)
+        targets = names if self.targets is None else self.targets
+        unknown = sorted(set(targets) - set(names))
+        if unknown:
+            raise ValueError(f"lora.target_modules: {unknown} not in this model; accepted: all-linear or among {list(names)}")
+        return AdapterSpec(self.r, self.alpha, tuple(name for name in names if name in targets), self.seed)
 
 
 class Checkpoint:
@@ -67,37 +80,51 @@ def load_fast_model(path: str | Path, adapters: AdapterSpec, device: torch.devic
     if reason:
         raise ValueError(f"the fast engine does not support {reason}")
     spec = arch_spec(config)
+    adapters = adapters.for_model(spec.model_type)
     weights = Checkpoint(path, device)
     generator = torch.Generator().manual_seed(adapters.seed)
-    layers = [_load_layer(weights, index, adapters, generator, device, dtype) for index in range(spec.layers)]
+    rotary = {key: table.to(device) for key, table in rotary_frequencies(config).items()}
+    layers = [_load_layer(weights, spec, index, adapters, rotary, generator, device, dtype) for index in range(spec.layers)]
     embed = weights.get("model.embed_tokens.weight").to(dtype)
     head = embed if spec.tied or "lm_head.weight" not in weights else weights.get("lm_head.weight").to(dtype)
-    return FastCausalLM(
-        spec=spec, embed=embed, head=head, final_norm=weights.get("model.norm.weight").to(dtype), layers=layers,
-        inv_freq=inverse_frequencies(config).to(device),
-    )
+    return FastCausalLM(spec=spec, embed=embed, head=head, final_norm=weights.get("model.norm.weight").to(dtype), layers=layers)
 
 
 def _load_layer(
-    weights: Checkpoint, index: int, adapters: AdapterSpec, generator: torch.Generator, device: torch.device, dtype: torch.dtype
+    weights: Checkpoint, spec: ArchSpec, index: int, adapters: AdapterSpec, rotary: dict[str, RotaryFrequencies],
+    generator: torch.Generator, device: torch.device, dtype: torch.dtype,
 ) -> DecoderLayer:
     prefix = f"model.layers.{index}"
+    names = projection_groups(spec.model_type)
     lora = {
         name: _fresh_adapter(weights.shape(f"{module_path(index, name)}.weight"), adapters.r, generator, device)
-        for name in PROJECTIONS
-        if name in adapters.targets
+        for name in adapters.targets
     }
     groups = {}
-    for group, names in GROUPS.items():
-        bases = [quantize_nf4(weights.get(f"{module_path(index, name)}.weight").to(dtype)) for name in names]
-        biases = [f"{module_path(index, name)}.bias" for name in names]
+    for group, members in names.items():
+        bases = [quantize_nf4(weights.get(f"{module_path(index, name)}.weight").to(dtype)) for name in members]
+        biases = [f"{module_path(index, name)}.bias" for name in members]
         bias = torch.cat([weights.get(b).to(dtype) for b in biases]) if all(b in weights for b in biases) else None
-        groups[group] = LoRAGroup(bases, [name in lora for name in names], adapters.scale, bias, dtype)
+        groups[group] = LoRAGroup(bases, [name in lora for name in members], adapters.scale, bias, dtype)
+
+    def norm(name: str) -> torch.Tensor:
+        return weights.get(f"{prefix}.{name}.weight").to(dtype)
+
+    layer_type = spec.layer_types[index]
+    head_norms = None
+    if spec.qk_norm:
+        head_norms = HeadNorms(norm("self_attn.q_norm"), norm("self_attn.k_norm"), spec.eps, spec.gemma)
     return DecoderLayer(
-        input_norm=weights.get(f"{prefix}.input_layernorm.weight").to(dtype),
-        post_attention_norm=weights.get(f"{prefix}.post_attention_layernorm.weight").to(dtype),
+        input_norm=norm("input_layernorm"),
+        mlp_norm=norm("pre_feedforward_layernorm" if spec.gemma else "post_attention_layernorm"),
+        names=names,
         groups=groups,
         adapters=lora,
+        rotary=rotary.get(layer_type, rotary.get(DEFAULT_KEY)),
+        attention_shape=AttentionShape(spec.window(index), spec.attention_scale, spec.attention_softcap),
+        head_norms=head_norms,
+        attention_output_norm=norm("post_attention_layernorm") if spec.gemma else None,
+        mlp_output_norm=norm("post_feedforward_layernorm") if spec.gemma else None,
     )
 
 

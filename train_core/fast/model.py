@@ -21,7 +21,6 @@ class FastCausalLM:
     head: torch.Tensor  # (vocab, hidden), frozen; the embedding itself when tied
     final_norm: torch.Tensor
     layers: list[DecoderLayer]
-    inv_freq: torch.Tensor
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
@@ -36,17 +35,20 @@ class FastCausalLM:
                 state[f"{prefix}.lora_B.weight"] = b
         return state
 
+    def embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = F.embedding(input_ids, self.embed)
+        if self.spec.embed_scale is not None:  # Gemma: times sqrt(hidden) rounded to the model's dtype
+            x = x * torch.tensor(self.spec.embed_scale, dtype=x.dtype, device=x.device)
+        return x
+
     def hidden_states(self, batch: PackedBatch, recompute: Recompute, mlp_tile_rows: int | None = None) -> torch.Tensor:
         """(tokens, hidden) output of the last decoder layer."""
-        window = self.spec.sliding_window
-        if window is not None and batch.max_length > window:
-            raise ValueError(f"a packed sample of {batch.max_length} tokens exceeds the sliding window ({window})")
-        x = F.embedding(batch.input_ids, self.embed)
+        x = self.embeddings(batch.input_ids)
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
 
             def run(inputs: torch.Tensor, recomputing: bool, layer: DecoderLayer = layer) -> torch.Tensor:
-                return layer.forward(inputs, batch, self.spec, self.inv_freq, mlp_tile_rows, recomputing)
+                return layer.forward(inputs, batch, self.spec, mlp_tile_rows, recomputing)
 
             x = recompute(index, index == last, run, x, layer.parameters())
         return x
@@ -58,5 +60,5 @@ class FastCausalLM:
         hidden = self.hidden_states(batch, recompute, mlp_tile_rows)
         if batch.targets.numel() == 0:
             return hidden[:0].float().sum()
-        selected = rms_norm(hidden.index_select(0, batch.target_rows), self.final_norm, self.spec.eps)
-        return linear_cross_entropy(selected, self.head, batch.targets, ce_chunk_rows)
+        selected = rms_norm(hidden.index_select(0, batch.target_rows), self.final_norm, self.spec.eps, self.spec.gemma)
+        return linear_cross_entropy(selected, self.head, batch.targets, ce_chunk_rows, self.spec.final_softcap)

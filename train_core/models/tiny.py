@@ -1,4 +1,4 @@
-"""Tiny random-initialised llama / qwen2 models with a locally trained byte-level BPE tokenizer (no download)."""
+"""Tiny random-initialised models of each architecture the fast engine runs, with a locally trained byte-level BPE tokenizer (no download)."""
 from __future__ import annotations
 
 import glob
@@ -13,6 +13,37 @@ TINY_ARCHITECTURES = {
     "tiny-qwen2": dict(
         model_type="qwen2", hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, tie_word_embeddings=True, rope_theta=10000.0,
+    ),
+    "tiny-qwen3": dict(  # q/k norm per head
+        model_type="qwen3", hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, rope_theta=1000000.0,
+    ),
+    "tiny-llama3.2": dict(  # llama3 rope scaling, tied embeddings
+        model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, max_position_embeddings=131072, rope_parameters=dict(
+            rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+    ),
+    "tiny-phi3": dict(  # fused qkv_proj and gate_up_proj; longrope switching to its long factors past 64 tokens
+        model_type="phi3", hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=False, original_max_position_embeddings=64, rope_parameters=dict(
+            rope_type="longrope", rope_theta=10000.0, original_max_position_embeddings=64,
+            short_factor=[1.0, 1.0, 1.1, 1.2, 1.5, 2.0, 2.5, 3.0], long_factor=[1.0, 1.5, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0],
+        ),
+    ),
+    "tiny-gemma2": dict(  # soft-capping, alternating 6-token sliding windows, query_pre_attn_scalar, GeGLU
+        model_type="gemma2", hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, query_pre_attn_scalar=24, sliding_window=6,
+        attn_logit_softcapping=1.0, final_logit_softcapping=2.0, initializer_range=0.1,
+    ),
+    "tiny-gemma3": dict(  # q/k norm, sliding and full layers with their own rope, no soft-capping
+        model_type="gemma3_text", hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, query_pre_attn_scalar=24, sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"], initializer_range=0.1, rope_parameters=dict(
+            sliding_attention=dict(rope_type="default", rope_theta=10000.0),
+            full_attention=dict(rope_type="linear", rope_theta=1000000.0, factor=8.0),
+        ),
     ),
 }
 VOCAB_SIZE = 2048
@@ -59,8 +90,8 @@ def build_tiny_model(name: str, target: Path) -> None:
     settings = dict(TINY_ARCHITECTURES[name])
     model_type = settings.pop("model_type")
     config = AutoConfig.for_model(
-        model_type, vocab_size=len(tokenizer), max_position_embeddings=4096,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None, **settings,
+        model_type, **{"max_position_embeddings": 4096, **settings}, vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
