@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -39,6 +40,20 @@ RAYCLUSTERS = f"/apis/ray.io/v1/namespaces/{NAMESPACE}/rayclusters"
 EVENTS = f"/api/v1/namespaces/{NAMESPACE}/events"
 # Stands in for the node entry point that the node issue adds; the provider only places it in the pod spec.
 ENTRY_POINT = ["spottune-node-entry-point-under-test"]
+
+
+@contextmanager
+def started(provider: KubernetesProvider, server: KubernetesApiServer, pods: str = PODS):
+    """The provider started against the server; afterwards its watches are ended from the server's side,
+    as a real API server's watch timeout would (stop() alone returns, leaving a daemon blocked on the stream)."""
+    provider.start()
+    try:
+        yield provider
+    finally:
+        provider._stopping.set()  # so the watch threads do not reconnect once their stream ends
+        for path in (pods, "/api/v1/nodes"):
+            server.end_stream(path)
+        provider.stop()
 
 
 def settings(**overrides) -> KubernetesSettings:
@@ -91,13 +106,8 @@ def api(tmp_path):
 @pytest.fixture
 def provider(api, tmp_path):
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
-    provider = KubernetesProvider(settings(kubeconfig=str(kubeconfig)))
-    provider.start()
-    yield provider
-    provider._stopping.set()
-    for path in (PODS, "/api/v1/nodes"):
-        api.end_stream(path)
-    provider.stop()
+    with started(KubernetesProvider(settings(kubeconfig=str(kubeconfig))), api) as provider:
+        yield provider
 
 
 def test_offers_come_from_schedulable_gpu_nodes_priced_by_annotation_or_catalog(provider, api):
@@ -105,12 +115,13 @@ def test_offers_come_from_schedulable_gpu_nodes_priced_by_annotation_or_catalog(
     assert [(o.instance_type, o.gpu.name, o.gpus_per_instance, o.region, o.usd_per_gpu_hour) for o in spot] == [
         ("gpu-spot/g6.12xlarge", "L4", 4, "us-east-1", 0.3879),  # a pool of two instance types: two offers
         ("gpu-spot/g6.xlarge", "L4", 1, "us-east-1", 0.3879),  # the catalog's aws g6.xlarge spot price (EKS node)
-        ("a100-spot/a2-ultragpu-1g", "A100-80GB", 1, "us-east4", 1.5),  # the node's spottune.io/usd-per-gpu-hour annotation
+        ("a100-spot/a2-ultragpu-1g", "A100-80GB", 1, "us-east4", 1.5),  # the node's price annotation
     ]
     assert all(o.provider == "kubernetes" for o in spot)
     assert "aws g6.xlarge" in spot[0].source and spot[2].source == "price set on pool a100-spot/a2-ultragpu-1g"
     on_demand = provider.offers(Requirements(market="on-demand"))
-    assert [(o.instance_type, o.gpu.name, o.usd_per_gpu_hour) for o in on_demand] == [("a10g-ondemand/g5.xlarge", "A10G", 1.006)]
+    assert [(o.instance_type, o.gpu.name, o.usd_per_gpu_hour) for o in on_demand] == [
+        ("a10g-ondemand/g5.xlarge", "A10G", 1.006)]
     assert provider.offers(Requirements(market="any", gpu_types=("a10g", "H100"))) == on_demand
     request = api.calls("GET", "/api/v1/nodes", watch=False)[-1]
     assert request.headers["authorization"] == "Bearer test-token"  # the kubeconfig's user reached the server
@@ -121,8 +132,7 @@ def test_a_declared_pool_is_offered_without_nodes_and_an_unpriced_gpu_is_refused
     pool = {"name": "h100-zero", "node_selector": {"karpenter.sh/nodepool": "h100"}, "gpu": "H100",
             "gpus_per_node": 8, "market": "spot"}
     provider = KubernetesProvider(settings(kubeconfig=kubeconfig, pools=[pool], watch_timeout_s=1))
-    provider.start()
-    try:
+    with started(provider, api):
         offer = next(o for o in provider.offers(Requirements(gpu_types=("H100",))) if o.instance_type == "h100-zero")
         assert (offer.gpus_per_instance, offer.usd_per_gpu_hour) == (8, 1.976)  # cheapest catalog H100 spot
         manifest = provider.raycluster_manifest(offer, LaunchSpec("run-1", "t000-aa", 0, 1, gpus=8))
@@ -132,11 +142,6 @@ def test_a_declared_pool_is_offered_without_nodes_and_an_unpriced_gpu_is_refused
         validate(manifest)
         with pytest.raises(ClusterError, match="no spot price for A10.*usd_per_gpu_hour"):
             offer_from_catalog("a10", "A10", 1, "cluster", "spot", None, None)
-    finally:
-        provider._stopping.set()
-        for path in (PODS, "/api/v1/nodes"):
-            api.end_stream(path)
-        provider.stop()
 
 
 def test_launch_posts_one_valid_raycluster_pinned_to_the_pool(provider, api):
@@ -155,8 +160,8 @@ def test_launch_posts_one_valid_raycluster_pinned_to_the_pool(provider, api):
     worker_group = posted["spec"]["workerGroupSpecs"][0]
     worker = worker_group["template"]["spec"]
     assert worker_group["replicas"] == 2  # 2 GPUs on 1-GPU nodes: two worker pods
-    assert worker["nodeSelector"] == {"karpenter.sh/nodepool": "gpu-spot", "node.kubernetes.io/instance-type": "g6.xlarge",
-                                      "karpenter.sh/capacity-type": "spot"}
+    assert worker["nodeSelector"] == {"karpenter.sh/nodepool": "gpu-spot", "karpenter.sh/capacity-type": "spot",
+                                      "node.kubernetes.io/instance-type": "g6.xlarge"}
     gpu_taint = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
     assert gpu_taint in worker["tolerations"]  # the pool's own taint
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -274,8 +279,7 @@ def test_under_the_chart_the_raycluster_is_owned_by_the_controller_deployment(ap
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "spottune", "uid": "deploy-uid"},
         "spec": {"selector": {}, "template": {}}})
     provider = KubernetesProvider(settings(kubeconfig=str(api.write_kubeconfig(tmp_path / "kc", NAMESPACE))))
-    provider.start()
-    try:
+    with started(provider, api):
         node = provider.launch(offer_of(provider, "gpu-spot/g6.xlarge"), LaunchSpec("r", "t", 0, 1))
         posted = api.calls("POST", RAYCLUSTERS)[-1].body
         assert posted["metadata"]["ownerReferences"] == [{"apiVersion": "apps/v1", "kind": "Deployment",
@@ -283,11 +287,6 @@ def test_under_the_chart_the_raycluster_is_owned_by_the_controller_deployment(ap
                                                           "controller": False, "blockOwnerDeletion": False}]
         assert node.id == posted["metadata"]["name"]
         validate(posted)
-    finally:
-        provider._stopping.set()
-        for path in (PODS, "/api/v1/nodes"):
-            api.end_stream(path)
-        provider.stop()
 
 
 def test_bad_settings_fail_with_the_field_named():
@@ -349,18 +348,14 @@ def test_inside_a_pod_the_service_account_config_is_used(tmp_path, monkeypatch):
     monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(cert_file))
     monkeypatch.setattr(provider_module, "SERVICE_ACCOUNT_NAMESPACE", str(tmp_path / "namespace"))
     provider = KubernetesProvider(KubernetesSettings(image="x", node_command=ENTRY_POINT))
-    provider.start()
     try:
-        assert provider.namespace == "ml-team"
-        assert [o.instance_type for o in provider.offers(Requirements(gpu_types=("L4",)))] == [
-            "gpu-spot/g6.12xlarge", "gpu-spot/g6.xlarge"]
-        assert server.calls("GET", "/api/v1/nodes")[-1].headers["authorization"].lower() == "bearer pod-token"
-        wait_for(lambda: server.calls("GET", "/api/v1/namespaces/ml-team/pods", watch=True), 1)
+        with started(provider, server, pods="/api/v1/namespaces/ml-team/pods"):
+            assert provider.namespace == "ml-team"
+            assert [o.instance_type for o in provider.offers(Requirements(gpu_types=("L4",)))] == [
+                "gpu-spot/g6.12xlarge", "gpu-spot/g6.xlarge"]
+            assert server.calls("GET", "/api/v1/nodes")[-1].headers["authorization"].lower() == "bearer pod-token"
+            wait_for(lambda: server.calls("GET", "/api/v1/namespaces/ml-team/pods", watch=True), 1)
     finally:
-        provider._stopping.set()
-        for path in ("/api/v1/namespaces/ml-team/pods", "/api/v1/nodes"):
-            server.end_stream(path)
-        provider.stop()
         server.close()
 
 
@@ -404,14 +399,8 @@ def test_a_node_with_a_bad_price_annotation_is_left_out(api, tmp_path):
     gke["metadata"]["annotations"]["spottune.io/usd-per-gpu-hour"] = "cheap"
     api.answer("GET", "/api/v1/nodes", nodes)
     provider = KubernetesProvider(settings(kubeconfig=str(api.write_kubeconfig(tmp_path / "kc", NAMESPACE))))
-    provider.start()
-    try:
+    with started(provider, api):
         assert {o.gpu.name for o in provider.offers(Requirements(market="spot"))} == {"L4"}
-    finally:
-        provider._stopping.set()
-        for path in (PODS, "/api/v1/nodes"):
-            api.end_stream(path)
-        provider.stop()
 
 
 def chart_grants() -> set[tuple[str, str, str, bool]]:
@@ -445,8 +434,7 @@ def test_every_request_the_provider_sends_is_granted_by_the_chart(api, tmp_path,
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "spottune", "uid": "deploy-uid"},
         "spec": {"selector": {}, "template": {}}})
     provider = KubernetesProvider(settings(kubeconfig=str(api.write_kubeconfig(tmp_path / "kc", NAMESPACE))))
-    provider.start()
-    try:
+    with started(provider, api):
         node = provider.launch(offer_of(provider, "gpu-spot/g6.xlarge"), LaunchSpec("run-1", "t000-aa", 0, 1))
         api.push(PODS, "ADDED", pod(node.id, f"{node.id}-worker", "Failed", "n", reason="Evicted"))
         assert [e.kind for e in wait_for(lambda: provider.watch(node), 1)] == ["lost"]
@@ -456,10 +444,5 @@ def test_every_request_the_provider_sends_is_granted_by_the_chart(api, tmp_path,
         api.answer("GET", RAYCLUSTERS, {"apiVersion": "ray.io/v1", "kind": "RayClusterList", "items": []})
         assert provider.list_nodes("run-1") == []
         wait_for(lambda: api.calls("GET", "/api/v1/nodes", watch=True), 1)
-    finally:
-        provider._stopping.set()
-        for path in (PODS, "/api/v1/nodes"):
-            api.end_stream(path)
-        provider.stop()
     sent = {permission_of(request) for request in api.requests}
     assert sent == chart_grants()  # every grant used in this scenario, and nothing sent that is not granted
