@@ -34,6 +34,7 @@ OVERRIDES = {
         "image": {"repository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/spottune", "tag": "0.1.0",
                   "pullPolicy": "Always"},
         "sweep": SWEEP,
+        "files": {"train.yaml": "model:\n  name: builtin:tiny-llama\n"},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/spottune"}},
         "state": {"size": "5Gi", "storageClassName": "gp3"},
         "controller": {"secretEnv": ["spottune-storage"], "nodeSelector": {"karpenter.sh/capacity-type": "on-demand"},
@@ -96,7 +97,7 @@ def test_rendered_manifests_validate_and_hold_the_security_settings(case):
         assert "ClusterRole" in kinds
     if case == "eks-irsa":
         assert container["image"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/spottune:0.1.0"
-        assert sweep == SWEEP
+        assert sweep == SWEEP and kinds["ConfigMap"]["data"]["train.yaml"] == "model:\n  name: builtin:tiny-llama\n"
         assert container["envFrom"] == [{"secretRef": {"name": "spottune-storage"}}]
         annotations = kinds["ServiceAccount"]["metadata"]["annotations"]
         assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/spottune"
@@ -117,6 +118,7 @@ def test_rendered_manifests_validate_and_hold_the_security_settings(case):
     ({"controller": {"resource": {}}}, "at '/controller': additional properties 'resource' not allowed"),
     ({"image": {"repository": ""}}, "at '/image/repository': minLength: got 0, want 1"),
     ({"image": None}, "at '': missing property 'image'"),
+    ({"files": {"sweep.yaml": "x"}}, "at '/files': invalid propertyName 'sweep.yaml'"),
 ])
 def test_bad_values_are_refused_by_the_schema_with_helms_message(values, message):
     with pytest.raises(HelmError) as refused:
