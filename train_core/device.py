@@ -6,6 +6,7 @@ from functools import lru_cache
 
 import torch
 
+from train_core.bitsandbytes_cpu import DESCRIPTIONS, GENERIC, choose_bitsandbytes_cpu_path
 from train_core.config import TrainConfig
 from train_core.errors import ConfigError
 
@@ -41,6 +42,7 @@ def bitsandbytes_cpu_trains() -> tuple[bool, str]:
             torch.randn(64, 64, generator=generator), requires_grad=False, quant_type="nf4"
         )
         layer = layer.to("cpu")
+        choose_bitsandbytes_cpu_path(layer)
         inputs = torch.randn(4, 64, generator=generator, requires_grad=True)
         layer(inputs).sum().backward()
         if inputs.grad is None or not torch.isfinite(inputs.grad).all():
@@ -67,7 +69,7 @@ def choose_device_path(config: TrainConfig, force_cpu: bool = False) -> DevicePa
     if quantization in ("auto", "nf4"):
         trains, why = bitsandbytes_cpu_trains()
         if trains:
-            quantization, reason = "nf4", f"no CUDA GPU; {why}"
+            quantization, reason = "nf4", f"no CUDA GPU; {why}; {DESCRIPTIONS[GENERIC]}"
         elif model.quantization == "nf4":
             raise ConfigError(f"model.quantization: nf4 on CPU is not possible here: {why}; accepted: auto, bf16, fp32")
         else:

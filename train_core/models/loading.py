@@ -5,6 +5,7 @@ import warnings
 
 import torch
 
+from train_core.bitsandbytes_cpu import choose_bitsandbytes_cpu_path
 from train_core.config import LoraSettings, ModelSettings
 from train_core.device import DevicePath
 from train_core.errors import ConfigError, ModelSourceError
@@ -42,6 +43,8 @@ def load_base_model(path: str, settings: ModelSettings, device_path: DevicePath)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelSourceError(f"model.name: cannot load {path}: {str(error).splitlines()[0]}") from None
+    if device_path.quantization == "nf4":
+        choose_bitsandbytes_cpu_path(model)
     model.config.use_cache = False
     for parameter in model.parameters():
         parameter.requires_grad_(False)
