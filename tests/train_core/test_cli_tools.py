@@ -43,3 +43,18 @@ def test_generate_with_adapter_and_prompt_file(tmp_path):
 def test_generate_rejects_a_directory_that_is_not_an_adapter(tmp_path):
     result = run_cli("generate", "--model", "builtin:tiny-llama", "--adapter", str(tmp_path), "--prompt", "hi")
     assert result.returncode == 2 and "no adapter_config.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generate_with_an_adapter_and_no_model_uses_the_adapters_base_model(tmp_path):
+    config = write_config(tmp_path, {"model": {"name": "builtin:tiny-qwen2"}, "training": {"max_steps": 1}})
+    assert run_cli("train", str(config)).returncode == 0
+    adapter = tmp_path / "run" / "adapter"
+    result = run_cli("generate", "--adapter", str(adapter), "--prompt", "Name a tea.", "--max-new-tokens", "3", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["prompt"] == "Name a tea."
+    settings = json.loads((adapter / "adapter_config.json").read_text())
+    settings["base_model_name_or_path"] = str(tmp_path / "gone")
+    (adapter / "adapter_config.json").write_text(json.dumps(settings))
+    missing = run_cli("generate", "--adapter", str(adapter), "--prompt", "hi")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    assert f"base model {tmp_path / 'gone'} (base_model_name_or_path) is not on this machine; pass --model" in missing.stderr
