@@ -37,8 +37,10 @@ class ModelSettings(StrictModel):
         "LoRA engine (CUDA, llama/qwen2/mistral, nf4 base, bf16 compute, no LoRA dropout). auto = fast where it "
         "supports the run, else hf.",
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel; flash_attention_2 only where the flash-attn package is installed."
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel. auto = sdpa, or eager for models that softcap attention logits "
+        "(Gemma 2), which sdpa cannot; sdpa asked for on such a model also gets eager. flash_attention_2 needs the "
+        "flash-attn package and a CUDA GPU.",
     )
 
 

@@ -9,6 +9,7 @@ import torch
 from train_core.bitsandbytes_cpu import DESCRIPTIONS, GENERIC, choose_bitsandbytes_cpu_path
 from train_core.config import TrainConfig
 from train_core.errors import ConfigError
+from train_core.models.attention import choose_attention
 
 
 @dataclass(frozen=True)
@@ -19,12 +20,15 @@ class DevicePath:
     optimizer: str  # "adamw" | "adamw_8bit"
     activation_checkpointing: str  # "none" | "full" | "offload"
     reason: str
+    attention: str = "sdpa"  # the attn_implementation the model loads with
+    attention_reason: str = "default"
 
     def describe(self) -> str:
         dtype = str(self.compute_dtype).removeprefix("torch.")
         return (
             f"{self.device}: base weights {self.quantization}, compute {dtype}, optimizer {self.optimizer}, "
-            f"activation checkpointing {self.activation_checkpointing} ({self.reason})"
+            f"activation checkpointing {self.activation_checkpointing}, attention {self.attention} "
+            f"({self.attention_reason}) ({self.reason})"
         )
 
 
@@ -61,7 +65,10 @@ def choose_device_path(config: TrainConfig, force_cpu: bool = False) -> DevicePa
         compute = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32}[model.compute_dtype]
         optimizer = "adamw_8bit" if training.optimizer == "auto" else training.optimizer
         checkpointing = "full" if training.activation_checkpointing == "auto" else training.activation_checkpointing
-        return DevicePath("cuda", quantization, compute, optimizer, checkpointing, "CUDA GPU found")
+        return DevicePath(
+            "cuda", quantization, compute, optimizer, checkpointing, "CUDA GPU found", *choose_attention(model, "cuda")
+        )
+    attention = choose_attention(model, "cpu")  # a wrong attention setting fails before the bitsandbytes probe
     if training.optimizer == "adamw_8bit":
         raise ConfigError("training.optimizer: adamw_8bit needs a CUDA GPU; accepted on CPU: auto, adamw")
     quantization = model.quantization
@@ -78,4 +85,4 @@ def choose_device_path(config: TrainConfig, force_cpu: bool = False) -> DevicePa
     if training.activation_checkpointing == "offload":
         raise ConfigError("training.activation_checkpointing: offload needs a CUDA GPU; accepted on CPU: auto, none, full")
     checkpointing = "none" if training.activation_checkpointing == "auto" else training.activation_checkpointing
-    return DevicePath("cpu", quantization, compute, "adamw", checkpointing, reason)
+    return DevicePath("cpu", quantization, compute, "adamw", checkpointing, reason, *attention)

@@ -27,7 +27,7 @@ def load_base_model(path: str, settings: ModelSettings, device_path: DevicePath)
 
     transformers_logging.disable_progress_bar()
 
-    kwargs: dict = {"attn_implementation": settings.attn_implementation}
+    kwargs: dict = {"attn_implementation": device_path.attention}
     if device_path.quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
