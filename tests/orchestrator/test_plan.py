@@ -122,3 +122,18 @@ def test_forcing_the_fast_engine_where_it_cannot_run_fails_with_one_line(tmp_pat
     result = run_cli("plan", str(write_spec(tmp_path, config={"model": {"engine": "fast", "quantization": "bf16"}})))
     assert result.returncode == 2
     assert "model.engine: fast is not possible for this run (base weights bf16" in result.stderr
+
+
+def test_plot_labels_do_not_overlap(repo):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from orchestrator.plan_output import plan_figure
+
+    spec, trials = load_spec(repo / "examples" / "sweep_qwen7b.yaml")  # 13 GPU types, the README's example
+    figure = plan_figure(plan_sweep(spec, trials, list_offers(spec.resources.providers, "any")))
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    for axis in figure.axes:
+        boxes = [label.get_window_extent(renderer) for label in axis.get_xticklabels()]
+        assert len(boxes) > 5
+        for left, right in zip(boxes, boxes[1:]):
+            assert left.x1 <= right.x0, (left, right)
