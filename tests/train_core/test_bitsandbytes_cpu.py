@@ -6,7 +6,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.train_core.helpers import write_config
-from train_core.bitsandbytes_cpu import DESCRIPTIONS, GENERIC, PACKED, choose_bitsandbytes_cpu_path, cpu_has_avx512_bf16
+from train_core.bitsandbytes_cpu import (
+    DESCRIPTIONS, GENERIC, PACKED, choose_bitsandbytes_cpu_path, cpu_has_avx512_bf16, dequantize_4bit_cpu,
+    dequantize_4bit_native, dequantize_4bit_portable,
+)
 from train_core.config import load_config
 from train_core.fast.nf4 import quantize_nf4
 from train_core.trainer import Trainer
@@ -69,6 +72,28 @@ def test_packed_path_repacks_the_weight_at_the_first_eval_forward_and_needs_mult
     odd.eval()
     with torch.no_grad(), pytest.raises(AssertionError, match="divisible by block_n"):
         odd(torch.eye(64))
+
+
+@pytest.mark.parametrize("shape", [(1536, 576), (64, 128), (300, 192), (64, 176), (176, 64), (40, 100)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dequantize_is_exact_native_where_whole_blocks_and_portable_elsewhere(shape, dtype):
+    """Native only where it equals plain PyTorch bit for bit on this CPU; both equal bitsandbytes' own PyTorch code."""
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 0.02
+    packed, state = bnb.functional.quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")
+    absmax = bnb.functional.dequantize_blockwise(state.absmax, state.state2) + state.offset
+    args = (packed, absmax, 64, "nf4", list(state.shape), dtype)
+    reference = _dequantize_4bit_compute.__wrapped__(
+        packed.reshape(-1), absmax, bnb.functional.get_4bit_type("nf4", device="cpu"), 64, list(state.shape), dtype
+    )
+    portable = dequantize_4bit_portable(*args)
+    assert torch.equal(portable, reference)
+    native = dequantize_4bit_native(*args)
+    assert (native is None) == (shape[-1] % 64 != 0)
+    if native is not None:
+        assert torch.equal(native, portable)
+    assert torch.equal(dequantize_4bit_cpu(*args), portable)
 
 
 def train(tmp_path, name: str, overrides: dict) -> tuple[Trainer, object]:
