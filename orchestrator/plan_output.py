@@ -69,13 +69,13 @@ def render_plan(name: str, trials: list[TrialSpec], plan: SweepPlan, all_offers:
     return "\n".join(lines)
 
 
-def plot_plan(plan: SweepPlan, path: str) -> None:
+def plan_figure(plan: SweepPlan):
     """Two bar charts over GPU types: expected $ and hours for the whole sweep on the cheapest offer of each."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         raise EstimateError("--plot needs matplotlib: pip install matplotlib") from None
     usd: dict[str, float] = {}
@@ -95,14 +95,19 @@ def plot_plan(plan: SweepPlan, path: str) -> None:
     if not complete:
         raise EstimateError("--plot: no GPU type fits every trial, nothing to draw")
     names = sorted(complete, key=usd.__getitem__)
-    figure, (cost_axis, time_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    # vertical labels, one bar width each, never overlap however many GPU types there are
+    figure = Figure(figsize=(max(12.0, 0.9 * len(names)), 5.5))
+    cost_axis, time_axis = figure.subplots(1, 2)
     cost_axis.bar(names, [usd[n] for n in names], color="tab:green")
     cost_axis.set_ylabel("expected $ (whole sweep, cheapest offer per GPU)")
     time_axis.bar(names, [wall[n] for n in names], color="tab:blue")
     time_axis.set_ylabel("expected hours (sum over trials)")
     for axis in (cost_axis, time_axis):
-        axis.tick_params(axis="x", rotation=45)
+        axis.tick_params(axis="x", labelrotation=90)
     figure.suptitle(f"{len(plan.trials)} trial(s): cost and time per GPU type (spot preemptions included)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
+
+
+def plot_plan(plan: SweepPlan, path: str) -> None:
+    plan_figure(plan).savefig(path, dpi=110)

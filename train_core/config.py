@@ -39,9 +39,10 @@ class ModelSettings(StrictModel):
         "LoRA engine (CUDA; llama, mistral, qwen2/3, phi3, gemma2/3; nf4 base, bf16 compute, no LoRA dropout). auto = fast where it "
         "supports the run, else hf.",
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel; flash_attention_2 only where the flash-attn package is installed. "
-        "Models that soft-cap attention scores (Gemma 2) load with eager in place of sdpa, which cannot cap them."
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel. auto = sdpa, or eager for models that softcap attention logits "
+        "(Gemma 2), which sdpa cannot; sdpa asked for on such a model also gets eager. flash_attention_2 needs the "
+        "flash-attn package and a CUDA GPU.",
     )
 
 

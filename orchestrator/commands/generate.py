@@ -1,4 +1,4 @@
-"""spottune generate --model M [--adapter DIR] (--prompt TEXT | --prompts FILE)"""
+"""spottune generate [--model M] [--adapter DIR] (--prompt TEXT | --prompts FILE)"""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,11 @@ HELP = "generate replies from a base model, with or without a trained adapter"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="builtin:smollm2-135m-instruct", help="base model (as in model.name)")
+    parser.add_argument(
+        "--model",
+        help="base model (as in model.name); default: the adapter's own base model, or "
+        "builtin:smollm2-135m-instruct without --adapter",
+    )
     parser.add_argument("--adapter", help="a PEFT adapter directory, e.g. runs/quickstart/adapter")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt")
