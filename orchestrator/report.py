@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cluster.storage import parse_uri
 from orchestrator.ledger import compute_ledger
+from orchestrator.model_export import export_command
 from orchestrator.state import Event, StateStore
 
 
@@ -97,7 +98,7 @@ def build_report(state: StateStore, run_id: str) -> dict:
         "run": run_id, "name": run.name, "created": run.created, "finished": run.finished,
         "wall_seconds": (run.finished or time.time()) - run.created,
         "usd": ledger.usd, "wasted_usd": ledger.wasted_usd,
-        "best": asdict(best) if best else None,
+        "best": {**asdict(best), "export_command": export_command(best.adapter, run_id, run.spec.get("storage_endpoint"))} if best else None,
         "trials": [asdict(line) for line in lines],
         "nodes": [{**asdict(node), "usd": node.usd(now), "seconds": node.seconds(now)}
                   for cost in ledger.trials.values() for node in cost.nodes],
@@ -115,6 +116,7 @@ def render_text(report: dict) -> str:
         params = ", ".join(f"{k}={v}" for k, v in best["params"].items()) or "no search parameters"
         out.append(f"best trial: {best['trial_id']} ({params}), eval loss {best['eval_loss']:.4f}, "
                    f"adapter {best['adapter']}")
+        out.append(f"export it: {best['export_command']}")
     header = ("TRIAL", "STATE", "ATTEMPTS", "PREEMPT", "ERRORS", "STEPS", "EVAL", "$ TOTAL", "$ WASTED")
     rows = [header]
     for line in report["trials"]:

@@ -1,0 +1,51 @@
+"""Read a trained adapter from wherever a run wrote it: a local directory, file://PATH or s3://BUCKET/PREFIX.
+
+`generate` and `export` take the same adapter locations `spottune report` prints. A location may name the
+adapter directory itself or a trial's prefix (its `adapter/` is used). S3 adapters are downloaded into a
+temporary directory that lives as long as the `with` block.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cluster.storage import open_store, parse_uri
+from orchestrator.errors import SpecError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_SUBDIR = "adapter"
+
+
+@contextmanager
+def local_adapter(location: str, endpoint_url: str | None = None, field: str = "--adapter") -> Iterator[Path]:
+    """A local directory holding the PEFT adapter at `location` (downloaded first when it is in S3)."""
+    uri = parse_uri(location, field)
+    store = open_store(uri, endpoint_url)
+    if store.read_text(ADAPTER_CONFIG) is not None:
+        key = ""
+    elif store.read_text(f"{ADAPTER_SUBDIR}/{ADAPTER_CONFIG}") is not None:
+        key = ADAPTER_SUBDIR
+    else:
+        raise SpecError(
+            f"{field}: no {ADAPTER_CONFIG} at {location} (nor in its {ADAPTER_SUBDIR}/); expected a PEFT adapter "
+            "directory or a trial's storage prefix, as `spottune report` prints them"
+        )
+    if uri.scheme == "file":
+        yield Path(uri.path) / key
+        return
+    with tempfile.TemporaryDirectory(prefix="spottune-adapter-") as temporary:
+        target = Path(temporary) / "adapter"
+        store.download_dir(key, target)
+        yield target
+
+
+def adapter_base_model(adapter_dir: Path) -> str:
+    """The base model an adapter was trained on, as its adapter_config.json names it."""
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise SpecError(f"{adapter_dir / ADAPTER_CONFIG}: no base_model_name_or_path; pass the base model explicitly")
+    return base
