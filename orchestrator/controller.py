@@ -28,8 +28,9 @@ from cluster.provider import LaunchSpec, Node, Provider, Requirements, describe_
 from cluster.spot_market import storage_fault_step
 from cluster.storage import open_store, parse_uri
 from orchestrator.layout import RunLayout
-from orchestrator.ledger import spent_usd
+from orchestrator.ledger import compute_ledger, spent_usd
 from orchestrator.planner import PlanRow, choose_offer
+from orchestrator.pruning import Pruning, saved_usd
 from orchestrator.spec import Resources, SweepSpec, TrialSpec, set_dotted
 from orchestrator.state import StateStore
 from train_core.checkpoint import LATEST_KEY, STATE_FILE, step_key
@@ -86,6 +87,7 @@ class Active:
     max_step: int = 0
     trained: bool = False
     final: dict | None = None
+    stop_at: int | None = None  # early stopping judged this trial at this step: stop once it is committed
     settings: dict = field(default_factory=dict)  # what the chosen plan row sets in the trial's config
 
 
@@ -103,6 +105,7 @@ class Controller:
         self.storage = parse_uri(run.storage)
         self.active: dict[str, Active] = {}
         self._waiting: set[str] = set()
+        self.pruning: Pruning | None = None
         self.layout.logs.mkdir(parents=True, exist_ok=True)
 
     # storage
@@ -118,16 +121,23 @@ class Controller:
 
     def run(self) -> None:
         self.recover()
+        if self.spec.early_stopping.enabled:
+            steps = max(trial.total_steps or 0 for trial in self.state.trials(self.run_id)) or 1
+            self.pruning = Pruning.rebuild(self.spec.early_stopping, steps, self.state, self.run_id)
+        tracker = open_tracker(self.state, self.run_id, self.spec, self.layout.state_dir)
         while True:
             self.apply(self.runner.drain())
             self.watch_nodes()
             self.collect()
             self.handle_cancels()
+            self.stop_losers()
             self.launch_ready()
+            tracker.sync()
             if not self.active and all(trial.terminal for trial in self.state.trials(self.run_id)):
                 break
             time.sleep(self.poll_s)
         self.state.set_finished(self.run_id, time.time())
+        tracker.finish()
 
     def recover(self) -> None:
         """Close attempts left open by a controller that died; their trials go back to be relaunched."""
@@ -157,7 +167,10 @@ class Controller:
             current = active is not None and active.attempt == attempt
             if kind == "metrics":
                 rows = metrics.setdefault((trial_id, attempt), [])
-                rows += [(record["step"], "loss", record["loss"], when), (record["step"], "lr", record["lr"], when)]
+                rows += [(record["step"], "loss", record["loss"], when), (record["step"], "lr", record["lr"], when),
+                         (record["step"], "step_seconds", record["step_seconds"], when)]
+                if record.get("peak_memory_gib") is not None:
+                    rows.append((record["step"], "peak_memory_gib", record["peak_memory_gib"], when))
                 progress.setdefault(trial_id, {}).update(
                     step=record["step"], loss=record["loss"], total_steps=record["total_steps"])
                 if current:
@@ -170,6 +183,9 @@ class Controller:
                 row = (record["step"], "eval_loss", record["eval_loss"], when)
                 metrics.setdefault((trial_id, attempt), []).append(row)
                 progress.setdefault(trial_id, {})["eval_loss"] = record["eval_loss"]
+                if current and self.pruning is not None and \
+                        self.pruning.report(trial_id, record["step"], record["eval_loss"]):
+                    active.stop_at = record["step"]
             elif kind == "checkpoint" and current:
                 self._event(active, "checkpoint", step=record["step"], now=when,
                             detail={"save_seconds": record.get("save_seconds")})
@@ -223,6 +239,8 @@ class Controller:
         final = active.final or {}
         if outcome["ok"] and final.get("status") == "completed":
             self._backfill_losses(trial.id, committed)
+            if self.pruning is not None:
+                self.pruning.completed(trial.id, final.get("eval_loss"))
             self._event(active, "succeeded", "succeeded", step=final["step"],
                         detail={"train_loss": final.get("train_loss"), "eval_loss": final.get("eval_loss")})
         elif trial.cancel_requested:
@@ -257,6 +275,27 @@ class Controller:
             self.provider.terminate(active.node)
             self._event(active, "cancelled", "cancelled", step=self.committed_step(trial.id))
             self._event(active, "terminated")
+
+    def stop_losers(self) -> None:
+        """Stop the trials early stopping chose, once their latest checkpoint is committed; checkpoints are kept."""
+        for active in list(self.active.values()):
+            if active.stop_at is None:
+                continue
+            trial = self.state.trial(self.run_id, active.trial_id)
+            committed = self.committed_step(trial.id)
+            if committed < active.stop_at:
+                continue  # the checkpoint of the judged step is not committed yet
+            self.provider.terminate(active.node)
+            spent = compute_ledger(self.state.events(self.run_id, trial.id), time.time()).usd
+            saved = saved_usd(spent, trial.step, trial.total_steps)
+            self._event(active, "stopped", "stopped", step=committed, detail={
+                "eval_loss": trial.eval_loss, "reached_step": trial.step, "total_steps": trial.total_steps,
+                "saved_usd": saved, "pruner": self.spec.early_stopping.pruner})
+            self._event(active, "terminated")
+            self.trial_log(trial.id, active.attempt, f"stopped early at step {trial.step} (eval loss "
+                                                     f"{trial.eval_loss:.4f}); ~${saved:.6f} not spent")
+            self.pruning.stopped(trial.id)
+            del self.active[trial.id]
 
     def launch_ready(self) -> None:
         budget = self.spec.resources.max_total_cost
@@ -296,6 +335,8 @@ class Controller:
                 offer=choice.offer.key, price=node.price_per_hour, step=resume, count="attempts",
                 detail={"gpu": choice.offer.gpu.name, "market": choice.offer.market, "offer": label,
                         "resume_from": resume, "expected_usd": choice.run.usd if choice.run else None,
+                        "expected_vram_gib": choice.estimate.need_gib,
+                        "expected_step_seconds": choice.estimate.time.step,
                         "settings": settings},
             )
             self.trial_log(trial.id, attempt, f"== attempt {attempt} on {node.id} ({label}), from step {resume}")
@@ -332,6 +373,17 @@ class Controller:
         stamp = time.strftime("%H:%M:%S", time.localtime(when or time.time()))
         with open(self.layout.trial_log(trial_id), "a", encoding="utf-8") as handle:
             handle.write(f"{stamp} [a{attempt}] {line}\n")
+
+
+def open_tracker(state: StateStore, run_id: str, spec: SweepSpec, state_dir: Path):
+    """The run's experiment tracker; one that cannot start is reported and replaced by one that logs nothing."""
+    from orchestrator.tracking import NoTracker, Tracker
+
+    try:
+        return Tracker(state, run_id, spec.tracking, state_dir)
+    except Exception as error:  # a tracking server down must not stop the sweep
+        print(f"tracking disabled: {type(error).__name__}: {str(error).splitlines()[0]}", file=sys.stderr)
+        return NoTracker()
 
 
 class ControllerLock:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cluster.spot_market import SimulatedMarket, unknown_trial_refs
 from orchestrator.errors import SpecError
+from orchestrator.pruning import EarlyStopping
+from orchestrator.tracking import TrackingSettings
 from train_core.config import TrainConfig
 from train_core.config_errors import describe_validation_error, read_yaml
 from train_core.errors import ConfigError
@@ -85,6 +87,12 @@ class SweepSpec(_Strict):
     checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     max_parallel: int = Field(2, ge=1, description="Trials running at the same time.")
     max_error_retries: int = Field(2, ge=0, description="Relaunches after real errors (preemptions are not counted).")
+    early_stopping: EarlyStopping = Field(
+        default_factory=EarlyStopping, description="Stop losing trials early (Optuna pruners on eval loss)."
+    )
+    tracking: TrackingSettings = Field(
+        default_factory=TrackingSettings, description="Experiment tracking: MLflow (default on) and W&B."
+    )
     simulation: SimulatedMarket = Field(
         default_factory=SimulatedMarket,
         description="The local provider's simulated spot market: random or scheduled preemptions, storage faults.",
@@ -180,6 +188,8 @@ def expand_trials(spec: SweepSpec, spec_dir: Path, source: str) -> list[TrialSpe
         raw.setdefault("checkpoint", {})["keep"] = spec.checkpoint.keep
         if isinstance(spec.checkpoint.every_steps, int):
             raw["checkpoint"]["every_steps"] = spec.checkpoint.every_steps
+            if spec.early_stopping.enabled:  # judge trials at checkpoint boundaries
+                raw.setdefault("training", {}).setdefault("eval_every", spec.checkpoint.every_steps)
         identifier = trial_id(index, params)
         try:
             config = TrainConfig.model_validate(raw)
@@ -207,6 +217,13 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
     except ValidationError as error:
         raise SpecError(describe_validation_error(str(path), SweepSpec, error)) from None
     trials = expand_trials(spec, path.parent, str(path))
+    if spec.early_stopping.enabled:
+        config = trials[0].config
+        if not config.data.eval:
+            raise SpecError(f"{path}: field 'early_stopping': trials are judged by eval loss; set data.eval")
+        if config.training.eval_every is None:
+            raise SpecError(f"{path}: field 'early_stopping': set training.eval_every or an integer "
+                            "checkpoint.every_steps, the steps at which trials are judged")
     unknown = unknown_trial_refs(spec.simulation, [trial.id for trial in trials])
     if unknown:
         raise SpecError(

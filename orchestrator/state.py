@@ -17,11 +17,11 @@ from typing import Any, Iterator
 from orchestrator.errors import SpecError
 
 DB_NAME = "spottune.db"
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled", "stopped")  # stopped: by early stopping, checkpoints kept
 TRANSITIONS = {
     "pending": {"provisioning", "failed", "cancelled"},
     "provisioning": {"running", "preempted", "pending", "failed", "cancelled"},
-    "running": {"running", "preempted", "pending", "succeeded", "failed", "cancelled"},
+    "running": {"running", "preempted", "pending", "succeeded", "failed", "cancelled", "stopped"},
     "preempted": {"provisioning", "failed", "cancelled"},
 }
 
