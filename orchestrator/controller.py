@@ -30,7 +30,7 @@ from cluster.storage import open_store, parse_uri
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import compute_ledger, spent_usd
 from orchestrator.planner import PlanRow, choose_offer
-from orchestrator.pruning import Pruning, saved_usd
+from orchestrator.pruning import SweepStudy, saved_usd
 from orchestrator.spec import Resources, SweepSpec, TrialSpec, set_dotted
 from orchestrator.state import StateStore
 from train_core.checkpoint import LATEST_KEY, STATE_FILE, step_key
@@ -105,7 +105,7 @@ class Controller:
         self.storage = parse_uri(run.storage)
         self.active: dict[str, Active] = {}
         self._waiting: set[str] = set()
-        self.pruning: Pruning | None = None
+        self.pruning: SweepStudy | None = None
         self.layout.logs.mkdir(parents=True, exist_ok=True)
 
     # storage
@@ -121,9 +121,10 @@ class Controller:
 
     def run(self) -> None:
         self.recover()
-        if self.spec.early_stopping.enabled:
+        if self.spec.early_stopping.enabled or self.spec.search.method == "optuna":
             steps = max(trial.total_steps or 0 for trial in self.state.trials(self.run_id)) or 1
-            self.pruning = Pruning.rebuild(self.spec.early_stopping, steps, self.state, self.run_id)
+            self.pruning = SweepStudy.rebuild(self.spec.early_stopping, steps, self.state, self.run_id,
+                                              self.spec.search)
         tracker = open_tracker(self.state, self.run_id, self.spec, self.layout.state_dir)
         while True:
             self.apply(self.runner.drain())
@@ -311,6 +312,8 @@ class Controller:
                     self.state.record(self.run_id, trial.id, "budget", "failed", message=message,
                                       detail={"spent": spent, "budget": budget})
                     continue
+            if self.spec.search.method == "optuna" and trial.attempts == 0 and not trial.params:
+                trial = self.sample_params(trial)
             resume = self.committed_step(trial.id)
             config = TrainConfig.model_validate(trial.config)
             trial_spec = TrialSpec(id=trial.id, index=trial.idx, params=trial.params, config=config)
@@ -340,6 +343,15 @@ class Controller:
                         "settings": settings},
             )
             self.trial_log(trial.id, attempt, f"== attempt {attempt} on {node.id} ({label}), from step {resume}")
+
+    def sample_params(self, trial):
+        """Draw an Optuna-search trial's parameters (TPE over the trials so far) and write them into its config."""
+        params = self.pruning.ask_params(trial.id)
+        config = with_settings(trial.config, params)
+        self.state.set_trial_params(self.run_id, trial.id, params, config)
+        self.trial_log(trial.id, 0, "parameters from the optuna search: "
+                                    + ", ".join(f"{name}={value}" for name, value in params.items()))
+        return self.state.trial(self.run_id, trial.id)
 
     # helpers
 

@@ -1,4 +1,5 @@
-"""Early stopping: an Optuna pruner decides, from eval losses at checkpoint boundaries, which trials to stop.
+"""The sweep's Optuna study: early stopping (a pruner judges eval losses at checkpoint boundaries) and, for
+`search.method: optuna`, the parameters of each trial (TPE, from the results of the trials before it).
 
 Each sweep trial is an Optuna trial of one in-memory study; the controller reports every eval loss a trial
 measures (`trial.report(value, step)`) and, when the pruner says so, stops the trial right after its next
@@ -9,8 +10,13 @@ with the dollars its remaining steps would have cost at its measured $/step. Pru
     hyperband           HyperbandPruner(min_resource=min_steps, max_resource=the trials' steps, reduction_factor)
     median              MedianPruner(n_startup_trials=1, n_warmup_steps=min_steps)
 
-The study is rebuilt from the run's SQLite state when a controller restarts (every recorded eval loss is
-reported again in trial order), so decisions do not depend on which controller process made them.
+With `search.method: optuna` a trial's parameters are drawn by Optuna's TPESampler when it is first launched
+(the first `search.startup_trials` at random), so later trials learn from the final eval losses (and the
+pruned curves) of earlier ones; lists are categorical choices, log_uniform and uniform are float ranges.
+
+The study is rebuilt from the run's SQLite state when a controller restarts (recorded parameters are
+enqueued, every recorded eval loss is reported again, outcomes are told, in trial order), so decisions do not
+depend on which controller process made them.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.state import StateStore
+
+STUDY_NAME = "spottune"  # fixed: Hyperband assigns trials to brackets by a hash of the study name and trial number
 
 
 class EarlyStopping(BaseModel):
@@ -46,19 +54,41 @@ def make_pruner(settings: EarlyStopping, max_steps: int):
     if settings.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=settings.min_steps, max_resource=max_steps,
                                               reduction_factor=settings.reduction_factor)
-    return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=settings.min_steps)
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=settings.min_steps)
+    return optuna.pruners.NopPruner()
 
 
-class Pruning:
-    """The sweep's Optuna study: eval losses in, stop decisions out."""
+def make_sampler(search):
+    import optuna
 
-    def __init__(self, settings: EarlyStopping, max_steps: int) -> None:
+    if search is None or search.method != "optuna":
+        return None
+    startup = search.startup_trials if search.startup_trials is not None else max(1, (search.samples or 3) // 3)
+    return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=startup)
+
+
+def suggest(trial, name: str, distribution):
+    """Draw one search parameter (a list: categorical; log_uniform / uniform: a float range) for an Optuna trial."""
+    if isinstance(distribution, list):
+        return trial.suggest_categorical(name, distribution)
+    if hasattr(distribution, "log_uniform"):
+        low, high = distribution.log_uniform
+        return trial.suggest_float(name, low, high, log=True)
+    low, high = distribution.uniform
+    return trial.suggest_float(name, low, high)
+
+
+class SweepStudy:
+    """The sweep's Optuna study: parameters out (optuna search), eval losses in, stop decisions out."""
+
+    def __init__(self, settings: EarlyStopping, max_steps: int, search=None) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # A fixed name: Hyperband assigns trials to brackets by a hash of the study name and trial number.
-        self.study = optuna.create_study(study_name="spottune", direction="minimize",
-                                         pruner=make_pruner(settings, max_steps))
+        self.search = search
+        self.study = optuna.create_study(study_name=STUDY_NAME, direction="minimize",
+                                         pruner=make_pruner(settings, max_steps), sampler=make_sampler(search))
         self.trials: dict = {}
         self.reported: dict[str, set[int]] = {}
         self.ended: set[str] = set()
@@ -67,6 +97,13 @@ class Pruning:
         if trial_id not in self.trials:
             self.trials[trial_id] = self.study.ask()
         return self.trials[trial_id]
+
+    def ask_params(self, trial_id: str, recorded: dict | None = None) -> dict:
+        """The search parameters of a trial: drawn by the sampler, or the recorded ones replayed on a rebuild."""
+        if recorded is not None:
+            self.study.enqueue_trial(recorded)
+        trial = self._trial(trial_id)
+        return {name: suggest(trial, name, distribution) for name, distribution in self.search.parameters.items()}
 
     def report(self, trial_id: str, step: int, eval_loss: float) -> bool:
         """Record an eval loss; True when the trial should stop. The eval before the first step is not a rung."""
@@ -99,10 +136,13 @@ class Pruning:
             self.study.tell(self._trial(trial_id), state=optuna.trial.TrialState.PRUNED)
 
     @classmethod
-    def rebuild(cls, settings: EarlyStopping, max_steps: int, state: StateStore, run_id: str) -> "Pruning":
-        """The study as the run's recorded eval losses and trial outcomes leave it."""
-        pruning = cls(settings, max_steps)
+    def rebuild(cls, settings: EarlyStopping, max_steps: int, state: StateStore, run_id: str,
+                search=None) -> "SweepStudy":
+        """The study as the run's recorded parameters, eval losses and trial outcomes leave it."""
+        pruning = cls(settings, max_steps, search)
         for trial in state.trials(run_id):
+            if search is not None and search.method == "optuna" and trial.params:
+                pruning.ask_params(trial.id, trial.params)
             evals = sorted({step: value for _, step, value, _ in state.metrics(run_id, trial.id, "eval_loss")}.items())
             for step, value in evals:
                 pruning.report(trial.id, step, value)

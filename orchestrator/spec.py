@@ -40,14 +40,20 @@ Distribution = Union[list[Any], LogUniform, Uniform]
 
 
 class Search(_Strict):
-    method: Literal["grid", "random"] = Field("grid", description="grid: every combination; random: `samples` draws.")
+    method: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid: every combination; random: `samples` draws; optuna: `samples` trials whose "
+        "parameters Optuna's TPE sampler draws at launch from the results of the trials before them."
+    )
     parameters: dict[str, Distribution] = Field(
         default_factory=dict,
         description="Dotted train-config field -> list of values (grid or random choice), or "
-        "{log_uniform: [lo, hi]} / {uniform: [lo, hi]} (random only).",
+        "{log_uniform: [lo, hi]} / {uniform: [lo, hi]} (random and optuna only).",
     )
-    samples: int | None = Field(None, ge=1, description="Number of random trials (random search only).")
-    seed: int = Field(0, description="Seed of the random search.")
+    samples: int | None = Field(None, ge=1, description="Number of trials (random and optuna search).")
+    seed: int = Field(0, description="Seed of the random search and of the optuna sampler.")
+    startup_trials: int | None = Field(
+        None, ge=1, description="optuna: trials drawn at random before TPE takes over (default: a third of samples)."
+    )
 
     @field_validator("parameters")
     @classmethod
@@ -140,7 +146,9 @@ def _points(search: Search, source: str) -> list[dict[str, Any]]:
             lists.append(values)
         return [dict(zip(names, combination)) for combination in itertools.product(*lists)] if names else [{}]
     if not search.samples:
-        raise SpecError(f"{source}: field 'search.samples': random search needs samples >= 1")
+        raise SpecError(f"{source}: field 'search.samples': {search.method} search needs samples >= 1")
+    if search.method == "optuna":  # drawn at launch by the controller; the index keeps each trial's id apart
+        return [{} for _ in range(search.samples)]
     generator = random.Random(search.seed)
     points = []
     for _ in range(search.samples):
@@ -205,6 +213,24 @@ def expand_trials(spec: SweepSpec, spec_dir: Path, source: str) -> list[TrialSpe
     return trials
 
 
+def _check_search_fields(spec: SweepSpec, path: Path) -> None:
+    """An optuna search draws its values later: check now that each field takes the ends of its range."""
+    base = base_config(spec, path.parent, str(path))
+    for name, distribution in spec.search.parameters.items():
+        if isinstance(distribution, list):
+            candidates = distribution
+        else:
+            candidates = list(distribution.log_uniform if isinstance(distribution, LogUniform) else distribution.uniform)
+        for value in candidates:
+            raw = copy.deepcopy(base)
+            set_dotted(raw, name, value)
+            try:
+                TrainConfig.model_validate(raw)
+            except ValidationError as error:
+                raise SpecError(describe_validation_error(f"{path} (search.parameters.{name}={value})",
+                                                          TrainConfig, error)) from None
+
+
 def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
     path = Path(path)
     if not path.is_file():
@@ -217,6 +243,8 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
     except ValidationError as error:
         raise SpecError(describe_validation_error(str(path), SweepSpec, error)) from None
     trials = expand_trials(spec, path.parent, str(path))
+    if spec.search.method == "optuna":
+        _check_search_fields(spec, path)
     if spec.early_stopping.enabled:
         config = trials[0].config
         if not config.data.eval:

@@ -121,3 +121,23 @@ def test_losing_trials_stop_early_keep_checkpoints_and_report_dollars_saved(prun
 def test_best_trial_is_the_same_with_and_without_early_stopping(plain, pruned):
     assert pruned["report"]["best"]["trial_id"] == plain["report"]["best"]["trial_id"]
     assert pruned["report"]["best"]["eval_loss"] == pytest.approx(plain["report"]["best"]["eval_loss"], abs=1e-6)
+
+
+def test_an_optuna_search_draws_each_trials_parameters_at_launch_and_trains_with_them(tmp_path):
+    spec = tiny_sweep(tmp_path, "tpe", max_steps=6, search={
+        "method": "optuna", "samples": 3, "seed": 5, "startup_trials": 2,
+        "parameters": {"training.learning_rate": {"log_uniform": [1.0e-4, 1.0e-2]}}})
+    warm_model_cache()
+    submitted = spottune("submit", str(spec), "--state-dir", str(tmp_path / "state"), timeout=900)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    state = StateStore(tmp_path / "state")
+    run_id = only_run(tmp_path / "state")
+    rates = []
+    for trial in state.trials(run_id):
+        rate = trial.params["training.learning_rate"]
+        assert trial.state == "succeeded" and 1.0e-4 <= rate <= 1.0e-2
+        assert trial.config["training"]["learning_rate"] == rate
+        assert f"parameters from the optuna search: training.learning_rate={rate}" in \
+            (tmp_path / "state" / run_id / "logs" / f"{trial.id}.log").read_text()
+        rates.append(rate)
+    assert len(set(rates)) == 3
