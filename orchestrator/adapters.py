@@ -24,6 +24,8 @@ def local_adapter(location: str, endpoint_url: str | None = None, field: str = "
     """A local directory holding the PEFT adapter at `location` (downloaded first when it is in S3)."""
     uri = parse_uri(location, field)
     store = open_store(uri, endpoint_url)
+    if uri.scheme == "s3":
+        store.check()  # a missing bucket or credentials: one line, not a boto traceback
     if store.read_text(ADAPTER_CONFIG) is not None:
         key = ""
     elif store.read_text(f"{ADAPTER_SUBDIR}/{ADAPTER_CONFIG}") is not None:

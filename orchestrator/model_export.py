@@ -35,7 +35,9 @@ def check_destination(uri: StorageURI, force: bool, endpoint_url: str | None) ->
             raise SpecError(f"--to: {path} is a file; give a directory (it is created)")
         occupied = path.is_dir() and any(path.iterdir())
     else:
-        occupied = bool(open_store(uri, endpoint_url).list_dir(""))
+        store = open_store(uri, endpoint_url)
+        store.check()
+        occupied = bool(store.list_dir(""))
     if occupied and not force:
         raise SpecError(f"--to: {uri} is not empty; choose an empty location or pass --force to replace it")
 

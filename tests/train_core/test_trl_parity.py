@@ -131,3 +131,16 @@ def test_a_hub_dataset_id_while_offline_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"^data\.train: 'someone/some-set' looks like a Hub dataset id but the Hub is "
                                          r"offline"):
         _samples("someone/some-set", resolve_model("builtin:tiny-llama").path)
+
+
+def test_train_with_a_missing_column_is_one_line_and_writes_nothing(tmp_path):
+    from tests.train_core.helpers import run_cli, write_config
+
+    config = write_config(tmp_path, {"model": {"name": "builtin:tiny-llama", "quantization": "fp32"},
+                                     "data": {"columns": {"output": "answer"}}})
+    result = run_cli("train", str(config))
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "data.columns.output: column 'answer' is not in" in errors[0]
+    assert not [path for path in (tmp_path / "run").rglob("*") if path.is_file()], "no file written"
