@@ -146,3 +146,10 @@ def test_push_while_offline_is_one_line_and_writes_nothing(tiny_adapter, tmp_pat
     assert main(["export", str(tiny_adapter), "--to", str(tmp_path / "out"), "--push", "me/model"]) == 2
     assert "offline" in _one_error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_adapter_in_a_missing_bucket_is_one_line(s3_server, monkeypatch, capsys):
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    assert main(["generate", "--adapter", "s3://no-such-bucket-here/run/t000", "--prompt", "Hi"]) == 2
+    assert "bucket s3://no-such-bucket-here" in _one_error_line(capsys)
