@@ -1,6 +1,8 @@
-"""A flaky object store for the simulated market: one checkpoint upload dies midway, like a dropped connection."""
+"""A flaky object store for the simulated market: one checkpoint upload dies midway, like a dropped connection
+or a full disk."""
 from __future__ import annotations
 
+import errno
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,11 +16,13 @@ class SimulatedStorageFault(OSError):
 
 
 class FlakyStore:
-    """Wraps a real store; the upload of `checkpoints/step-<fail_step>` writes half its files, then fails."""
+    """Wraps a real store; the upload of `checkpoints/step-<fail_step>` writes half its files, then fails with
+    a lost connection (`connection_lost`) or ENOSPC (`disk_full`)."""
 
-    def __init__(self, inner: ObjectStore, fail_step: int) -> None:
+    def __init__(self, inner: ObjectStore, fail_step: int, kind: str = "connection_lost") -> None:
         self.inner = inner
         self.fail_key = step_key(fail_step)
+        self.kind = kind
         self.fired = False
 
     def upload_dir(self, local_dir: Path, key_prefix: str) -> None:
@@ -33,6 +37,9 @@ class FlakyStore:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
             self.inner.upload_dir(Path(partial), key_prefix)
+        if self.kind == "disk_full":
+            raise SimulatedStorageFault(errno.ENOSPC, "No space left on device (simulated)",
+                                        self.inner.describe(key_prefix))
         raise SimulatedStorageFault(
             f"simulated storage fault: connection lost uploading {self.inner.describe(key_prefix)} "
             f"after {len(files) // 2} of {len(files)} files"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Union
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,7 +16,7 @@ TrialRef = Union[int, str]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ScheduledPreemption(_Strict):
@@ -37,6 +37,8 @@ class StorageFault(_Strict):
     trial: TrialRef = Field(..., description="Trial index in the sweep or trial id.")
     attempt: int = Field(1, ge=1, description="Which launch of that trial sees the fault.")
     step: int = Field(..., ge=1, description="The checkpoint step whose upload fails midway.")
+    kind: Literal["connection_lost", "disk_full"] = Field(
+        "connection_lost", description="How it fails: a dropped connection, or ENOSPC (no space left on device).")
 
 
 class SimulatedMarket(_Strict):
@@ -74,11 +76,11 @@ def plan_preemption(market: SimulatedMarket, trial_index: int, trial_id: str, at
     return PreemptionPlan(None, generator.expovariate(market.hazard_per_hour / 3600.0), market.notice_s, "hazard")
 
 
-def storage_fault_step(market: SimulatedMarket, trial_index: int, trial_id: str, attempt: int) -> int | None:
-    """The checkpoint step whose upload fails on this launch, if any."""
+def storage_fault(market: SimulatedMarket, trial_index: int, trial_id: str, attempt: int) -> StorageFault | None:
+    """The checkpoint upload that fails on this launch, if any."""
     for fault in market.storage_faults:
         if fault.attempt == attempt and _matches(fault.trial, trial_index, trial_id):
-            return fault.step
+            return fault
     return None
 
 

@@ -8,10 +8,14 @@ S3 has no directory rename, so a step directory is visible while it uploads; the
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
 
 from cluster.errors import ClusterError
 from train_core.store import LocalStore, ObjectStore
@@ -83,8 +87,22 @@ def open_store(uri: StorageURI | str, endpoint_url: str | None = None) -> Object
     return S3Store(location.bucket, location.path, endpoint_url)
 
 
+def check_endpoint(endpoint_url: str | None, field: str = "storage_endpoint") -> None:
+    """Fail with one line unless the endpoint is an http(s)://HOST[:PORT] URL (the URL is not echoed)."""
+    if endpoint_url is None:
+        return
+    parts = urlsplit(endpoint_url)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ClusterError(f"{field}: not an endpoint URL; accepted: http://HOST[:PORT] or https://HOST[:PORT]")
+
+
 def check_writable(uri: StorageURI, endpoint_url: str | None = None) -> None:
     """Fail with one line when the location cannot be written (missing bucket, no credentials, bad endpoint)."""
+    check_endpoint(endpoint_url)
     if uri.scheme == "file":
         try:
             Path(uri.path).mkdir(parents=True, exist_ok=True)
@@ -196,3 +214,109 @@ class S3Store:
             raise ClusterError(f"storage: bucket {where} {problem}") from None
         except BotoCoreError as error:
             raise ClusterError(f"storage: cannot reach {where}: {error}") from None
+
+
+TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+                    errno.ENETUNREACH, errno.EPIPE}
+TRANSIENT_S3_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """Every exception type a storage call may raise for a reason outside the caller (network, server, disk)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError, ClientError)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a storage error is an outage worth waiting out (unreachable, timing out, 5xx), not a refusal."""
+    try:
+        from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                         EndpointConnectionError, ReadTimeoutError)
+    except ImportError:
+        pass
+    else:
+        if isinstance(error, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)):
+            return True
+        if isinstance(error, ClientError):
+            return str(error.response.get("Error", {}).get("Code")) in TRANSIENT_S3_CODES
+    return isinstance(error, (ConnectionError, TimeoutError)) or getattr(error, "errno", None) in TRANSIENT_ERRNOS
+
+
+def describe_error(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
+class Backoff:
+    """Exponential waits (first, 2x, 4x ... capped) for retrying an unavailable service."""
+
+    def __init__(self, first_s: float = 0.5, cap_s: float = 30.0) -> None:
+        self.first_s, self.cap_s = first_s, cap_s
+        self.failures = 0
+
+    def next_wait(self) -> float:
+        self.failures += 1
+        return min(self.cap_s, self.first_s * 2 ** (self.failures - 1))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class RetryingStore:
+    """Wraps a store so that an outage (see is_transient) is waited out with backoff for up to `patience_s`.
+
+    `on_outage(text)` is told when an outage starts (the error) and `on_outage(None)` when storage answers again;
+    every operation of the protocol is idempotent, so a retried call repeats the whole of it.
+    """
+
+    def __init__(self, inner: ObjectStore, patience_s: float = 600.0,
+                 on_outage: Callable[[str | None], None] | None = None, backoff: Backoff | None = None) -> None:
+        self.inner = inner
+        self.patience_s = patience_s
+        self.on_outage = on_outage or (lambda text: None)
+        self.backoff = backoff or Backoff()
+
+    def _call(self, operation: str, key: str, *arguments):
+        started = None
+        while True:
+            try:
+                result = getattr(self.inner, operation)(*arguments)
+            except storage_errors() as error:
+                if not is_transient(error):
+                    raise
+                now = time.monotonic()
+                if started is None:
+                    started = now
+                    self.on_outage(f"{operation} {self.inner.describe(key)}: {describe_error(error)}")
+                if now - started >= self.patience_s:
+                    raise
+                time.sleep(self.backoff.next_wait())
+                continue
+            if started is not None:
+                self.backoff.reset()
+                self.on_outage(None)
+            return result
+
+    def upload_dir(self, local_dir: Path, key_prefix: str) -> None:
+        self._call("upload_dir", key_prefix, local_dir, key_prefix)
+
+    def download_dir(self, key_prefix: str, local_dir: Path) -> None:
+        self._call("download_dir", key_prefix, key_prefix, local_dir)
+
+    def read_text(self, key: str) -> str | None:
+        return self._call("read_text", key, key)
+
+    def write_text(self, key: str, text: str) -> None:
+        self._call("write_text", key, key, text)
+
+    def list_dir(self, key_prefix: str) -> list[str]:
+        return self._call("list_dir", key_prefix, key_prefix)
+
+    def delete_prefix(self, key_prefix: str) -> None:
+        self._call("delete_prefix", key_prefix, key_prefix)
+
+    def describe(self, key: str) -> str:
+        return self.inner.describe(key)

@@ -42,8 +42,15 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument mistakes end as one line (with a pointer to --help), like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="spottune", description="Fine-tune LLMs with QLoRA on the cheapest spot GPU that fits."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

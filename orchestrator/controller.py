@@ -25,15 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cluster.provider import LaunchSpec, Node, Provider, Requirements, describe_offer
-from cluster.spot_market import storage_fault_step
-from cluster.storage import open_store, parse_uri
+from cluster.spot_market import storage_fault
+from cluster.storage import Backoff, describe_error, open_store, parse_uri, storage_errors
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import compute_ledger, spent_usd
+from orchestrator.mirror import RunMirror
 from orchestrator.planner import PlanRow, choose_offer
 from orchestrator.pruning import SweepStudy, saved_usd
 from orchestrator.spec import Resources, SweepSpec, TrialSpec, set_dotted
 from orchestrator.state import StateStore
-from train_core.checkpoint import LATEST_KEY, STATE_FILE, step_key
+from train_core.checkpoint import STATE_FILE, newest_committed_step, step_key
 from train_core.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ if TYPE_CHECKING:
     from train_core.store import ObjectStore
 
 POLL_S = 0.25
+EXIT_STATE_LOST = 4
+
+
+class StateLost(Exception):
+    """The run's state database disappeared from under the controller."""
 
 
 def planned_settings(choice: PlanRow, config: TrainConfig, spec: SweepSpec, accelerator: str) -> dict:
@@ -103,8 +109,10 @@ class Controller:
         run = state.run(self.run_id)
         self.spec = SweepSpec.model_validate(run.spec)
         self.storage = parse_uri(run.storage)
+        self.mirror = RunMirror(state, self.run_id, run.storage, self.spec.storage_endpoint)
         self.active: dict[str, Active] = {}
         self._waiting: set[str] = set()
+        self._storage_down: dict[str, tuple[Backoff, float]] = {}  # trial -> (backoff, monotonic time of next try)
         self.pruning: SweepStudy | None = None
         self.layout.logs.mkdir(parents=True, exist_ok=True)
 
@@ -114,8 +122,40 @@ class Controller:
         return open_store(self.storage.child(self.run_id, trial_id), self.spec.storage_endpoint)
 
     def committed_step(self, trial_id: str) -> int:
-        text = self._store(trial_id).read_text(LATEST_KEY)
-        return int(text.strip()) if text else 0
+        """The trial's committed step in storage; raises what storage raises when it cannot be read."""
+        return newest_committed_step(self._store(trial_id))
+
+    def known_step(self, trial_id: str) -> int:
+        """The committed step in storage, or while storage is unreachable the last checkpoint the log saw."""
+        try:
+            return self.committed_step(trial_id)
+        except storage_errors() as error:
+            self.trial_log(trial_id, 0, f"storage unreachable ({describe_error(error)}); using the last known step")
+            steps = [e.step for e in self.state.events(self.run_id, trial_id)
+                     if e.kind in ("checkpoint", "launch", "checkpoint_skipped") and e.step is not None]
+            return max(steps, default=0)
+
+    def storage_ready(self, trial_id: str) -> int | None:
+        """The committed step when storage answers; None while it is down, waiting with backoff and an event."""
+        down = self._storage_down.get(trial_id)
+        if down is not None and time.monotonic() < down[1]:
+            return None
+        try:
+            step = self.committed_step(trial_id)
+        except storage_errors() as error:
+            backoff = down[0] if down is not None else Backoff(first_s=1.0, cap_s=60.0)
+            wait = backoff.next_wait()
+            self._storage_down[trial_id] = (backoff, time.monotonic() + wait)
+            if down is None:
+                self.state.record(self.run_id, trial_id, "storage_unavailable",
+                                  detail={"error": describe_error(error), "source": "controller"})
+                self.trial_log(trial_id, 0, f"storage unreachable ({describe_error(error)}); waiting for it")
+            return None
+        if down is not None:
+            del self._storage_down[trial_id]
+            self.state.record(self.run_id, trial_id, "storage_restored", step=step, detail={"source": "controller"})
+            self.trial_log(trial_id, 0, "storage reachable again")
+        return step
 
     # the loop
 
@@ -127,6 +167,8 @@ class Controller:
                                               self.spec.search)
         tracker = open_tracker(self.state, self.run_id, self.spec, self.layout.state_dir)
         while True:
+            self.check_state()
+            self.mirror.sync()
             self.apply(self.runner.drain())
             self.watch_nodes()
             self.collect()
@@ -138,7 +180,15 @@ class Controller:
                 break
             time.sleep(self.poll_s)
         self.state.set_finished(self.run_id, time.time())
+        self.mirror.sync(force=True)
         tracker.finish()
+
+    def check_state(self) -> None:
+        """Stop (StateLost) when the database file is gone: whatever is written from now on would be lost."""
+        reason = self.state.missing()
+        if reason is not None:
+            raise StateLost(f"run {self.run_id}: {reason}; stopping. Its history is mirrored in storage: "
+                            f"spottune resume --from {self.storage.child(self.run_id)}")
 
     def recover(self) -> None:
         """Close attempts left open by a controller that died; their trials go back to be relaunched."""
@@ -151,7 +201,7 @@ class Controller:
             if trial.state in ("provisioning", "running"):
                 self.state.record(
                     self.run_id, trial.id, "lost", "preempted", attempt=launch.attempt, node=launch.node,
-                    offer=launch.offer, price=launch.price, step=self.committed_step(trial.id),
+                    offer=launch.offer, price=launch.price, step=self.known_step(trial.id),
                     detail={"cause": "controller_restart", "reason": "node lost while the controller was down"},
                 )
                 self.trial_log(trial.id, launch.attempt, "node lost while the controller was down; relaunching")
@@ -190,6 +240,18 @@ class Controller:
             elif kind == "checkpoint" and current:
                 self._event(active, "checkpoint", step=record["step"], now=when,
                             detail={"save_seconds": record.get("save_seconds")})
+            elif kind == "storage_outage" and current:
+                if record["error"] is None:
+                    self._event(active, "storage_restored", now=when, detail={"source": "worker"})
+                else:
+                    self._event(active, "storage_unavailable", now=when, detail={"error": record["error"],
+                                                                                 "source": "worker"})
+                self.trial_log(trial_id, attempt, f"storage unreachable, waiting: {record['error']}"
+                               if record["error"] else "storage reachable again", when)
+            elif kind == "checkpoint_skipped" and current:
+                active.resume_step = record["step"]
+                self._event(active, "checkpoint_skipped", step=record["step"], now=when,
+                            detail={"skipped": record["skipped"], "resumed_from": record["step"]})
             elif kind == "started" and current:
                 self._event(active, "workers_started", now=when, detail={"world_size": record["world_size"]})
             elif kind == "log":
@@ -236,7 +298,7 @@ class Controller:
         trial = self.state.trial(self.run_id, active.trial_id)
         self.provider.terminate(active.node)
         end = active.lost_at if active.lost_at is not None else time.time()
-        committed = self.committed_step(trial.id)
+        committed = self.known_step(trial.id)
         final = active.final or {}
         if outcome["ok"] and final.get("status") == "completed":
             self._backfill_losses(trial.id, committed)
@@ -274,7 +336,7 @@ class Controller:
                 self.state.record(self.run_id, trial.id, "cancelled", "cancelled")
                 continue
             self.provider.terminate(active.node)
-            self._event(active, "cancelled", "cancelled", step=self.committed_step(trial.id))
+            self._event(active, "cancelled", "cancelled", step=self.known_step(trial.id))
             self._event(active, "terminated")
 
     def stop_losers(self) -> None:
@@ -283,7 +345,10 @@ class Controller:
             if active.stop_at is None:
                 continue
             trial = self.state.trial(self.run_id, active.trial_id)
-            committed = self.committed_step(trial.id)
+            try:
+                committed = self.committed_step(trial.id)
+            except storage_errors():
+                continue  # storage is down: stop once it answers and shows the judged step committed
             if committed < active.stop_at:
                 continue  # the checkpoint of the judged step is not committed yet
             self.provider.terminate(active.node)
@@ -314,7 +379,9 @@ class Controller:
                     continue
             if self.spec.search.method == "optuna" and trial.attempts == 0 and not trial.params:
                 trial = self.sample_params(trial)
-            resume = self.committed_step(trial.id)
+            resume = self.storage_ready(trial.id)
+            if resume is None:
+                continue
             config = TrainConfig.model_validate(trial.config)
             trial_spec = TrialSpec(id=trial.id, index=trial.idx, params=trial.params, config=config)
             every = self.spec.checkpoint.every_steps
@@ -363,18 +430,23 @@ class Controller:
         trial = self.state.trial(self.run_id, active.trial_id)
         uri = self.storage.child(self.run_id, trial.id)
         node_dir = self.layout.root / "nodes" / active.node.id
+        fault = storage_fault(self.spec.simulation, trial.idx, trial.id, active.attempt)
         return {
             "run_id": self.run_id, "trial_id": trial.id, "attempt": active.attempt,
             "config": {**with_settings(trial.config, active.settings), "output_dir": str(uri)}, "storage": str(uri),
             "storage_endpoint": self.spec.storage_endpoint, "node_env": active.node.env,
             "workers": self.spec.resources.gpus_per_trial, "use_gpu": active.node.accelerator == "cuda",
-            "storage_fault_step": storage_fault_step(self.spec.simulation, trial.idx, trial.id, active.attempt),
+            "storage_fault": fault.model_dump() if fault is not None else None,
             "work_dir": str(node_dir / "work"), "ray_storage": str(self.layout.root / "ray_results"),
         }
 
     def _backfill_losses(self, trial_id: str, step: int) -> None:
         """Losses of steps whose live records were lost (e.g. with a dead controller), from the final checkpoint."""
-        text = self._store(trial_id).read_text(f"{step_key(step)}/{STATE_FILE}")
+        try:
+            text = self._store(trial_id).read_text(f"{step_key(step)}/{STATE_FILE}")
+        except storage_errors() as error:
+            self.trial_log(trial_id, 0, f"storage unreachable ({describe_error(error)}); losses not backfilled")
+            return
         if text is None:
             return
         history = json.loads(text).get("loss_history", [])
@@ -462,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         provider.start()
         Controller(state, layout, provider, RayRunner()).run()
+    except StateLost as lost:
+        print(lost, file=sys.stderr, flush=True)
+        return EXIT_STATE_LOST
     finally:
         provider.shutdown()
         lock.release()

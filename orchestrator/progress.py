@@ -11,7 +11,8 @@ from orchestrator.ledger import compute_ledger
 from orchestrator.state import Event, RunRow, StateStore, TrialRow
 
 SHOWN_EVENTS = {"launch", "notice", "preempted", "lost", "error", "succeeded", "failed", "cancelled", "budget",
-                "waiting", "training", "stopped"}
+                "waiting", "training", "checkpoint_skipped", "storage_unavailable", "storage_restored", "retry",
+                "stopped"}
 
 
 def run_status(run: RunRow, trials: list[TrialRow], alive: bool) -> str:
@@ -89,6 +90,11 @@ def describe_event(event: Event) -> str:
         "waiting": lambda: f"waiting: {detail.get('reason')}",
         "stopped": lambda: (f"stopped early at step {detail.get('reached_step')} (eval loss "
                             f"{_number(detail.get('eval_loss'))}), ${detail.get('saved_usd', 0):.6f} saved"),
+        "storage_unavailable": lambda: f"storage unreachable, waiting with backoff: {detail.get('error')}",
+        "storage_restored": lambda: "storage reachable again",
+        "retry": lambda: f"failed trial sent back to pending by resume --retry-failed ({detail.get('errors')} errors)",
+        "checkpoint_skipped": lambda: (f"damaged checkpoints skipped ({'; '.join(detail.get('skipped', []))}), "
+                                       f"resumed from step {event.step}"),
     }.get(event.kind, lambda: event.kind)()
     return f"{stamp} {event.trial_id} {text}"
 

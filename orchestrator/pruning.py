@@ -25,19 +25,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.state import StateStore
+from train_core.config_types import MAX_STEPS, Integer
 
 STUDY_NAME = "spottune"  # fixed: Hyperband assigns trials to brackets by a hash of the study name and trial number
 
 
 class EarlyStopping(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pruner: Literal["none", "successive_halving", "hyperband", "median"] = Field(
         "none", description="Optuna pruner that stops losing trials at checkpoint boundaries; none = run all."
     )
-    min_steps: int = Field(1, ge=1, description="Steps every trial trains before it can be stopped.")
-    reduction_factor: int = Field(
-        3, ge=2, description="successive_halving / hyperband: keep 1 of this many trials at each rung."
+    min_steps: Integer = Field(1, ge=1, le=MAX_STEPS, description="Steps every trial trains before it can be stopped.")
+    reduction_factor: Integer = Field(
+        3, ge=2, le=100, description="successive_halving / hyperband: keep 1 of this many trials at each rung."
     )
 
     @property

@@ -78,7 +78,7 @@ def train_worker(payload: dict) -> None:
     import ray.train
 
     from cluster.faults import FlakyStore
-    from cluster.storage import open_store
+    from cluster.storage import RetryingStore, open_store
     from train_core.config import TrainConfig
     from train_core.trainer import Trainer, TrainHooks
 
@@ -100,9 +100,12 @@ def train_worker(payload: dict) -> None:
         send("log", line=line)
 
     send("started", world_size=ray.train.get_context().get_world_size())
-    store = open_store(payload["storage"], payload.get("storage_endpoint"))
-    if payload.get("storage_fault_step") is not None:
-        store = FlakyStore(store, payload["storage_fault_step"])
+    def on_outage(error: str | None) -> None:
+        send("storage_outage", wait=True, error=error)
+
+    store = RetryingStore(open_store(payload["storage"], payload.get("storage_endpoint")), on_outage=on_outage)
+    if payload.get("storage_fault") is not None:
+        store = FlakyStore(store, payload["storage_fault"]["step"], payload["storage_fault"]["kind"])
     guard = NoticeGuard(agent, log)
 
     def on_metrics(record: dict) -> None:
@@ -119,8 +122,12 @@ def train_worker(payload: dict) -> None:
         guard.checkpoint_written()
         send("checkpoint", step=step, save_seconds=guard.save_seconds)
 
+    def on_checkpoint_skipped(step: int, skipped: list[str]) -> None:
+        send("checkpoint_skipped", wait=True, step=step, skipped=skipped)
+
     config = TrainConfig.model_validate(payload["config"])
-    hooks = TrainHooks(on_metrics=on_metrics, on_checkpoint=on_checkpoint, stop_requested=guard.stop_requested)
+    hooks = TrainHooks(on_metrics=on_metrics, on_checkpoint=on_checkpoint, stop_requested=guard.stop_requested,
+                       on_checkpoint_skipped=on_checkpoint_skipped)
     work_dir = Path(payload["work_dir"]) / f"rank-{rank}"
     try:
         result = Trainer(config, store=store, work_dir=work_dir, hooks=hooks, log=log).run(resume=True)

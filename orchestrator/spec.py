@@ -11,9 +11,9 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.spot_market import SimulatedMarket, unknown_trial_refs
 from orchestrator.errors import SpecError
@@ -21,19 +21,37 @@ from orchestrator.pruning import EarlyStopping
 from orchestrator.tracking import TrackingSettings
 from train_core.config import TrainConfig
 from train_core.config_errors import describe_validation_error, read_yaml
+from train_core.config_types import MAX_SEED, MAX_STEPS, Integer, Number
 from train_core.errors import ConfigError
 
 
+MAX_TRIALS = 10_000
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LogUniform(_Strict):
-    log_uniform: tuple[float, float]
+    log_uniform: tuple[Number, Number]
+
+    @model_validator(mode="after")
+    def _positive_range(self) -> "LogUniform":
+        low, high = self.log_uniform
+        if not 0 < low <= high:
+            raise ValueError(f"log_uniform needs 0 < low <= high, got [{low:g}, {high:g}]")
+        return self
 
 
 class Uniform(_Strict):
-    uniform: tuple[float, float]
+    uniform: tuple[Number, Number]
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> "Uniform":
+        low, high = self.uniform
+        if low > high:
+            raise ValueError(f"uniform needs low <= high, got [{low:g}, {high:g}]")
+        return self
 
 
 Distribution = Union[list[Any], LogUniform, Uniform]
@@ -49,10 +67,13 @@ class Search(_Strict):
         description="Dotted train-config field -> list of values (grid or random choice), or "
         "{log_uniform: [lo, hi]} / {uniform: [lo, hi]} (random and optuna only).",
     )
-    samples: int | None = Field(None, ge=1, description="Number of trials (random and optuna search).")
-    seed: int = Field(0, description="Seed of the random search and of the optuna sampler.")
-    startup_trials: int | None = Field(
-        None, ge=1, description="optuna: trials drawn at random before TPE takes over (default: a third of samples)."
+    samples: Integer | None = Field(
+        None, ge=1, le=MAX_TRIALS, description="Number of trials (random and optuna search)."
+    )
+    seed: Integer = Field(0, ge=0, le=MAX_SEED, description="Seed of the random search and of the optuna sampler.")
+    startup_trials: Integer | None = Field(
+        None, ge=1, le=MAX_TRIALS,
+        description="optuna: trials drawn at random before TPE takes over (default: a third of samples).",
     )
 
     @field_validator("parameters")
@@ -68,16 +89,16 @@ class Resources(_Strict):
     gpus: list[str] | None = Field(None, description="Allowed GPU types (catalog names); null = any.")
     providers: list[str] = Field(default_factory=lambda: ["local"], description="Providers to place trials on.")
     market: Literal["spot", "on-demand", "any"] = Field("spot", description="Capacity type to rent.")
-    gpus_per_trial: int = Field(1, ge=1, description="GPUs (Ray Train workers) per trial.")
-    max_price_per_hour: float | None = Field(None, gt=0, description="Most $/h one trial may cost.")
-    max_total_cost: float | None = Field(None, gt=0, description="Budget in $ for the whole sweep.")
+    gpus_per_trial: Integer = Field(1, ge=1, le=64, description="GPUs (Ray Train workers) per trial.")
+    max_price_per_hour: Number | None = Field(None, gt=0, le=10_000, description="Most $/h one trial may cost.")
+    max_total_cost: Number | None = Field(None, gt=0, le=10_000_000, description="Budget in $ for the whole sweep.")
 
 
 class CheckpointPolicy(_Strict):
-    every_steps: Union[int, Literal["auto"]] = Field(
+    every_steps: Union[Annotated[Integer, Field(ge=1, le=MAX_STEPS)], Literal["auto"]] = Field(
         "auto", description="Checkpoint interval; auto = Young/Daly optimum from checkpoint cost and preemption rate."
     )
-    keep: int = Field(2, ge=1, description="Committed checkpoints kept per trial.")
+    keep: Integer = Field(2, ge=1, le=1000, description="Committed checkpoints kept per trial.")
 
 
 class SweepSpec(_Strict):
@@ -91,8 +112,10 @@ class SweepSpec(_Strict):
         None, description="Endpoint URL of an S3-compatible service (else AWS_ENDPOINT_URL_S3, else AWS)."
     )
     checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
-    max_parallel: int = Field(2, ge=1, description="Trials running at the same time.")
-    max_error_retries: int = Field(2, ge=0, description="Relaunches after real errors (preemptions are not counted).")
+    max_parallel: Integer = Field(2, ge=1, le=256, description="Trials running at the same time.")
+    max_error_retries: Integer = Field(
+        2, ge=0, le=100, description="Relaunches after real errors (preemptions are not counted)."
+    )
     early_stopping: EarlyStopping = Field(
         default_factory=EarlyStopping, description="Stop losing trials early (Optuna pruners on eval loss)."
     )
@@ -121,7 +144,7 @@ def set_dotted(target: dict, dotted: str, value: Any) -> None:
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise SpecError(f"search.parameters.{dotted}: '{part}' is not a config section")
+            raise SpecError(f"'search.parameters.{dotted}': '{part}' is not a config section")
     node[leaf] = value
 
 
@@ -144,6 +167,10 @@ def _points(search: Search, source: str) -> list[dict[str, Any]]:
             if not isinstance(values, list):
                 raise SpecError(f"{source}: field 'search.parameters.{name}': grid search needs a list of values")
             lists.append(values)
+        size = math.prod(len(values) for values in lists)
+        if size > MAX_TRIALS:
+            raise SpecError(f"{source}: field 'search.parameters': the grid has {size:,} points; "
+                            f"accepted: at most {MAX_TRIALS:,} trials (narrow the lists or use random search)")
         return [dict(zip(names, combination)) for combination in itertools.product(*lists)] if names else [{}]
     if not search.samples:
         raise SpecError(f"{source}: field 'search.samples': {search.method} search needs samples >= 1")
@@ -192,7 +219,10 @@ def expand_trials(spec: SweepSpec, spec_dir: Path, source: str) -> list[TrialSpe
     for index, params in enumerate(_points(spec.search, source)):
         raw = copy.deepcopy(base)
         for name, value in params.items():
-            set_dotted(raw, name, value)
+            try:
+                set_dotted(raw, name, value)
+            except SpecError as error:
+                raise SpecError(f"{source}: field {error}") from None
         raw.setdefault("checkpoint", {})["keep"] = spec.checkpoint.keep
         if isinstance(spec.checkpoint.every_steps, int):
             raw["checkpoint"]["every_steps"] = spec.checkpoint.every_steps

@@ -7,6 +7,7 @@ so a restarted controller recovers everything from this file and the object stor
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 from orchestrator.errors import SpecError
 
 DB_NAME = "spottune.db"
+BUSY_TIMEOUT_S = 30.0
 TERMINAL = ("succeeded", "failed", "cancelled", "stopped")  # stopped: by early stopping, checkpoints kept
 TRANSITIONS = {
     "pending": {"provisioning", "failed", "cancelled"},
@@ -148,11 +150,37 @@ class StateStore:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / DB_NAME
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        self._set_wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        with self._write() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        self._identity = _file_identity(self.path)
+
+    def missing(self) -> str | None:
+        """Why the database file this store opened is no longer at its path (removed or replaced), or None."""
+        identity = _file_identity(self.path)
+        if identity is None:
+            return f"the state database {self.path} was removed"
+        if identity != self._identity:
+            return f"the state database {self.path} was replaced by another file"
+        return None
+
+    def _set_wal(self) -> None:
+        """Switch to WAL; the switch needs a moment alone with the file and SQLite does not wait for it itself."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self._db.close()
@@ -170,10 +198,20 @@ class StateStore:
     # runs
 
     def create_run(self, run_id: str, name: str, spec_path: str, spec: dict, storage: str,
-                   trials: list[dict]) -> None:
-        """Insert a run and its trials (all pending), with a `submitted` event per trial."""
+                   trials: list[dict]) -> str:
+        """Insert a run and its trials (all pending), with a `submitted` event per trial; returns the run's id.
+
+        The id is `run_id`, or `run_id-2`, `-3`... when taken: chosen inside the write transaction, so
+        concurrent submissions never pick the same one.
+        """
         now = time.time()
         with self._write() as db:
+            taken = {row["id"] for row in db.execute("SELECT id FROM runs WHERE id = ? OR id LIKE ?",
+                                                     (run_id, f"{run_id}-%"))}
+            base, counter = run_id, 1
+            while run_id in taken:
+                counter += 1
+                run_id = f"{base}-{counter}"
             db.execute(
                 "INSERT INTO runs (id, name, spec_path, spec, storage, created) VALUES (?, ?, ?, ?, ?, ?)",
                 (run_id, name, spec_path, json.dumps(spec), storage, now),
@@ -186,6 +224,7 @@ class StateStore:
                      trial.get("total_steps"), now),
                 )
                 self._insert_event(db, run_id, trial["id"], "submitted", "pending", now=now)
+        return run_id
 
     def run(self, run_id: str) -> RunRow:
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -259,6 +298,54 @@ class StateStore:
         with self._write() as db:
             db.execute("UPDATE trials SET params = ?, config = ?, updated = ? WHERE run_id = ? AND id = ?",
                        (json.dumps(params), json.dumps(config), time.time(), run_id, trial_id))
+
+    def retry_failed(self, run_id: str) -> list[str]:
+        """Send the run's failed trials back to pending with their error count cleared; returns their ids.
+
+        An explicit operator decision (the cause was fixed), recorded as a `retry` event; the trials resume
+        from their committed checkpoints like any relaunch.
+        """
+        now = time.time()
+        with self._write() as db:
+            failed = db.execute("SELECT id, errors FROM trials WHERE run_id = ? AND state = 'failed' ORDER BY idx",
+                                (run_id,)).fetchall()
+            for row in failed:
+                self._insert_event(db, run_id, row["id"], "retry", "pending", detail={"errors": row["errors"]},
+                                   now=now)
+                db.execute("UPDATE trials SET state = 'pending', errors = 0, message = NULL, updated = ? "
+                           "WHERE run_id = ? AND id = ?", (now, run_id, row["id"]))
+            if failed:
+                db.execute("UPDATE runs SET finished = NULL WHERE id = ?", (run_id,))
+        return [row["id"] for row in failed]
+
+    def export_run(self, run_id: str) -> dict:
+        """A run with its trials, events and metrics as plain data (the mirror kept in the run's storage)."""
+        run = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if run is None:
+            raise SpecError(f"run {run_id!r} not found in {self.path}")
+        tables = {name: [dict(row) for row in self._db.execute(f"SELECT * FROM {name} WHERE run_id = ?", (run_id,))]
+                  for name in ("trials", "events", "metrics")}
+        for event in tables["events"]:
+            del event["seq"]
+        return {"run": dict(run), **tables}
+
+    def import_run(self, snapshot: dict) -> str:
+        """Re-create a run from `export_run`'s data; refused when this database already has the run."""
+        run_id = snapshot["run"]["id"]
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+                raise SpecError(f"run {run_id} is already in {self.path}; resume it with `spottune resume {run_id}`")
+            for table, rows in (("runs", [snapshot["run"]]), ("trials", snapshot["trials"]),
+                                ("events", snapshot["events"]), ("metrics", snapshot["metrics"])):
+                known = {column["name"] for column in db.execute(f"PRAGMA table_info({table})")}
+                for row in rows:
+                    if not row or set(row) - known:
+                        raise SpecError(f"run mirror of {run_id}: {table} row has unknown columns "
+                                        f"{sorted(set(row) - known)}; accepted: {sorted(known)}")
+                    columns = ", ".join(row)
+                    db.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})",
+                               tuple(row.values()))
+        return run_id
 
     def request_cancel(self, run_id: str, trial_id: str | None = None) -> int:
         """Flag non-terminal trials (one, or the whole run) for the controller to cancel; returns how many."""
@@ -359,3 +446,11 @@ class StateStore:
             (run_id, trial_id, kind),
         ).fetchall()
         return [(row["attempt"], row["step"], row["value"], row["time"]) for row in rows]
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino

@@ -10,13 +10,12 @@ from cluster.local import LocalProvider
 from cluster.storage import StorageURI, check_writable, parse_uri
 from cost_models.errors import EstimateError
 from orchestrator.controller import requirements
+from orchestrator.data_check import check_trial_data
 from orchestrator.errors import SpecError
 from orchestrator.planner import SweepPlan, plan_sweep
+from orchestrator.providers import check_providers
 from orchestrator.spec import SweepSpec, TrialSpec, load_spec
 from orchestrator.state import StateStore
-
-LAUNCHABLE = ("local",)
-
 
 @dataclass
 class Prepared:
@@ -31,15 +30,13 @@ def prepare(path: Path) -> Prepared:
     """Everything that can be wrong with a sweep fails here, as one line, before anything is launched."""
     spec, trials = load_spec(path)
     source = str(path)
-    for provider in spec.resources.providers:
-        if provider not in LAUNCHABLE:
-            raise SpecError(f"{source}: field 'resources.providers': provider {provider!r} can be planned "
-                            f"(spottune plan) but not launched by this build; accepted: {', '.join(LAUNCHABLE)}")
+    check_providers(spec.resources.providers, f"{source}: field 'resources.providers'", launch=True)
     for trial in trials:
         for field in ("train", "eval"):
             value = getattr(trial.config.data, field)
             if value and not Path(value).is_absolute() and Path(value).exists():
                 setattr(trial.config.data, field, str(Path(value).resolve()))
+    check_trial_data(trials, source)
     try:
         storage = parse_uri(spec.storage).absolute(Path.cwd())
     except ClusterError as error:
@@ -60,25 +57,23 @@ def prepare(path: Path) -> Prepared:
             f"${cheapest.chosen.run.usd:.3g} of the cheapest trial ({cheapest.trial_id} on {offer.gpu.name} "
             f"{offer.market})"
         )
-    check_writable(storage, spec.storage_endpoint)
+    try:
+        check_writable(storage, spec.storage_endpoint)
+    except ClusterError as error:
+        raise SpecError(f"{source}: {error}") from None
     return Prepared(path, spec, trials, plan, storage)
 
 
 def register(prepared: Prepared, state_dir: Path) -> tuple[StateStore, str]:
     """Record the run and its trials (pending) in the state database; returns the store and the run id."""
     store = StateStore(state_dir)
-    existing = {run.id for run in store.runs()}
-    base = f"{prepared.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_id, counter = base, 1
-    while run_id in existing:
-        counter += 1
-        run_id = f"{base}-{counter}"
     steps = {plan.trial_id: plan.steps for plan in prepared.plan.trials}
     trials = [
         {"id": trial.id, "index": trial.index, "params": trial.params,
          "config": trial.config.model_dump(mode="json"), "total_steps": steps[trial.id]}
         for trial in prepared.trials
     ]
-    store.create_run(run_id, prepared.spec.name, str(prepared.path.resolve()),
-                     prepared.spec.model_dump(mode="json"), str(prepared.storage), trials)
+    base = f"{prepared.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id = store.create_run(base, prepared.spec.name, str(prepared.path.resolve()),
+                              prepared.spec.model_dump(mode="json"), str(prepared.storage), trials)
     return store, run_id

@@ -5,20 +5,22 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from train_core.config_errors import describe_validation_error, read_yaml
+from train_core.config_types import MAX_SEED, MAX_STEPS, Flag, Integer, Number
+from train_core.data.templates import check_chat_template
 from train_core.errors import ConfigError
 
 HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class StrictModel(BaseModel):
-    """Base for config sections: unknown fields are rejected, values are validated on assignment."""
+    """Base for config sections: unknown fields are rejected, numbers are finite, values are validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSettings(StrictModel):
@@ -57,8 +59,9 @@ class DataSettings(StrictModel):
         None, description="Column mapping {field spottune reads: column in the data}, e.g. {instruction: question, "
         "output: answer} or {messages: dialog}, for data whose columns have other names."
     )
-    eval_samples: int | None = Field(
-        None, ge=1, description="Evaluate on the first N rows of the eval file only (cheaper evals); None = all."
+    eval_samples: Integer | None = Field(
+        None, ge=1, le=10**9,
+        description="Evaluate on the first N rows of the eval file only (cheaper evals); None = all.",
     )
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"] = Field(
         "auto", description="Row format; auto detects it from the first row's keys. prompt_completion and text are "
@@ -70,39 +73,53 @@ class DataSettings(StrictModel):
         "template string.",
     )
     system_prompt: str | None = Field(None, description="System message prepended to rows that have none.")
-    max_seq_length: int = Field(1024, ge=16, description="Tokens per sequence; longer samples are truncated.")
-    packing: bool = Field(
+    max_seq_length: Integer = Field(
+        1024, ge=16, le=1 << 21, description="Tokens per sequence; longer samples are truncated."
+    )
+    packing: Flag = Field(
         True, description="Pack several samples per sequence (padding-free, no attention across samples)."
     )
     train_on: Literal["assistant", "all"] = Field(
         "assistant", description="Which tokens carry loss: assistant replies only, or every token."
     )
 
+    @field_validator("chat_template")
+    @classmethod
+    def _known_or_valid_jinja(cls, setting: str) -> str:
+        return check_chat_template(setting)
+
 
 class LoraSettings(StrictModel):
-    r: int = Field(16, ge=1, description="LoRA rank.")
-    alpha: float = Field(16, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    r: Integer = Field(16, ge=1, le=4096, description="LoRA rank.")
+    alpha: Number = Field(16, gt=0, le=1e6, description="LoRA alpha; the update is scaled by alpha / r.")
+    dropout: Number = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: Union[Literal["all-linear"], list[str]] = Field(
         "all-linear", description="'all-linear' or a list of module names such as [q_proj, v_proj]."
     )
 
 
+Beta = Annotated[Number, Field(ge=0.0, lt=1.0)]
+
+
 class TrainingSettings(StrictModel):
-    seed: int = Field(42, description="Seed for LoRA init, data order (with the epoch) and dropout.")
-    epochs: int = Field(1, ge=1, description="Passes over the training data.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (caps epochs).")
-    batch_size: int = Field(8, ge=1, description="Sequences per optimizer step, over all workers.")
-    micro_batch_size: Union[int, Literal["auto"]] = Field(
+    seed: Integer = Field(
+        42, ge=0, le=MAX_SEED, description="Seed for LoRA init, data order (with the epoch) and dropout."
+    )
+    epochs: Integer = Field(1, ge=1, le=10_000, description="Passes over the training data.")
+    max_steps: Integer | None = Field(
+        None, ge=1, le=MAX_STEPS, description="Stop after this many optimizer steps (caps epochs)."
+    )
+    batch_size: Integer = Field(8, ge=1, le=65_536, description="Sequences per optimizer step, over all workers.")
+    micro_batch_size: Union[Annotated[Integer, Field(ge=1, le=65_536)], Literal["auto"]] = Field(
         "auto", description="Sequences per forward/backward; auto picks one that fits (must divide batch_size)."
     )
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    learning_rate: Number = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps (added to warmup_ratio's).")
-    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Warm-up as a fraction of total steps.")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables it.")
+    warmup_steps: Integer = Field(0, ge=0, le=MAX_STEPS, description="Linear warm-up steps (added to warmup_ratio's).")
+    warmup_ratio: Number = Field(0.0, ge=0.0, le=1.0, description="Warm-up as a fraction of total steps.")
+    weight_decay: Number = Field(0.0, ge=0.0, le=10.0, description="AdamW weight decay.")
+    adam_betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas.")
+    max_grad_norm: Number | None = Field(1.0, gt=0, le=1e6, description="Gradient clipping norm; null disables it.")
     optimizer: Literal["auto", "adamw", "adamw_8bit"] = Field(
         "auto", description="auto = 8-bit AdamW (bitsandbytes) on CUDA, AdamW elsewhere."
     )
@@ -110,8 +127,10 @@ class TrainingSettings(StrictModel):
         "auto", description="Recompute activations in backward (full), also keep layer inputs on the CPU "
         "(offload), or keep them (none). auto = full on CUDA, none on CPU."
     )
-    eval_every: int | None = Field(None, ge=1, description="Eval-loss interval in steps (and at the end).")
-    log_every: int = Field(1, ge=1, description="Metrics interval in steps.")
+    eval_every: Integer | None = Field(
+        None, ge=1, le=MAX_STEPS, description="Eval-loss interval in steps (and at the end)."
+    )
+    log_every: Integer = Field(1, ge=1, le=MAX_STEPS, description="Metrics interval in steps.")
 
     @model_validator(mode="after")
     def _micro_batch_divides(self) -> "TrainingSettings":
@@ -123,8 +142,10 @@ class TrainingSettings(StrictModel):
 
 
 class CheckpointSettings(StrictModel):
-    every_steps: int = Field(50, ge=1, description="Commit a checkpoint every N optimizer steps (and at the end).")
-    keep: int = Field(2, ge=1, description="Committed checkpoints to keep; older ones are deleted.")
+    every_steps: Integer = Field(
+        50, ge=1, le=MAX_STEPS, description="Commit a checkpoint every N optimizer steps (and at the end)."
+    )
+    keep: Integer = Field(2, ge=1, le=1000, description="Committed checkpoints to keep; older ones are deleted.")
 
 
 class TrainConfig(StrictModel):

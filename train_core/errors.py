@@ -13,5 +13,9 @@ class DataError(UserError):
     """A data set file or row is invalid."""
 
 
+class TrainingDiverged(UserError):
+    """The loss, the gradients or the weights stopped being finite numbers; nothing after it is committed."""
+
+
 class ModelSourceError(UserError):
     """A model name, path or file cannot be resolved."""

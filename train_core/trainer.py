@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -18,7 +19,7 @@ from train_core.data.dataset import batch_plan, prepare_data
 from train_core.device import DevicePath, choose_device_path
 from train_core.engine import Engine, build_engine
 from train_core.distributed import Distributed
-from train_core.errors import ConfigError
+from train_core.errors import ConfigError, TrainingDiverged
 from train_core.metrics import MetricsLog, peak_memory_gib
 from train_core.optim import build_optimizer, build_scheduler
 from train_core.rng import capture_rng, restore_rng
@@ -35,6 +36,7 @@ class TrainHooks:
     on_metrics: Callable[[dict], None] | None = None
     on_checkpoint: Callable[[int], None] | None = None
     stop_requested: Callable[[], bool] | None = None
+    on_checkpoint_skipped: Callable[[int, list[str]], None] | None = None  # (resumed step, what was skipped)
 
 
 @dataclass
@@ -101,7 +103,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config.training, self.total_steps)
 
     def _refuse_silent_overwrite(self, resume: bool) -> None:
-        latest = self.checkpoints.latest_step()
+        latest = self.checkpoints.newest_step()
         if latest is not None and not resume:
             raise ConfigError(
                 f"output_dir: {self.store.describe('checkpoints')} already holds checkpoints (latest step {latest}); "
@@ -113,11 +115,15 @@ class Trainer:
             step=0, epoch=0, cursor=0, tokens_seen=0,
             config_fingerprint=self.config.fingerprint(), world_size=self.dist.world_size,
         )
-        latest = self.checkpoints.latest_step()
-        if latest is None:
+        restored = self.checkpoints.restore(self.work_dir / ".staging" / f"restore-rank{self.dist.rank}")
+        if restored is None:
             return fresh
+        latest, local = restored.step, restored.path
         where = self.store.describe("checkpoints")
-        local = self.checkpoints.load(latest, self.work_dir / ".staging" / f"restore-rank{self.dist.rank}")
+        if restored.skipped:
+            self.log(f"skipped damaged checkpoints ({'; '.join(restored.skipped)}); resuming from step {latest}")
+            if self.hooks.on_checkpoint_skipped is not None and self.dist.is_main:
+                self.hooks.on_checkpoint_skipped(latest, restored.skipped)
         state = TrainerState.from_json((local / "trainer_state.json").read_text(encoding="utf-8"))
         if state.config_fingerprint != fresh.config_fingerprint:
             raise ConfigError(
@@ -139,7 +145,24 @@ class Trainer:
         self.log(f"resumed from step {latest} ({where})")
         return state
 
+    def _refuse_non_finite(self, what: str, value: float | None = None) -> None:
+        """Stop training before a NaN/inf reaches the optimizer, a checkpoint or the adapter."""
+        if value is not None and math.isfinite(value):
+            return
+        latest = self.checkpoints.latest_step()
+        kept = f"the last committed checkpoint (step {latest}) is intact" if latest else "no checkpoint was written"
+        shown = "" if value is None else f" is {value}"
+        raise TrainingDiverged(
+            f"training diverged: {what}{shown}; {kept}; lower training.learning_rate "
+            f"(now {self.config.training.learning_rate:g}) or set training.max_grad_norm"
+        )
+
+    def _check_weights_finite(self, when: str) -> None:
+        if not all(bool(torch.isfinite(parameter).all()) for parameter in self.trainable):
+            self._refuse_non_finite(f"the adapter weights hold NaN or inf {when}")
+
     def _save(self, state: TrainerState) -> None:
+        self._check_weights_finite(f"at the checkpoint of step {state.step}")
         rng_states = self.dist.gather_objects(capture_rng())
         if self.dist.is_main:
             state.rng = rng_states
@@ -173,9 +196,11 @@ class Trainer:
             tokens += batch.input_ids.numel()
         self.dist.all_reduce_grads(self.trainable)
         totals = self.dist.all_reduce_sum(torch.tensor([loss_sum.item(), float(tokens)], dtype=torch.float64))
+        self._refuse_non_finite(f"the loss of step {state.step + 1}", float(totals[0]) / normaliser)
         grad_norm = None
         if self.config.training.max_grad_norm is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.training.max_grad_norm))
+            self._refuse_non_finite(f"the gradient norm of step {state.step + 1}", grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -215,6 +240,7 @@ class Trainer:
 
     def save_adapter(self) -> str:
         """Write the final adapter (PEFT format) to `adapter/` in the store and return its location."""
+        self._check_weights_finite("at the end of training")
         if self.dist.is_main:
             staging = self.work_dir / ".staging" / "adapter"
             self.engine.save_adapter(staging)

@@ -14,6 +14,32 @@ def add_offer_filters(parser: argparse.ArgumentParser, providers_default: str) -
                         help="on-demand offers only")
 
 
+def _number(text: str, kind: type, low: float, inclusive: bool) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+    if value != value or value in (float("inf"), float("-inf")) or value < low or (value == low and not inclusive):
+        bound = f">= {low:g}" if inclusive else f"> {low:g}"
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; accepted: a finite number {bound}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return int(_number(text, int, 1, inclusive=True))
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _number(text, float, 0, inclusive=False)
+
+
+def non_negative_number(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _number(text, float, 0, inclusive=True)
+
+
 def comma_list(values: list[str] | None) -> list[str] | None:
     """Repeated and comma-separated flag values as one list; None when the flag was not given."""
     if not values:
@@ -23,6 +49,16 @@ def comma_list(values: list[str] | None) -> list[str] | None:
 
 def add_state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", help="where runs and spottune.db live (default: $SPOTTUNE_STATE_DIR or ./runs)")
+
+
+def latest_run(store) -> str:  # type: ignore[no-untyped-def]
+    """The id of the most recent run, or a one-line error when the database holds none."""
+    from orchestrator.errors import SpecError
+
+    runs = store.runs()
+    if not runs:
+        raise SpecError(f"no runs in {store.path} yet; submit a sweep first (spottune submit SWEEP.yaml)")
+    return runs[-1].id
 
 
 def open_state(args: argparse.Namespace):

@@ -29,7 +29,10 @@ def run(args: argparse.Namespace) -> int:
             from orchestrator.planner import trial_job
             from train_core.config import load_config
 
+            from orchestrator.data_check import check_config_data
+
             config = load_config(args.config)
+            check_config_data(config, args.config)
             records = job_records(trial_job("job", config), offers)
             text = job_table(args.config, records)
         else:

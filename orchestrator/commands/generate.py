@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from orchestrator.commands.common import non_negative_number, positive_int
+
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 HELP = "generate replies from a base model, with or without a trained adapter"
 
@@ -18,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--prompt", help="one prompt")
     source.add_argument("--prompts", help="a .txt file (one prompt per line) or .jsonl (alpaca rows or 'prompt')")
     parser.add_argument("--system", help="system message")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--limit", type=int, help="use only the first N prompts")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128)
+    parser.add_argument("--temperature", type=non_negative_number, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--limit", type=positive_int, help="use only the first N prompts")
     parser.add_argument("--json", action="store_true", help="print JSON lines {prompt, reply}")
 
 

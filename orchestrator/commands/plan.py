@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.commands.common import add_offer_filters, comma_list
+from orchestrator.commands.common import add_offer_filters, comma_list, positive_number
 
 HELP = "before paying: per trial and GPU offer, whether it fits, VRAM, step time, hours, preemptions and expected $"
 
@@ -12,7 +12,7 @@ HELP = "before paying: per trial and GPU offer, whether it fits, VRAM, step time
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="sweep spec YAML")
     add_offer_filters(parser, "the spec's")
-    parser.add_argument("--max-price", type=float, help="only offers up to this $ per GPU-hour")
+    parser.add_argument("--max-price", type=positive_number, help="only offers up to this $ per GPU-hour")
     parser.add_argument("--all-offers", action="store_true",
                         help="list every offer (default: the cheapest offer per GPU type and market)")
     output = parser.add_mutually_exclusive_group()
@@ -24,16 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cost_models.errors import EstimateError
     from orchestrator import planner
+    from orchestrator.data_check import check_trial_data
+    from orchestrator.providers import check_providers
     from orchestrator.plan_output import render_plan
     from orchestrator.render import to_csv, to_json
     from orchestrator.spec import load_spec
 
     spec, trials = load_spec(args.spec)
+    check_trial_data(trials, args.spec)
     resources = spec.resources.model_copy(update={
         key: value for key, value in {
             "gpus": comma_list(args.gpu), "providers": comma_list(args.provider), "market": args.market,
         }.items() if value
     })
+    where = "--provider" if args.provider else f"{args.spec}: field 'resources.providers'"
+    check_providers(resources.providers, where, launch=False)
     try:
         offers = planner.offers_for(resources)
         if args.max_price is not None:

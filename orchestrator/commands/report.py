@@ -19,12 +19,12 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from orchestrator.commands.common import open_state
+    from orchestrator.commands.common import latest_run, open_state
     from orchestrator.layout import RunLayout
     from orchestrator.report import build_report, plot_losses, render_text
 
     store, state_dir = open_state(args)
-    run_id = args.run or store.runs()[-1].id
+    run_id = args.run or latest_run(store)
     report = build_report(store, run_id)
     png = plot_losses(store, run_id, Path(args.png) if args.png else RunLayout(state_dir, run_id).report_png)
     report["png"] = str(png)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from orchestrator.commands.common import positive_number
+
 HELP = "plan a sweep, start its controller, and follow it (trial state, offer, step, loss, $, preemptions)"
 
 
@@ -10,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="sweep spec YAML (see examples/sweep_demo.yaml)")
     parser.add_argument("--detach", action="store_true", help="print the plan and the run id, then return")
     parser.add_argument("--state-dir", help="where runs and spottune.db live (default: $SPOTTUNE_STATE_DIR or ./runs)")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between progress tables")
+    parser.add_argument("--interval", type=positive_number, default=5.0, help="seconds between progress tables")
 
 
 def run(args: argparse.Namespace) -> int:

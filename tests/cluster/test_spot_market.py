@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from cluster.spot_market import (
-    ScheduledPreemption, SimulatedMarket, plan_preemption, storage_fault_step, unknown_trial_refs,
+    ScheduledPreemption, SimulatedMarket, plan_preemption, storage_fault, unknown_trial_refs,
 )
 
 
@@ -40,7 +40,8 @@ def test_a_preemption_needs_exactly_one_trigger():
 
 
 def test_storage_faults_and_unknown_references():
-    market = SimulatedMarket(storage_faults=[{"trial": 1, "step": 6}], preemptions=[{"trial": 5, "at_step": 1}])
-    assert storage_fault_step(market, 1, "t001-x", 1) == 6
-    assert storage_fault_step(market, 1, "t001-x", 2) is None
+    market = SimulatedMarket(storage_faults=[{"trial": 1, "step": 6, "kind": "disk_full"}],
+                             preemptions=[{"trial": 5, "at_step": 1}])
+    assert (storage_fault(market, 1, "t001-x", 1).step, storage_fault(market, 1, "t001-x", 1).kind) == (6, "disk_full")
+    assert storage_fault(market, 1, "t001-x", 2) is None
     assert unknown_trial_refs(market, ["t000-x", "t001-x"]) == ["5"]

@@ -1,6 +1,6 @@
 import json
 
-from tests.orchestrator.helpers import REPO, run_cli
+from tests.orchestrator.helpers import REPO, TRAIN_DATA, run_cli
 
 
 def test_catalog_table_shows_prices_with_their_dates():
@@ -22,7 +22,7 @@ def test_a_job_is_priced_per_gpu_type():
 
 def test_bad_config_fails_with_one_line(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("model: {name: nobody/nothing}\ndata: {train: x.jsonl}\n")
+    config.write_text(f"model: {{name: nobody/nothing}}\ndata: {{train: {TRAIN_DATA}}}\n")
     result = run_cli("costs", str(config))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "c.yaml: model.name" in result.stderr

@@ -122,3 +122,30 @@ def test_forcing_the_fast_engine_where_it_cannot_run_fails_with_one_line(tmp_pat
     result = run_cli("plan", str(write_spec(tmp_path, config={"model": {"engine": "fast", "quantization": "bf16"}})))
     assert result.returncode == 2
     assert "model.engine: fast is not possible for this run (base weights bf16" in result.stderr
+
+
+@pytest.mark.parametrize("train, expected", [
+    ("/nonexistent/train.jsonl", "field 'data.train': /nonexistent/train.jsonl: data file not found"),
+    ("rows.jsonl", "field 'data.train': {dir}/rows.jsonl:2: field 'output' must be a string, got int"),
+])
+def test_plan_reads_the_data_as_the_trainer_does_instead_of_assuming_full_rows(tmp_path, train, expected):
+    (tmp_path / "rows.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": 123}\n',
+                                         encoding="utf-8")
+    result = run_cli("plan", str(write_spec(tmp_path, config={"data": {"train": str(tmp_path / train)}})))
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected.format(dir=tmp_path) in lines[0], result.stderr
+
+
+def test_plan_and_submit_say_the_same_about_providers(tmp_path):
+    from orchestrator.providers import support
+
+    spec = write_spec(tmp_path, resources={"providers": ["kubernetes"]})
+    planned = run_cli("plan", str(spec))
+    submitted = run_cli("submit", str(spec), "--state-dir", str(tmp_path / "state"))
+    for result in (planned, submitted):
+        assert result.returncode == 2
+        assert "provider 'kubernetes' is not available; " + support() in result.stderr, result.stderr
+    assert support().startswith("this build plans aws, ") and support().endswith(" and launches local")
+    aws = run_cli("submit", str(write_spec(tmp_path, resources={"providers": ["aws"]}, name="aws.yaml")))
+    assert "provider 'aws' can be planned (spottune plan) but not launched by this build; " + support() in aws.stderr

@@ -1,5 +1,5 @@
-"""`spottune plan` over the new data inputs: Parquet (not read by the torch-free planner: full rows assumed)
-and TRL-format JSONL (counted), both without importing torch."""
+"""`spottune plan` over the new data inputs: Parquet (checked with the trainer's parser through `datasets`,
+priced at full rows) and TRL-format JSONL (counted), both without importing torch."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,10 @@ def test_plan_takes_parquet_and_trl_rows_without_torch(tmp_path):
     trl.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": row["instruction"]}],
                                        "completion": [{"role": "assistant", "content": row["output"]}]}) + "\n"
                            for row in rows), encoding="utf-8")
+    import datasets
+
     parquet = tmp_path / "rows.parquet"
-    parquet.write_bytes(b"PAR1 not read by the planner")
+    datasets.Dataset.from_list(rows).to_parquet(str(parquet))
     for data in (trl, parquet):
         spec = write_spec(tmp_path, config={"data": {"train": str(data)}}, name=f"{data.stem}.yaml")
         result = run_cli("plan", str(spec), "--csv", check_no_torch=True)

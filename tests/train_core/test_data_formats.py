@@ -61,3 +61,18 @@ def test_row_level_problems_name_the_line(tmp_path):
     path = write_rows(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "x"}]}])
     with pytest.raises(DataError, match="no assistant turn"):
         load_conversations(path)
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b'{"instruction": "caf\xe9", "output": "b"}\n', r"rows\.jsonl:1: not UTF-8 text \(byte 0xe9 at column 21\)"),
+    (b'{"instruction": "a", "output": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+     r"rows\.jsonl:1: JSON nested too deeply to read"),
+    (b'{"instruction": "a", "output": NaN}\n', r"rows\.jsonl:1: not valid JSON \(NaN is not a JSON value\)"),
+    (b'{"conversations": [{"from": ["human"], "value": "a"}, {"from": "gpt", "value": "b"}]}\n',
+     r"rows\.jsonl:1: conversations\[0\]\.from is \['human'\]; accepted: system, human"),
+])
+def test_unreadable_lines_are_one_data_error_naming_the_line(tmp_path, line, expected):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(line + b'{"instruction": "a", "output": "b"}\n')
+    with pytest.raises(DataError, match=expected):
+        load_conversations(path)

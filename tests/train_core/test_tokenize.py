@@ -80,3 +80,19 @@ def test_eval_samples_takes_the_first_rows_and_leaves_the_fingerprint(tokenizer)
     assert len(full) == 40 and len(some) == 5
     assert [s.input_ids for s in some] == [s.input_ids for s in full[:5]]
     assert first.fingerprint() == everything.fingerprint()
+
+
+def test_a_template_that_fails_on_a_conversation_is_one_data_error(tokenizer):
+    from train_core.errors import DataError
+
+    original = tokenizer.chat_template
+    apply_chat_template_setting(
+        tokenizer, "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}",
+    )
+    try:
+        with pytest.raises(DataError, match=r"data\.chat_template: fails on a conversation with roles \[system, "
+                                             r"user, assistant, user, assistant\] \(no system role\)"):
+            tokenize_dataset(tokenizer, [CONVERSATION], 128, "assistant")
+    finally:
+        tokenizer.chat_template = original

@@ -38,20 +38,33 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     rows: list[tuple[int, dict]] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+                                f"{error.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, parse_constant=_refuse_constant)
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{number}: JSON nested too deeply to read") from None
+            except ValueError as error:
+                raise DataError(f"{path}:{number}: not valid JSON ({error})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
             rows.append((number, row))
     if not rows:
         raise DataError(f"{path}: the data set is empty (no JSON rows); expected one {ACCEPTED} object per line")
     return rows
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def load_conversations(
@@ -122,7 +135,7 @@ def _from_sharegpt(row: dict, where: str) -> Conversation:
     for index, turn in enumerate(turns):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise DataError(f"{where}: conversations[{index}] needs 'from' and 'value'")
-        role = SHAREGPT_ROLES.get(turn["from"])
+        role = SHAREGPT_ROLES.get(turn["from"]) if isinstance(turn["from"], str) else None
         if role is None:
             raise DataError(
                 f"{where}: conversations[{index}].from is {turn['from']!r}; accepted: {', '.join(SHAREGPT_ROLES)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from train_core.data.formats import Conversation
+from train_core.errors import DataError
 
 
 @dataclass
@@ -25,7 +26,14 @@ class TokenizeReport:
 
 
 def render(tokenizer, messages: Conversation, add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    """The conversation through the chat template; a template that fails on it is a one-line DataError."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as error:
+        roles = ", ".join(message["role"] for message in messages)
+        raise DataError(f"data.chat_template: fails on a conversation with roles [{roles}] ({error})") from None
 
 
 def assistant_spans(tokenizer, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
