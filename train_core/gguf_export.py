@@ -5,7 +5,8 @@ into llama.cpp's rotary layout (transformers' GGUF loader permutes them back). M
 f16, bf16, f32 or q8_0; norms and biases stay f32, as llama.cpp's converter keeps them. The tokenizer is
 written as a byte-level BPE vocabulary ("gpt2") with its merges, special tokens and chat template, which is
 what the tokenizers of these models are. The file loads with
-`AutoModelForCausalLM.from_pretrained(dir, gguf_file=name)` and with llama.cpp.
+`AutoModelForCausalLM.from_pretrained(dir, gguf_file=name)` (tested); names, layout and metadata keys follow
+llama.cpp's converter, but llama.cpp itself is not run in the tests.
 """
 from __future__ import annotations
 
