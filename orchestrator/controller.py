@@ -352,8 +352,10 @@ class Controller:
             if committed < active.stop_at:
                 continue  # the checkpoint of the judged step is not committed yet
             self.provider.terminate(active.node)
-            spent = compute_ledger(self.state.events(self.run_id, trial.id), time.time()).usd
-            saved = saved_usd(spent, trial.step, trial.total_steps)
+            now = time.time()
+            node = compute_ledger(self.state.events(self.run_id, trial.id), now).trials[trial.id].nodes[-1]
+            training_usd = node.price_per_hour * (now - (node.first_step_start or node.start)) / 3600.0
+            saved = saved_usd(training_usd, trial.step - active.resume_step, (trial.total_steps or 0) - trial.step)
             self._event(active, "stopped", "stopped", step=committed, detail={
                 "eval_loss": trial.eval_loss, "reached_step": trial.step, "total_steps": trial.total_steps,
                 "saved_usd": saved, "pruner": self.spec.early_stopping.pruner})

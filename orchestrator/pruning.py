@@ -4,7 +4,8 @@
 Each sweep trial is an Optuna trial of one in-memory study; the controller reports every eval loss a trial
 measures (`trial.report(value, step)`) and, when the pruner says so, stops the trial right after its next
 committed checkpoint: the node is released, the checkpoints stay in storage, and the trial ends `stopped`
-with the dollars its remaining steps would have cost at its measured $/step. Pruners (Optuna's own):
+with the dollars its remaining steps would have cost at the $/step its node paid since its first step.
+Pruners (Optuna's own):
 
     successive_halving  SuccessiveHalvingPruner(min_resource=min_steps, reduction_factor)   (ASHA)
     hyperband           HyperbandPruner(min_resource=min_steps, max_resource=the trials' steps, reduction_factor)
@@ -156,8 +157,9 @@ class SweepStudy:
         return pruning
 
 
-def saved_usd(spent_usd: float, steps_done: int, total_steps: int | None) -> float:
-    """What the steps a stopped trial will not train would have cost, at the $/step it was paying."""
-    if not total_steps or steps_done <= 0:
+def saved_usd(training_usd: float, steps_trained: int, steps_left: int) -> float:
+    """What the steps a stopped trial will not train would have cost, at the $/step its node was paying since
+    its first step (start-up time is not counted: a trial that went on would not start again)."""
+    if steps_trained <= 0 or steps_left <= 0:
         return 0.0
-    return spent_usd / steps_done * max(0, total_steps - steps_done)
+    return training_usd / steps_trained * steps_left

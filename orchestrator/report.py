@@ -117,7 +117,7 @@ def render_text(report: dict) -> str:
     stopped = [line for line in report["trials"] if line["state"] == "stopped"]
     if stopped:
         out.append(f"early stopping: {len(stopped)} trial(s) stopped, ${report['saved_usd']:.6f} saved "
-                   "(their remaining steps at the $/step they were paying); their checkpoints are kept")
+                   "(their remaining steps at the $/step they were training at); their checkpoints are kept")
     best = report["best"]
     if best:
         params = ", ".join(f"{k}={v}" for k, v in best["params"].items()) or "no search parameters"

@@ -58,8 +58,8 @@ def test_a_rebuilt_study_decides_like_the_live_one(tmp_path):
 
 
 def test_saved_dollars_are_the_remaining_steps_at_the_paid_rate():
-    assert saved_usd(0.03, 3, 12) == pytest.approx(0.09)
-    assert saved_usd(0.03, 0, 12) == 0.0 and saved_usd(0.03, 12, 12) == 0.0
+    assert saved_usd(0.03, 3, 9) == pytest.approx(0.09)
+    assert saved_usd(0.03, 0, 9) == 0.0 and saved_usd(0.03, 3, 0) == 0.0
 
 
 def test_early_stopping_without_an_eval_set_is_one_line(tmp_path):
