@@ -40,7 +40,7 @@ def read_prompts(path: str | Path) -> list[str]:
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
 
-def adapter_base_model(adapter: str | Path) -> str:
+def adapter_base_model(adapter: str | Path, flag: str = "--model") -> str:
     """The base model an adapter was trained on (adapter_config.json base_model_name_or_path), checked to exist."""
     config_path = Path(adapter) / "adapter_config.json"
     if not config_path.is_file():
@@ -50,12 +50,12 @@ def adapter_base_model(adapter: str | Path) -> str:
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
         raise ModelSourceError(f"{config_path}: not a readable adapter config ({type(error).__name__})") from None
     if not isinstance(base, str) or not base:
-        raise ModelSourceError(f"{config_path}: no base_model_name_or_path; pass --model with the adapter's base model")
+        raise ModelSourceError(f"{config_path}: no base_model_name_or_path; pass {flag} with the adapter's base model")
     looks_like_a_path = base.startswith(("/", ".", "~")) or base.endswith(".gguf")
     if looks_like_a_path and not Path(base).expanduser().exists():
         raise ModelSourceError(
             f"{config_path}: base model {base} (base_model_name_or_path) is not on this machine; "
-            "pass --model with the adapter's base model"
+            f"pass {flag} with the adapter's base model"
         )
     return base
 
