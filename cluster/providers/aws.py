@@ -77,7 +77,7 @@ class AwsSettings(BaseModel):
     key_name: str | None = None  # an EC2 key pair, for ssh; none needed
     instance_profile: str | None = None  # name or ARN; the node's role (docs/aws-iam-node.json)
     spot_price_max_age_s: float = Field(3600.0, gt=0)  # how long a spot price read is reused
-    api_max_attempts: int = Field(8, ge=1, le=20)  # per EC2 call, throttling and transient errors included
+    api_max_attempts: int = Field(5, ge=1, le=20)  # per EC2 call: throttling and server errors (5xx) are retried
 
     @model_validator(mode="after")
     def _ami_is_regional(self) -> "AwsSettings":
@@ -538,7 +538,8 @@ def _state_reason(instance: dict) -> str:
     reason = instance.get("StateReason") or {}
     code, message = reason.get("Code", ""), reason.get("Message", "")
     prefix = "spot interruption: " if code == "Server.SpotInstanceTermination" else ""
-    return f"{prefix}{instance['State']['Name']} ({code}: {message})" if code else instance["State"]["Name"]
+    detail = message if message.startswith(code) else f"{code}: {message}"
+    return f"{prefix}{instance['State']['Name']} ({detail})" if code else instance["State"]["Name"]
 
 
 def _fallback_offers(region: str, types: dict[str, dict[str, Offer]], markets: tuple[str, ...],
