@@ -16,7 +16,7 @@ from cost_models.catalog import Offer
 
 
 class CapacityError(ClusterError):
-    """The provider could not rent this offer now; `code` is the provider's reason (e.g. InsufficientInstanceCapacity)."""
+    """The provider could not rent this offer now; `code` is its reason (e.g. InsufficientInstanceCapacity)."""
 
     def __init__(self, offer: Offer, code: str, message: str) -> None:
         super().__init__(f"{offer.key}: {code}: {message}")

@@ -56,6 +56,8 @@ GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 USER_DATA_LIMIT = 16 * 1024  # bytes, EC2's limit before base64
 NOT_FOUND_GRACE_S = 120.0  # EC2 is eventually consistent: a fresh instance may be unknown to describe_instances
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+NO_CREDENTIALS = ("aws: no AWS credentials found; set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
+                  "or run the controller with an instance role (docs/aws.md)")
 INSTANCE_TYPE = re.compile(r"^([a-z0-9-]+)\.[a-z0-9]+$")
 
 BootScript = Callable[[Offer, LaunchSpec], str]
@@ -171,8 +173,7 @@ def check(settings: AwsSettings, session: boto3.Session | None = None) -> dict[s
             raise ClusterError(f"aws.regions: unknown region {region!r}; accepted: EC2 regions such as us-east-1, "
                                "us-west-2, eu-west-1")
     if api.session.get_credentials() is None:
-        raise ClusterError("aws: no AWS credentials found; set AWS_PROFILE (or AWS_ACCESS_KEY_ID and "
-                           "AWS_SECRET_ACCESS_KEY), or run the controller with an instance role (docs/aws.md)")
+        raise ClusterError(NO_CREDENTIALS)
     resolved = {name: _check_region(api, name) for name in settings.regions}
     _check_each_found(settings.subnets, [set(r.subnet_by_zone.values()) for r in resolved.values()], "aws.subnets")
     _check_each_found(settings.security_groups, [set(r.security_groups) for r in resolved.values()],
@@ -207,8 +208,7 @@ def _check_region(api: AwsApi, region: str) -> _Region:
     except ClientError as error:
         raise ClusterError(api.scrub(f"aws ({region}): {_code(error)}: {_message(error)}")) from None
     except NoCredentialsError:
-        raise ClusterError("aws: no AWS credentials found; set AWS_PROFILE (or AWS_ACCESS_KEY_ID and "
-                           "AWS_SECRET_ACCESS_KEY), or run the controller with an instance role (docs/aws.md)") from None
+        raise ClusterError(NO_CREDENTIALS) from None
     except BotoCoreError as error:
         raise ClusterError(api.scrub(f"aws ({region}): EC2 cannot be reached: {error}")) from None
     return _Region(region, client, ami_id, subnet_by_zone, groups)

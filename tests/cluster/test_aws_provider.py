@@ -219,6 +219,16 @@ def test_capacity_refusal_in_every_zone_moves_to_the_next_type(ec2):
     provider.terminate(outcome.node)
 
 
+def test_when_no_offer_can_be_rented_the_last_refusal_is_raised(ec2):
+    provider = started()
+    offers = [o for o in provider.offers(Requirements(gpu_types=("L4",))) if o.instance_type == "g6.xlarge"][:2]
+    ec2.faults.append(Fault("RunInstances", "VcpuLimitExceeded", message="You have requested more vCPU capacity"))
+    with pytest.raises(CapacityError) as refused:
+        launch_first_available(provider.launch, offers[0], offers, spec())
+    assert refused.value.offer == offers[1] and refused.value.code == "VcpuLimitExceeded"
+    assert ec2.actions().count("RunInstances") == 2
+
+
 @pytest.mark.parametrize("code", ["SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "VcpuLimitExceeded"])
 def test_quota_and_price_refusals_are_capacity_errors(ec2, code):
     provider = started()
