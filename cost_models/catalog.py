@@ -16,6 +16,9 @@ from cost_models.errors import EstimateError
 
 DATA = Path(__file__).with_name("data")
 Market = Literal["spot", "on-demand"]
+# Where an offer's price comes from: this dated catalog, the provider's API now, or the catalog because the
+# provider's API could not be reached.
+PriceOrigin = Literal["catalog", "live", "catalog-fallback"]
 MARKETS = ("spot", "on-demand")
 LOCAL = "local"
 
@@ -52,10 +55,13 @@ class Offer:
     bucket: str
     source: str
     date: str
+    zone: str = ""  # the availability zone an offer is priced in, where the provider prices zones apart
+    price_origin: PriceOrigin = "catalog"
 
     @property
     def key(self) -> str:
-        return f"{self.provider}:{self.instance_type}:{self.region}:{self.market}"
+        where = f"{self.region}/{self.zone}" if self.zone else self.region
+        return f"{self.provider}:{self.instance_type}:{where}:{self.market}"
 
     def billed_gpus(self, gpus: int) -> int:
         """GPUs paid for when a job needs `gpus`: whole instances are rented (a p4d bills all 8)."""
