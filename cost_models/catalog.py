@@ -52,6 +52,7 @@ class Offer:
     bucket: str
     source: str
     date: str
+    capacity_wait_s: float = 0.0  # seconds until the provider expects capacity for it again (0 = launchable now)
 
     @property
     def key(self) -> str:
