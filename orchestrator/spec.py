@@ -91,7 +91,7 @@ class Resources(_Strict):
     )
     delay_usd_per_hour: Number = Field(
         DEFAULT_DELAY_USD_PER_HOUR, ge=0, le=10_000,
-        description="What an hour of a trial's wait for cheaper capacity is worth; the planner waits when that is cheaper.",
+        description="What an hour of a trial's wait for cheaper capacity is worth; the planner waits when cheaper.",
     )
 
 
