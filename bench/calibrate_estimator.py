@@ -123,6 +123,15 @@ MATRIX = {
         Group("qwen2.5-7b", "nf4", 16, (P("offload", 4096, 2, 2), P("none", 2048, 1, 1, 2), P("full", 8192, 1, 1))),
         Group("gemma-2-2b", "nf4", 16, (P("offload", 4096, 1, 1), P("full", 1024, 4, 2, 2), P("none", 512, 4, 1))),
     ),
+    # Fit points in the regime of the largest held-out offload jobs (2026-11-29, round 2): big layer inputs on a
+    # GPU-bound forward, from architectures the fit already has (Llama-3-8B at 16 layers, a depth no other point
+    # has; Qwen2.5-3B at 16K tokens per micro-batch). The held-out full-depth points stay unseen.
+    "fitoffload": (
+        Group("llama-3-8b", "nf4", 16, (
+            P("offload", 4096, 4, 2), P("offload", 2048, 4, 1), P("offload", 8192, 1, 1),
+        ), layers=16),
+        Group("qwen2.5-3b", "nf4", 16, (P("offload", 4096, 4, 2),)),
+    ),
     "smoke": (
         Group("tiny-qwen2", "bf16", 8, (P("none", 128, 2, 2), P("full", 256, 1, 1), P("full", 128, 2, 2, 2))),
         Group("tiny-llama", "nf4", 16, (P("none", 256, 1, 1),), targets=("q_proj", "v_proj")),

@@ -22,7 +22,8 @@ boundary after a notice, as train_core's Trainer does. The market's clocks and t
 
 Policies:
   spottune       checkpoint.every_steps auto (Young/Daly for the offer's bucket), an emergency checkpoint on a
-                 notice, every relaunch re-planned across every GPU type of the market
+                 notice, every relaunch re-planned across every GPU type of the market, waiting for a reclaimed
+                 type's capacity when that is cheaper (resources.delay_usd_per_hour at its default)
   skypilot-like  a checkpoint every 30 simulated minutes, the notice ignored, relaunch on the GPU type it
                  started on (waiting while that type has no spot capacity)
   on-demand      the cheapest on-demand offer that fits; no preemptions
@@ -75,7 +76,7 @@ def sweep_spec(directory: Path, steps: int, seed: int, prices_from: list[str] | 
             "model": {"name": "Qwen/Qwen2.5-7B-Instruct"},
             "data": {"train": str(REPO / "examples" / "data" / "copywriting_train.jsonl"), "max_seq_length": 2048},
             "lora": {"target_modules": "all-linear"},
-            "training": {"batch_size": 16, "epochs": 100000, "max_steps": steps, "learning_rate": 2.0e-4},
+            "training": {"batch_size": 16, "epochs": 10000, "max_steps": steps, "learning_rate": 2.0e-4},
         },
         "search": {"method": "grid", "parameters": {"lora.r": [16, 64], "training.learning_rate": [1.0e-4, 2.0e-4]}},
         "resources": {"providers": ["local"], "market": "spot"},

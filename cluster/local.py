@@ -5,7 +5,8 @@ cheapest price any provider lists); the work itself runs on this machine's CPU.
 Each launched node gets a directory where its processes register (cluster/node_agent.py). The market
 (cluster/spot_market.py) decides when a node is reclaimed: a notice file with a deadline, then at the
 deadline a hard kill (SIGKILL) of every process registered on the node; notice 0 kills at once. After a
-preemption that GPU type has no spot capacity for a cooldown, so a re-plan may pick another type. The market's
+preemption that GPU type has no spot capacity for a cooldown: offers() reports how long (Offer.capacity_wait_s),
+and the planner prices waiting for it against moving to another type. The market's
 time_scale runs its clocks (boot, preemption times, notice, cooldown) that much faster than the wall clock.
 
 Ray runs inside the run directory (temp dir reached through a short symlink, because Ray's socket paths
@@ -24,7 +25,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cluster.errors import ClusterError
@@ -145,11 +146,14 @@ class LocalProvider:
     # the provider interface
 
     def offers(self, requirements: Requirements) -> list[Offer]:
+        """Every offer; a spot type in its cooldown carries the simulated seconds until its capacity returns."""
         now = time.time()
+        offers = list_offers([LOCAL], requirements.market, requirements.gpu_types,
+                             local_prices_from=self.market.prices_from)
         return [
-            offer for offer in list_offers([LOCAL], requirements.market, requirements.gpu_types,
-                                           local_prices_from=self.market.prices_from)
-            if offer.market != "spot" or self._no_spot_until.get(offer.gpu.name, 0.0) <= now
+            replace(offer, capacity_wait_s=(until - now) * self.market.time_scale)
+            if offer.market == "spot" and (until := self._no_spot_until.get(offer.gpu.name, 0.0)) > now else offer
+            for offer in offers
         ]
 
     def launch(self, offer: Offer, spec: LaunchSpec) -> Node:

@@ -61,7 +61,8 @@ class Provider(Protocol):
     name: str
 
     def offers(self, requirements: Requirements) -> list[Offer]:
-        """Catalog offers this provider can launch now for these requirements, cheapest first."""
+        """Catalog offers for these requirements, cheapest first; one without capacity now carries the wait the
+        provider expects (Offer.capacity_wait_s > 0) and must not be launched before it has passed."""
 
     def launch(self, offer: Offer, spec: LaunchSpec) -> Node:
         """Start renting a node; it reports `running` through watch() once usable."""

@@ -57,6 +57,7 @@ class Offer:
     date: str
     zone: str = ""  # the availability zone an offer is priced in, where the provider prices zones apart
     price_origin: PriceOrigin = "catalog"
+    capacity_wait_s: float = 0.0  # seconds until the provider expects capacity for it again (0 = launchable now)
 
     @property
     def key(self) -> str:

@@ -24,7 +24,7 @@ BYTES_PER_PARAM = {
 }
 EIGHT_BIT_MIN_ELEMENTS = 4096  # bitsandbytes keeps 32-bit states for smaller tensors
 UPPER_PENDING = 1.5  # offload's held inputs at the bound, in offloaded inputs: the forward's (main pool, up to all)
-# plus backward prefetches the copy stream's own pool holds while the host runs ahead; measured at most 1.26
+# plus backward prefetches the copy stream's own pool holds while the host runs ahead; measured at most 1.49
 SOFTCAPPED_MODEL_TYPES = {"gemma2"}  # final_logit_softcapping: train_core.loss keeps tanh(logits / cap) in fp32
 COMPONENTS = {  # memory feature: the breakdown field it belongs to
     "saved": "activations", "saved_float_base": "activations", "working": "layer_recompute",

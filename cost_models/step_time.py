@@ -17,10 +17,10 @@ from functools import lru_cache
 from cost_models import fast_engine
 from cost_models.calibration import TimeCoefficients
 from cost_models.catalog import Gpu
+from cost_models.gradient_sync import allreduce_seconds, sync_coefficients
 from cost_models.memory import BYTES_PER_PARAM, layer_bytes_per_token
 from cost_models.shape import FAST_ENGINE, LOSS_CHUNK_ROWS, JobShape
 
-ALLREDUCE_GBS = 50.0  # EST gradient all-reduce rate between GPUs of one host (uncalibrated)
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,7 @@ def work(shape: JobShape) -> dict[str, float]:
     arch = shape.arch
     tokens = shape.tokens_per_micro_batch
     passes = shape.passes
-    sync = 0.0
-    if shape.gpus > 1:
-        sync = 2 * (shape.gpus - 1) / shape.gpus * 4 * shape.lora_params / (ALLREDUCE_GBS * 1e9)
+    sync = sync_coefficients()
     engine = _fast_work(shape) if shape.engine == FAST_ENGINE else _hf_work(shape)
     return {
         **engine,
@@ -60,7 +58,8 @@ def work(shape: JobShape) -> dict[str, float]:
         "float_base": 1.0 if shape.float_base else 0.0,
         "grad_accum": float(shape.grad_accum),
         "lora_tensors": float(shape.lora_tensors),
-        "gradient_sync": sync,
+        "gradient_sync": allreduce_seconds(sync, shape.gpus, shape.lora_params, shape.lora_tensors),
+        "data_parallel": sync.slowdown if shape.gpus > 1 else 0.0,
         "tokens_per_step": shape.grad_accum * tokens * shape.gpus,
     }
 
@@ -153,10 +152,12 @@ def step_from_features(f: dict[str, float], c: TimeCoefficients, host_speed: flo
     copies = f["offload_bytes"] / (c.offload_gbs * 1e9)
     optimizer = host_speed * c.host_lora_tensor * f["lora_tensors"]
     n = f["grad_accum"]
+    compute = n * (micro + copies)
+    sync = f["gradient_sync"] + f["data_parallel"] * (compute + optimizer)  # all-reduce + measured slowdown
     return StepTime(
         gemm=n * gemm, attention=n * attention, memory_traffic=n * traffic, host=n * host,
-        offload_copies=n * copies, optimizer=optimizer, gradient_sync=f["gradient_sync"],
-        step=n * (micro + copies) + optimizer + f["gradient_sync"], tokens_per_step=f["tokens_per_step"],
+        offload_copies=n * copies, optimizer=optimizer, gradient_sync=sync,
+        step=compute + optimizer + sync, tokens_per_step=f["tokens_per_step"],
         bound="gpu" if gpu_seconds >= host else "host",
     )
 

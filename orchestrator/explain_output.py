@@ -29,7 +29,7 @@ TIME_TERMS = (
     ("host", "host (Python, launches)", "per layer pass, target, loss chunk and token, x host speed"),
     ("offload_copies", "offload copies", "activation bytes / fitted copy rate, on top"),
     ("optimizer", "optimizer", "per LoRA tensor, once per step"),
-    ("gradient_sync", "gradient all-reduce", "adapter gradients between GPUs (EST rate)"),
+    ("gradient_sync", "gradient all-reduce", "adapter gradients between GPUs + multi-GPU slowdown (2xH200 measured)"),
 )
 
 

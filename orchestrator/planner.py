@@ -1,7 +1,9 @@
 """Place trials on offers: each trial's TrainConfig becomes a cost_models JobShape, is sized and estimated on
 every offered GPU type, priced per offer with expected preemptions, and the cheapest offer that fits (within
-the sweep's limits) is chosen. The controller calls choose_offer() to place a trial and again, with
-steps_done, to re-plan after a preemption. Never imports torch.
+the sweep's limits) is chosen. An offer without capacity now (a spot type in its cooldown) is priced as waiting
+for it: its run plus the expected wait at the sweep's value of an hour of delay (cost_models.waiting); when that
+wins, choose_offer() answers None and the trial waits. The controller calls choose_offer() to place a trial and
+again, with steps_done, to re-plan after a preemption. Never imports torch.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from cost_models.estimate import DEFAULT_VRAM_HEADROOM, Estimate
 from cost_models.memory import static_bytes
 from cost_models.preemption import RunCost, checkpoint_seconds, expected_run, restart_seconds
 from cost_models.shape import JobShape, RowStats
+from cost_models.waiting import DEFAULT_DELAY_USD_PER_HOUR, expected_wait_hours, priced_usd
 from cost_models.tokens import dataset_row_stats
 from orchestrator.spec import Resources, SweepSpec, TrialSpec
 from train_core.cache import cache_root
@@ -58,6 +61,11 @@ class PlanRow:
         """What this trial pays per hour on this offer (every GPU of the instances it rents)."""
         return self.offer.usd_per_hour(self.estimate.shape.gpus)
 
+    @property
+    def wait_hours(self) -> float:
+        """Expected hours before this offer has capacity (0: launchable now)."""
+        return expected_wait_hours(self.offer.capacity_wait_s)
+
     def as_dict(self) -> dict:
         e, o, r = self.estimate, self.offer, self.run
         return {
@@ -73,7 +81,8 @@ class PlanRow:
             "tokens_per_step": e.time.tokens_per_step, "work_hours": r.work_hours if r else None,
             "hours": r.wall_hours if r else None, "expected_preemptions": r.expected_preemptions if r else None,
             "checkpoint_every_steps": r.checkpoint_every_steps if r else None, "usd": r.usd if r else None,
-            "calibrated": e.calibrated, "chosen": self.chosen, "excluded": self.excluded,
+            "wait_hours": self.wait_hours, "calibrated": e.calibrated, "chosen": self.chosen,
+            "excluded": self.excluded,
         }
 
 
@@ -198,7 +207,7 @@ def price_row(job: TrialJob, offer: Offer, sized: Estimate, steps_done: int, sto
     return PlanRow(job.trial_id, offer, sized, run)
 
 
-def _pick(rows: list[PlanRow], max_price_per_hour: float | None) -> list[PlanRow]:
+def _pick(rows: list[PlanRow], max_price_per_hour: float | None, delay_usd_per_hour: float) -> list[PlanRow]:
     priced = []
     for row in rows:
         if row.run is not None and max_price_per_hour is not None and row.usd_per_hour > max_price_per_hour:
@@ -207,7 +216,8 @@ def _pick(rows: list[PlanRow], max_price_per_hour: float | None) -> list[PlanRow
         priced.append(row)
     candidates = [r for r in priced if r.run is not None and not r.excluded]
     if candidates:
-        best = min(candidates, key=lambda r: (r.run.usd, r.run.wall_hours, r.offer.key))
+        best = min(candidates, key=lambda r: (priced_usd(r.run.usd, r.offer.capacity_wait_s, delay_usd_per_hour),
+                                              r.wait_hours + r.run.wall_hours, r.offer.key))
         priced = [PlanRow(r.trial_id, r.offer, r.estimate, r.run, True) if r is best else r for r in priced]
     return sorted(priced, key=lambda r: (not r.fits, r.run.usd if r.run else math.inf, r.offer.key))
 
@@ -221,8 +231,10 @@ def plan_trial(
     every_steps: int | None = None,
     calibration: Calibration | None = None,
     sizing_cache: dict | None = None,
+    delay_usd_per_hour: float = DEFAULT_DELAY_USD_PER_HOUR,
 ) -> TrialPlan:
-    """Every offer for one trial, sized per GPU type, priced, with the cheapest fitting one chosen."""
+    """Every offer for one trial, sized per GPU type, priced, with the cheapest fitting one chosen (a wait for
+    capacity priced at delay_usd_per_hour)."""
     calibration = calibration or load_calibration(job.shape.engine)
     cache = {} if sizing_cache is None else sizing_cache
     rows = []
@@ -232,7 +244,7 @@ def plan_trial(
             cache[key] = autosize(job.shape, offer.gpu, job.rows_per_worker, job.micro_batch, job.checkpointing,
                                   calibration, job.vram_headroom)
         rows.append(price_row(job, offer, cache[key], steps_done, storage, every_steps))
-    rows = _pick(rows, max_price_per_hour)
+    rows = _pick(rows, max_price_per_hour, delay_usd_per_hour)
     chosen = next((r for r in rows if r.chosen), None)
     advice = ""
     if chosen is None:
@@ -253,9 +265,13 @@ def choose_offer(
     storage: str = "file://./runs",
     every_steps: int | None = None,
 ) -> PlanRow | None:
-    """The cheapest offer (expected $, preemptions included) on which the trial's remaining steps fit, or None."""
+    """The cheapest offer (expected $, preemptions included) on which the trial's remaining steps fit; None when
+    none fits, or when waiting for an offer's capacity (its wait priced at resources.delay_usd_per_hour) is cheaper
+    than every offer launchable now."""
     job = trial_job(trial.id, trial.config, resources.gpus_per_trial, resources.vram_headroom)
-    return plan_trial(job, offers, resources.max_price_per_hour, steps_done, storage, every_steps).chosen
+    chosen = plan_trial(job, offers, resources.max_price_per_hour, steps_done, storage, every_steps,
+                        delay_usd_per_hour=resources.delay_usd_per_hour).chosen
+    return chosen if chosen is not None and chosen.wait_hours == 0 else None
 
 
 def plan_sweep(spec: SweepSpec, trials: Iterable[TrialSpec], offers: Sequence[Offer]) -> SweepPlan:
@@ -268,7 +284,8 @@ def plan_sweep(spec: SweepSpec, trials: Iterable[TrialSpec], offers: Sequence[Of
             job = trial_job(trial.id, trial.config, spec.resources.gpus_per_trial, spec.resources.vram_headroom)
         except EstimateError as error:
             raise EstimateError(f"trial {trial.id}: {error}") from None
-        plans.append(plan_trial(job, offers, spec.resources.max_price_per_hour, 0, spec.storage, every, None, cache))
+        plans.append(plan_trial(job, offers, spec.resources.max_price_per_hour, 0, spec.storage, every, None, cache,
+                                spec.resources.delay_usd_per_hour))
     notes = []
     if spec.resources.max_total_cost is not None:
         total = sum(p.chosen.run.usd for p in plans if p.chosen and p.chosen.run)

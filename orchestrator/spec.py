@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cluster.errors import ClusterError
 from cluster.spot_market import SimulatedMarket, unknown_trial_refs
 from cluster.storage import check_endpoint, refuse_credentials
+from cost_models.waiting import DEFAULT_DELAY_USD_PER_HOUR
 from orchestrator.errors import SpecError
 from orchestrator.pruning import EarlyStopping
 from orchestrator.tracking import TrackingSettings
@@ -96,6 +97,10 @@ class Resources(_Strict):
     max_total_cost: Number | None = Field(None, gt=0, le=10_000_000, description="Budget in $ for the whole sweep.")
     vram_headroom: Number = Field(
         0.03, ge=0, lt=0.5, description="Share of each GPU's memory kept free beyond the estimate's upper bound."
+    )
+    delay_usd_per_hour: Number = Field(
+        DEFAULT_DELAY_USD_PER_HOUR, ge=0, le=10_000,
+        description="What an hour of a trial's wait for cheaper capacity is worth; the planner waits when cheaper.",
     )
 
 

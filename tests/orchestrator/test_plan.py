@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -169,3 +170,42 @@ def test_plot_labels_do_not_overlap(repo):
         assert len(boxes) > 5
         for left, right in zip(boxes, boxes[1:]):
             assert left.x1 <= right.x0, (left, right)
+
+
+def _cooling(offers, chosen, wait_s):
+    return [replace(o, capacity_wait_s=wait_s) if o.key == chosen.offer.key else o for o in offers]
+
+
+def test_replan_waits_for_the_cheaper_offer_unless_the_delay_is_worth_more(tmp_path):
+    spec, trials = load_spec(write_spec(tmp_path))
+    offers = list_offers(spec.resources.providers, "spot")
+    preferred = choose_offer(trials[0], offers, spec.resources)
+    cooling = _cooling(offers, preferred, 1800)
+    free_delay = spec.resources.model_copy(update={"delay_usd_per_hour": 0})
+    assert choose_offer(trials[0], cooling, free_delay) is None, "waiting costs nothing: wait"
+    costly_delay = spec.resources.model_copy(update={"delay_usd_per_hour": 10_000})
+    moved = choose_offer(trials[0], cooling, costly_delay)
+    assert moved.offer.key != preferred.offer.key and moved.run.usd > preferred.run.usd
+    assert choose_offer(trials[0], _cooling(offers, preferred, 0), costly_delay).offer.key == preferred.offer.key
+
+
+def test_the_delay_price_decides_at_the_break_even_value(tmp_path):
+    spec, trials = load_spec(write_spec(tmp_path))
+    offers = list_offers(spec.resources.providers, "spot")
+    preferred = choose_offer(trials[0], offers, spec.resources)
+    runner_up = choose_offer(trials[0], [o for o in offers if o.key != preferred.offer.key], spec.resources)
+    wait_s = 3600.0
+    break_even = runner_up.run.usd - preferred.run.usd  # $ per hour of a one-hour wait
+    below = spec.resources.model_copy(update={"delay_usd_per_hour": break_even * 0.9})
+    above = spec.resources.model_copy(update={"delay_usd_per_hour": break_even * 1.1})
+    assert choose_offer(trials[0], _cooling(offers, preferred, wait_s), below) is None
+    assert choose_offer(trials[0], _cooling(offers, preferred, wait_s), above).offer.key == runner_up.offer.key
+
+
+def test_plan_rows_show_the_wait(tmp_path):
+    spec, trials = load_spec(write_spec(tmp_path))
+    offers = list_offers(spec.resources.providers, "spot")
+    preferred = choose_offer(trials[0], offers, spec.resources)
+    plan = plan_sweep(spec, trials, _cooling(offers, preferred, 900))
+    waits = {row.offer.key: row.as_dict()["wait_hours"] for row in plan.trials[0].rows}
+    assert waits[preferred.offer.key] == pytest.approx(0.25) and sum(waits.values()) == pytest.approx(0.25)
