@@ -11,16 +11,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from pydantic import BaseModel
+
+from cluster.errors import ClusterError
+from cluster.provider import Requirements
+from cluster.providers import registry
+from cluster.providers.fleet import ProviderFleet
+from cluster.providers.registry import ProviderContext
 from cost_models.architectures import Architecture, resolve_architecture
 from cost_models.autosize import autosize, fit_advice
 from cost_models.calibration import Calibration, load_calibration
-from cost_models.catalog import Offer, gpus, list_offers
+from cost_models.catalog import Offer, gpus
 from cost_models.errors import EstimateError
 from cost_models.estimate import Estimate
 from cost_models.memory import static_bytes
 from cost_models.preemption import RunCost, checkpoint_seconds, expected_run, restart_seconds
 from cost_models.shape import JobShape, RowStats
 from cost_models.tokens import dataset_row_stats
+from orchestrator.errors import SpecError
 from orchestrator.spec import Resources, SweepSpec, TrialSpec
 from train_core.cache import cache_root
 from train_core.config import TrainConfig
@@ -173,11 +181,23 @@ def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1) -> Tr
     return TrialJob(trial_id, shape, rows_per_worker, micro_batch, checkpointing, steps)
 
 
-def offers_for(resources: Resources) -> list[Offer]:
-    """The offers a sweep may use. Today: the catalog for the spec's providers (`local` = the simulated
-    market); the seam where cluster providers' offers() will plug in."""
-    market = "any" if resources.market == "any" else resources.market
-    return list_offers(resources.providers, market, resources.gpus)
+def requirements(resources: Resources) -> Requirements:
+    """What a sweep's resources ask of a provider's market."""
+    return Requirements(resources.gpus_per_trial, tuple(resources.gpus) if resources.gpus else None, resources.market)
+
+
+def check_providers(names: list[str], where: str, launch: bool) -> None:
+    """Raise SpecError naming `where` for the first provider that cannot be planned (or, with launch, launched)."""
+    try:
+        registry.check(names, launch)
+    except ClusterError as error:
+        raise SpecError(f"{where}: {error}") from None
+
+
+def offers_for(resources: Resources, settings: BaseModel) -> list[Offer]:
+    """The offers a sweep may use: what each of its providers, built from its settings, offers now."""
+    fleet = ProviderFleet.build(resources.providers, settings, ProviderContext(Path.cwd()))
+    return fleet.offers(requirements(resources))
 
 
 def price_row(job: TrialJob, offer: Offer, sized: Estimate, steps_done: int, storage: str,

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.errors import ClusterError
-from cluster.spot_market import SimulatedMarket, unknown_trial_refs
+from cluster.providers.registry import names as provider_names, settings_model
 from cluster.storage import check_endpoint, refuse_credentials
 from orchestrator.errors import SpecError
 from train_core.config import TrainConfig
@@ -94,6 +94,9 @@ class CheckpointPolicy(_Strict):
     keep: Integer = Field(2, ge=1, le=1000, description="Committed checkpoints kept per trial.")
 
 
+ProviderSettings = settings_model()
+
+
 class SweepSpec(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Sweep name (run ids derive from it).")
     base: str | None = Field(None, description="Path of a train YAML (relative to this spec file).")
@@ -109,9 +112,10 @@ class SweepSpec(_Strict):
     max_error_retries: Integer = Field(
         2, ge=0, le=100, description="Relaunches after real errors (preemptions are not counted)."
     )
-    simulation: SimulatedMarket = Field(
-        default_factory=SimulatedMarket,
-        description="The local provider's simulated spot market: random or scheduled preemptions, storage faults.",
+    provider_settings: ProviderSettings = Field(
+        default_factory=ProviderSettings,
+        description=f"Settings per provider, each checked by the provider's own model: {', '.join(provider_names())} "
+        "(local: `market`, the simulated spot market's preemptions and storage faults).",
     )
 
 
@@ -253,10 +257,9 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
     trials = expand_trials(spec, path.parent, str(path))
     for trial in trials:
         _check_uris({"config.output_dir": trial.config.output_dir}, path)
-    unknown = unknown_trial_refs(spec.simulation, [trial.id for trial in trials])
-    if unknown:
-        raise SpecError(
-            f"{path}: field 'simulation': no trial {', '.join(unknown)} in this sweep; "
-            f"use a trial index 0..{len(trials) - 1} or one of {', '.join(t.id for t in trials)}"
-        )
+    for name in provider_names():
+        check_trials = getattr(getattr(spec.provider_settings, name), "unknown_trials", None)
+        problem = check_trials([trial.id for trial in trials]) if check_trials else ""
+        if problem:
+            raise SpecError(f"{path}: {problem}")
     return spec, trials

@@ -6,14 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.errors import ClusterError
-from cluster.local import LocalProvider
 from cluster.storage import StorageURI, check_writable, parse_uri
 from cost_models.errors import EstimateError
-from orchestrator.controller import requirements
 from orchestrator.data_check import check_trial_data
 from orchestrator.errors import SpecError
-from orchestrator.planner import SweepPlan, plan_sweep
-from orchestrator.providers import check_providers
+from orchestrator.planner import SweepPlan, check_providers, offers_for, plan_sweep
 from orchestrator.spec import SweepSpec, TrialSpec, load_spec
 from orchestrator.state import StateStore
 
@@ -41,9 +38,8 @@ def prepare(path: Path) -> Prepared:
         storage = parse_uri(spec.storage).absolute(Path.cwd())
     except ClusterError as error:
         raise SpecError(f"{source}: {error}") from None
-    market = LocalProvider(Path.cwd(), spec.simulation, cpus=1)
     try:
-        plan = plan_sweep(spec, trials, market.offers(requirements(spec.resources)))
+        plan = plan_sweep(spec, trials, offers_for(spec.resources, spec.provider_settings))
     except EstimateError as error:
         raise SpecError(f"{source}: {error}") from None
     for trial in plan.unplaced:

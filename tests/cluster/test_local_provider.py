@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import ClusterError
-from cluster.local import LocalProvider
+from cluster.providers.local import LocalProvider
 from cluster.node_agent import LocalNodeAgent, agent_from_env
 from cluster.processes import ProcessRecord, command_line, session_id, start_ticks
 from cluster.provider import LaunchSpec, Requirements
-from cluster.spot_market import SimulatedMarket
+from cluster.providers.local_market import SimulatedMarket
 
 WORKER = """
 import sys, time
