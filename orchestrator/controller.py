@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cluster.provider import LaunchSpec, Node, Provider, describe_offer
-from cluster.storage import Backoff, describe_error, open_store, parse_uri, storage_errors
+from cluster.storage import Backoff, describe_error, open_store, storage_errors
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import spent_usd
 from orchestrator.mirror import RunMirror
@@ -100,8 +100,8 @@ class Controller:
         self.poll_s = poll_s
         run = state.run(self.run_id)
         self.spec = SweepSpec.model_validate(run.spec)
-        self.storage = parse_uri(run.storage)
-        self.mirror = RunMirror(state, self.run_id, run.storage, self.spec.storage_endpoint)
+        self.storage = self.spec.storage
+        self.mirror = RunMirror(state, self.run_id, self.storage, self.spec.storage_endpoint)
         self.active: dict[str, Active] = {}
         self._waiting: set[str] = set()
         self._storage_down: dict[str, tuple[Backoff, float]] = {}  # trial -> (backoff, monotonic time of next try)
@@ -345,7 +345,7 @@ class Controller:
             trial_spec = TrialSpec(id=trial.id, index=trial.idx, params=trial.params, config=config)
             every = self.spec.checkpoint.every_steps
             choice = choose_offer(trial_spec, self.provider.offers(requirements(self.spec.resources)),
-                                  self.spec.resources, steps_done=resume, storage=str(self.storage),
+                                  self.spec.resources, steps_done=resume, storage=self.storage,
                                   every_steps=every if isinstance(every, int) else None)
             if choice is None:
                 if trial.id not in self._waiting:

@@ -18,6 +18,7 @@ from cluster.provider import Requirements
 from cluster.providers import registry
 from cluster.providers.fleet import ProviderFleet
 from cluster.providers.registry import ProviderContext
+from cluster.storage import StorageURI
 from cost_models.architectures import Architecture, resolve_architecture
 from cost_models.autosize import autosize, fit_advice
 from cost_models.calibration import Calibration, load_calibration
@@ -33,6 +34,8 @@ from orchestrator.spec import Resources, SweepSpec, TrialSpec
 from train_core.cache import cache_root
 from train_core.config import TrainConfig
 from train_core.fast.support import SUPPORTED_MODEL_TYPES, projections
+
+DEFAULT_STORAGE = StorageURI("file", "", "./runs")
 
 
 @dataclass(frozen=True)
@@ -200,13 +203,13 @@ def offers_for(resources: Resources, settings: BaseModel) -> list[Offer]:
     return fleet.offers(requirements(resources))
 
 
-def price_row(job: TrialJob, offer: Offer, sized: Estimate, steps_done: int, storage: str,
+def price_row(job: TrialJob, offer: Offer, sized: Estimate, steps_done: int, storage: StorageURI,
               every_steps: int | None) -> PlanRow:
     if not sized.fits:
         return PlanRow(job.trial_id, offer, sized, None)
     shape = sized.shape
     state = static_bytes(shape)
-    checkpoint = checkpoint_seconds(state["lora_params_grads"] / 2 + state["optimizer_state"], storage)
+    checkpoint = checkpoint_seconds(state["lora_params_grads"] / 2 + state["optimizer_state"], str(storage))
     restart = restart_seconds(shape.arch.total_params * 2)
     run = expected_run(max(0, job.steps - steps_done), sized.time.step, offer.usd_per_hour(shape.gpus),
                        offer.interruptions_per_hour, checkpoint, restart, every_steps)
@@ -232,7 +235,7 @@ def plan_trial(
     offers: Sequence[Offer],
     max_price_per_hour: float | None = None,
     steps_done: int = 0,
-    storage: str = "file://./runs",
+    storage: StorageURI = DEFAULT_STORAGE,
     every_steps: int | None = None,
     calibration: Calibration | None = None,
     sizing_cache: dict | None = None,
@@ -265,7 +268,7 @@ def choose_offer(
     offers: Sequence[Offer],
     resources: Resources,
     steps_done: int = 0,
-    storage: str = "file://./runs",
+    storage: StorageURI = DEFAULT_STORAGE,
     every_steps: int | None = None,
 ) -> PlanRow | None:
     """The cheapest offer (expected $, preemptions included) on which the trial's remaining steps fit, or None."""

@@ -13,11 +13,14 @@ import random
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, WithJsonSchema, field_validator,
+    model_validator,
+)
 
 from cluster.errors import ClusterError
 from cluster.providers.registry import names as provider_names, settings_model
-from cluster.storage import check_endpoint, refuse_credentials
+from cluster.storage import StorageURI, check_endpoint, parse_uri, refuse_credentials
 from orchestrator.errors import SpecError
 from train_core.config import TrainConfig
 from train_core.config_errors import describe_validation_error, read_yaml
@@ -78,6 +81,24 @@ class Search(_Strict):
         return parameters
 
 
+def _storage_location(value: Any) -> StorageURI:
+    """The one place a sweep's storage text becomes a StorageURI; everything downstream gets the typed value."""
+    if isinstance(value, StorageURI):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a storage location: file://PATH, s3://BUCKET/PREFIX or a local path")
+    try:
+        return parse_uri(value)
+    except ClusterError as error:
+        raise ValueError(str(error).removeprefix("storage: ")) from None
+
+
+StorageLocation = Annotated[
+    StorageURI, BeforeValidator(_storage_location), PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string"}),
+]
+
+
 class Resources(_Strict):
     gpus: list[str] | None = Field(None, description="Allowed GPU types (catalog names); null = any.")
     providers: list[str] = Field(default_factory=lambda: ["local"], description="Providers to place trials on.")
@@ -103,7 +124,10 @@ class SweepSpec(_Strict):
     config: dict[str, Any] = Field(default_factory=dict, description="Inline train config, merged over `base`.")
     search: Search = Field(default_factory=Search)
     resources: Resources = Field(default_factory=Resources)
-    storage: str = Field("file://./runs", description="Where checkpoints and adapters go: file://PATH or s3://BUCKET/PREFIX.")
+    storage: StorageLocation = Field(
+        "file://./runs", validate_default=True,
+        description="Where checkpoints and adapters go: file://PATH or s3://BUCKET/PREFIX.",
+    )
     storage_endpoint: str | None = Field(
         None, description="Endpoint URL of an S3-compatible service (else AWS_ENDPOINT_URL_S3, else AWS)."
     )

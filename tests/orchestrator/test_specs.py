@@ -45,7 +45,7 @@ CASES = {
         "field 'provider_settings.local.markets': unknown field; accepted fields here: market"),
     "settings for a plan-only provider": ({"provider_settings/aws/region": "us-east-1"},
                                           "field 'provider_settings.aws.region': unknown field; accepted fields here: none"),
-    "unsupported storage": ({"storage": "gs://bucket/x"}, "storage: unsupported storage scheme 'gs://'"),
+    "unsupported storage": ({"storage": "gs://bucket/x"}, "field 'storage': unsupported storage scheme 'gs://'; accepted: "),
     "no capacity at this price": ({"resources/max_price_per_hour": 0.001},
                                   "cannot be placed: fits, but every fitting offer costs more than max_price_per_hour"),
 }
