@@ -113,7 +113,8 @@ def train_worker(payload: dict) -> None:
             if agent is not None and rank == 0:
                 agent.beat(record["step"])
             send("metrics", step=record["step"], total_steps=record["total_steps"], loss=record["loss"],
-                 lr=record["lr"], step_seconds=record["step_seconds"])
+                 lr=record["lr"], step_seconds=record["step_seconds"],
+                 peak_memory_gib=record.get("peak_reserved_gib", record.get("peak_rss_gib")))
         elif "eval_loss" in record:
             send("eval", step=record["step"], eval_loss=record["eval_loss"])
 
