@@ -232,5 +232,5 @@ def test_the_market_can_copy_chosen_providers_prices():
         assert offer.usd_per_gpu_hour == min(same)
     everyone = LocalProvider("/nonexistent", SimulatedMarket(), cpus=1).offers(Requirements(market="any"))
     assert len(everyone) >= len(offers)
-    with pytest.raises(EstimateError, match="simulation.prices_from: unknown provider 'nowhere'; accepted: "):
+    with pytest.raises(EstimateError, match="provider_settings.local.market.prices_from: unknown provider 'nowhere'; accepted: "):
         LocalProvider("/nonexistent", SimulatedMarket(prices_from=["nowhere"]), cpus=1).offers(Requirements())
