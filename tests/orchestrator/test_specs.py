@@ -43,9 +43,11 @@ CASES = {
     "an unknown field of a provider's settings": (
         {"provider_settings/local/markets": {}},
         "field 'provider_settings.local.markets': unknown field; accepted fields here: market"),
-    "settings for a plan-only provider": ({"provider_settings/aws/region": "us-east-1"},
-                                          "field 'provider_settings.aws.region': unknown field; accepted fields here: none"),
-    "unsupported storage": ({"storage": "gs://bucket/x"}, "field 'storage': unsupported storage scheme 'gs://'; accepted: "),
+    "settings for a plan-only provider": (
+        {"provider_settings/aws/region": "us-east-1"},
+        "field 'provider_settings.aws.region': unknown field; accepted fields here: none"),
+    "unsupported storage": ({"storage": "gs://bucket/x"},
+                            "field 'storage': unsupported storage scheme 'gs://'; accepted: "),
     "no capacity at this price": ({"resources/max_price_per_hour": 0.001},
                                   "cannot be placed: fits, but every fitting offer costs more than max_price_per_hour"),
 }
