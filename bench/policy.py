@@ -8,7 +8,7 @@ offer's catalog interruption bucket rate.
 
 Real code paths: the sweep spec and planner (orchestrator.submission.prepare/register: sizing, Young/Daly,
 choose_offer), the Controller's state machine on SQLite (launch, notice, lost, preempted, re-plan, relaunch),
-the local provider's market (cluster.local + cluster.spot_market: catalog prices, each offer's interruption
+the local provider's market (cluster.providers.local + local_market: catalog prices, each offer's interruption
 bucket rate times the market's hazard scale as a seeded hazard, a 120 s notice, a hard kill at the deadline, no spot
 capacity of a reclaimed GPU type for a cooldown), committed `latest` checkpoints in the trial's storage, and
 the event-log ledger (orchestrator.ledger) for dollars and lost GPU-hours.
@@ -45,10 +45,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.local import LocalProvider  # noqa: E402
+from cluster.providers.local import LocalProvider, LocalSettings  # noqa: E402
 from cluster.node_agent import NODE_DIR_ENV, NOTICE_FILE, RECLAIMED_FILE  # noqa: E402
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements  # noqa: E402
-from cluster.spot_market import SimulatedMarket  # noqa: E402
 from cluster.storage import open_store  # noqa: E402
 from cost_models.autosize import autosize  # noqa: E402
 from cost_models.catalog import Offer  # noqa: E402
@@ -83,9 +82,9 @@ def sweep_spec(directory: Path, steps: int, seed: int, prices_from: list[str] | 
         "storage": f"file://{directory / 'store'}",
         "checkpoint": {"every_steps": "auto"},
         "max_parallel": 4,
-        "simulation": {"seed": seed, "prices_from": prices_from, "catalog_hazard_scale": hazard_scale,
-                       "time_scale": time_scale,
-                       "notice_s": NOTICE_S, "boot_s": BOOT_SECONDS, "capacity_cooldown_s": cooldown_s},
+        "provider_settings": {"local": {"market": {
+            "seed": seed, "prices_from": prices_from, "catalog_hazard_scale": hazard_scale, "time_scale": time_scale,
+            "notice_s": NOTICE_S, "boot_s": BOOT_SECONDS, "capacity_cooldown_s": cooldown_s}}},
     }
 
 
@@ -110,6 +109,9 @@ class RecordingProvider:
 
     def watch(self, node: Node) -> list[NodeEvent]:
         return self.provider.watch(node)
+
+    def list_nodes(self, run_id: str) -> list[Node]:
+        return self.provider.list_nodes(run_id)
 
 
 @dataclass
@@ -256,7 +258,7 @@ def run_policy(name: str, market_label: str, spec: dict, directory: Path, poll_s
     prepared = prepare(path)
     state, run_id = register(prepared, directory / "state")
     layout = RunLayout(directory / "state", run_id)
-    market = SimulatedMarket.model_validate(spec["simulation"])
+    market = LocalSettings.model_validate(spec["provider_settings"]["local"]).market
     provider = RecordingProvider(LocalProvider(layout.root, market, cpus=1))
     runner = SimulatedRunner(provider, market.time_scale, use_notice=name == "spottune")
     started = time.time()

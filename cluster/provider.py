@@ -1,10 +1,13 @@
-"""The one interface every capacity provider implements (local, aws, kubernetes): offers, launch, terminate, watch.
+"""The one interface every capacity provider implements (local, aws, kubernetes): offers, launch, terminate, watch,
+a start/stop lifecycle and list_nodes.
 
-A provider rents nodes; it does not know about training. The controller asks for the catalog offers a
-provider can launch now, the planner (orchestrator/planner.py) picks the cheapest one that fits a trial,
-the provider launches it, the controller polls `watch` for what happened to the node and terminates it
-when the attempt is over. Events are `running` (capacity is up), `notice` (it will be reclaimed at
-`deadline`) and `lost` (it is gone).
+A provider rents nodes; it does not know about training. A provider is built from its settings (a pydantic
+model, see cluster/providers/registry.py). `offers` works before `start` (`spottune plan` starts nothing);
+the controller calls `start` once, asks for the offers a provider can launch now, the planner
+(orchestrator/planner.py) picks the cheapest one that fits a trial, the provider launches it, the controller
+polls `watch` for what happened to the node and terminates it when the attempt is over. At the end of a sweep
+the controller terminates whatever `list_nodes(run_id)` still reports, then calls `stop`. Events are
+`running` (capacity is up), `notice` (it will be reclaimed at `deadline`) and `lost` (it is gone).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class Node:
     launched_at: float
     env: dict[str, str] = field(default_factory=dict)  # what the node's workers need to find their agent
     accelerator: Literal["cpu", "cuda"] = "cuda"  # what the workers compute on (the local market simulates GPUs on CPU)
+    storage_fault: dict | None = None  # a checkpoint upload the simulated market makes fail on this node
 
     @property
     def price_per_hour(self) -> float:
@@ -59,6 +63,15 @@ class NodeEvent:
 
 class Provider(Protocol):
     name: str
+
+    def start(self) -> None:
+        """Acquire what launching needs (a local Ray instance, an API connection, watches)."""
+
+    def stop(self) -> None:
+        """Release what start() acquired; nodes still rented are the caller's to terminate first."""
+
+    def list_nodes(self, run_id: str) -> list[Node]:
+        """Every node this provider still rents for the run (so that none is left behind)."""
 
     def offers(self, requirements: Requirements) -> list[Offer]:
         """Catalog offers for these requirements, cheapest first; one without capacity now carries the wait the

@@ -140,7 +140,8 @@ def simulated_offers(prices_from: tuple[str, ...] | None = None) -> tuple[Offer,
     for name in prices_from or ():
         if name not in providers() or name == LOCAL:
             accepted = ", ".join(p for p in providers() if p != LOCAL)
-            raise EstimateError(f"simulation.prices_from: unknown provider {name!r}; accepted: {accepted}")
+            raise EstimateError(f"provider_settings.local.market.prices_from: unknown provider {name!r}; "
+                                f"accepted: {accepted}")
     cheapest: dict[tuple[str, str], Offer] = {}
     for offer in _catalog_offers():
         if prices_from is not None and offer.provider not in prices_from:

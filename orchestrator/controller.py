@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cluster.provider import LaunchSpec, Node, Provider, Requirements, describe_offer
-from cluster.spot_market import storage_fault
-from cluster.storage import Backoff, describe_error, open_store, parse_uri, storage_errors
+from cluster.provider import LaunchSpec, Node, Provider, describe_offer
+from cluster.storage import Backoff, describe_error, open_store, storage_errors
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import compute_ledger, spent_usd
 from orchestrator.mirror import RunMirror
-from orchestrator.planner import PlanRow, choose_offer
+from orchestrator.planner import PlanRow, choose_offer, requirements
 from orchestrator.pruning import SweepStudy, saved_usd
-from orchestrator.spec import Resources, SweepSpec, TrialSpec, set_dotted
+from orchestrator.spec import SweepSpec, TrialSpec, set_dotted
 from orchestrator.state import StateStore
 from train_core.checkpoint import STATE_FILE, newest_committed_step, step_key
 from train_core.config import TrainConfig
@@ -73,11 +72,6 @@ def with_settings(config: dict, settings: dict) -> dict:
     return result
 
 
-def requirements(resources: Resources) -> Requirements:
-    """What a sweep's resources ask of a provider's market."""
-    return Requirements(resources.gpus_per_trial, tuple(resources.gpus) if resources.gpus else None, resources.market)
-
-
 @dataclass
 class Active:
     """An attempt in flight: its node, and what the controller has seen of it."""
@@ -108,8 +102,8 @@ class Controller:
         self.poll_s = poll_s
         run = state.run(self.run_id)
         self.spec = SweepSpec.model_validate(run.spec)
-        self.storage = parse_uri(run.storage)
-        self.mirror = RunMirror(state, self.run_id, run.storage, self.spec.storage_endpoint)
+        self.storage = self.spec.storage
+        self.mirror = RunMirror(state, self.run_id, self.storage, self.spec.storage_endpoint)
         self.active: dict[str, Active] = {}
         self._waiting: set[str] = set()
         self._storage_down: dict[str, tuple[Backoff, float]] = {}  # trial -> (backoff, monotonic time of next try)
@@ -179,9 +173,19 @@ class Controller:
             if not self.active and all(trial.terminal for trial in self.state.trials(self.run_id)):
                 break
             time.sleep(self.poll_s)
+        self.terminate_leftovers()
         self.state.set_finished(self.run_id, time.time())
         self.mirror.sync(force=True)
         tracker.finish()
+
+    def terminate_leftovers(self) -> None:
+        """Terminate every node a provider still rents for this run once no attempt needs one (none is orphaned)."""
+        for node in self.provider.list_nodes(self.run_id):
+            self.provider.terminate(node)
+            self.state.record(self.run_id, node.spec.trial_id, "orphan_terminated", attempt=node.spec.attempt,
+                              node=node.id, offer=node.offer.key, detail={"offer": describe_offer(node.offer,
+                                                                                                   node.spec.gpus)})
+            self.trial_log(node.spec.trial_id, node.spec.attempt, f"terminated leftover node {node.id}")
 
     def check_state(self) -> None:
         """Stop (StateLost) when the database file is gone: whatever is written from now on would be lost."""
@@ -388,7 +392,7 @@ class Controller:
             trial_spec = TrialSpec(id=trial.id, index=trial.idx, params=trial.params, config=config)
             every = self.spec.checkpoint.every_steps
             choice = choose_offer(trial_spec, self.provider.offers(requirements(self.spec.resources)),
-                                  self.spec.resources, steps_done=resume, storage=str(self.storage),
+                                  self.spec.resources, steps_done=resume, storage=self.storage,
                                   every_steps=every if isinstance(every, int) else None)
             if choice is None:
                 if trial.id not in self._waiting:
@@ -432,13 +436,12 @@ class Controller:
         trial = self.state.trial(self.run_id, active.trial_id)
         uri = self.storage.child(self.run_id, trial.id)
         node_dir = self.layout.root / "nodes" / active.node.id
-        fault = storage_fault(self.spec.simulation, trial.idx, trial.id, active.attempt)
         return {
             "run_id": self.run_id, "trial_id": trial.id, "attempt": active.attempt,
             "config": {**with_settings(trial.config, active.settings), "output_dir": str(uri)}, "storage": str(uri),
             "storage_endpoint": self.spec.storage_endpoint, "node_env": active.node.env,
             "workers": self.spec.resources.gpus_per_trial, "use_gpu": active.node.accelerator == "cuda",
-            "storage_fault": fault.model_dump() if fault is not None else None,
+            "storage_fault": active.node.storage_fault,
             "work_dir": str(node_dir / "work"), "ray_storage": str(self.layout.root / "ray_results"),
         }
 
@@ -516,7 +519,8 @@ def controller_pid(layout: RunLayout) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cluster.local import LocalProvider
+    from cluster.providers.fleet import ProviderFleet
+    from cluster.providers.registry import ProviderContext
     from orchestrator.runner import RayRunner
 
     parser = argparse.ArgumentParser(prog="python -m orchestrator.controller")
@@ -533,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     state = StateStore(Path(args.state_dir))
     state.set_controller(args.run_id, os.getpid())
     spec = SweepSpec.model_validate(state.run(args.run_id).spec)
-    provider = LocalProvider(layout.root, spec.simulation, cpus=spec.max_parallel * spec.resources.gpus_per_trial)
+    context = ProviderContext(layout.root, cpus=spec.max_parallel * spec.resources.gpus_per_trial)
+    provider = ProviderFleet.build(spec.resources.providers, spec.provider_settings, context)
     try:
         provider.start()
         Controller(state, layout, provider, RayRunner()).run()
@@ -541,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         print(lost, file=sys.stderr, flush=True)
         return EXIT_STATE_LOST
     finally:
-        provider.shutdown()
+        provider.stop()
         lock.release()
     return 0
 

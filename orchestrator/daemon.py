@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from cluster.local import RAY_ENV
+from cluster.providers.local import RAY_ENV
 from orchestrator.controller import controller_pid
 from orchestrator.errors import SpecError
 from orchestrator.layout import RunLayout

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from cluster.storage import describe_error, open_store, parse_uri, storage_errors
+from cluster.storage import StorageURI, describe_error, open_store, parse_uri, storage_errors
 from orchestrator.errors import SpecError
 from orchestrator.state import StateStore
 
@@ -19,10 +19,10 @@ MIRROR_EVERY_S = 2.0
 class RunMirror:
     """Writes the run's snapshot to its storage when events were added, at most every MIRROR_EVERY_S."""
 
-    def __init__(self, state: StateStore, run_id: str, storage_uri: str, endpoint: str | None) -> None:
+    def __init__(self, state: StateStore, run_id: str, storage: StorageURI, endpoint: str | None) -> None:
         self.state = state
         self.run_id = run_id
-        self.store = open_store(parse_uri(storage_uri).child(run_id), endpoint)
+        self.store = open_store(storage.child(run_id), endpoint)
         self._written_events = -1
         self._written_at = 0.0
         self.problem: str | None = None

@@ -13,10 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from pydantic import BaseModel
+
+from cluster.errors import ClusterError
+from cluster.provider import Requirements
+from cluster.providers import registry
+from cluster.providers.fleet import ProviderFleet
+from cluster.providers.registry import ProviderContext
+from cluster.storage import StorageURI
 from cost_models.architectures import Architecture, resolve_architecture
 from cost_models.autosize import autosize, fit_advice
 from cost_models.calibration import Calibration, load_calibration
-from cost_models.catalog import Offer, gpus, list_offers
+from cost_models.catalog import Offer, gpus
 from cost_models.errors import EstimateError
 from cost_models.estimate import DEFAULT_VRAM_HEADROOM, Estimate
 from cost_models.memory import static_bytes
@@ -24,10 +32,13 @@ from cost_models.preemption import RunCost, checkpoint_seconds, expected_run, re
 from cost_models.shape import JobShape, RowStats
 from cost_models.waiting import DEFAULT_DELAY_USD_PER_HOUR, expected_wait_hours, priced_usd
 from cost_models.tokens import dataset_row_stats
+from orchestrator.errors import SpecError
 from orchestrator.spec import Resources, SweepSpec, TrialSpec
 from train_core.cache import cache_root
 from train_core.config import TrainConfig
 from train_core.fast.support import SUPPORTED_MODEL_TYPES, projections
+
+DEFAULT_STORAGE = StorageURI("file", "", "./runs")
 
 
 @dataclass(frozen=True)
@@ -187,20 +198,32 @@ def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1,
     return TrialJob(trial_id, shape, rows_per_worker, micro_batch, checkpointing, steps, vram_headroom)
 
 
-def offers_for(resources: Resources) -> list[Offer]:
-    """The offers a sweep may use. Today: the catalog for the spec's providers (`local` = the simulated
-    market); the seam where cluster providers' offers() will plug in."""
-    market = "any" if resources.market == "any" else resources.market
-    return list_offers(resources.providers, market, resources.gpus)
+def requirements(resources: Resources) -> Requirements:
+    """What a sweep's resources ask of a provider's market."""
+    return Requirements(resources.gpus_per_trial, tuple(resources.gpus) if resources.gpus else None, resources.market)
 
 
-def price_row(job: TrialJob, offer: Offer, sized: Estimate, steps_done: int, storage: str,
+def check_providers(names: list[str], where: str, launch: bool) -> None:
+    """Raise SpecError naming `where` for the first provider that cannot be planned (or, with launch, launched)."""
+    try:
+        registry.check(names, launch)
+    except ClusterError as error:
+        raise SpecError(f"{where}: {error}") from None
+
+
+def offers_for(resources: Resources, settings: BaseModel) -> list[Offer]:
+    """The offers a sweep may use: what each of its providers, built from its settings, offers now."""
+    fleet = ProviderFleet.build(resources.providers, settings, ProviderContext(Path.cwd()))
+    return fleet.offers(requirements(resources))
+
+
+def price_row(job: TrialJob, offer: Offer, sized: Estimate, steps_done: int, storage: StorageURI,
               every_steps: int | None) -> PlanRow:
     if not sized.fits:
         return PlanRow(job.trial_id, offer, sized, None)
     shape = sized.shape
     state = static_bytes(shape)
-    checkpoint = checkpoint_seconds(state["lora_params_grads"] / 2 + state["optimizer_state"], storage)
+    checkpoint = checkpoint_seconds(state["lora_params_grads"] / 2 + state["optimizer_state"], str(storage))
     restart = restart_seconds(shape.arch.total_params * 2)
     run = expected_run(max(0, job.steps - steps_done), sized.time.step, offer.usd_per_hour(shape.gpus),
                        offer.interruptions_per_hour, checkpoint, restart, every_steps)
@@ -227,7 +250,7 @@ def plan_trial(
     offers: Sequence[Offer],
     max_price_per_hour: float | None = None,
     steps_done: int = 0,
-    storage: str = "file://./runs",
+    storage: StorageURI = DEFAULT_STORAGE,
     every_steps: int | None = None,
     calibration: Calibration | None = None,
     sizing_cache: dict | None = None,
@@ -262,7 +285,7 @@ def choose_offer(
     offers: Sequence[Offer],
     resources: Resources,
     steps_done: int = 0,
-    storage: str = "file://./runs",
+    storage: StorageURI = DEFAULT_STORAGE,
     every_steps: int | None = None,
 ) -> PlanRow | None:
     """The cheapest offer (expected $, preemptions included) on which the trial's remaining steps fit; None when

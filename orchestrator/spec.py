@@ -13,11 +13,14 @@ import random
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, WithJsonSchema, field_validator,
+    model_validator,
+)
 
 from cluster.errors import ClusterError
-from cluster.spot_market import SimulatedMarket, unknown_trial_refs
-from cluster.storage import check_endpoint, refuse_credentials
+from cluster.providers.registry import names as provider_names, settings_model
+from cluster.storage import StorageURI, check_endpoint, parse_uri, refuse_credentials
 from cost_models.waiting import DEFAULT_DELAY_USD_PER_HOUR
 from orchestrator.errors import SpecError
 from orchestrator.pruning import EarlyStopping
@@ -88,6 +91,24 @@ class Search(_Strict):
         return parameters
 
 
+def _storage_location(value: Any) -> StorageURI:
+    """The one place a sweep's storage text becomes a StorageURI; everything downstream gets the typed value."""
+    if isinstance(value, StorageURI):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a storage location: file://PATH, s3://BUCKET/PREFIX or a local path")
+    try:
+        return parse_uri(value)
+    except ClusterError as error:
+        raise ValueError(str(error).removeprefix("storage: ")) from None
+
+
+StorageLocation = Annotated[
+    StorageURI, BeforeValidator(_storage_location), PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string"}),
+]
+
+
 class Resources(_Strict):
     gpus: list[str] | None = Field(None, description="Allowed GPU types (catalog names); null = any.")
     providers: list[str] = Field(default_factory=lambda: ["local"], description="Providers to place trials on.")
@@ -111,13 +132,19 @@ class CheckpointPolicy(_Strict):
     keep: Integer = Field(2, ge=1, le=1000, description="Committed checkpoints kept per trial.")
 
 
+ProviderSettings = settings_model()
+
+
 class SweepSpec(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Sweep name (run ids derive from it).")
     base: str | None = Field(None, description="Path of a train YAML (relative to this spec file).")
     config: dict[str, Any] = Field(default_factory=dict, description="Inline train config, merged over `base`.")
     search: Search = Field(default_factory=Search)
     resources: Resources = Field(default_factory=Resources)
-    storage: str = Field("file://./runs", description="Where checkpoints and adapters go: file://PATH or s3://BUCKET/PREFIX.")
+    storage: StorageLocation = Field(
+        "file://./runs", validate_default=True,
+        description="Where checkpoints and adapters go: file://PATH or s3://BUCKET/PREFIX.",
+    )
     storage_endpoint: str | None = Field(
         None, description="Endpoint URL of an S3-compatible service (else AWS_ENDPOINT_URL_S3, else AWS)."
     )
@@ -132,9 +159,10 @@ class SweepSpec(_Strict):
     tracking: TrackingSettings = Field(
         default_factory=TrackingSettings, description="Experiment tracking: MLflow (default on) and W&B."
     )
-    simulation: SimulatedMarket = Field(
-        default_factory=SimulatedMarket,
-        description="The local provider's simulated spot market: random or scheduled preemptions, storage faults.",
+    provider_settings: ProviderSettings = Field(
+        default_factory=ProviderSettings,
+        description=f"Settings per provider, each checked by the provider's own model: {', '.join(provider_names())} "
+        "(local: `market`, the simulated spot market's preemptions and storage faults).",
     )
 
 
@@ -307,10 +335,9 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
         if config.training.eval_every is None:
             raise SpecError(f"{path}: field 'early_stopping': set training.eval_every or an integer "
                             "checkpoint.every_steps, the steps at which trials are judged")
-    unknown = unknown_trial_refs(spec.simulation, [trial.id for trial in trials])
-    if unknown:
-        raise SpecError(
-            f"{path}: field 'simulation': no trial {', '.join(unknown)} in this sweep; "
-            f"use a trial index 0..{len(trials) - 1} or one of {', '.join(t.id for t in trials)}"
-        )
+    for name in provider_names():
+        check_trials = getattr(getattr(spec.provider_settings, name), "unknown_trials", None)
+        problem = check_trials([trial.id for trial in trials]) if check_trials else ""
+        if problem:
+            raise SpecError(f"{path}: {problem}")
     return spec, trials

@@ -6,14 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.errors import ClusterError
-from cluster.local import LocalProvider
-from cluster.storage import StorageURI, check_writable, parse_uri
+from cluster.storage import check_writable
 from cost_models.errors import EstimateError
-from orchestrator.controller import requirements
 from orchestrator.data_check import check_trial_data
 from orchestrator.errors import SpecError
-from orchestrator.planner import SweepPlan, plan_sweep
-from orchestrator.providers import check_providers
+from orchestrator.planner import SweepPlan, check_providers, offers_for, plan_sweep
 from orchestrator.spec import SweepSpec, TrialSpec, load_spec
 from orchestrator.state import StateStore
 
@@ -23,7 +20,6 @@ class Prepared:
     spec: SweepSpec
     trials: list[TrialSpec]
     plan: SweepPlan
-    storage: StorageURI
 
 
 def prepare(path: Path) -> Prepared:
@@ -37,13 +33,9 @@ def prepare(path: Path) -> Prepared:
             if value and not Path(value).is_absolute() and Path(value).exists():
                 setattr(trial.config.data, field, str(Path(value).resolve()))
     check_trial_data(trials, source)
+    spec = spec.model_copy(update={"storage": spec.storage.absolute(Path.cwd())})
     try:
-        storage = parse_uri(spec.storage).absolute(Path.cwd())
-    except ClusterError as error:
-        raise SpecError(f"{source}: {error}") from None
-    market = LocalProvider(Path.cwd(), spec.simulation, cpus=1)
-    try:
-        plan = plan_sweep(spec, trials, market.offers(requirements(spec.resources)))
+        plan = plan_sweep(spec, trials, offers_for(spec.resources, spec.provider_settings))
     except EstimateError as error:
         raise SpecError(f"{source}: {error}") from None
     for trial in plan.unplaced:
@@ -58,10 +50,10 @@ def prepare(path: Path) -> Prepared:
             f"{offer.market})"
         )
     try:
-        check_writable(storage, spec.storage_endpoint)
+        check_writable(spec.storage, spec.storage_endpoint)
     except ClusterError as error:
         raise SpecError(f"{source}: {error}") from None
-    return Prepared(path, spec, trials, plan, storage)
+    return Prepared(path, spec, trials, plan)
 
 
 def register(prepared: Prepared, state_dir: Path) -> tuple[StateStore, str]:
@@ -75,5 +67,5 @@ def register(prepared: Prepared, state_dir: Path) -> tuple[StateStore, str]:
     ]
     base = f"{prepared.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = store.create_run(base, prepared.spec.name, str(prepared.path.resolve()),
-                              prepared.spec.model_dump(mode="json"), str(prepared.storage), trials)
+                              prepared.spec.model_dump(mode="json"), str(prepared.spec.storage), trials)
     return store, run_id

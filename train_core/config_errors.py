@@ -98,7 +98,7 @@ def describe_validation_error(source: str, model: type[BaseModel], error: Valida
     path = _field_path(loc) or "<top level>"
     if first["type"] == "extra_forbidden":
         allowed = _allowed_fields(model, loc)
-        problem = f"unknown field; accepted fields here: {', '.join(allowed)}"
+        problem = f"unknown field; accepted fields here: {', '.join(allowed) or 'none'}"
     elif first["type"] == "missing":
         problem = "required field is missing"
     else:

@@ -1,1 +1,1 @@
-"""Capacity providers, one module per backend (the registry that names them arrives with the provider seam)."""
+"""Capacity providers, one module per backend; registry.py finds them by name (and their settings models)."""

@@ -28,7 +28,6 @@ def run(args: argparse.Namespace) -> int:
     from cost_models.errors import EstimateError
     from orchestrator import planner
     from orchestrator.data_check import check_trial_data
-    from orchestrator.providers import check_providers
     from orchestrator.plan_output import render_plan
     from orchestrator.render import to_csv, to_json
     from orchestrator.spec import load_spec
@@ -41,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
         }.items() if value
     })
     where = "--provider" if args.provider else f"{args.spec}: field 'resources.providers'"
-    check_providers(resources.providers, where, launch=False)
+    planner.check_providers(resources.providers, where, launch=False)
     try:
-        offers = planner.offers_for(resources)
+        offers = planner.offers_for(resources, spec.provider_settings)
         if args.max_price is not None:
             offers = [offer for offer in offers if offer.usd_per_gpu_hour <= args.max_price]
         plan = planner.plan_sweep(spec.model_copy(update={"resources": resources}), trials, offers)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import ClusterError
-from cluster.local import LocalProvider
+from cluster.providers.local import LocalProvider
 from cluster.node_agent import LocalNodeAgent, agent_from_env
 from cluster.processes import ProcessRecord, command_line, session_id, start_ticks
 from cluster.provider import LaunchSpec, Requirements
-from cluster.spot_market import SimulatedMarket
+from cluster.providers.local_market import SimulatedMarket
 
 WORKER = """
 import sys, time
@@ -235,5 +235,5 @@ def test_the_market_can_copy_chosen_providers_prices():
         assert offer.usd_per_gpu_hour == min(same)
     everyone = LocalProvider("/nonexistent", SimulatedMarket(), cpus=1).offers(Requirements(market="any"))
     assert len(everyone) >= len(offers)
-    with pytest.raises(EstimateError, match="simulation.prices_from: unknown provider 'nowhere'; accepted: "):
+    with pytest.raises(EstimateError, match="provider_settings.local.market.prices_from: unknown provider 'nowhere'; accepted: "):
         LocalProvider("/nonexistent", SimulatedMarket(prices_from=["nowhere"]), cpus=1).offers(Requirements())

@@ -33,7 +33,7 @@ def chaos(tmp_path_factory):
         directory, "chaos", max_steps=STEPS,
         search={"parameters": {"training.learning_rate": [1.0e-3, 2.0e-3, 3.0e-3]}},
         max_parallel=3,
-        simulation={"seed": 1, "capacity_cooldown_s": 600, "preemptions": PREEMPTIONS},
+        provider_settings={"local": {"market": {"seed": 1, "capacity_cooldown_s": 600, "preemptions": PREEMPTIONS}}},
     )
     state_dir = directory / "state"
     warm_model_cache()

@@ -17,7 +17,8 @@ def test_failed_trial_resumes_with_retry_failed_and_matches_an_uninterrupted_run
     spec = tiny_sweep(
         tmp_path, "diskfull", max_steps=STEPS, checkpoint={"every_steps": EVERY, "keep": 2},
         search={"parameters": {"training.learning_rate": [1.0e-3]}}, max_parallel=1, max_error_retries=0,
-        simulation={"storage_faults": [{"trial": 0, "attempt": 1, "step": FULL_AT, "kind": "disk_full"}]},
+        provider_settings={"local": {"market": {
+            "storage_faults": [{"trial": 0, "attempt": 1, "step": FULL_AT, "kind": "disk_full"}]}}},
     )
     state_dir = tmp_path / "state"
     warm_model_cache()

@@ -120,9 +120,9 @@ def spec_cases() -> list[Case]:
                 value = [value]
             cases.append(Case(f"spec {field}={label}", BAD, submit_spec({field: value})))
     cases += [
-        Case("spec simulation hazard inf", BAD, submit_spec({"simulation": {"hazard_per_hour": math.inf}})),
-        Case("spec simulation notice nan", BAD, submit_spec({"simulation": {"notice_s": math.nan}})),
-        Case("spec simulation boot_s inf", BAD, submit_spec({"simulation": {"boot_s": math.inf}})),
+        Case("spec market hazard inf", BAD, submit_spec({"provider_settings/local/market/hazard_per_hour": math.inf})),
+        Case("spec market notice nan", BAD, submit_spec({"provider_settings/local/market/notice_s": math.nan})),
+        Case("spec market boot_s inf", BAD, submit_spec({"provider_settings/local/market/boot_s": math.inf})),
         Case("spec packing=1", BAD, submit_spec({"config/data/packing": 1})),
         Case("spec packing='yes'", BAD, submit_spec({"config/data/packing": "yes"})),
         Case("spec adam_betas=[0.9, inf]", BAD, submit_spec({"config/training/adam_betas": [0.9, math.inf]})),

@@ -144,7 +144,7 @@ def test_plan_reads_the_data_as_the_trainer_does_instead_of_assuming_full_rows(t
 
 
 def test_plan_and_submit_say_the_same_about_providers(tmp_path):
-    from orchestrator.providers import support
+    from cluster.providers.registry import support
 
     spec = write_spec(tmp_path, resources={"providers": ["kubernetes"]})
     planned = run_cli("plan", str(spec))

@@ -30,7 +30,7 @@ def s3_sweep(tmp_path_factory, s3_server: S3Server):
     spec = tiny_sweep(
         directory, "s3sweep", max_steps=STEPS, storage=f"s3://{s3_server.bucket}/{prefix}",
         storage_endpoint=s3_server.endpoint,
-        simulation={"storage_faults": [{"trial": 0, "attempt": 1, "step": FAULT_STEP}]},
+        provider_settings={"local": {"market": {"storage_faults": [{"trial": 0, "attempt": 1, "step": FAULT_STEP}]}}},
         resources={"gpus_per_trial": 2},
     )
     state_dir = directory / "state"

@@ -33,9 +33,21 @@ CASES = {
     "provider without a launcher": ({"resources/providers": ["aws"]},
                                     "provider 'aws' can be planned (spottune plan) but not launched"),
     "bad trial config": ({"config/training/batch_size": 0}, "field 'training.batch_size': Input should be greater"),
-    "schedule names no trial": ({"simulation": {"preemptions": [{"trial": 7, "at_step": 2}]}},
-                                "field 'simulation': no trial 7 in this sweep"),
-    "unsupported storage": ({"storage": "gs://bucket/x"}, "storage: unsupported storage scheme 'gs://'"),
+    "schedule names no trial": ({"provider_settings/local/market/preemptions": [{"trial": 7, "at_step": 2}]},
+                                "field 'provider_settings.local.market': no trial 7 in this sweep"),
+    "settings of an unknown provider": ({"provider_settings/moon": {}},
+                                        "field 'provider_settings.moon': unknown field; accepted fields here: aws, "),
+    "a provider's settings checked by its model": (
+        {"provider_settings/local/market/hazard_per_hour": -1},
+        "field 'provider_settings.local.market.hazard_per_hour': Input should be greater than or equal to 0"),
+    "an unknown field of a provider's settings": (
+        {"provider_settings/local/markets": {}},
+        "field 'provider_settings.local.markets': unknown field; accepted fields here: market"),
+    "settings for a plan-only provider": (
+        {"provider_settings/aws/region": "us-east-1"},
+        "field 'provider_settings.aws.region': unknown field; accepted fields here: none"),
+    "unsupported storage": ({"storage": "gs://bucket/x"},
+                            "field 'storage': unsupported storage scheme 'gs://'; accepted: "),
     "no capacity at this price": ({"resources/max_price_per_hour": 0.001},
                                   "cannot be placed: fits, but every fitting offer costs more than max_price_per_hour"),
 }

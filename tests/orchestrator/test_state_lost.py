@@ -22,7 +22,7 @@ BOOT_S = 8  # the simulated node boots this long: the database goes while the tr
 def test_removed_database_stops_the_controller_and_the_run_reattaches_from_storage(tmp_path):
     spec = tiny_sweep(tmp_path, "dblost", max_steps=STEPS, checkpoint={"every_steps": EVERY, "keep": 2},
                       search={"parameters": {"training.learning_rate": [1.0e-3]}}, max_parallel=1,
-                      simulation={"boot_s": BOOT_S})
+                      provider_settings={"local": {"market": {"boot_s": BOOT_S}}})
     state_dir = tmp_path / "state"
     warm_model_cache()
     submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir))

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from cluster.local import LocalProvider
+from cluster.providers.local import LocalProvider
 from cluster.storage import Backoff, RetryingStore, S3Store
 from orchestrator.controller import Controller
 from orchestrator.layout import RunLayout
@@ -40,7 +40,7 @@ def _controller(directory: Path, storage: str, endpoint: str | None = None):
     state, run_id = register(prepare(tiny_sweep(directory, "outage", **extra)), directory / "state")
     layout = RunLayout(directory / "state", run_id)
     spec = SweepSpec.model_validate(state.run(run_id).spec)
-    provider = LocalProvider(layout.root, spec.simulation, cpus=2)
+    provider = LocalProvider(layout.root, spec.provider_settings.local.market, cpus=2)
     # Nothing here reaches a node's `running` event, so no attempt is ever started and no runner is needed.
     return Controller(state, layout, provider, runner=None), state, run_id
 
@@ -135,7 +135,7 @@ def test_sweep_waits_out_an_outage_and_finishes_with_the_uninterrupted_adapter(t
     spec = tiny_sweep(tmp_path, "outage", max_steps=9, checkpoint={"every_steps": 3, "keep": 2},
                       search={"parameters": {"training.learning_rate": [1.0e-3]}}, max_parallel=1,
                       storage=f"s3://{s3_server.bucket}/{prefix}", storage_endpoint=f"http://127.0.0.1:{gate.port}",
-                      simulation={"boot_s": 3})
+                      provider_settings={"local": {"market": {"boot_s": 3}}})
     state_dir = tmp_path / "state"
     warm_model_cache()
     submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cluster.spot_market import (
+from cluster.providers.local_market import (
     ScheduledPreemption, SimulatedMarket, plan_preemption, storage_fault, unknown_trial_refs,
 )
 

@@ -3,7 +3,7 @@
 Offers are the catalog's simulated market (cost_models.catalog.simulated_offers: every GPU type at the
 cheapest price any provider lists); the work itself runs on this machine's CPU.
 Each launched node gets a directory where its processes register (cluster/node_agent.py). The market
-(cluster/spot_market.py) decides when a node is reclaimed: a notice file with a deadline, then at the
+(cluster/providers/local_market.py) decides when a node is reclaimed: a notice file with a deadline, then at the
 deadline a hard kill (SIGKILL) of every process registered on the node; notice 0 kills at once. After a
 preemption that GPU type has no spot capacity for a cooldown: offers() reports how long (Offer.capacity_wait_s),
 and the planner prices waiting for it against moving to another type. The market's
@@ -28,11 +28,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from cluster.errors import ClusterError
 from cluster.node_agent import HEARTBEAT_FILE, NODE_DIR_ENV, NOTICE_FILE, PIDS_DIR, RECLAIMED_FILE, write_atomic
 from cluster.processes import ProcessRecord, session_members
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements
-from cluster.spot_market import PreemptionPlan, SimulatedMarket, plan_preemption
+from cluster.providers.local_market import PreemptionPlan, SimulatedMarket, plan_preemption, storage_fault, \
+    unknown_trial_refs
+from cluster.providers.registry import ProviderContext, ProviderKind, register
 from cost_models.catalog import LOCAL, Offer, list_offers
 
 SESSION_FILE = "session.json"
@@ -50,6 +54,24 @@ RAY_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
 }
+
+
+class LocalSettings(BaseModel):
+    """The `local` provider's section of a sweep spec (`provider_settings.local`)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    market: SimulatedMarket = Field(
+        default_factory=SimulatedMarket,
+        description="The simulated spot market: random or scheduled preemptions, storage faults.",
+    )
+
+    def unknown_trials(self, trial_ids: list[str]) -> str:
+        """'' when every trial the market names is in the sweep, else the problem in one line."""
+        unknown = unknown_trial_refs(self.market, trial_ids)
+        if not unknown:
+            return ""
+        return (f"field 'provider_settings.local.market': no trial {', '.join(unknown)} in this sweep; "
+                f"use a trial index 0..{len(trial_ids) - 1} or one of {', '.join(trial_ids)}")
 
 
 @dataclass
@@ -72,6 +94,10 @@ class LocalProvider:
         self._nodes: dict[str, _NodeState] = {}
         self._no_spot_until: dict[str, float] = {}
         self._ray_link: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: LocalSettings, context: ProviderContext) -> LocalProvider:
+        return cls(context.run_dir, settings.market, context.cpus)
 
     # lifecycle of the local Ray instance
 
@@ -115,7 +141,8 @@ class LocalProvider:
                 "(ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported)"
             )
 
-    def shutdown(self) -> None:
+    def stop(self) -> None:
+        """Kill every node's processes, stop Ray and whatever of it outlives ray.shutdown()."""
         import ray
 
         for state in self._nodes.values():
@@ -145,6 +172,9 @@ class LocalProvider:
 
     # the provider interface
 
+    def list_nodes(self, run_id: str) -> list[Node]:
+        return [state.node for state in self._nodes.values() if state.node.spec.run_id == run_id and not state.gone]
+
     def offers(self, requirements: Requirements) -> list[Offer]:
         """Every offer; a spot type in its cooldown carries the simulated seconds until its capacity returns."""
         now = time.time()
@@ -162,7 +192,9 @@ class LocalProvider:
         if directory.exists():
             shutil.rmtree(directory)
         (directory / PIDS_DIR).mkdir(mode=0o700, parents=True)
-        node = Node(node_id, offer, spec, time.time(), env={NODE_DIR_ENV: str(directory)}, accelerator="cpu")
+        fault = storage_fault(self.market, spec.trial_index, spec.trial_id, spec.attempt)
+        node = Node(node_id, offer, spec, time.time(), env={NODE_DIR_ENV: str(directory)}, accelerator="cpu",
+                    storage_fault=fault.model_dump() if fault is not None else None)
         plan = None
         if offer.market == "spot":
             plan = plan_preemption(self.market, spec.trial_index, spec.trial_id, spec.attempt,
@@ -231,3 +263,6 @@ def write_token(path: Path) -> Path:
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write(secrets.token_hex(32))
     return path
+
+
+register(ProviderKind(LOCAL, LocalSettings, LocalProvider.from_settings))
