@@ -2,7 +2,7 @@
 
 Offers are the catalog's simulated market (cost_models.catalog.simulated_offers: every GPU type at the
 cheapest price any provider lists); the work itself runs on this machine's CPU.
-Each launched node gets a directory where its processes register (cluster/node_agent.py). The market
+Each launched node gets a directory where its processes register (cluster/node/agent.py). The market
 (cluster/spot_market.py) decides when a node is reclaimed: a notice file with a deadline, then at the
 deadline a hard kill (SIGKILL) of every process registered on the node; notice 0 kills at once. After a
 preemption that GPU type has no spot capacity for a cooldown, so a re-plan may pick another type.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.errors import ClusterError
-from cluster.node_agent import HEARTBEAT_FILE, NODE_DIR_ENV, NOTICE_FILE, PIDS_DIR, RECLAIMED_FILE, write_atomic
+from cluster.node.agent import HEARTBEAT_FILE, NODE_DIR_ENV, NOTICE_FILE, PIDS_DIR, RECLAIMED_FILE, write_atomic
 from cluster.processes import ProcessRecord, session_members
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements
 from cluster.spot_market import PreemptionPlan, SimulatedMarket, plan_preemption

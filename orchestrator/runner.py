@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from cluster.node_agent import LocalNodeAgent, agent_from_env
+from cluster.node.agent import LocalNodeAgent, agent_from_env
 
 DEFAULT_SAVE_SECONDS = 5.0
 SAVE_SAFETY = 1.5
