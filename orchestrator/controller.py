@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cluster.node.preemption import PreemptionCause, interruption
-from cluster.node.worker import AttemptPayload
+from cluster.node.worker import AttemptPayload, RecordKind
 from cluster.provider import LaunchSpec, Node, Provider, Requirements, describe_offer
 from cluster.spot_market import storage_fault
 from cluster.storage import Backoff, describe_error, open_store, parse_uri, storage_errors
@@ -180,14 +180,14 @@ class Controller:
                               offer=launch.offer, price=launch.price, now=last_sign)
 
     def apply(self, records: list[dict]) -> None:
-        """Turn worker records into metrics, progress, events and log lines."""
+        """Turn worker records (cluster/node/worker.py's RecordKind) into metrics, progress, events and log lines."""
         metrics: dict[tuple[str, int], list[tuple[int, str, float, float]]] = {}
         progress: dict[str, dict] = {}
         for record in records:
             trial_id, attempt, kind, when = record["trial"], record["attempt"], record["kind"], record["time"]
             active = self.active.get(trial_id)
             current = active is not None and active.attempt == attempt
-            if kind == "metrics":
+            if kind == RecordKind.METRICS:
                 rows = metrics.setdefault((trial_id, attempt), [])
                 rows += [(record["step"], "loss", record["loss"], when), (record["step"], "lr", record["lr"], when)]
                 progress.setdefault(trial_id, {}).update(
@@ -198,27 +198,27 @@ class Controller:
                         active.trained = True
                         self._event(active, Training(record["step_seconds"], active.resume_step),
                                     step=record["step"], now=when)
-            elif kind == "eval":
+            elif kind == RecordKind.EVAL:
                 row = (record["step"], "eval_loss", record["eval_loss"], when)
                 metrics.setdefault((trial_id, attempt), []).append(row)
                 progress.setdefault(trial_id, {})["eval_loss"] = record["eval_loss"]
-            elif kind == "checkpoint" and current:
+            elif kind == RecordKind.CHECKPOINT and current:
                 self._event(active, Checkpoint(record.get("save_seconds")), step=record["step"], now=when)
-            elif kind == "storage_outage" and current:
+            elif kind == RecordKind.STORAGE_OUTAGE and current:
                 if record["error"] is None:
                     self._event(active, StorageRestored("worker"), now=when)
                 else:
                     self._event(active, StorageUnavailable(record["error"], "worker"), now=when)
                 self.trial_log(trial_id, attempt, f"storage unreachable, waiting: {record['error']}"
                                if record["error"] else "storage reachable again", when)
-            elif kind == "checkpoint_skipped" and current:
+            elif kind == RecordKind.CHECKPOINT_SKIPPED and current:
                 active.resume_step = record["step"]
                 self._event(active, CheckpointSkipped(record["skipped"], record["step"]), step=record["step"], now=when)
-            elif kind == "started" and current:
+            elif kind == RecordKind.STARTED and current:
                 self._event(active, WorkersStarted(record["world_size"]), now=when)
-            elif kind == "log":
+            elif kind == RecordKind.LOG:
                 self.trial_log(trial_id, attempt, record["line"], when)
-            elif kind == "finished" and current:
+            elif kind == RecordKind.FINISHED and current:
                 active.final = record
         for (trial_id, attempt), rows in metrics.items():
             self.state.add_metrics(self.run_id, trial_id, attempt, rows)

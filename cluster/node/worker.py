@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,19 @@ from cluster.node.agent import agent_from_env
 from cluster.node.preemption import NoticeGuard
 from cluster.spot_market import StorageFault
 from train_core.config import TrainConfig
+
+
+class RecordKind(StrEnum):
+    """What rank 0 reports to the controller; each record is a dict with trial, attempt, kind, time and fields."""
+
+    STARTED = "started"  # world_size
+    METRICS = "metrics"  # step, total_steps, loss, lr, step_seconds
+    EVAL = "eval"  # step, eval_loss
+    CHECKPOINT = "checkpoint"  # step, save_seconds
+    CHECKPOINT_SKIPPED = "checkpoint_skipped"  # step (resumed from), skipped
+    STORAGE_OUTAGE = "storage_outage"  # error (None: storage is back)
+    LOG = "log"  # line
+    FINISHED = "finished"  # status, step, total_steps, train_loss, eval_loss, resumed_from
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,7 @@ def train_worker(payload: AttemptPayload) -> None:
         agent.register(f"rank-{rank}")
     tag = {"trial": payload.trial_id, "attempt": payload.attempt}
 
-    def send(kind: str, wait: bool = False, **data: Any) -> None:
+    def send(kind: RecordKind, wait: bool = False, **data: Any) -> None:
         if rank != 0:
             return
         reference = payload.sink.put.remote({**tag, "kind": kind, "time": time.time(), **data})
@@ -68,12 +82,12 @@ def train_worker(payload: AttemptPayload) -> None:
             ray.get(reference)
 
     def log(line: str) -> None:
-        send("log", line=line)
+        send(RecordKind.LOG, line=line)
 
-    send("started", world_size=ray.train.get_context().get_world_size())
+    send(RecordKind.STARTED, world_size=ray.train.get_context().get_world_size())
 
     def on_outage(error: str | None) -> None:
-        send("storage_outage", wait=True, error=error)
+        send(RecordKind.STORAGE_OUTAGE, wait=True, error=error)
 
     store = RetryingStore(open_store(payload.storage, payload.storage_endpoint), on_outage=on_outage)
     if payload.storage_fault is not None:
@@ -84,17 +98,17 @@ def train_worker(payload: AttemptPayload) -> None:
         if "loss" in record:
             if agent is not None and rank == 0:
                 agent.beat(record["step"])
-            send("metrics", step=record["step"], total_steps=record["total_steps"], loss=record["loss"],
+            send(RecordKind.METRICS, step=record["step"], total_steps=record["total_steps"], loss=record["loss"],
                  lr=record["lr"], step_seconds=record["step_seconds"])
         elif "eval_loss" in record:
-            send("eval", step=record["step"], eval_loss=record["eval_loss"])
+            send(RecordKind.EVAL, step=record["step"], eval_loss=record["eval_loss"])
 
     def on_checkpoint(step: int) -> None:
         guard.checkpoint_written()
-        send("checkpoint", step=step, save_seconds=guard.save_seconds)
+        send(RecordKind.CHECKPOINT, step=step, save_seconds=guard.save_seconds)
 
     def on_checkpoint_skipped(step: int, skipped: list[str]) -> None:
-        send("checkpoint_skipped", wait=True, step=step, skipped=skipped)
+        send(RecordKind.CHECKPOINT_SKIPPED, wait=True, step=step, skipped=skipped)
 
     hooks = TrainHooks(on_metrics=on_metrics, on_checkpoint=on_checkpoint, stop_requested=guard.stop_requested,
                        on_checkpoint_skipped=on_checkpoint_skipped)
@@ -102,7 +116,7 @@ def train_worker(payload: AttemptPayload) -> None:
     try:
         result = Trainer(payload.config, store=store, work_dir=work_dir, hooks=hooks, log=log).run(resume=True)
     except Exception as error:
-        send("log", wait=True, line=f"error: {type(error).__name__}: {error}")
+        send(RecordKind.LOG, wait=True, line=f"error: {type(error).__name__}: {error}")
         raise
-    send("finished", wait=True, status=result.status, step=result.step, total_steps=result.total_steps,
+    send(RecordKind.FINISHED, wait=True, status=result.status, step=result.step, total_steps=result.total_steps,
          train_loss=result.train_loss, eval_loss=result.eval_loss, resumed_from=result.resumed_from)
