@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.errors import ClusterError
-from cluster.node.agent import HEARTBEAT_FILE, NODE_DIR_ENV, NOTICE_FILE, PIDS_DIR, RECLAIMED_FILE, write_atomic
+from cluster.node.agent import HEARTBEAT_FILE, NODE_DIR_ENV, PIDS_DIR, RECLAIMED_FILE, post_notice, write_atomic
 from cluster.processes import ProcessRecord, session_members
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements
 from cluster.spot_market import PreemptionPlan, SimulatedMarket, plan_preemption
@@ -185,7 +185,7 @@ class LocalProvider:
             state.deadline = now + notice
             self._no_spot_until[node.offer.gpu.name] = now + self.market.capacity_cooldown_s
             if notice > 0:
-                write_atomic(state.directory / NOTICE_FILE, json.dumps({"deadline": state.deadline}))
+                post_notice(state.directory, state.deadline)
                 events.append(NodeEvent("notice", now, deadline=state.deadline,
                                         reason=f"spot capacity reclaimed ({state.plan.source}), {notice:g} s notice"))
         if state.deadline is not None and now >= state.deadline:

@@ -1,17 +1,16 @@
 """Notice -> checkpoint now -> stop, decided on the node from the agent's notice; and how an interruption is named."""
 from __future__ import annotations
 
-import json
 import time
 
-from cluster.node.agent import NOTICE_FILE, LocalNodeAgent
+from cluster.node.agent import LocalNodeAgent, post_notice
 from cluster.node.preemption import (
     DEFAULT_SAVE_SECONDS, SAVE_MARGIN_S, SAVE_SAFETY, NoticeGuard, PreemptionCause, interruption,
 )
 
 
 def _notice(node_dir, seconds_left: float) -> None:
-    (node_dir / NOTICE_FILE).write_text(json.dumps({"deadline": time.time() + seconds_left}), encoding="utf-8")
+    post_notice(node_dir, time.time() + seconds_left)
 
 
 def test_no_notice_means_train_on(tmp_path):
