@@ -5,7 +5,8 @@ cheapest price any provider lists); the work itself runs on this machine's CPU.
 Each launched node gets a directory where its processes register (cluster/node/agent.py). The market
 (cluster/spot_market.py) decides when a node is reclaimed: a notice file with a deadline, then at the
 deadline a hard kill (SIGKILL) of every process registered on the node; notice 0 kills at once. After a
-preemption that GPU type has no spot capacity for a cooldown, so a re-plan may pick another type.
+preemption that GPU type has no spot capacity for a cooldown, so a re-plan may pick another type. The market's
+time_scale runs its clocks (boot, preemption times, notice, cooldown) that much faster than the wall clock.
 
 Ray runs inside the run directory (temp dir reached through a short symlink, because Ray's socket paths
 must stay under 108 bytes), on 127.0.0.1 only, without a dashboard, and with Ray's token authentication: a
@@ -146,7 +147,8 @@ class LocalProvider:
     def offers(self, requirements: Requirements) -> list[Offer]:
         now = time.time()
         return [
-            offer for offer in list_offers([LOCAL], requirements.market, requirements.gpu_types)
+            offer for offer in list_offers([LOCAL], requirements.market, requirements.gpu_types,
+                                           local_prices_from=self.market.prices_from)
             if offer.market != "spot" or self._no_spot_until.get(offer.gpu.name, 0.0) <= now
         ]
 
@@ -159,7 +161,8 @@ class LocalProvider:
         node = Node(node_id, offer, spec, time.time(), env={NODE_DIR_ENV: str(directory)}, accelerator="cpu")
         plan = None
         if offer.market == "spot":
-            plan = plan_preemption(self.market, spec.trial_index, spec.trial_id, spec.attempt)
+            plan = plan_preemption(self.market, spec.trial_index, spec.trial_id, spec.attempt,
+                                   offer.interruptions_per_hour)
         self._nodes[node_id] = _NodeState(node, directory, plan)
         return node
 
@@ -174,16 +177,17 @@ class LocalProvider:
         if state.gone:
             return []
         now = time.time()
+        scale = self.market.time_scale
         events: list[NodeEvent] = []
         if state.running_at is None:
-            if now < node.launched_at + self.market.boot_s:
+            if now < node.launched_at + self.market.boot_s / scale:
                 return events
             state.running_at = now
             events.append(NodeEvent("running", now))
         if state.deadline is None and state.plan is not None and self._triggered(state, now):
             notice = state.plan.notice_s
-            state.deadline = now + notice
-            self._no_spot_until[node.offer.gpu.name] = now + self.market.capacity_cooldown_s
+            state.deadline = now + notice / scale
+            self._no_spot_until[node.offer.gpu.name] = now + self.market.capacity_cooldown_s / scale
             if notice > 0:
                 post_notice(state.directory, state.deadline)
                 events.append(NodeEvent("notice", now, deadline=state.deadline,
@@ -199,7 +203,7 @@ class LocalProvider:
     def _triggered(self, state: _NodeState, now: float) -> bool:
         plan = state.plan
         if plan.after_s is not None:
-            return state.running_at is not None and now - state.running_at >= plan.after_s
+            return state.running_at is not None and now - state.running_at >= plan.after_s / self.market.time_scale
         try:
             beat = json.loads((state.directory / HEARTBEAT_FILE).read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):

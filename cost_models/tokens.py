@@ -69,9 +69,19 @@ def _conversation(row: object, where: str, system_prompt: str | None) -> list[di
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(row["output"])}]
         if isinstance(row.get("system"), str) and row["system"].strip():
             messages.insert(0, {"role": "system", "content": row["system"]})
+    elif "prompt" in row and "completion" in row:  # TRL's; plain-text ones counted as one chat turn each
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, list) and isinstance(completion, list):
+            messages = [{"role": str(m.get("role")), "content": str(m.get("content", ""))}
+                        for m in prompt + completion if isinstance(m, dict)]
+        else:
+            messages = [{"role": "user", "content": str(prompt)}, {"role": "assistant", "content": str(completion)}]
+    elif "text" in row:
+        messages = [{"role": "assistant", "content": str(row["text"])}]
     else:
         raise EstimateError(f"{where}: unknown row format (keys: {', '.join(sorted(row)) or 'none'}); accepted: "
-                            "alpaca (instruction/input/output), sharegpt (conversations) or messages")
+                            "alpaca (instruction/input/output), sharegpt (conversations), messages, "
+                            "prompt/completion or text")
     if system_prompt and messages and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages

@@ -32,6 +32,7 @@ class EventKind(StrEnum):
     ERROR = "error"
     SUCCEEDED = "succeeded"
     CANCELLED = "cancelled"
+    STOPPED = "stopped"  # by early stopping; its checkpoints are kept
     RETRY = "retry"
     TERMINATED = "terminated"
 
@@ -97,6 +98,8 @@ class Launch(EventDetail):
     offer: str  # one line, e.g. '1xL4 spot local/local $0.2830/h'
     resume_from: int
     expected_usd: float | None
+    expected_vram_gib: float | None
+    expected_step_seconds: float | None
     settings: dict[str, Any]  # config fields the chosen plan row set, by dotted name
 
 
@@ -185,6 +188,16 @@ class Error(EventDetail):
 class Succeeded(EventDetail):
     train_loss: float | None
     eval_loss: float | None
+
+
+@detail_of(EventKind.STOPPED)
+@dataclass(frozen=True)
+class Stopped(EventDetail):
+    eval_loss: float | None
+    reached_step: int
+    total_steps: int | None
+    saved_usd: float  # what the trial's remaining steps would have cost
+    pruner: str
 
 
 @detail_of(EventKind.RETRY)

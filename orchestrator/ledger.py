@@ -14,7 +14,7 @@ from orchestrator.events import EventKind, Training
 from orchestrator.state import Event
 
 INTERRUPTIONS = {EventKind.PREEMPTED: "preemption", EventKind.ERROR: "error", EventKind.LOST: "controller"}
-ENDINGS = (EventKind.SUCCEEDED, EventKind.CANCELLED)
+ENDINGS = (EventKind.SUCCEEDED, EventKind.CANCELLED, EventKind.STOPPED)
 CAUSES = tuple(INTERRUPTIONS.values())
 
 
@@ -27,7 +27,7 @@ class NodeLine:
     price_per_hour: float
     start: float
     end: float | None
-    outcome: str = "running"  # succeeded | cancelled | failed | running, or an interruption cause
+    outcome: str = "running"  # succeeded | cancelled | failed | stopped | running, or an interruption cause
     last_checkpoint_time: float | None = None
     first_step_start: float | None = None
     lost_seconds: float = 0.0

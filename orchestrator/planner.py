@@ -16,7 +16,7 @@ from cost_models.autosize import autosize, fit_advice
 from cost_models.calibration import Calibration, load_calibration
 from cost_models.catalog import Offer, gpus, list_offers
 from cost_models.errors import EstimateError
-from cost_models.estimate import Estimate
+from cost_models.estimate import DEFAULT_VRAM_HEADROOM, Estimate
 from cost_models.memory import static_bytes
 from cost_models.preemption import RunCost, checkpoint_seconds, expected_run, restart_seconds
 from cost_models.shape import JobShape, RowStats
@@ -37,6 +37,7 @@ class TrialJob:
     micro_batch: int | None  # None = auto
     checkpointing: str | None  # None = auto
     steps: int
+    vram_headroom: float = DEFAULT_VRAM_HEADROOM  # share of the card kept free beyond the memory upper bound
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,11 @@ class PlanRow:
             "region": o.region, "market": o.market, "usd_per_gpu_hour": o.usd_per_gpu_hour,
             "billed_gpus": o.billed_gpus(e.shape.gpus), "usd_per_hour": self.usd_per_hour, "price_date": o.date,
             "interruptions_per_hour": o.interruptions_per_hour, "fits": e.fits, "need_gib": e.need_gib,
-            "have_gib": e.have_gib, "headroom_gib": e.headroom_gib, "peak_reserved_gib": e.memory.reserved,
+            "need_upper_gib": e.need_upper_gib, "have_gib": e.have_gib, "headroom_gib": e.headroom_gib,
+            "peak_reserved_gib": e.memory.reserved,
             "micro_batch": e.shape.micro_batch, "grad_accum": e.shape.grad_accum,
-            "checkpointing": e.shape.checkpointing, "step_s": e.time.step, "bound": e.time.bound,
+            "checkpointing": e.shape.checkpointing, "step_s": e.time.step, "step_s_low": e.step_low,
+            "step_s_high": e.step_high, "bound": e.time.bound,
             "tokens_per_step": e.time.tokens_per_step, "work_hours": r.work_hours if r else None,
             "hours": r.wall_hours if r else None, "expected_preemptions": r.expected_preemptions if r else None,
             "checkpoint_every_steps": r.checkpoint_every_steps if r else None, "usd": r.usd if r else None,
@@ -122,9 +125,10 @@ def architecture(config: TrainConfig) -> Architecture:
 
 
 def row_stats(config: TrainConfig) -> RowStats:
-    """Rows of the trial's data set; full rows when the data file is not readable here."""
+    """Rows of the trial's JSONL data set; full rows when it is not a JSONL file readable here (Parquet, a saved
+    dataset or a Hub id would need `datasets`, which the planner does not import) or its columns are remapped."""
     data = config.data
-    if not Path(data.train).is_file():
+    if not Path(data.train).is_file() or Path(data.train).suffix != ".jsonl" or data.columns:
         return RowStats.full_rows(data.max_seq_length)
     return dataset_row_stats(data.train, model_dir(config.model.name), data.max_seq_length, data.packing,
                              data.train_on, data.chat_template, data.system_prompt, cache_root())
@@ -148,7 +152,8 @@ def engine_profile(config: TrainConfig, arch: Architecture, quantization: str, t
     return "train_core-hf" if reasons else "train_core-fast"
 
 
-def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1) -> TrialJob:
+def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1,
+              vram_headroom: float = DEFAULT_VRAM_HEADROOM) -> TrialJob:
     """Translate a TrainConfig into the estimators' terms (auto settings resolve as train_core does on CUDA)."""
     arch = architecture(config)
     training = config.training
@@ -170,7 +175,7 @@ def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1) -> Tr
     if training.max_steps:
         steps = min(steps, training.max_steps) if steps else training.max_steps
     checkpointing = None if training.activation_checkpointing == "auto" else training.activation_checkpointing
-    return TrialJob(trial_id, shape, rows_per_worker, micro_batch, checkpointing, steps)
+    return TrialJob(trial_id, shape, rows_per_worker, micro_batch, checkpointing, steps, vram_headroom)
 
 
 def offers_for(resources: Resources) -> list[Offer]:
@@ -222,10 +227,10 @@ def plan_trial(
     cache = {} if sizing_cache is None else sizing_cache
     rows = []
     for offer in offers:
-        key = (job.shape, job.rows_per_worker, job.micro_batch, job.checkpointing, offer.gpu.name)
+        key = (job.shape, job.rows_per_worker, job.micro_batch, job.checkpointing, offer.gpu.name, job.vram_headroom)
         if key not in cache:
             cache[key] = autosize(job.shape, offer.gpu, job.rows_per_worker, job.micro_batch, job.checkpointing,
-                                  calibration)
+                                  calibration, job.vram_headroom)
         rows.append(price_row(job, offer, cache[key], steps_done, storage, every_steps))
     rows = _pick(rows, max_price_per_hour)
     chosen = next((r for r in rows if r.chosen), None)
@@ -236,7 +241,7 @@ def plan_trial(
         else:
             offered = {o.gpu.name: o.gpu for o in offers}.values()
             advice = fit_advice(job.shape, job.rows_per_worker, offered, gpus().values(), job.micro_batch,
-                                job.checkpointing, calibration)
+                                job.checkpointing, calibration, job.vram_headroom)
     return TrialPlan(job.trial_id, job.steps, job.shape.rows.source, rows, chosen, advice)
 
 
@@ -249,7 +254,7 @@ def choose_offer(
     every_steps: int | None = None,
 ) -> PlanRow | None:
     """The cheapest offer (expected $, preemptions included) on which the trial's remaining steps fit, or None."""
-    job = trial_job(trial.id, trial.config, resources.gpus_per_trial)
+    job = trial_job(trial.id, trial.config, resources.gpus_per_trial, resources.vram_headroom)
     return plan_trial(job, offers, resources.max_price_per_hour, steps_done, storage, every_steps).chosen
 
 
@@ -260,7 +265,7 @@ def plan_sweep(spec: SweepSpec, trials: Iterable[TrialSpec], offers: Sequence[Of
     plans = []
     for trial in trials:
         try:
-            job = trial_job(trial.id, trial.config, spec.resources.gpus_per_trial)
+            job = trial_job(trial.id, trial.config, spec.resources.gpus_per_trial, spec.resources.vram_headroom)
         except EstimateError as error:
             raise EstimateError(f"trial {trial.id}: {error}") from None
         plans.append(plan_trial(job, offers, spec.resources.max_price_per_hour, 0, spec.storage, every, None, cache))

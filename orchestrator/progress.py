@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 from orchestrator.controller import controller_pid
 from orchestrator.events import (
-    Budget, CheckpointSkipped, Error, EventKind, Launch, Lost, Notice, Preempted, Retry, StorageUnavailable, Succeeded,
-    Waiting,
+    Budget, CheckpointSkipped, Error, EventKind, Launch, Lost, Notice, Preempted, Retry, Stopped, StorageUnavailable,
+    Succeeded, Waiting,
 )
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import compute_ledger
@@ -17,7 +17,7 @@ from orchestrator.state import Event, RunRow, StateStore, TrialRow
 SHOWN_EVENTS = {
     EventKind.LAUNCH, EventKind.NOTICE, EventKind.PREEMPTED, EventKind.LOST, EventKind.ERROR, EventKind.SUCCEEDED,
     EventKind.CANCELLED, EventKind.BUDGET, EventKind.WAITING, EventKind.TRAINING, EventKind.CHECKPOINT_SKIPPED,
-    EventKind.STORAGE_UNAVAILABLE, EventKind.STORAGE_RESTORED, EventKind.RETRY,
+    EventKind.STORAGE_UNAVAILABLE, EventKind.STORAGE_RESTORED, EventKind.RETRY, EventKind.STOPPED,
 }
 
 
@@ -25,7 +25,7 @@ def run_status(run: RunRow, trials: list[TrialRow], alive: bool) -> str:
     if any(not trial.terminal for trial in trials):
         return "running" if alive else "interrupted"
     states = {trial.state for trial in trials}
-    if states == {"succeeded"}:
+    if "succeeded" in states and states <= {"succeeded", "stopped"}:  # early stopping's losers are expected
         return "succeeded"
     return "failed" if "failed" in states else "cancelled"
 
@@ -101,6 +101,9 @@ def _describe(event: Event) -> str:
             return f"failed: budget exhausted (${data.spent or 0:.4f} of ${data.budget})"
         case Waiting():
             return f"waiting: {data.reason}"
+        case Stopped():
+            return (f"stopped early at step {data.reached_step} (eval loss {_number(data.eval_loss)}), "
+                    f"${data.saved_usd or 0:.6f} saved")
         case StorageUnavailable():
             return f"storage unreachable, waiting with backoff: {data.error}"
         case Retry():

@@ -20,11 +20,11 @@ from orchestrator.events import EventDetail, EventKind, Retry, parse_kind, read_
 
 DB_NAME = "spottune.db"
 BUSY_TIMEOUT_S = 30.0
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled", "stopped")  # stopped: by early stopping, checkpoints kept
 TRANSITIONS = {
     "pending": {"provisioning", "failed", "cancelled"},
     "provisioning": {"running", "preempted", "pending", "failed", "cancelled"},
-    "running": {"running", "preempted", "pending", "succeeded", "failed", "cancelled"},
+    "running": {"running", "preempted", "pending", "succeeded", "failed", "cancelled", "stopped"},
     "preempted": {"provisioning", "failed", "cancelled"},
 }
 
@@ -306,6 +306,12 @@ class StateStore:
                 (*values.values(), time.time(), run_id, trial_id),
             )
 
+    def set_trial_params(self, run_id: str, trial_id: str, params: dict, config: dict) -> None:
+        """Give a trial the parameters a sequential search (Optuna) chose for it just before its first launch."""
+        with self._write() as db:
+            db.execute("UPDATE trials SET params = ?, config = ?, updated = ? WHERE run_id = ? AND id = ?",
+                       (json.dumps(params), json.dumps(config), time.time(), run_id, trial_id))
+
     def retry_failed(self, run_id: str) -> list[str]:
         """Send the run's failed trials back to pending with their error count cleared; returns their ids.
 
@@ -356,7 +362,7 @@ class StateStore:
     def request_cancel(self, run_id: str, trial_id: str | None = None) -> int:
         """Flag non-terminal trials (one, or the whole run) for the controller to cancel; returns how many."""
         query = ("UPDATE trials SET cancel_requested = 1 "
-                 "WHERE run_id = ? AND state NOT IN ('succeeded', 'failed', 'cancelled')")
+                 "WHERE run_id = ? AND state NOT IN ('succeeded', 'failed', 'cancelled', 'stopped')")
         arguments: tuple = (run_id,)
         if trial_id is not None:
             query += " AND id = ?"

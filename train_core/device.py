@@ -6,8 +6,10 @@ from functools import lru_cache
 
 import torch
 
+from train_core.bitsandbytes_cpu import DESCRIPTIONS, GENERIC, choose_bitsandbytes_cpu_path
 from train_core.config import TrainConfig
 from train_core.errors import ConfigError
+from train_core.models.attention import choose_attention
 
 
 @dataclass(frozen=True)
@@ -18,12 +20,15 @@ class DevicePath:
     optimizer: str  # "adamw" | "adamw_8bit"
     activation_checkpointing: str  # "none" | "full" | "offload"
     reason: str
+    attention: str = "sdpa"  # the attn_implementation the model loads with
+    attention_reason: str = "default"
 
     def describe(self) -> str:
         dtype = str(self.compute_dtype).removeprefix("torch.")
         return (
             f"{self.device}: base weights {self.quantization}, compute {dtype}, optimizer {self.optimizer}, "
-            f"activation checkpointing {self.activation_checkpointing} ({self.reason})"
+            f"activation checkpointing {self.activation_checkpointing}, attention {self.attention} "
+            f"({self.attention_reason}) ({self.reason})"
         )
 
 
@@ -41,6 +46,7 @@ def bitsandbytes_cpu_trains() -> tuple[bool, str]:
             torch.randn(64, 64, generator=generator), requires_grad=False, quant_type="nf4"
         )
         layer = layer.to("cpu")
+        choose_bitsandbytes_cpu_path(layer)
         inputs = torch.randn(4, 64, generator=generator, requires_grad=True)
         layer(inputs).sum().backward()
         if inputs.grad is None or not torch.isfinite(inputs.grad).all():
@@ -59,7 +65,10 @@ def choose_device_path(config: TrainConfig, force_cpu: bool = False) -> DevicePa
         compute = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32}[model.compute_dtype]
         optimizer = "adamw_8bit" if training.optimizer == "auto" else training.optimizer
         checkpointing = "full" if training.activation_checkpointing == "auto" else training.activation_checkpointing
-        return DevicePath("cuda", quantization, compute, optimizer, checkpointing, "CUDA GPU found")
+        return DevicePath(
+            "cuda", quantization, compute, optimizer, checkpointing, "CUDA GPU found", *choose_attention(model, "cuda")
+        )
+    attention = choose_attention(model, "cpu")  # a wrong attention setting fails before the bitsandbytes probe
     if training.optimizer == "adamw_8bit":
         raise ConfigError("training.optimizer: adamw_8bit needs a CUDA GPU; accepted on CPU: auto, adamw")
     quantization = model.quantization
@@ -67,7 +76,7 @@ def choose_device_path(config: TrainConfig, force_cpu: bool = False) -> DevicePa
     if quantization in ("auto", "nf4"):
         trains, why = bitsandbytes_cpu_trains()
         if trains:
-            quantization, reason = "nf4", f"no CUDA GPU; {why}"
+            quantization, reason = "nf4", f"no CUDA GPU; {why}; {DESCRIPTIONS[GENERIC]}"
         elif model.quantization == "nf4":
             raise ConfigError(f"model.quantization: nf4 on CPU is not possible here: {why}; accepted: auto, bf16, fp32")
         else:
@@ -76,4 +85,4 @@ def choose_device_path(config: TrainConfig, force_cpu: bool = False) -> DevicePa
     if training.activation_checkpointing == "offload":
         raise ConfigError("training.activation_checkpointing: offload needs a CUDA GPU; accepted on CPU: auto, none, full")
     checkpointing = "none" if training.activation_checkpointing == "auto" else training.activation_checkpointing
-    return DevicePath("cpu", quantization, compute, "adamw", checkpointing, reason)
+    return DevicePath("cpu", quantization, compute, "adamw", checkpointing, reason, *attention)

@@ -24,7 +24,7 @@ class RecordKind(StrEnum):
     """What rank 0 reports to the controller; each record is a dict with trial, attempt, kind, time and fields."""
 
     STARTED = "started"  # world_size
-    METRICS = "metrics"  # step, total_steps, loss, lr, step_seconds
+    METRICS = "metrics"  # step, total_steps, loss, lr, step_seconds, peak_memory_gib
     EVAL = "eval"  # step, eval_loss
     CHECKPOINT = "checkpoint"  # step, save_seconds
     CHECKPOINT_SKIPPED = "checkpoint_skipped"  # step (resumed from), skipped
@@ -99,7 +99,8 @@ def train_worker(payload: AttemptPayload) -> None:
             if agent is not None and rank == 0:
                 agent.beat(record["step"])
             send(RecordKind.METRICS, step=record["step"], total_steps=record["total_steps"], loss=record["loss"],
-                 lr=record["lr"], step_seconds=record["step_seconds"])
+                 lr=record["lr"], step_seconds=record["step_seconds"],
+                 peak_memory_gib=record.get("peak_reserved_gib", record.get("peak_rss_gib")))
         elif "eval_loss" in record:
             send(RecordKind.EVAL, step=record["step"], eval_loss=record["eval_loss"])
 

@@ -198,3 +198,39 @@ def test_a_dead_controller_s_session_is_reaped(tmp_path):
 def test_agent_without_a_node_is_none(tmp_path):
     assert agent_from_env({}) is None
     assert LocalNodeAgent(tmp_path).notice_deadline() is None
+
+
+def test_time_scale_runs_boot_preemption_notice_and_cooldown_faster(tmp_path):
+    """At time_scale 100, 20 s of boot, a preemption 30 s into the run, 60 s of notice and 1000 s of cooldown
+    take a hundredth of that on the wall clock."""
+    market = SimulatedMarket(preemptions=[{"trial": 0, "after_s": 30, "notice_s": 60}], boot_s=20,
+                             capacity_cooldown_s=1000, time_scale=100)
+    provider = LocalProvider(tmp_path, market, cpus=1)
+    offer = provider.offers(Requirements())[0]
+    node = provider.launch(offer, LaunchSpec("run", "t000-aaaaaa", 0, 1))
+    running = _watch_until(provider, node, "running")[-1]
+    assert running.time >= node.launched_at + 0.2
+    notice = _watch_until(provider, node, "notice")[-1]
+    assert notice.time >= running.time + 0.3
+    assert notice.deadline - notice.time == pytest.approx(0.6)
+    assert offer.gpu.name not in {o.gpu.name for o in provider.offers(Requirements())}
+    lost = _watch_until(provider, node, "lost")[-1]
+    assert lost.time >= notice.deadline
+
+
+def test_the_market_can_copy_chosen_providers_prices():
+    from cost_models.catalog import list_offers
+    from cost_models.errors import EstimateError
+
+    hyperscalers = LocalProvider("/nonexistent", SimulatedMarket(prices_from=["aws", "gcp"]), cpus=1)
+    offers = hyperscalers.offers(Requirements(market="any"))
+    assert offers and all(o.source.startswith(("simulated at the price of aws ", "simulated at the price of gcp "))
+                          for o in offers)
+    real = list_offers(["aws", "gcp"], "any")
+    for offer in offers:
+        same = [o.usd_per_gpu_hour for o in real if (o.gpu.name, o.market) == (offer.gpu.name, offer.market)]
+        assert offer.usd_per_gpu_hour == min(same)
+    everyone = LocalProvider("/nonexistent", SimulatedMarket(), cpus=1).offers(Requirements(market="any"))
+    assert len(everyone) >= len(offers)
+    with pytest.raises(EstimateError, match="simulation.prices_from: unknown provider 'nowhere'; accepted: "):
+        LocalProvider("/nonexistent", SimulatedMarket(prices_from=["nowhere"]), cpus=1).offers(Requirements())

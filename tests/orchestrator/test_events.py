@@ -9,7 +9,7 @@ import pytest
 from cluster.node.preemption import PreemptionCause
 from orchestrator.events import (
     DETAILS, Budget, Checkpoint, CheckpointSkipped, Error, EventKind, Launch, Lost, NodeLost, Notice, Preempted, Retry,
-    StorageRestored, StorageUnavailable, Succeeded, Training, Waiting, WorkersStarted,
+    Stopped, StorageRestored, StorageUnavailable, Succeeded, Training, Waiting, WorkersStarted,
 )
 from orchestrator.ledger import compute_ledger
 from orchestrator.progress import describe_event
@@ -21,7 +21,7 @@ PRICE = 3600.0  # $/h: a second costs a dollar
 EXAMPLES = [
     Waiting("no offer fits right now"),
     Budget(spent=1.5, budget=2.0),
-    Launch("L4", "spot", "1xL4 spot local/local $0.2830/h", 3, 0.01, {"checkpoint.every_steps": 4}),
+    Launch("L4", "spot", "1xL4 spot local/local $0.2830/h", 3, 0.01, 2.5, 0.2, {"checkpoint.every_steps": 4}),
     WorkersStarted(2),
     Training(step_seconds=0.5, resumed_from=3),
     Checkpoint(save_seconds=0.25),
@@ -34,6 +34,7 @@ EXAMPLES = [
     Lost(PreemptionCause.CONTROLLER_RESTART, "node lost while the controller was down"),
     Error("RuntimeError: boom", True, 1, 2),
     Succeeded(train_loss=1.25, eval_loss=1.5),
+    Stopped(eval_loss=2.5, reached_step=4, total_steps=10, saved_usd=0.002, pruner="median"),
     Retry(errors=3),
 ]
 
@@ -88,7 +89,7 @@ def test_a_preempted_attempt_reads_back_in_ledger_progress_and_report(tmp_path):
 
     def attempt(number, start, resume_from, events):
         common = dict(attempt=number, node=f"n{number}", **node)
-        store.record("r1", TRIAL, Launch("L4", "spot", "1xL4", resume_from, None, {}), "provisioning",
+        store.record("r1", TRIAL, Launch("L4", "spot", "1xL4", resume_from, None, None, None, {}), "provisioning",
                      count="attempts", now=start, step=resume_from, **common)
         for event, state, when, extra in events:
             store.record("r1", TRIAL, event, state, now=when, **common, **extra)

@@ -1,4 +1,4 @@
-"""Read instruction JSONL (alpaca, sharegpt, messages) into a list of chat conversations."""
+"""Read instruction rows (alpaca, sharegpt, messages, and TRL's prompt/completion and text) into conversations."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,11 @@ from train_core.errors import DataError
 
 Message = dict[str, str]
 Conversation = list[Message]
-FormatName = Literal["alpaca", "sharegpt", "messages"]
+FormatName = Literal["alpaca", "sharegpt", "messages", "prompt_completion", "text"]
 
 ACCEPTED = (
-    "alpaca (instruction/input/output), sharegpt (conversations: [{from, value}]) "
-    "or messages (messages: [{role, content}])"
+    "alpaca (instruction/input/output), sharegpt (conversations: [{from, value}]), "
+    "messages (messages: [{role, content}]), prompt_completion (prompt/completion) or text"
 )
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 CHAT_ROLES = ("system", "user", "assistant")
@@ -26,6 +26,10 @@ def detect_format(row: dict) -> FormatName | None:
         return "sharegpt"
     if "instruction" in row and "output" in row:
         return "alpaca"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if "text" in row:
+        return "text"
     return None
 
 
@@ -64,32 +68,43 @@ def _refuse_constant(name: str) -> float:
 
 
 def load_conversations(
-    path: str | Path, format: str = "auto", system_prompt: str | None = None
-) -> tuple[list[Conversation], FormatName]:
-    """All rows of a JSONL file as conversations, with the detected (or given) format."""
-    path = Path(path)
-    rows = read_jsonl(path)
+    path: str | Path, format: str = "auto", system_prompt: str | None = None, split: str = "train",
+    columns: dict[str, str] | None = None,
+) -> tuple[list, FormatName]:
+    """All rows of a data source (see data/sources.py) as conversations (or TRL prompt/completion records),
+    with the detected (or given) format."""
+    from train_core.data.sources import read_rows
+    from train_core.data.trl_formats import from_prompt_completion, from_text
+
+    rows = read_rows(path, split, columns)
     if format == "auto":
-        first_line, first_row = rows[0]
+        first_where, first_row = rows[0]
         detected = detect_format(first_row)
         if detected is None:
             keys = ", ".join(sorted(first_row)) or "none"
-            raise DataError(f"{path}:{first_line}: unknown row format (keys: {keys}); accepted: {ACCEPTED}")
+            raise DataError(f"{first_where}: unknown row format (keys: {keys}); accepted: {ACCEPTED}; "
+                            "or map other columns with data.columns")
         format = detected
-    converter = {"alpaca": _from_alpaca, "sharegpt": _from_sharegpt, "messages": _from_messages}.get(format)
+    converter = {"alpaca": _from_alpaca, "sharegpt": _from_sharegpt, "messages": _from_messages,
+                 "prompt_completion": from_prompt_completion, "text": from_text}.get(format)
     if converter is None:
-        raise DataError(f"{path}: unknown data format {format!r}; accepted: auto, alpaca, sharegpt, messages")
+        raise DataError(f"{path}: unknown data format {format!r}; accepted: auto, {', '.join(FormatName.__args__)}")
     conversations = []
-    for number, row in rows:
-        conversation = converter(row, f"{path}:{number}")
-        if system_prompt and conversation[0]["role"] != "system":
+    for where, row in rows:
+        conversation = converter(row, where)
+        if system_prompt and isinstance(conversation, list) and conversation[0]["role"] != "system":
             conversation = [{"role": "system", "content": system_prompt}, *conversation]
+        elif system_prompt and getattr(conversation, "conversational", False) and (
+                not conversation.prompt or conversation.prompt[0]["role"] != "system"):
+            conversation.prompt = [{"role": "system", "content": system_prompt}, *conversation.prompt]
         conversations.append(conversation)
     return conversations, format  # type: ignore[return-value]
 
 
 def _text(row: dict, key: str, where: str, required: bool = True) -> str:
-    value = row.get(key, "" if not required else None)
+    value = row.get(key)
+    if value is None and not required:  # absent, or an empty cell of a CSV/Parquet column
+        return ""
     if value is None:
         raise DataError(f"{where}: missing field '{key}'")
     if not isinstance(value, str):
