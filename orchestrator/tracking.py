@@ -74,7 +74,7 @@ def trial_summary(state: StateStore, run_id: str, trial: TrialRow) -> dict:
     events = state.events(run_id, trial.id)
     ledger = compute_ledger(events, time.time())
     cost = ledger.trials.get(trial.id)
-    launches = [e.data for e in events if isinstance(e.data, Launch)]
+    predicted = next((e.data for e in events if isinstance(e.data, Launch)), None)
     stopped = next((e.data for e in events if isinstance(e.data, Stopped)), None)
     final = {
         "usd": cost.usd if cost else 0.0,
@@ -86,8 +86,7 @@ def trial_summary(state: StateStore, run_id: str, trial: TrialRow) -> dict:
         final["final_eval_loss"] = trial.eval_loss
     if stopped is not None:
         final["saved_usd"] = float(stopped.saved_usd or 0.0)
-    if launches:
-        predicted = launches[0]
+    if predicted is not None:
         for name, value in (("predicted_usd", predicted.expected_usd),
                             ("predicted_vram_gib", predicted.expected_vram_gib),
                             ("predicted_step_seconds", predicted.expected_step_seconds)):
@@ -103,7 +102,8 @@ def trial_summary(state: StateStore, run_id: str, trial: TrialRow) -> dict:
         final["measured_step_seconds"] = sorted(step_times)[len(step_times) // 2]
     return {
         "params": {name: str(value) for name, value in trial.params.items()},
-        "tags": {TRIAL_TAG: trial.id, "spottune.state": trial.state, "spottune.offer": predicted.get("offer", "")},
+        "tags": {TRIAL_TAG: trial.id, "spottune.state": trial.state,
+                 "spottune.offer": predicted.offer if predicted else ""},
         "curves": {kind: points for kind, points in curves.items() if points},
         "final": final,
     }

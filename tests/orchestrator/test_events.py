@@ -15,6 +15,7 @@ from orchestrator.ledger import compute_ledger
 from orchestrator.progress import describe_event
 from orchestrator.report import resume_latencies
 from orchestrator.state import StateStore
+from orchestrator.tracking import trial_summary
 
 TRIAL = "t000-aaaaaa"
 PRICE = 3600.0  # $/h: a second costs a dollar
@@ -89,8 +90,8 @@ def test_a_preempted_attempt_reads_back_in_ledger_progress_and_report(tmp_path):
 
     def attempt(number, start, resume_from, events):
         common = dict(attempt=number, node=f"n{number}", **node)
-        store.record("r1", TRIAL, Launch("L4", "spot", "1xL4", resume_from, None, None, None, {}), "provisioning",
-                     count="attempts", now=start, step=resume_from, **common)
+        launch = Launch("L4", "spot", f"1xL4 a{number}", resume_from, 0.5, 3.0, 0.25, {})
+        store.record("r1", TRIAL, launch, "provisioning", count="attempts", now=start, step=resume_from, **common)
         for event, state, when, extra in events:
             store.record("r1", TRIAL, event, state, now=when, **common, **extra)
 
@@ -122,7 +123,7 @@ def test_a_preempted_attempt_reads_back_in_ledger_progress_and_report(tmp_path):
     lines = [describe_event(event).split(" ", 2)[2] for event in events]
     assert "preemption notice, 5.0 s to the deadline" in lines
     assert "preempted (notice_checkpoint) at step 4, committed 4, 0 step(s) to redo" in lines
-    assert "attempt 2 on 1xL4, from step 4" in lines
+    assert "attempt 2 on 1xL4 a2, from step 4" in lines
     assert "succeeded at step 10, eval loss 1.1000" in lines
 
     [latency] = resume_latencies(events)
@@ -131,3 +132,9 @@ def test_a_preempted_attempt_reads_back_in_ledger_progress_and_report(tmp_path):
     assert (latency.boot, latency.workers, latency.first_step) == (2.0, 3.0, 2.0)
     assert latency.restore == pytest.approx(129.0 - 125.0)
     assert latency.total == pytest.approx(131.0 - 118.0)
+
+    summary = trial_summary(store, "r1", store.trial("r1", TRIAL))
+    assert summary["tags"]["spottune.offer"] == "1xL4 a1"
+    assert (summary["final"]["predicted_usd"], summary["final"]["predicted_vram_gib"],
+            summary["final"]["predicted_step_seconds"]) == (0.5, 3.0, 0.25)
+    assert summary["final"]["preemptions"] == 1.0
