@@ -45,8 +45,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster.node.agent import NODE_DIR_ENV, NOTICE_FILE, RECLAIMED_FILE  # noqa: E402
 from cluster.providers.local import LocalProvider, LocalSettings  # noqa: E402
-from cluster.node_agent import NODE_DIR_ENV, NOTICE_FILE, RECLAIMED_FILE  # noqa: E402
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements  # noqa: E402
 from cluster.storage import open_store  # noqa: E402
 from cost_models.autosize import autosize  # noqa: E402

@@ -13,25 +13,31 @@ Run as a daemon: `python -m orchestrator.controller --state-dir DIR RUN` (spawne
 from __future__ import annotations
 
 import argparse
-import copy
 import fcntl
 import json
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cluster.node.preemption import PreemptionCause, interruption
+from cluster.node.worker import AttemptPayload, RecordKind
 from cluster.provider import LaunchSpec, Node, Provider, describe_offer
 from cluster.storage import Backoff, describe_error, open_store, storage_errors
+from orchestrator.attempt import attempt_config, planned_settings
+from orchestrator.events import (
+    Budget, Checkpoint, CheckpointSkipped, Error, EventDetail, EventKind, Launch, Lost, NodeLost, Notice,
+    OrphanTerminated, Preempted, Stopped, StorageRestored, StorageUnavailable, Succeeded, Training, WorkersStarted, Waiting,
+)
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import compute_ledger, spent_usd
 from orchestrator.mirror import RunMirror
-from orchestrator.planner import PlanRow, choose_offer, requirements
+from orchestrator.planner import choose_offer, requirements
 from orchestrator.pruning import SweepStudy, saved_usd
-from orchestrator.spec import SweepSpec, TrialSpec, set_dotted
+from orchestrator.spec import SweepSpec, TrialSpec, with_params
 from orchestrator.state import StateStore
 from train_core.checkpoint import STATE_FILE, newest_committed_step, step_key
 from train_core.config import TrainConfig
@@ -48,28 +54,6 @@ class StateLost(Exception):
     """The run's state database disappeared from under the controller."""
 
 
-def planned_settings(choice: PlanRow, config: TrainConfig, spec: SweepSpec, accelerator: str) -> dict:
-    """Config fields the chosen plan row decides: the Young/Daly checkpoint interval when the sweep asks for
-    `auto`, and on a CUDA node the micro-batch and checkpointing mode the row was sized with (where the config
-    leaves them `auto`). None of them is in the config fingerprint, so each attempt may differ."""
-    settings: dict = {}
-    if spec.checkpoint.every_steps == "auto" and choice.run is not None:
-        settings["checkpoint.every_steps"] = choice.run.checkpoint_every_steps
-    if accelerator == "cuda":
-        shape = choice.estimate.shape
-        if config.training.micro_batch_size == "auto":
-            settings["training.micro_batch_size"] = shape.micro_batch
-        if config.training.activation_checkpointing == "auto":
-            settings["training.activation_checkpointing"] = shape.checkpointing
-    return settings
-
-
-def with_settings(config: dict, settings: dict) -> dict:
-    """A copy of a config mapping with dotted fields replaced."""
-    result = copy.deepcopy(config)
-    for name, value in settings.items():
-        set_dotted(result, name, value)
-    return result
 
 
 @dataclass
@@ -80,6 +64,7 @@ class Active:
     attempt: int
     node: Node
     resume_step: int
+    config: TrainConfig  # the attempt's train config (orchestrator/attempt.py)
     handle: AttemptHandle | None = None
     notice_deadline: float | None = None
     lost_at: float | None = None
@@ -88,7 +73,6 @@ class Active:
     trained: bool = False
     final: dict | None = None
     stop_at: int | None = None  # early stopping judged this trial at this step: stop once it is committed
-    settings: dict = field(default_factory=dict)  # what the chosen plan row sets in the trial's config
 
 
 class Controller:
@@ -125,8 +109,8 @@ class Controller:
             return self.committed_step(trial_id)
         except storage_errors() as error:
             self.trial_log(trial_id, 0, f"storage unreachable ({describe_error(error)}); using the last known step")
-            steps = [e.step for e in self.state.events(self.run_id, trial_id)
-                     if e.kind in ("checkpoint", "launch", "checkpoint_skipped") and e.step is not None]
+            known = (EventKind.CHECKPOINT, EventKind.LAUNCH, EventKind.CHECKPOINT_SKIPPED)
+            steps = [e.step for e in self.state.events(self.run_id, trial_id) if e.kind in known and e.step is not None]
             return max(steps, default=0)
 
     def storage_ready(self, trial_id: str) -> int | None:
@@ -141,13 +125,12 @@ class Controller:
             wait = backoff.next_wait()
             self._storage_down[trial_id] = (backoff, time.monotonic() + wait)
             if down is None:
-                self.state.record(self.run_id, trial_id, "storage_unavailable",
-                                  detail={"error": describe_error(error), "source": "controller"})
+                self.state.record(self.run_id, trial_id, StorageUnavailable(describe_error(error), "controller"))
                 self.trial_log(trial_id, 0, f"storage unreachable ({describe_error(error)}); waiting for it")
             return None
         if down is not None:
             del self._storage_down[trial_id]
-            self.state.record(self.run_id, trial_id, "storage_restored", step=step, detail={"source": "controller"})
+            self.state.record(self.run_id, trial_id, StorageRestored("controller"), step=step)
             self.trial_log(trial_id, 0, "storage reachable again")
         return step
 
@@ -182,9 +165,8 @@ class Controller:
         """Terminate every node a provider still rents for this run once no attempt needs one (none is orphaned)."""
         for node in self.provider.list_nodes(self.run_id):
             self.provider.terminate(node)
-            self.state.record(self.run_id, node.spec.trial_id, "orphan_terminated", attempt=node.spec.attempt,
-                              node=node.id, offer=node.offer.key, detail={"offer": describe_offer(node.offer,
-                                                                                                   node.spec.gpus)})
+            self.state.record(self.run_id, node.spec.trial_id, OrphanTerminated(describe_offer(node.offer, node.spec.gpus)),
+                              attempt=node.spec.attempt, node=node.id, offer=node.offer.key)
             self.trial_log(node.spec.trial_id, node.spec.attempt, f"terminated leftover node {node.id}")
 
     def check_state(self) -> None:
@@ -197,30 +179,31 @@ class Controller:
     def recover(self) -> None:
         """Close attempts left open by a controller that died; their trials go back to be relaunched."""
         events = self.state.events(self.run_id)
-        closed = {(e.trial_id, e.attempt) for e in events if e.kind == "terminated"}
-        for launch in [e for e in events if e.kind == "launch" and (e.trial_id, e.attempt) not in closed]:
+        closed = {(e.trial_id, e.attempt) for e in events if e.kind == EventKind.TERMINATED}
+        for launch in [e for e in events if e.kind == EventKind.LAUNCH and (e.trial_id, e.attempt) not in closed]:
             trial = self.state.trial(self.run_id, launch.trial_id)
             last_sign = max([e.time for e in events if (e.trial_id, e.attempt) == (launch.trial_id, launch.attempt)]
                             + [row[3] for row in self.state.metrics(self.run_id, trial.id) if row[0] == launch.attempt])
             if trial.state in ("provisioning", "running"):
                 self.state.record(
-                    self.run_id, trial.id, "lost", "preempted", attempt=launch.attempt, node=launch.node,
-                    offer=launch.offer, price=launch.price, step=self.known_step(trial.id),
-                    detail={"cause": "controller_restart", "reason": "node lost while the controller was down"},
+                    self.run_id, trial.id, Lost(PreemptionCause.CONTROLLER_RESTART,
+                                                "node lost while the controller was down"),
+                    "preempted", attempt=launch.attempt, node=launch.node, offer=launch.offer, price=launch.price,
+                    step=self.known_step(trial.id),
                 )
                 self.trial_log(trial.id, launch.attempt, "node lost while the controller was down; relaunching")
-            self.state.record(self.run_id, trial.id, "terminated", attempt=launch.attempt, node=launch.node,
+            self.state.record(self.run_id, trial.id, EventKind.TERMINATED, attempt=launch.attempt, node=launch.node,
                               offer=launch.offer, price=launch.price, now=last_sign)
 
     def apply(self, records: list[dict]) -> None:
-        """Turn worker records into metrics, progress, events and log lines."""
+        """Turn worker records (cluster/node/worker.py's RecordKind) into metrics, progress, events and log lines."""
         metrics: dict[tuple[str, int], list[tuple[int, str, float, float]]] = {}
         progress: dict[str, dict] = {}
         for record in records:
             trial_id, attempt, kind, when = record["trial"], record["attempt"], record["kind"], record["time"]
             active = self.active.get(trial_id)
             current = active is not None and active.attempt == attempt
-            if kind == "metrics":
+            if kind == RecordKind.METRICS:
                 rows = metrics.setdefault((trial_id, attempt), [])
                 rows += [(record["step"], "loss", record["loss"], when), (record["step"], "lr", record["lr"], when),
                          (record["step"], "step_seconds", record["step_seconds"], when)]
@@ -232,35 +215,32 @@ class Controller:
                     active.max_step = max(active.max_step, record["step"])
                     if not active.trained:
                         active.trained = True
-                        self._event(active, "training", step=record["step"], now=when,
-                                    detail={"step_seconds": record["step_seconds"], "resumed_from": active.resume_step})
-            elif kind == "eval":
+                        self._event(active, Training(record["step_seconds"], active.resume_step),
+                                    step=record["step"], now=when)
+            elif kind == RecordKind.EVAL:
                 row = (record["step"], "eval_loss", record["eval_loss"], when)
                 metrics.setdefault((trial_id, attempt), []).append(row)
                 progress.setdefault(trial_id, {})["eval_loss"] = record["eval_loss"]
                 if current and self.pruning is not None and \
                         self.pruning.report(trial_id, record["step"], record["eval_loss"]):
                     active.stop_at = record["step"]
-            elif kind == "checkpoint" and current:
-                self._event(active, "checkpoint", step=record["step"], now=when,
-                            detail={"save_seconds": record.get("save_seconds")})
-            elif kind == "storage_outage" and current:
+            elif kind == RecordKind.CHECKPOINT and current:
+                self._event(active, Checkpoint(record.get("save_seconds")), step=record["step"], now=when)
+            elif kind == RecordKind.STORAGE_OUTAGE and current:
                 if record["error"] is None:
-                    self._event(active, "storage_restored", now=when, detail={"source": "worker"})
+                    self._event(active, StorageRestored("worker"), now=when)
                 else:
-                    self._event(active, "storage_unavailable", now=when, detail={"error": record["error"],
-                                                                                 "source": "worker"})
+                    self._event(active, StorageUnavailable(record["error"], "worker"), now=when)
                 self.trial_log(trial_id, attempt, f"storage unreachable, waiting: {record['error']}"
                                if record["error"] else "storage reachable again", when)
-            elif kind == "checkpoint_skipped" and current:
+            elif kind == RecordKind.CHECKPOINT_SKIPPED and current:
                 active.resume_step = record["step"]
-                self._event(active, "checkpoint_skipped", step=record["step"], now=when,
-                            detail={"skipped": record["skipped"], "resumed_from": record["step"]})
-            elif kind == "started" and current:
-                self._event(active, "workers_started", now=when, detail={"world_size": record["world_size"]})
-            elif kind == "log":
+                self._event(active, CheckpointSkipped(record["skipped"], record["step"]), step=record["step"], now=when)
+            elif kind == RecordKind.STARTED and current:
+                self._event(active, WorkersStarted(record["world_size"]), now=when)
+            elif kind == RecordKind.LOG:
                 self.trial_log(trial_id, attempt, record["line"], when)
-            elif kind == "finished" and current:
+            elif kind == RecordKind.FINISHED and current:
                 active.final = record
         for (trial_id, attempt), rows in metrics.items():
             self.state.add_metrics(self.run_id, trial_id, attempt, rows)
@@ -271,19 +251,18 @@ class Controller:
         for active in list(self.active.values()):
             for event in self.provider.watch(active.node):
                 if event.kind == "running":
-                    self._event(active, "node_running", "running", step=active.resume_step, now=event.time)
+                    self._event(active, EventKind.NODE_RUNNING, "running", step=active.resume_step, now=event.time)
                     active.handle = self.runner.start(self._payload(active))
                 elif event.kind == "notice":
                     active.notice_deadline = event.deadline
-                    self._event(active, "notice", now=event.time, detail={
-                        "deadline": event.deadline, "notice_s": round(event.deadline - event.time, 3),
-                        "reason": event.reason})
+                    self._event(active, Notice(event.deadline, round(event.deadline - event.time, 3), event.reason),
+                                now=event.time)
                     self.trial_log(active.trial_id, active.attempt, f"preemption notice: {event.reason}")
                 elif event.kind == "lost":
                     # Everything on the node is dead or dies as it starts, so nothing can write to the trial's
                     # storage any more: close the attempt now rather than wait for Ray to notice.
                     active.lost_at, active.lost_reason = event.time, event.reason
-                    self._event(active, "node_lost", now=event.time, detail={"reason": event.reason})
+                    self._event(active, NodeLost(event.reason), now=event.time)
                     self.apply(self.runner.drain())
                     self.finish(active, {"ok": False, "error": event.reason})
                     break
@@ -308,27 +287,24 @@ class Controller:
             self._backfill_losses(trial.id, committed)
             if self.pruning is not None:
                 self.pruning.completed(trial.id, final.get("eval_loss"))
-            self._event(active, "succeeded", "succeeded", step=final["step"],
-                        detail={"train_loss": final.get("train_loss"), "eval_loss": final.get("eval_loss")})
+            self._event(active, Succeeded(final.get("train_loss"), final.get("eval_loss")), "succeeded",
+                        step=final["step"])
         elif trial.cancel_requested:
-            self._event(active, "cancelled", "cancelled", step=committed)
+            self._event(active, EventKind.CANCELLED, "cancelled", step=committed)
         elif active.lost_at is not None or active.notice_deadline is not None:
-            if final.get("status") == "stopped":
-                cause = "notice_checkpoint"
-            else:
-                cause = "killed_after_notice" if active.notice_deadline is not None else "killed_without_notice"
-            self._event(active, "preempted", "preempted", step=committed, count="preemptions", detail={
-                "cause": cause, "reason": active.lost_reason or "spot capacity reclaimed",
-                "reached_step": active.max_step, "lost_steps": max(0, active.max_step - committed)})
-            self.trial_log(trial.id, active.attempt, f"preempted ({cause}); committed step {committed}")
+            lost = interruption(noticed=active.notice_deadline is not None, stopped=final.get("status") == "stopped",
+                                reached_step=active.max_step, committed=committed)
+            self._event(active, Preempted(lost.cause, active.lost_reason or "spot capacity reclaimed",
+                                          lost.reached_step, lost.lost_steps),
+                        "preempted", step=committed, count="preemptions")
+            self.trial_log(trial.id, active.attempt, f"preempted ({lost.cause}); committed step {committed}")
         else:
             error = outcome.get("error") or f"training ended with status {final.get('status')!r}"
             retry = trial.errors < self.spec.max_error_retries
-            self._event(active, "error", "pending" if retry else "failed", step=committed, count="errors",
-                        message=error, detail={"error": error, "retry": retry, "errors": trial.errors + 1,
-                                               "max_error_retries": self.spec.max_error_retries})
+            self._event(active, Error(error, retry, trial.errors + 1, self.spec.max_error_retries),
+                        "pending" if retry else "failed", step=committed, count="errors", message=error)
             self.trial_log(trial.id, active.attempt, f"error: {error}" + ("; retrying" if retry else "; giving up"))
-        self._event(active, "terminated", now=end)
+        self._event(active, EventKind.TERMINATED, now=end)
         del self.active[active.trial_id]
 
     def handle_cancels(self) -> None:
@@ -337,11 +313,11 @@ class Controller:
                 continue
             active = self.active.pop(trial.id, None)
             if active is None:
-                self.state.record(self.run_id, trial.id, "cancelled", "cancelled")
+                self.state.record(self.run_id, trial.id, EventKind.CANCELLED, "cancelled")
                 continue
             self.provider.terminate(active.node)
-            self._event(active, "cancelled", "cancelled", step=self.known_step(trial.id))
-            self._event(active, "terminated")
+            self._event(active, EventKind.CANCELLED, "cancelled", step=self.known_step(trial.id))
+            self._event(active, EventKind.TERMINATED)
 
     def stop_losers(self) -> None:
         """Stop the trials early stopping chose, once their latest checkpoint is committed; checkpoints are kept."""
@@ -360,10 +336,9 @@ class Controller:
             node = compute_ledger(self.state.events(self.run_id, trial.id), now).trials[trial.id].nodes[-1]
             training_usd = node.price_per_hour * (now - (node.first_step_start or node.start)) / 3600.0
             saved = saved_usd(training_usd, trial.step - active.resume_step, (trial.total_steps or 0) - trial.step)
-            self._event(active, "stopped", "stopped", step=committed, detail={
-                "eval_loss": trial.eval_loss, "reached_step": trial.step, "total_steps": trial.total_steps,
-                "saved_usd": saved, "pruner": self.spec.early_stopping.pruner})
-            self._event(active, "terminated")
+            self._event(active, Stopped(trial.eval_loss, trial.step, trial.total_steps, saved,
+                                        self.spec.early_stopping.pruner), "stopped", step=committed)
+            self._event(active, EventKind.TERMINATED)
             self.trial_log(trial.id, active.attempt, f"stopped early at step {trial.step} (eval loss "
                                                      f"{trial.eval_loss:.4f}); ~${saved:.6f} not spent")
             self.pruning.stopped(trial.id)
@@ -380,8 +355,7 @@ class Controller:
                 spent = spent_usd(self.state.events(self.run_id), time.time())
                 if spent >= budget:
                     message = f"budget exhausted: ${spent:.4f} of ${budget:g} spent"
-                    self.state.record(self.run_id, trial.id, "budget", "failed", message=message,
-                                      detail={"spent": spent, "budget": budget})
+                    self.state.record(self.run_id, trial.id, Budget(spent, budget), "failed", message=message)
                     continue
             if self.spec.search.method == "optuna" and trial.attempts == 0 and not trial.params:
                 trial = self.sample_params(trial)
@@ -397,30 +371,31 @@ class Controller:
             if choice is None:
                 if trial.id not in self._waiting:
                     self._waiting.add(trial.id)
-                    self.state.record(self.run_id, trial.id, "waiting", detail={"reason": "no offer fits right now"})
+                    self.state.record(self.run_id, trial.id, Waiting("no offer fits right now"))
                 continue
             self._waiting.discard(trial.id)
             attempt = trial.attempts + 1
             gpus = self.spec.resources.gpus_per_trial
             node = self.provider.launch(choice.offer, LaunchSpec(self.run_id, trial.id, trial.idx, attempt, gpus))
             settings = planned_settings(choice, config, self.spec, node.accelerator)
-            self.active[trial.id] = Active(trial.id, attempt, node, resume, settings=settings)
+            output_dir = str(self.storage.child(self.run_id, trial.id))
+            config = attempt_config(config, settings, output_dir)
+            self.active[trial.id] = Active(trial.id, attempt, node, resume, config)
             label = describe_offer(choice.offer, gpus)
             self.state.record(
-                self.run_id, trial.id, "launch", "provisioning", attempt=attempt, node=node.id,
-                offer=choice.offer.key, price=node.price_per_hour, step=resume, count="attempts",
-                detail={"gpu": choice.offer.gpu.name, "market": choice.offer.market, "offer": label,
-                        "resume_from": resume, "expected_usd": choice.run.usd if choice.run else None,
-                        "expected_vram_gib": choice.estimate.need_gib,
-                        "expected_step_seconds": choice.estimate.time.step,
-                        "settings": settings},
+                self.run_id, trial.id,
+                Launch(choice.offer.gpu.name, choice.offer.market, label, resume,
+                       choice.run.usd if choice.run else None, choice.estimate.need_gib, choice.estimate.time.step,
+                       settings.fields()),
+                "provisioning", attempt=attempt, node=node.id, offer=choice.offer.key, price=node.price_per_hour,
+                step=resume, count="attempts",
             )
             self.trial_log(trial.id, attempt, f"== attempt {attempt} on {node.id} ({label}), from step {resume}")
 
     def sample_params(self, trial):
         """Draw an Optuna-search trial's parameters (TPE over the trials so far) and write them into its config."""
         params = self.pruning.ask_params(trial.id)
-        config = with_settings(trial.config, params)
+        config = with_params(trial.config, params)
         self.state.set_trial_params(self.run_id, trial.id, params, config)
         self.trial_log(trial.id, 0, "parameters from the optuna search: "
                                     + ", ".join(f"{name}={value}" for name, value in params.items()))
@@ -428,22 +403,20 @@ class Controller:
 
     # helpers
 
-    def _event(self, active: Active, kind: str, state: str | None = None, **fields) -> None:
-        self.state.record(self.run_id, active.trial_id, kind, state, attempt=active.attempt, node=active.node.id,
+    def _event(self, active: Active, event: EventKind | EventDetail, state: str | None = None, **fields) -> None:
+        self.state.record(self.run_id, active.trial_id, event, state, attempt=active.attempt, node=active.node.id,
                           offer=active.node.offer.key, price=active.node.price_per_hour, **fields)
 
-    def _payload(self, active: Active) -> dict:
+    def _payload(self, active: Active) -> AttemptPayload:
         trial = self.state.trial(self.run_id, active.trial_id)
-        uri = self.storage.child(self.run_id, trial.id)
         node_dir = self.layout.root / "nodes" / active.node.id
-        return {
-            "run_id": self.run_id, "trial_id": trial.id, "attempt": active.attempt,
-            "config": {**with_settings(trial.config, active.settings), "output_dir": str(uri)}, "storage": str(uri),
-            "storage_endpoint": self.spec.storage_endpoint, "node_env": active.node.env,
-            "workers": self.spec.resources.gpus_per_trial, "use_gpu": active.node.accelerator == "cuda",
-            "storage_fault": active.node.storage_fault,
-            "work_dir": str(node_dir / "work"), "ray_storage": str(self.layout.root / "ray_results"),
-        }
+        return AttemptPayload(
+            run_id=self.run_id, trial_id=trial.id, attempt=active.attempt, config=active.config,
+            storage=active.config.output_dir, storage_endpoint=self.spec.storage_endpoint, node_env=active.node.env,
+            workers=self.spec.resources.gpus_per_trial, use_gpu=active.node.accelerator == "cuda",
+            storage_fault=active.node.storage_fault,
+            work_dir=str(node_dir / "work"), ray_storage=str(self.layout.root / "ray_results"),
+        )
 
     def _backfill_losses(self, trial_id: str, step: int) -> None:
         """Losses of steps whose live records were lost (e.g. with a dead controller), from the final checkpoint."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from orchestrator.events import EventKind, Training
 from orchestrator.state import Event
 
-INTERRUPTIONS = {"preempted": "preemption", "error": "error", "lost": "controller"}
+INTERRUPTIONS = {EventKind.PREEMPTED: "preemption", EventKind.ERROR: "error", EventKind.LOST: "controller"}
+ENDINGS = (EventKind.SUCCEEDED, EventKind.CANCELLED, EventKind.STOPPED)
 CAUSES = tuple(INTERRUPTIONS.values())
 
 
@@ -63,7 +65,7 @@ def node_lines(events: list[Event]) -> list[NodeLine]:
         if event.trial_id is None or event.attempt is None:
             continue
         key = (event.trial_id, event.attempt)
-        if event.kind == "launch":
+        if event.kind == EventKind.LAUNCH:
             lines[key] = NodeLine(event.trial_id, event.attempt, event.node or "?", event.offer or "?",
                                   float(event.price or 0.0), event.time, None)
             order.append(key)
@@ -71,16 +73,16 @@ def node_lines(events: list[Event]) -> list[NodeLine]:
         line = lines.get(key)
         if line is None:
             continue
-        if event.kind == "checkpoint":
+        if event.kind == EventKind.CHECKPOINT:
             line.last_checkpoint_time = event.time
-        elif event.kind == "training" and line.first_step_start is None:
-            line.first_step_start = event.time - float(event.detail.get("step_seconds", 0.0))
-        elif event.kind == "terminated":
+        elif isinstance(training := event.data, Training) and line.first_step_start is None:
+            line.first_step_start = event.time - float(training.step_seconds or 0.0)
+        elif event.kind == EventKind.TERMINATED:
             line.end = event.time
         elif event.kind in INTERRUPTIONS:
             line.outcome = INTERRUPTIONS[event.kind]
-        elif event.kind in ("succeeded", "cancelled", "failed", "stopped") and line.outcome == "running":
-            line.outcome = event.kind
+        elif event.kind in ENDINGS and line.outcome == "running":
+            line.outcome = str(event.kind)
     previous: dict[str, NodeLine] = {}
     for key in order:
         line = lines[key]

@@ -6,13 +6,19 @@ import time
 from dataclasses import asdict, dataclass
 
 from orchestrator.controller import controller_pid
+from orchestrator.events import (
+    Budget, CheckpointSkipped, Error, EventKind, Launch, Lost, Notice, Preempted, Retry, Stopped, StorageUnavailable,
+    Succeeded, Waiting,
+)
 from orchestrator.layout import RunLayout
 from orchestrator.ledger import compute_ledger
 from orchestrator.state import Event, RunRow, StateStore, TrialRow
 
-SHOWN_EVENTS = {"launch", "notice", "preempted", "lost", "error", "succeeded", "failed", "cancelled", "budget",
-                "waiting", "training", "checkpoint_skipped", "storage_unavailable", "storage_restored", "retry",
-                "stopped"}
+SHOWN_EVENTS = {
+    EventKind.LAUNCH, EventKind.NOTICE, EventKind.PREEMPTED, EventKind.LOST, EventKind.ERROR, EventKind.SUCCEEDED,
+    EventKind.CANCELLED, EventKind.BUDGET, EventKind.WAITING, EventKind.TRAINING, EventKind.CHECKPOINT_SKIPPED,
+    EventKind.STORAGE_UNAVAILABLE, EventKind.STORAGE_RESTORED, EventKind.RETRY, EventKind.STOPPED,
+}
 
 
 def run_status(run: RunRow, trials: list[TrialRow], alive: bool) -> str:
@@ -74,29 +80,46 @@ def trial_table(views: list[TrialView]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
+def _describe(event: Event) -> str:
+    """What happened, in words (the event's kind alone for kinds without a description)."""
+    data = event.data
+    match data:
+        case Launch():
+            return f"attempt {event.attempt} on {data.offer}, from step {event.step}"
+        case Notice():
+            return f"preemption notice, {data.notice_s} s to the deadline"
+        case Preempted():
+            return (f"preempted ({data.cause}) at step {data.reached_step}, committed {event.step}, "
+                    f"{data.lost_steps} step(s) to redo")
+        case Lost():
+            return f"node lost ({data.reason}), committed step {event.step}"
+        case Error():
+            return f"error ({'retrying' if data.retry else 'no retries left'}): {data.error}"
+        case Succeeded():
+            return f"succeeded at step {event.step}, eval loss {_number(data.eval_loss)}"
+        case Budget():
+            return f"failed: budget exhausted (${data.spent or 0:.4f} of ${data.budget})"
+        case Waiting():
+            return f"waiting: {data.reason}"
+        case Stopped():
+            return (f"stopped early at step {data.reached_step} (eval loss {_number(data.eval_loss)}), "
+                    f"${data.saved_usd or 0:.6f} saved")
+        case StorageUnavailable():
+            return f"storage unreachable, waiting with backoff: {data.error}"
+        case Retry():
+            return f"failed trial sent back to pending by resume --retry-failed ({data.errors} errors)"
+        case CheckpointSkipped():
+            return f"damaged checkpoints skipped ({'; '.join(data.skipped or [])}), resumed from step {event.step}"
+    if event.kind == EventKind.TRAINING:
+        return f"training (first step {event.step} of attempt {event.attempt})"
+    if event.kind == EventKind.STORAGE_RESTORED:
+        return "storage reachable again"
+    return str(event.kind)
+
+
 def describe_event(event: Event) -> str:
-    detail = event.detail
     stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
-    text = {
-        "launch": lambda: f"attempt {event.attempt} on {detail.get('offer')}, from step {event.step}",
-        "training": lambda: f"training (first step {event.step} of attempt {event.attempt})",
-        "notice": lambda: f"preemption notice, {detail.get('notice_s')} s to the deadline",
-        "preempted": lambda: (f"preempted ({detail.get('cause')}) at step {detail.get('reached_step')}, "
-                              f"committed {event.step}, {detail.get('lost_steps')} step(s) to redo"),
-        "lost": lambda: f"node lost ({detail.get('reason')}), committed step {event.step}",
-        "error": lambda: f"error ({'retrying' if detail.get('retry') else 'no retries left'}): {detail.get('error')}",
-        "succeeded": lambda: f"succeeded at step {event.step}, eval loss {_number(detail.get('eval_loss'))}",
-        "budget": lambda: f"failed: budget exhausted (${detail.get('spent', 0):.4f} of ${detail.get('budget')})",
-        "waiting": lambda: f"waiting: {detail.get('reason')}",
-        "stopped": lambda: (f"stopped early at step {detail.get('reached_step')} (eval loss "
-                            f"{_number(detail.get('eval_loss'))}), ${detail.get('saved_usd', 0):.6f} saved"),
-        "storage_unavailable": lambda: f"storage unreachable, waiting with backoff: {detail.get('error')}",
-        "storage_restored": lambda: "storage reachable again",
-        "retry": lambda: f"failed trial sent back to pending by resume --retry-failed ({detail.get('errors')} errors)",
-        "checkpoint_skipped": lambda: (f"damaged checkpoints skipped ({'; '.join(detail.get('skipped', []))}), "
-                                       f"resumed from step {event.step}"),
-    }.get(event.kind, lambda: event.kind)()
-    return f"{stamp} {event.trial_id} {text}"
+    return f"{stamp} {event.trial_id} {_describe(event)}"
 
 
 def watch(state: StateStore, layout: RunLayout, interval: float = 5.0, out=sys.stdout) -> str:

@@ -5,10 +5,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cluster.node.preemption import PreemptionCause
 from cluster.storage import parse_uri
+from orchestrator.events import EventKind, Lost, Preempted, Stopped, Training
 from orchestrator.ledger import compute_ledger
 from orchestrator.model_export import export_command
 from orchestrator.state import Event, StateStore
+
+INTERRUPTED = (EventKind.PREEMPTED, EventKind.LOST, EventKind.ERROR)
 
 
 @dataclass
@@ -43,7 +47,7 @@ class TrialLine:
     saved_usd: float = 0.0  # what early stopping kept this trial from spending
 
 
-def _first(events: list[Event], kind: str, attempt: int) -> Event | None:
+def _first(events: list[Event], kind: EventKind, attempt: int) -> Event | None:
     return next((e for e in events if e.kind == kind and e.attempt == attempt), None)
 
 
@@ -54,24 +58,28 @@ def resume_latencies(events: list[Event]) -> list[ResumeLatency]:
             by_trial.setdefault(event.trial_id, []).append(event)
     samples = []
     for trial_id, trial_events in by_trial.items():
-        for ended in [e for e in trial_events if e.kind in ("preempted", "lost", "error") and e.attempt]:
+        for ended in [e for e in trial_events if e.kind in INTERRUPTED and e.attempt]:
             nxt = ended.attempt + 1
-            launch, running = _first(trial_events, "launch", nxt), _first(trial_events, "node_running", nxt)
-            started, training = _first(trial_events, "workers_started", nxt), _first(trial_events, "training", nxt)
+            launch = _first(trial_events, EventKind.LAUNCH, nxt)
+            running = _first(trial_events, EventKind.NODE_RUNNING, nxt)
+            started = _first(trial_events, EventKind.WORKERS_STARTED, nxt)
+            training = _first(trial_events, EventKind.TRAINING, nxt)
             if not (launch and running and started and training):
                 continue
-            lost = _first(trial_events, "node_lost", ended.attempt)
-            checkpoints = [e for e in trial_events if e.kind == "checkpoint" and e.attempt == ended.attempt]
+            lost = _first(trial_events, EventKind.NODE_LOST, ended.attempt)
+            checkpoints = [e for e in trial_events if e.kind == EventKind.CHECKPOINT and e.attempt == ended.attempt]
             if lost is not None:
                 interrupted = lost.time
-            elif ended.kind == "preempted" and checkpoints:
+            elif ended.kind == EventKind.PREEMPTED and checkpoints:
                 interrupted = checkpoints[-1].time
             else:
                 interrupted = ended.time
-            step_seconds = float(training.detail.get("step_seconds", 0.0))
+            detail = training.data
+            step_seconds = float(detail.step_seconds or 0.0) if isinstance(detail, Training) else 0.0
             first_start = training.time - step_seconds
+            cause = ended.data.cause if isinstance(ended.data, (Preempted, Lost)) else None
             samples.append(ResumeLatency(
-                trial_id, nxt, ended.detail.get("cause", ended.kind),
+                trial_id, nxt, str(cause or ended.kind),
                 detect=ended.time - interrupted, relaunch=launch.time - ended.time, boot=running.time - launch.time,
                 workers=started.time - running.time, restore=first_start - started.time, first_step=step_seconds,
                 total=training.time - interrupted,
@@ -89,11 +97,11 @@ def build_report(state: StateStore, run_id: str) -> dict:
     for trial in state.trials(run_id):
         cost = ledger.trials.get(trial.id)
         adapter = str(storage.child(run_id, trial.id, "adapter")) if trial.state == "succeeded" else None
-        stopped = next((e for e in events if e.trial_id == trial.id and e.kind == "stopped"), None)
+        stopped = next((e.data for e in events if e.trial_id == trial.id and isinstance(e.data, Stopped)), None)
         lines.append(TrialLine(trial.id, trial.params, trial.state, trial.attempts, trial.preemptions, trial.errors,
                                trial.step, trial.eval_loss, cost.usd if cost else 0.0,
                                dict(cost.wasted_usd) if cost else {}, adapter,
-                               float(stopped.detail.get("saved_usd", 0.0)) if stopped else 0.0))
+                               float(stopped.saved_usd or 0.0) if stopped else 0.0))
     finished = [line for line in lines if line.state == "succeeded" and line.eval_loss is not None]
     best = min(finished, key=lambda line: line.eval_loss, default=None)
     latencies = resume_latencies(events)
@@ -181,11 +189,12 @@ def plot_losses(state: StateStore, run_id: str, path: Path) -> Path:
             axes.plot(sorted(evals), [evals[s] for s in sorted(evals)], linestyle="--", marker="o",
                       color=line.get_color(), linewidth=1.2, label=f"{trial.id} eval loss")
         for event in events:
-            if event.trial_id != trial.id or event.kind not in ("preempted", "lost"):
+            if event.trial_id != trial.id or not isinstance(event.data, (Preempted, Lost)):
                 continue
-            step = event.detail.get("reached_step") or event.step or 0
+            reached = event.data.reached_step if isinstance(event.data, Preempted) else None
+            step = reached or event.step or 0
             y = by_step.get(step, by_step[steps[0]])
-            saved = event.detail.get("cause") == "notice_checkpoint"
+            saved = event.data.cause == PreemptionCause.NOTICE_CHECKPOINT
             axes.scatter([step], [y], marker="v" if saved else "X", s=90, color=line.get_color(),
                          edgecolors="black", zorder=3)
             axes.axvline(event.step or 0, color=line.get_color(), linestyle=":", linewidth=1)

@@ -186,6 +186,14 @@ def set_dotted(target: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def with_params(config: dict, params: dict[str, Any]) -> dict:
+    """A copy of a config mapping with a trial's search parameters (dotted fields) set."""
+    result = copy.deepcopy(config)
+    for name, value in params.items():
+        set_dotted(result, name, value)
+    return result
+
+
 def _merge(base: dict, override: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in override.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from orchestrator.errors import SpecError
+from orchestrator.events import EventDetail, EventKind, Retry, parse_kind, read_detail
 
 DB_NAME = "spottune.db"
 BUSY_TIMEOUT_S = 30.0
@@ -94,7 +95,7 @@ class Event:
     run_id: str
     trial_id: str | None
     time: float
-    kind: str
+    kind: EventKind | str  # a string only for a kind this version does not know
     state: str | None
     attempt: int | None
     node: str | None
@@ -102,6 +103,11 @@ class Event:
     price: float | None
     step: int | None
     detail: dict = field(default_factory=dict)
+
+    @property
+    def data(self) -> EventDetail | None:
+        """The detail as its kind's typed object (orchestrator/events.py); None for a kind without one."""
+        return read_detail(self.kind, self.detail)
 
 
 @dataclass
@@ -230,7 +236,7 @@ class StateStore:
                     (run_id, trial["id"], trial["index"], json.dumps(trial["params"]), json.dumps(trial["config"]),
                      trial.get("total_steps"), now),
                 )
-                self._insert_event(db, run_id, trial["id"], "submitted", "pending", now=now)
+                self._insert_event(db, run_id, trial["id"], EventKind.SUBMITTED, "pending", now=now)
         return run_id
 
     def run(self, run_id: str) -> RunRow:
@@ -317,8 +323,7 @@ class StateStore:
             failed = db.execute("SELECT id, errors FROM trials WHERE run_id = ? AND state = 'failed' ORDER BY idx",
                                 (run_id,)).fetchall()
             for row in failed:
-                self._insert_event(db, run_id, row["id"], "retry", "pending", detail={"errors": row["errors"]},
-                                   now=now)
+                self._insert_event(db, run_id, row["id"], Retry(row["errors"]), "pending", now=now)
                 db.execute("UPDATE trials SET state = 'pending', errors = 0, message = NULL, updated = ? "
                            "WHERE run_id = ? AND id = ?", (now, run_id, row["id"]))
             if failed:
@@ -367,14 +372,16 @@ class StateStore:
 
     # events
 
-    def record(self, run_id: str, trial_id: str, kind: str, state: str | None = None, *,
+    def record(self, run_id: str, trial_id: str, event: EventKind | EventDetail, state: str | None = None, *,
                attempt: int | None = None, node: str | None = None, offer: str | None = None,
-               price: float | None = None, step: int | None = None, detail: dict | None = None,
+               price: float | None = None, step: int | None = None,
                count: str | None = None, message: str | None = None, now: float | None = None) -> None:
-        """Append an event; with `state`, also move the trial there (validated) and cache node/offer/price.
+        """Append an event, given as its kind or as its typed detail (which knows its kind); with `state`, also
+        move the trial there (validated) and cache node/offer/price.
 
         `count` names a counter to increment in the same transaction: attempts, preemptions or errors.
         """
+        kind = event.kind if isinstance(event, EventDetail) else EventKind(event)
         with self._write() as db:
             current = db.execute(
                 "SELECT state FROM trials WHERE run_id = ? AND id = ?", (run_id, trial_id)
@@ -384,8 +391,8 @@ class StateStore:
             if state is not None and state != current["state"]:
                 if state not in TRANSITIONS.get(current["state"], set()):
                     raise RuntimeError(f"{trial_id}: illegal transition {current['state']} -> {state} ({kind})")
-            self._insert_event(db, run_id, trial_id, kind, state, attempt=attempt, node=node, offer=offer,
-                               price=price, step=step, detail=detail, now=now)
+            self._insert_event(db, run_id, trial_id, event, state, attempt=attempt, node=node, offer=offer,
+                               price=price, step=step, now=now)
             sets, values = ["updated = ?"], [now or time.time()]
             if state is not None:
                 sets.append("state = ?")
@@ -408,15 +415,20 @@ class StateStore:
                        (*values, run_id, trial_id))
 
     @staticmethod
-    def _insert_event(db: sqlite3.Connection, run_id: str, trial_id: str | None, kind: str, state: str | None,
-                      *, attempt: int | None = None, node: str | None = None, offer: str | None = None,
-                      price: float | None = None, step: int | None = None, detail: dict | None = None,
+    def _insert_event(db: sqlite3.Connection, run_id: str, trial_id: str | None, event: EventKind | EventDetail,
+                      state: str | None, *, attempt: int | None = None, node: str | None = None,
+                      offer: str | None = None, price: float | None = None, step: int | None = None,
                       now: float | None = None) -> None:
+        """The one place an event becomes a row: its kind's string and its detail's JSON."""
+        if isinstance(event, EventDetail):
+            kind, detail = event.kind, event.to_json()
+        else:
+            kind, detail = EventKind(event), {}
         db.execute(
             "INSERT INTO events (run_id, trial_id, time, kind, state, attempt, node, offer, price, step, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, trial_id, now or time.time(), kind, state, attempt, node, offer, price, step,
-             json.dumps(detail or {})),
+            (run_id, trial_id, now or time.time(), kind.value, state, attempt, node, offer, price, step,
+             json.dumps(detail)),
         )
 
     def events(self, run_id: str, trial_id: str | None = None, after: int = 0) -> list[Event]:
@@ -427,7 +439,7 @@ class StateStore:
             arguments = (run_id, after, trial_id)
         rows = self._db.execute(query + " ORDER BY seq", arguments).fetchall()
         return [
-            Event(row["seq"], row["run_id"], row["trial_id"], row["time"], row["kind"], row["state"],
+            Event(row["seq"], row["run_id"], row["trial_id"], row["time"], parse_kind(row["kind"]), row["state"],
                   row["attempt"], row["node"], row["offer"], row["price"], row["step"], json.loads(row["detail"]))
             for row in rows
         ]

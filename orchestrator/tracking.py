@@ -26,6 +26,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator.events import Launch, Stopped
 from orchestrator.ledger import compute_ledger
 from orchestrator.state import StateStore, TrialRow
 
@@ -73,8 +74,8 @@ def trial_summary(state: StateStore, run_id: str, trial: TrialRow) -> dict:
     events = state.events(run_id, trial.id)
     ledger = compute_ledger(events, time.time())
     cost = ledger.trials.get(trial.id)
-    launches = [e for e in events if e.kind == "launch"]
-    stopped = next((e for e in events if e.kind == "stopped"), None)
+    predicted = next((e.data for e in events if isinstance(e.data, Launch)), None)
+    stopped = next((e.data for e in events if isinstance(e.data, Stopped)), None)
     final = {
         "usd": cost.usd if cost else 0.0,
         "wasted_usd": sum(cost.wasted_usd.values()) if cost else 0.0,
@@ -84,12 +85,13 @@ def trial_summary(state: StateStore, run_id: str, trial: TrialRow) -> dict:
     if trial.eval_loss is not None:
         final["final_eval_loss"] = trial.eval_loss
     if stopped is not None:
-        final["saved_usd"] = float(stopped.detail.get("saved_usd", 0.0))
-    predicted = launches[0].detail if launches else {}
-    for name, key in (("predicted_usd", "expected_usd"), ("predicted_vram_gib", "expected_vram_gib"),
-                      ("predicted_step_seconds", "expected_step_seconds")):
-        if predicted.get(key) is not None:
-            final[name] = float(predicted[key])
+        final["saved_usd"] = float(stopped.saved_usd or 0.0)
+    if predicted is not None:
+        for name, value in (("predicted_usd", predicted.expected_usd),
+                            ("predicted_vram_gib", predicted.expected_vram_gib),
+                            ("predicted_step_seconds", predicted.expected_step_seconds)):
+            if value is not None:
+                final[name] = float(value)
     curves = {kind: sorted({step: value for _, step, value, _ in state.metrics(run_id, trial.id, kind)}.items())
               for kind in ("loss", "lr", "eval_loss", "peak_memory_gib", "step_seconds")}
     measured_peaks = [value for _, value in curves["peak_memory_gib"]]
@@ -100,7 +102,8 @@ def trial_summary(state: StateStore, run_id: str, trial: TrialRow) -> dict:
         final["measured_step_seconds"] = sorted(step_times)[len(step_times) // 2]
     return {
         "params": {name: str(value) for name, value in trial.params.items()},
-        "tags": {TRIAL_TAG: trial.id, "spottune.state": trial.state, "spottune.offer": predicted.get("offer", "")},
+        "tags": {TRIAL_TAG: trial.id, "spottune.state": trial.state,
+                 "spottune.offer": predicted.offer if predicted else ""},
         "curves": {kind: points for kind, points in curves.items() if points},
         "final": final,
     }
@@ -193,7 +196,8 @@ class Tracker:
         run = self.state.run(self.run_id)
         ledger = compute_ledger(self.state.events(self.run_id), run.finished or time.time())
         now = int(time.time() * 1000)
-        saved = sum(float(e.detail.get("saved_usd", 0.0)) for e in self.state.events(self.run_id) if e.kind == "stopped")
+        stopped = [e.data for e in self.state.events(self.run_id) if isinstance(e.data, Stopped)]
+        saved = sum(float(data.saved_usd or 0.0) for data in stopped)
         totals = {"usd": ledger.usd, "wasted_usd": sum(ledger.wasted_usd.values()), "saved_usd": saved,
                   "trials": float(len(self.state.trials(self.run_id)))}
         self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, 0) for k, v in totals.items()])

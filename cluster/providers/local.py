@@ -2,7 +2,7 @@
 
 Offers are the catalog's simulated market (cost_models.catalog.simulated_offers: every GPU type at the
 cheapest price any provider lists); the work itself runs on this machine's CPU.
-Each launched node gets a directory where its processes register (cluster/node_agent.py). The market
+Each launched node gets a directory where its processes register (cluster/node/agent.py). The market
 (cluster/providers/local_market.py) decides when a node is reclaimed: a notice file with a deadline, then at the
 deadline a hard kill (SIGKILL) of every process registered on the node; notice 0 kills at once. After a
 preemption that GPU type has no spot capacity for a cooldown: offers() reports how long (Offer.capacity_wait_s),
@@ -31,7 +31,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.errors import ClusterError
-from cluster.node_agent import HEARTBEAT_FILE, NODE_DIR_ENV, NOTICE_FILE, PIDS_DIR, RECLAIMED_FILE, write_atomic
+from cluster.node.agent import HEARTBEAT_FILE, NODE_DIR_ENV, PIDS_DIR, RECLAIMED_FILE, post_notice, write_atomic
 from cluster.processes import ProcessRecord, session_members
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements
 from cluster.providers.local_market import PreemptionPlan, SimulatedMarket, plan_preemption, storage_fault, \
@@ -225,7 +225,7 @@ class LocalProvider:
             state.deadline = now + notice / scale
             self._no_spot_until[node.offer.gpu.name] = now + self.market.capacity_cooldown_s / scale
             if notice > 0:
-                write_atomic(state.directory / NOTICE_FILE, json.dumps({"deadline": state.deadline}))
+                post_notice(state.directory, state.deadline)
                 events.append(NodeEvent("notice", now, deadline=state.deadline,
                                         reason=f"spot capacity reclaimed ({state.plan.source}), {notice:g} s notice"))
         if state.deadline is not None and now >= state.deadline:

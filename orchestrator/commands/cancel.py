@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from orchestrator.commands.common import open_state, split_target
     from orchestrator.controller import controller_pid
+    from orchestrator.events import EventKind
     from orchestrator.layout import RunLayout
 
     store, state_dir = open_state(args)
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if controller_pid(RunLayout(state_dir, run_id)) is None:
         for trial in store.trials(run_id):
             if trial.cancel_requested and not trial.terminal:
-                store.record(run_id, trial.id, "cancelled", "cancelled", message="cancelled while no controller ran")
+                store.record(run_id, trial.id, EventKind.CANCELLED, "cancelled", message="cancelled while no controller ran")
         print(f"{what}: cancelled {flagged} trial(s) (no controller was running)")
     else:
         print(f"{what}: cancel requested for {flagged} trial(s); the controller is releasing their nodes")

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import ClusterError
+from cluster.node.agent import LocalNodeAgent, agent_from_env
 from cluster.providers.local import LocalProvider
-from cluster.node_agent import LocalNodeAgent, agent_from_env
 from cluster.processes import ProcessRecord, command_line, session_id, start_ticks
 from cluster.provider import LaunchSpec, Requirements
 from cluster.providers.local_market import SimulatedMarket
 
 WORKER = """
 import sys, time
-from cluster.node_agent import LocalNodeAgent
+from cluster.node.agent import LocalNodeAgent
 agent = LocalNodeAgent(sys.argv[1])
 agent.register("rank-0")
 for step in range(1, 10_000):

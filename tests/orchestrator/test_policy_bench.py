@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.node_agent import NOTICE_FILE, RECLAIMED_FILE
+from cluster.node.agent import NOTICE_FILE, RECLAIMED_FILE
 from train_core.checkpoint import LATEST_KEY
 from train_core.store import LocalStore
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.cli import main
+from orchestrator.events import EventKind, Training
 from orchestrator.ledger import compute_ledger
 from orchestrator.state import StateStore
 
@@ -19,9 +20,9 @@ def _store(tmp_path, trials=("t000-aaaaaa",)) -> StateStore:
 
 def _attempt(store, attempt, start, events):
     common = dict(attempt=attempt, node=f"n{attempt}", offer="local:local:sim-l4-x1:spot", price=PRICE)
-    store.record("r1", "t000-aaaaaa", "launch", "provisioning", count="attempts", now=start, step=0, **common)
-    for kind, state, when, extra in events:
-        store.record("r1", "t000-aaaaaa", kind, state, now=when, **common, **extra)
+    store.record("r1", "t000-aaaaaa", EventKind.LAUNCH, "provisioning", count="attempts", now=start, step=0, **common)
+    for event, state, when, extra in events:
+        store.record("r1", "t000-aaaaaa", event, state, now=when, **common, **extra)
 
 
 def test_illegal_transitions_are_refused(tmp_path):
@@ -47,7 +48,7 @@ def test_ledger_charges_lost_work_and_restart_to_the_preemption(tmp_path):
     store = _store(tmp_path)
     _attempt(store, 1, 100.0, [
         ("node_running", "running", 101.0, {}),
-        ("training", None, 110.0, {"step": 1, "detail": {"step_seconds": 1.0}}),
+        (Training(step_seconds=1.0, resumed_from=0), None, 110.0, {"step": 1}),
         ("checkpoint", None, 120.0, {"step": 3}),
         ("node_lost", None, 125.0, {}),
         ("preempted", "preempted", 125.5, {"step": 3, "count": "preemptions"}),
@@ -55,7 +56,7 @@ def test_ledger_charges_lost_work_and_restart_to_the_preemption(tmp_path):
     ])
     _attempt(store, 2, 126.0, [
         ("node_running", "running", 127.0, {}),
-        ("training", None, 140.0, {"step": 4, "detail": {"step_seconds": 2.0}}),
+        (Training(step_seconds=2.0, resumed_from=3), None, 140.0, {"step": 4}),
         ("succeeded", "succeeded", 150.0, {"step": 10}),
         ("terminated", None, 150.0, {}),
     ])

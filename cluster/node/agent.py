@@ -60,6 +60,11 @@ class LocalNodeAgent:
             return None
 
 
+def post_notice(node_dir: Path, deadline: float) -> None:
+    """Give the node a preemption notice: its workers see `deadline` through LocalNodeAgent.notice_deadline."""
+    write_atomic(Path(node_dir) / NOTICE_FILE, json.dumps({"deadline": deadline}))
+
+
 def agent_from_env(env: Mapping[str, str]) -> LocalNodeAgent | None:
     """The agent for the node described by `env` (a Node's env), or None outside a provider's node."""
     node_dir = env.get(NODE_DIR_ENV)
