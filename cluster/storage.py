@@ -14,7 +14,6 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit

@@ -14,7 +14,7 @@ from tests.orchestrator.sweeps import REPO, tiny_sweep
 
 WORKER = """
 import sys, time
-from cluster.node_agent import LocalNodeAgent
+from cluster.node.agent import LocalNodeAgent
 LocalNodeAgent(sys.argv[1]).register("rank-0")
 time.sleep(600)
 """
