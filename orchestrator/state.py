@@ -150,8 +150,15 @@ class RunRow:
 
 
 def private_file(path: Path) -> None:
-    """Create `path` empty when missing; either way make it readable and writable by this user only."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    """Create `path` empty when missing; either way make it readable and writable by this user only.
+
+    An existing file is never opened here: closing any descriptor of a SQLite file drops every POSIX lock this
+    process holds on it, and a connection that loses its locks goes on reading a WAL index another process has
+    since deleted (it saw none of the later writes)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     os.chmod(path, 0o600)
 
 

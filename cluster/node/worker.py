@@ -50,7 +50,7 @@ class AttemptPayload:
     node_env: dict[str, str]  # what the workers need to find their node's agent (Node.env)
     workers: int
     use_gpu: bool
-    storage_fault: StorageFault | None  # the local market's simulated storage fault for this attempt
+    storage_fault: dict | None  # the local market's simulated storage fault for this attempt (Node.storage_fault)
     work_dir: str
     ray_storage: str
     sink: Any = field(default=None, compare=False)  # the controller's progress mailbox (a Ray actor handle)
@@ -91,7 +91,8 @@ def train_worker(payload: AttemptPayload) -> None:
 
     store = RetryingStore(open_store(payload.storage, payload.storage_endpoint), on_outage=on_outage)
     if payload.storage_fault is not None:
-        store = FlakyStore(store, payload.storage_fault.step, payload.storage_fault.kind)
+        fault = StorageFault.model_validate(payload.storage_fault)
+        store = FlakyStore(store, fault.step, fault.kind)
     guard = NoticeGuard(agent, log)
 
     def on_metrics(record: dict) -> None:
