@@ -1,0 +1,1 @@
+"""After a sweep: adapters read from any storage location, merged and exported models."""
