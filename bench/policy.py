@@ -6,12 +6,12 @@ A market is PROVIDERS:HAZARD: the local market at the cheapest catalog price of 
 and market (`all`: every provider, marketplaces included), preempting spot nodes at HAZARD times each
 offer's catalog interruption bucket rate.
 
-Real code paths: the sweep spec and planner (orchestrator.submission.prepare/register: sizing, Young/Daly,
+Real code paths: the sweep spec and planner (orchestrator.run.submission.prepare/register: sizing, Young/Daly,
 choose_offer), the Controller's state machine on SQLite (launch, notice, lost, preempted, re-plan, relaunch),
 the local provider's market (cluster.providers.local + local_market: catalog prices, each offer's interruption
 bucket rate times the market's hazard scale as a seeded hazard, a 120 s notice, a hard kill at the deadline, no spot
 capacity of a reclaimed GPU type for a cooldown), committed `latest` checkpoints in the trial's storage, and
-the event-log ledger (orchestrator.ledger) for dollars and lost GPU-hours.
+the event-log ledger (orchestrator.run.ledger) for dollars and lost GPU-hours.
 
 Simulated: the trainer. SimulatedRunner stands in for Ray Train; each attempt loads the model for the time
 the planner assumes (weights at 500 MB/s), then advances one step per the estimator's step time on its node's
@@ -53,11 +53,11 @@ from cost_models.autosize import autosize  # noqa: E402
 from cost_models.catalog import Offer  # noqa: E402
 from cost_models.memory import static_bytes  # noqa: E402
 from cost_models.preemption import BOOT_SECONDS, checkpoint_seconds, restart_seconds  # noqa: E402
-from orchestrator.controller import Controller  # noqa: E402
-from orchestrator.layout import RunLayout  # noqa: E402
-from orchestrator.ledger import compute_ledger  # noqa: E402
-from orchestrator.planner import trial_job  # noqa: E402
-from orchestrator.submission import prepare, register  # noqa: E402
+from orchestrator.run.controller import Controller  # noqa: E402
+from orchestrator.run.layout import RunLayout  # noqa: E402
+from orchestrator.run.ledger import compute_ledger  # noqa: E402
+from orchestrator.sweep.planner import trial_job  # noqa: E402
+from orchestrator.run.submission import prepare, register  # noqa: E402
 from train_core.checkpoint import LATEST_KEY  # noqa: E402
 from train_core.config import TrainConfig  # noqa: E402
 

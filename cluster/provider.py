@@ -4,7 +4,7 @@ a start/stop lifecycle and list_nodes.
 A provider rents nodes; it does not know about training. A provider is built from its settings (a pydantic
 model, see cluster/providers/registry.py). `offers` works before `start` (`spottune plan` starts nothing);
 the controller calls `start` once, asks for the offers a provider can launch now, the planner
-(orchestrator/planner.py) picks the cheapest one that fits a trial, the provider launches it, the controller
+(orchestrator/sweep/planner.py) picks the cheapest one that fits a trial, the provider launches it, the controller
 polls `watch` for what happened to the node and terminates it when the attempt is over. At the end of a sweep
 the controller terminates whatever `list_nodes(run_id)` still reports, then calls `stop`. Events are
 `running` (capacity is up), `notice` (it will be reclaimed at `deadline`) and `lost` (it is gone).

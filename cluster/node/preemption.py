@@ -2,7 +2,7 @@
 
 1. A provider learns a node will be reclaimed (the local market posts it to the node with
    cluster/node/agent.py's `post_notice`; a cloud node reads its metadata service) and reports a `notice` with a
-   deadline to the controller (cluster/provider.py), which records it (orchestrator/events.py's Notice).
+   deadline to the controller (cluster/provider.py), which records it (orchestrator/run/events.py's Notice).
 2. On the node, every rank asks `NoticeGuard.stop_requested` after each optimizer step (train_core's generic
    `stop_requested` hook). With a notice pending and time enough to save, the trainer checkpoints that step,
    commits `latest` and returns status "stopped"; too late to save, it trains on until the node is killed.

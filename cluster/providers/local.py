@@ -41,7 +41,7 @@ from cost_models.catalog import LOCAL, Offer, list_offers
 
 SESSION_FILE = "session.json"
 TOKEN_FILE = "auth_token"
-# The controller's environment (orchestrator/daemon.py sets it before Python starts: Ray reads some of these
+# The controller's environment (orchestrator/run/daemon.py sets it before Python starts: Ray reads some of these
 # when it is imported). RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps node IP 127.0.0.1 from being replaced by the
 # machine's outward address, which would make Ray listen on every interface.
 RAY_ENV = {

@@ -15,9 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator.commands.common import open_state, split_target
-    from orchestrator.controller import controller_pid
-    from orchestrator.events import EventKind
-    from orchestrator.layout import RunLayout
+    from orchestrator.run.controller import controller_pid
+    from orchestrator.run.events import EventKind
+    from orchestrator.run.layout import RunLayout
 
     store, state_dir = open_state(args)
     run_id, trial_id = split_target(args.target)

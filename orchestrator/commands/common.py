@@ -66,8 +66,8 @@ def open_state(args: argparse.Namespace):
     from pathlib import Path
 
     from orchestrator.errors import SpecError
-    from orchestrator.layout import default_state_dir
-    from orchestrator.state import DB_NAME, StateStore
+    from orchestrator.run.layout import default_state_dir
+    from orchestrator.run.state import DB_NAME, StateStore
 
     state_dir = Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
     if not (state_dir / DB_NAME).is_file():

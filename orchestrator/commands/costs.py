@@ -20,16 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cost_models.catalog import list_offers
     from cost_models.errors import EstimateError
-    from orchestrator.costs_output import catalog_records, catalog_table, job_records, job_table
-    from orchestrator.render import to_csv, to_json
+    from orchestrator.views.costs_output import catalog_records, catalog_table, job_records, job_table
+    from orchestrator.views.render import to_csv, to_json
 
     try:
         offers = list_offers(comma_list(args.provider), args.market or "any", comma_list(args.gpu))
         if args.config:
-            from orchestrator.planner import trial_job
+            from orchestrator.sweep.planner import trial_job
             from train_core.config import load_config
 
-            from orchestrator.data_check import check_config_data
+            from orchestrator.sweep.data_check import check_config_data
 
             config = load_config(args.config)
             check_config_data(config, args.config)

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.model_export import export_adapter
+    from orchestrator.export.model_export import export_adapter
 
     location = export_adapter(
         args.adapter, args.to, base=args.base, dtype=args.dtype, gguf_type=args.gguf, push=args.push,

@@ -51,7 +51,7 @@ def _generator(args: argparse.Namespace):
 
     if not args.adapter:
         return Generator(args.model or DEFAULT_MODEL)
-    from orchestrator.adapters import local_adapter
+    from orchestrator.export.adapters import local_adapter
 
     with local_adapter(args.adapter, args.storage_endpoint) as adapter_dir:
         return Generator(args.model, str(adapter_dir))

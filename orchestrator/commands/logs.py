@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     from orchestrator.commands.common import open_state, split_target
     from orchestrator.errors import SpecError
-    from orchestrator.layout import RunLayout
+    from orchestrator.run.layout import RunLayout
 
     store, state_dir = open_state(args)
     run_id, trial_id = split_target(args.target)

@@ -26,11 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cost_models.errors import EstimateError
-    from orchestrator import planner
-    from orchestrator.data_check import check_trial_data
-    from orchestrator.plan_output import render_plan
-    from orchestrator.render import to_csv, to_json
-    from orchestrator.spec import load_spec
+    from orchestrator.sweep import planner
+    from orchestrator.sweep.data_check import check_trial_data
+    from orchestrator.views.plan_output import render_plan
+    from orchestrator.views.render import to_csv, to_json
+    from orchestrator.sweep.spec import load_spec
 
     spec, trials = load_spec(args.spec)
     check_trial_data(trials, args.spec)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise EstimateError(f"{args.spec}: {error}") from None
     records = [row.as_dict() for row in plan.rows]
     if args.explain:
-        from orchestrator.explain_output import pick_row, render_explain
+        from orchestrator.views.explain_output import pick_row, render_explain
 
         try:
             print(render_explain(pick_row(plan, *args.explain)))
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render_plan(spec.name, trials, plan, args.all_offers))
     if args.plot:
-        from orchestrator.plan_output import plot_plan
+        from orchestrator.views.plan_output import plot_plan
 
         plot_plan(plan, args.plot)
         print(f"plot: {args.plot}", file=sys.stderr)

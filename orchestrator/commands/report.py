@@ -20,8 +20,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from orchestrator.commands.common import latest_run, open_state
-    from orchestrator.layout import RunLayout
-    from orchestrator.report import build_report, plot_losses, render_text
+    from orchestrator.run.layout import RunLayout
+    from orchestrator.views.report import build_report, plot_losses, render_text
 
     store, state_dir = open_state(args)
     run_id = args.run or latest_run(store)

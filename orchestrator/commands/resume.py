@@ -23,16 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator.commands.common import open_state
-    from orchestrator.controller import controller_pid
-    from orchestrator.daemon import spawn_controller
+    from orchestrator.run.controller import controller_pid
+    from orchestrator.run.daemon import spawn_controller
     from orchestrator.errors import SpecError
-    from orchestrator.layout import RunLayout
-    from orchestrator.progress import follow
+    from orchestrator.run.layout import RunLayout
+    from orchestrator.views.progress import follow
 
     if args.source is not None:
-        from orchestrator.layout import default_state_dir
-        from orchestrator.mirror import read_mirror
-        from orchestrator.state import StateStore
+        from orchestrator.run.layout import default_state_dir
+        from orchestrator.run.mirror import read_mirror
+        from orchestrator.run.state import StateStore
 
         snapshot = read_mirror(args.source)
         if args.run not in (None, snapshot["run"]["id"]):

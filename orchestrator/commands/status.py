@@ -18,8 +18,8 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from orchestrator.commands.common import open_state
-    from orchestrator.layout import RunLayout
-    from orchestrator.progress import status_json, trial_table, trial_views
+    from orchestrator.run.layout import RunLayout
+    from orchestrator.views.progress import status_json, trial_table, trial_views
 
     store, state_dir = open_state(args)
     if args.run is None:

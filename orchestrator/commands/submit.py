@@ -18,11 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from orchestrator.daemon import spawn_controller
-    from orchestrator.layout import RunLayout, default_state_dir
-    from orchestrator.plan_output import render_plan
-    from orchestrator.progress import follow
-    from orchestrator.submission import prepare, register
+    from orchestrator.run.daemon import spawn_controller
+    from orchestrator.run.layout import RunLayout, default_state_dir
+    from orchestrator.views.plan_output import render_plan
+    from orchestrator.views.progress import follow
+    from orchestrator.run.submission import prepare, register
 
     state_dir = Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
     prepared = prepare(Path(args.spec))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cluster.storage import StorageURI, open_store, parse_uri
-from orchestrator.adapters import local_adapter
+from orchestrator.export.adapters import local_adapter
 from orchestrator.errors import SpecError
 
 GGUF_DIR = "gguf"  # apart from the HF files: a tokenizer.json beside it would shadow the GGUF's own tokenizer

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.planner import PlanRow
-from orchestrator.spec import SweepSpec
+from orchestrator.sweep.planner import PlanRow
+from orchestrator.sweep.spec import SweepSpec
 from train_core.config import TrainConfig
 
 

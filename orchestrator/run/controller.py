@@ -8,7 +8,7 @@ Every attempt resumes from the committed `checkpoints/latest` in the trial's sto
 a new controller finds attempts that were in flight when the previous one died (their nodes died with
 it), closes their ledger lines at the last sign of life and relaunches them.
 
-Run as a daemon: `python -m orchestrator.controller --state-dir DIR RUN` (spawned by submit/resume).
+Run as a daemon: `python -m orchestrator.run.controller --state-dir DIR RUN` (spawned by submit/resume).
 """
 from __future__ import annotations
 
@@ -27,23 +27,23 @@ from cluster.node.preemption import PreemptionCause, interruption
 from cluster.node.worker import AttemptPayload, RecordKind
 from cluster.provider import LaunchSpec, Node, Provider, describe_offer
 from cluster.storage import Backoff, describe_error, open_store, storage_errors
-from orchestrator.attempt import attempt_config, planned_settings
-from orchestrator.events import (
+from orchestrator.run.attempt import attempt_config, planned_settings
+from orchestrator.run.events import (
     Budget, Checkpoint, CheckpointSkipped, Error, EventDetail, EventKind, Launch, Lost, NodeLost, Notice,
     OrphanTerminated, Preempted, Stopped, StorageRestored, StorageUnavailable, Succeeded, Training, WorkersStarted, Waiting,
 )
-from orchestrator.layout import RunLayout
-from orchestrator.ledger import compute_ledger, spent_usd
-from orchestrator.mirror import RunMirror
-from orchestrator.planner import choose_offer, requirements
-from orchestrator.pruning import SweepStudy, saved_usd
-from orchestrator.spec import SweepSpec, TrialSpec, with_params
-from orchestrator.state import StateStore
+from orchestrator.run.layout import RunLayout
+from orchestrator.run.ledger import compute_ledger, spent_usd
+from orchestrator.run.mirror import RunMirror
+from orchestrator.sweep.planner import choose_offer, requirements
+from orchestrator.sweep.pruning import SweepStudy, saved_usd
+from orchestrator.sweep.spec import SweepSpec, TrialSpec, with_params
+from orchestrator.run.state import StateStore
 from train_core.checkpoint import STATE_FILE, newest_committed_step, step_key
 from train_core.config import TrainConfig
 
 if TYPE_CHECKING:
-    from orchestrator.runner import AttemptHandle, RayRunner
+    from orchestrator.run.runner import AttemptHandle, RayRunner
     from train_core.store import ObjectStore
 
 POLL_S = 0.25
@@ -64,7 +64,7 @@ class Active:
     attempt: int
     node: Node
     resume_step: int
-    config: TrainConfig  # the attempt's train config (orchestrator/attempt.py)
+    config: TrainConfig  # the attempt's train config (orchestrator/run/attempt.py)
     handle: AttemptHandle | None = None
     notice_deadline: float | None = None
     lost_at: float | None = None
@@ -439,7 +439,7 @@ class Controller:
 
 def open_tracker(state: StateStore, run_id: str, spec: SweepSpec, state_dir: Path):
     """The run's experiment tracker; one that cannot start is reported and replaced by one that logs nothing."""
-    from orchestrator.tracking import NoTracker, Tracker
+    from orchestrator.run.tracking import NoTracker, Tracker
 
     try:
         return Tracker(state, run_id, spec.tracking, state_dir)
@@ -494,9 +494,9 @@ def controller_pid(layout: RunLayout) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     from cluster.providers.fleet import ProviderFleet
     from cluster.providers.registry import ProviderContext
-    from orchestrator.runner import RayRunner
+    from orchestrator.run.runner import RayRunner
 
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.controller")
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.run.controller")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("run_id")
     args = parser.parse_args(argv)

@@ -11,23 +11,23 @@ import sys
 import time
 
 from cluster.providers.local import RAY_ENV
-from orchestrator.controller import controller_pid
+from orchestrator.run.controller import controller_pid
 from orchestrator.errors import SpecError
-from orchestrator.layout import RunLayout
+from orchestrator.run.layout import RunLayout
 
 START_TIMEOUT_S = 60
 PRIVATE_UMASK = 0o077
 
 
 def spawn_controller(layout: RunLayout) -> int:
-    """Start `python -m orchestrator.controller` detached; return its PID once it holds the run's lock."""
+    """Start `python -m orchestrator.run.controller` detached; return its PID once it holds the run's lock."""
     layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     layout.root.chmod(0o700)
     descriptor = os.open(layout.controller_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.chmod(layout.controller_log, 0o600)
     with os.fdopen(descriptor, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.controller", "--state-dir", str(layout.state_dir), layout.run_id],
+            [sys.executable, "-m", "orchestrator.run.controller", "--state-dir", str(layout.state_dir), layout.run_id],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, **RAY_ENV}, umask=PRIVATE_UMASK,
         )

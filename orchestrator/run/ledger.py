@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.events import EventKind, Training
-from orchestrator.state import Event
+from orchestrator.run.events import EventKind, Training
+from orchestrator.run.state import Event
 
 INTERRUPTIONS = {EventKind.PREEMPTED: "preemption", EventKind.ERROR: "error", EventKind.LOST: "controller"}
 ENDINGS = (EventKind.SUCCEEDED, EventKind.CANCELLED, EventKind.STOPPED)

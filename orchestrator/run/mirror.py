@@ -10,7 +10,7 @@ import time
 
 from cluster.storage import StorageURI, describe_error, open_store, parse_uri, storage_errors
 from orchestrator.errors import SpecError
-from orchestrator.state import StateStore
+from orchestrator.run.state import StateStore
 
 MIRROR_KEY = "run-state.json"
 MIRROR_EVERY_S = 2.0

@@ -1,7 +1,7 @@
 """Run state in SQLite (WAL): runs, trials, an append-only event log and per-step metrics.
 
 Every trial state change is an event row (time, attempt, node, offer, price, step); the trial row only
-caches the latest values for display. The cost ledger is computed from events (orchestrator/ledger.py),
+caches the latest values for display. The cost ledger is computed from events (orchestrator/run/ledger.py),
 so a restarted controller recovers everything from this file and the object store.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from orchestrator.errors import SpecError
-from orchestrator.events import EventDetail, EventKind, Retry, parse_kind, read_detail
+from orchestrator.run.events import EventDetail, EventKind, Retry, parse_kind, read_detail
 
 DB_NAME = "spottune.db"
 BUSY_TIMEOUT_S = 30.0
@@ -106,7 +106,7 @@ class Event:
 
     @property
     def data(self) -> EventDetail | None:
-        """The detail as its kind's typed object (orchestrator/events.py); None for a kind without one."""
+        """The detail as its kind's typed object (orchestrator/run/events.py); None for a kind without one."""
         return read_detail(self.kind, self.detail)
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from cluster.errors import ClusterError
 from cluster.storage import check_writable
 from cost_models.errors import EstimateError
-from orchestrator.data_check import check_trial_data
+from orchestrator.sweep.data_check import check_trial_data
 from orchestrator.errors import SpecError
-from orchestrator.planner import SweepPlan, check_providers, offers_for, plan_sweep
-from orchestrator.spec import SweepSpec, TrialSpec, load_spec
-from orchestrator.state import StateStore
+from orchestrator.sweep.planner import SweepPlan, check_providers, offers_for, plan_sweep
+from orchestrator.sweep.spec import SweepSpec, TrialSpec, load_spec
+from orchestrator.run.state import StateStore
 
 @dataclass
 class Prepared:

@@ -26,9 +26,9 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.events import Launch, Stopped
-from orchestrator.ledger import compute_ledger
-from orchestrator.state import StateStore, TrialRow
+from orchestrator.run.events import Launch, Stopped
+from orchestrator.run.ledger import compute_ledger
+from orchestrator.run.state import StateStore, TrialRow
 
 RUN_TAG = "spottune.run_id"
 TRIAL_TAG = "spottune.trial_id"

@@ -33,7 +33,7 @@ from cost_models.shape import JobShape, RowStats
 from cost_models.waiting import DEFAULT_DELAY_USD_PER_HOUR, expected_wait_hours, priced_usd
 from cost_models.tokens import dataset_row_stats
 from orchestrator.errors import SpecError
-from orchestrator.spec import Resources, SweepSpec, TrialSpec
+from orchestrator.sweep.spec import Resources, SweepSpec, TrialSpec
 from train_core.cache import cache_root
 from train_core.config import TrainConfig
 from train_core.fast.support import SUPPORTED_MODEL_TYPES, projections

@@ -23,8 +23,8 @@ from cluster.providers.registry import names as provider_names, settings_model
 from cluster.storage import StorageURI, check_endpoint, parse_uri, refuse_credentials
 from cost_models.waiting import DEFAULT_DELAY_USD_PER_HOUR
 from orchestrator.errors import SpecError
-from orchestrator.pruning import EarlyStopping
-from orchestrator.tracking import TrackingSettings
+from orchestrator.sweep.pruning import EarlyStopping
+from orchestrator.run.tracking import TrackingSettings
 from train_core.config import TrainConfig
 from train_core.config_errors import describe_validation_error, read_yaml
 from train_core.config_types import MAX_SEED, MAX_STEPS, Integer, Number

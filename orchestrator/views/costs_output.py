@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from cost_models.catalog import Offer
-from orchestrator.planner import PlanRow, TrialJob, plan_trial
-from orchestrator.render import hours, money, table
+from orchestrator.sweep.planner import PlanRow, TrialJob, plan_trial
+from orchestrator.views.render import hours, money, table
 
 
 def catalog_records(offers: list[Offer]) -> list[dict]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from cost_models.calibration import load_calibration
 from cost_models.errors import EstimateError
 from cost_models.shape import FAST_ENGINE
-from orchestrator.planner import PlanRow, SweepPlan
-from orchestrator.render import table
+from orchestrator.sweep.planner import PlanRow, SweepPlan
+from orchestrator.views.render import table
 
 MEMORY_TERMS = (  # breakdown field, label, what it is
     ("weights", "weights", "quantized decoder linears, counted"),

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from cost_models.calibration import load_calibration
 from cost_models.errors import EstimateError
-from orchestrator.planner import PlanRow, SweepPlan
-from orchestrator.render import hours, money, table
-from orchestrator.spec import TrialSpec
+from orchestrator.sweep.planner import PlanRow, SweepPlan
+from orchestrator.views.render import hours, money, table
+from orchestrator.sweep.spec import TrialSpec
 
 HEADERS = ("", "GPU", "PROVIDER", "INSTANCE", "MARKET", "$/GPU-H", "FITS", "NEED (UP TO)/HAVE GiB", "HEADROOM",
            "MBxGA", "CKPT", "STEP s (RANGE)", "HOURS", "E[PREEMPT]", "E[$]", "CALIBRATED", "PRICE DATE")

@@ -5,14 +5,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from orchestrator.controller import controller_pid
-from orchestrator.events import (
+from orchestrator.run.controller import controller_pid
+from orchestrator.run.events import (
     Budget, CheckpointSkipped, Error, EventKind, Launch, Lost, Notice, Preempted, Retry, Stopped, StorageUnavailable,
     Succeeded, Waiting,
 )
-from orchestrator.layout import RunLayout
-from orchestrator.ledger import compute_ledger
-from orchestrator.state import Event, RunRow, StateStore, TrialRow
+from orchestrator.run.layout import RunLayout
+from orchestrator.run.ledger import compute_ledger
+from orchestrator.run.state import Event, RunRow, StateStore, TrialRow
 
 SHOWN_EVENTS = {
     EventKind.LAUNCH, EventKind.NOTICE, EventKind.PREEMPTED, EventKind.LOST, EventKind.ERROR, EventKind.SUCCEEDED,

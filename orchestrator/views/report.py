@@ -7,10 +7,10 @@ from pathlib import Path
 
 from cluster.node.preemption import PreemptionCause
 from cluster.storage import parse_uri
-from orchestrator.events import EventKind, Lost, Preempted, Stopped, Training
-from orchestrator.ledger import compute_ledger
-from orchestrator.model_export import export_command
-from orchestrator.state import Event, StateStore
+from orchestrator.run.events import EventKind, Lost, Preempted, Stopped, Training
+from orchestrator.run.ledger import compute_ledger
+from orchestrator.export.model_export import export_command
+from orchestrator.run.state import Event, StateStore
 
 INTERRUPTED = (EventKind.PREEMPTED, EventKind.LOST, EventKind.ERROR)
 

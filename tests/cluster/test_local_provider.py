@@ -121,7 +121,7 @@ def test_process_records_check_the_command_line_when_recorded():
         while command_line(process.pid) != ("sleep", "60") and time.monotonic() < deadline:
             time.sleep(0.01)  # until the child has exec'd
         assert ProcessRecord(process.pid, ticks, ("sleep", "60")).alive()
-        assert not ProcessRecord(process.pid, ticks, ("python", "-m", "orchestrator.controller")).kill()
+        assert not ProcessRecord(process.pid, ticks, ("python", "-m", "orchestrator.run.controller")).kill()
         assert process.poll() is None
     finally:
         process.kill()
@@ -157,7 +157,7 @@ def test_a_reused_controller_pid_and_its_session_are_not_killed(tmp_path, mismat
     try:
         ticks = start_ticks(leader.pid)
         recorded = (ProcessRecord(leader.pid, ticks - 100, command_line(leader.pid)) if mismatch == "start time"
-                    else ProcessRecord(leader.pid, ticks, ("python", "-m", "orchestrator.controller", "run")))
+                    else ProcessRecord(leader.pid, ticks, ("python", "-m", "orchestrator.run.controller", "run")))
         LocalProvider._reap_previous_session(_session_file(tmp_path, recorded))
         time.sleep(0.2)
         assert leader.poll() is None, "an unrelated process with the recorded PID was killed"

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from cluster.processes import ProcessRecord, session_members
-from orchestrator.state import StateStore
+from orchestrator.run.state import StateStore
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_DATA = REPO / "examples" / "data" / "copywriting_train.jsonl"

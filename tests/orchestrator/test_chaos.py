@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from orchestrator.ledger import compute_ledger
-from orchestrator.state import StateStore
+from orchestrator.run.ledger import compute_ledger
+from orchestrator.run.state import StateStore
 from tests.orchestrator.sweeps import (
     adapter_tensors, assert_bit_identical, controller_record, leftover_processes, only_run, reference_adapter,
     spottune, tiny_sweep, warm_model_cache,

@@ -4,14 +4,14 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from orchestrator.state import StateStore
+from orchestrator.run.state import StateStore
 from tests.orchestrator.sweeps import tiny_sweep
 
 PROCESSES = 8
 
 
 def _register(spec: str, state_dir: str, barrier) -> str:
-    from orchestrator.submission import prepare, register
+    from orchestrator.run.submission import prepare, register
 
     prepared = prepare(Path(spec))
     barrier.wait()

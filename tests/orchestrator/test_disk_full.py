@@ -4,7 +4,7 @@ uninterrupted run. Without the flag, resume says how to retry instead of only "n
 from __future__ import annotations
 
 from cluster.processes import start_ticks
-from orchestrator.state import StateStore
+from orchestrator.run.state import StateStore
 from tests.orchestrator.sweeps import (
     adapter_tensors, assert_bit_identical, controller_record, only_run, reference_adapter, spottune, tiny_sweep,
     wait_for, warm_model_cache,

@@ -7,15 +7,15 @@ import json
 import pytest
 
 from cluster.node.preemption import PreemptionCause
-from orchestrator.events import (
+from orchestrator.run.events import (
     DETAILS, Budget, Checkpoint, CheckpointSkipped, Error, EventKind, Launch, Lost, NodeLost, Notice, OrphanTerminated,
     Preempted, Retry, Stopped, StorageRestored, StorageUnavailable, Succeeded, Training, Waiting, WorkersStarted,
 )
-from orchestrator.ledger import compute_ledger
-from orchestrator.progress import describe_event
-from orchestrator.report import resume_latencies
-from orchestrator.state import StateStore
-from orchestrator.tracking import trial_summary
+from orchestrator.run.ledger import compute_ledger
+from orchestrator.views.progress import describe_event
+from orchestrator.views.report import resume_latencies
+from orchestrator.run.state import StateStore
+from orchestrator.run.tracking import trial_summary
 
 TRIAL = "t000-aaaaaa"
 PRICE = 3600.0  # $/h: a second costs a dollar

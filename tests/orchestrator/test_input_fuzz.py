@@ -67,7 +67,7 @@ def run_in_process(argv: list[str]) -> Outcome:
 def no_launch(monkeypatch):
     """submit records the launch it would make instead of starting a controller."""
     launched = []
-    monkeypatch.setattr("orchestrator.daemon.spawn_controller", lambda layout: launched.append(layout) or 0)
+    monkeypatch.setattr("orchestrator.run.daemon.spawn_controller", lambda layout: launched.append(layout) or 0)
     return launched
 
 
@@ -320,7 +320,7 @@ def data_cases() -> list[Case]:
 # --- CLI arguments -----------------------------------------------------------------------------------------------
 
 def empty_state(directory: Path) -> Path:
-    from orchestrator.state import StateStore
+    from orchestrator.run.state import StateStore
 
     StateStore(directory / "state")
     return directory / "state"
@@ -423,9 +423,9 @@ def test_real_command_exits_2_with_one_line(case, tmp_path):
 if __name__ == "__main__":  # python -m tests.orchestrator.test_input_fuzz: the counts, launching nothing
     import tempfile
 
-    import orchestrator.daemon
+    import orchestrator.run.daemon
 
-    orchestrator.daemon.spawn_controller = lambda layout: 0
+    orchestrator.run.daemon.spawn_controller = lambda layout: 0
     counts: Counter = Counter()
     for case in CASES:
         with tempfile.TemporaryDirectory() as directory:

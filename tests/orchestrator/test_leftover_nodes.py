@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from cluster.providers.local import RAY_ENV
-from orchestrator.state import StateStore
-from orchestrator.submission import prepare, register
+from orchestrator.run.state import StateStore
+from orchestrator.run.submission import prepare, register
 from tests.orchestrator.sweeps import REPO, tiny_sweep
 
 WORKER = """
@@ -27,11 +27,11 @@ from pathlib import Path
 from cluster.provider import LaunchSpec, Requirements
 from cluster.providers.fleet import ProviderFleet
 from cluster.providers.registry import ProviderContext
-from orchestrator.controller import Controller
-from orchestrator.layout import RunLayout
-from orchestrator.runner import RayRunner
-from orchestrator.spec import SweepSpec
-from orchestrator.state import StateStore
+from orchestrator.run.controller import Controller
+from orchestrator.run.layout import RunLayout
+from orchestrator.run.runner import RayRunner
+from orchestrator.sweep.spec import SweepSpec
+from orchestrator.run.state import StateStore
 
 state_dir, run_id, worker = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 state, layout = StateStore(state_dir), RunLayout(state_dir, run_id)

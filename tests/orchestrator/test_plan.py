@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 
 from cost_models.catalog import list_offers
-from orchestrator.planner import choose_offer, plan_sweep, trial_job
-from orchestrator.spec import load_spec
+from orchestrator.sweep.planner import choose_offer, plan_sweep, trial_job
+from orchestrator.sweep.spec import load_spec
 from tests.orchestrator.helpers import run_cli, write_spec
 
 
@@ -160,7 +160,7 @@ def test_plan_and_submit_say_the_same_about_providers(tmp_path):
 def test_plot_labels_do_not_overlap(repo):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from orchestrator.plan_output import plan_figure
+    from orchestrator.views.plan_output import plan_figure
 
     spec, trials = load_spec(repo / "examples" / "sweep_qwen7b.yaml")  # 13 GPU types, the README's example
     figure = plan_figure(plan_sweep(spec, trials, list_offers(spec.resources.providers, "any")))

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from cost_models.catalog import list_offers
-from orchestrator.planner import plan_sweep
-from orchestrator.spec import load_spec
+from orchestrator.sweep.planner import plan_sweep
+from orchestrator.sweep.spec import load_spec
 from tests.orchestrator.helpers import write_spec
 
 GRID = {

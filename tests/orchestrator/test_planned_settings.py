@@ -1,8 +1,8 @@
 """The controller gives each attempt the settings its chosen plan row was sized and priced with."""
 from cost_models.catalog import list_offers
-from orchestrator.attempt import PlannedSettings, attempt_config, planned_settings
-from orchestrator.planner import choose_offer
-from orchestrator.spec import load_spec
+from orchestrator.run.attempt import PlannedSettings, attempt_config, planned_settings
+from orchestrator.sweep.planner import choose_offer
+from orchestrator.sweep.spec import load_spec
 from tests.orchestrator.helpers import write_spec
 
 

@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from orchestrator.errors import SpecError
-from orchestrator.pruning import EarlyStopping, SweepStudy, saved_usd
-from orchestrator.spec import load_spec
-from orchestrator.state import StateStore
-from orchestrator.tracking import TrackingSettings, wandb_enabled
+from orchestrator.sweep.pruning import EarlyStopping, SweepStudy, saved_usd
+from orchestrator.sweep.spec import load_spec
+from orchestrator.run.state import StateStore
+from orchestrator.run.tracking import TrackingSettings, wandb_enabled
 from tests.orchestrator.sweeps import tiny_sweep
 
 HALVING = EarlyStopping(pruner="successive_halving", min_steps=3, reduction_factor=2)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cluster.storage import open_store, parse_uri
-from orchestrator.state import StateStore
+from orchestrator.run.state import StateStore
 from tests.orchestrator.sweeps import (
     adapter_tensors, controller_record, leftover_processes, only_run, reference_adapter, spottune, tiny_sweep,
     wait_for, warm_model_cache,

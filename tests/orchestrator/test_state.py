@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.events import EventKind, Training
-from orchestrator.ledger import compute_ledger
-from orchestrator.state import StateStore
+from orchestrator.run.events import EventKind, Training
+from orchestrator.run.ledger import compute_ledger
+from orchestrator.run.state import StateStore
 
 PRICE = 3600.0  # $/h, so a second costs a dollar
 
@@ -95,8 +95,8 @@ def test_cancel_without_a_controller_and_status(tmp_path, capsys):
 def test_following_a_run_ends_with_its_status_and_ctrl_c_leaves_it_running(tmp_path, monkeypatch):
     import io
 
-    from orchestrator import progress
-    from orchestrator.layout import RunLayout
+    from orchestrator.views import progress
+    from orchestrator.run.layout import RunLayout
 
     store = _store(tmp_path)
     layout = RunLayout(tmp_path, "r1")

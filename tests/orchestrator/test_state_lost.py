@@ -8,8 +8,8 @@ import pytest
 
 from cluster.processes import start_ticks
 from orchestrator.errors import SpecError
-from orchestrator.mirror import MIRROR_KEY
-from orchestrator.state import StateStore
+from orchestrator.run.mirror import MIRROR_KEY
+from orchestrator.run.state import StateStore
 from tests.orchestrator.sweeps import (
     adapter_tensors, assert_bit_identical, controller_record, only_run, reference_adapter, spottune, tiny_sweep,
     wait_for, warm_model_cache,

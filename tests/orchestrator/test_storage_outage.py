@@ -11,11 +11,11 @@ import pytest
 
 from cluster.providers.local import LocalProvider
 from cluster.storage import Backoff, RetryingStore, S3Store
-from orchestrator.controller import Controller
-from orchestrator.layout import RunLayout
-from orchestrator.spec import SweepSpec
-from orchestrator.state import StateStore
-from orchestrator.submission import prepare, register
+from orchestrator.run.controller import Controller
+from orchestrator.run.layout import RunLayout
+from orchestrator.sweep.spec import SweepSpec
+from orchestrator.run.state import StateStore
+from orchestrator.run.submission import prepare, register
 from tests.orchestrator.sweeps import (
     adapter_tensors, assert_bit_identical, only_run, reference_adapter, spottune, tiny_sweep, wait_for,
     warm_model_cache,
@@ -162,7 +162,7 @@ def test_sweep_waits_out_an_outage_and_finishes_with_the_uninterrupted_adapter(t
 
 def test_worker_reports_become_events_a_person_reads(tmp_path):
     """What train_worker sends on a skipped damaged checkpoint or an outage is recorded and shown by `status`."""
-    from orchestrator.progress import describe_event
+    from orchestrator.views.progress import describe_event
 
     controller, state, run_id = _controller(tmp_path, f"file://{tmp_path / 'store'}")
     controller.launch_ready()

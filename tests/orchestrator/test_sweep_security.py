@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from cluster.processes import ProcessRecord, session_members
-from orchestrator.state import StateStore
+from orchestrator.run.state import StateStore
 from tests.orchestrator.sweeps import (
     controller_record, leftover_processes, only_run, spottune, tiny_sweep, wait_for, warm_model_cache,
 )
@@ -116,4 +116,4 @@ def test_the_run_s_files_are_private(secured):
             wider.append((str(path.relative_to(state_dir)), oct(mode)))
     assert wider == []
     session = json.loads((ray_dir / "session.json").read_text(encoding="utf-8"))
-    assert session["controller"]["cmdline"][1:3] == ["-m", "orchestrator.controller"]
+    assert session["controller"]["cmdline"][1:3] == ["-m", "orchestrator.run.controller"]
