@@ -51,7 +51,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="spottune", description="Fine-tune LLMs with QLoRA on the cheapest spot GPU that fits."
+        prog="spottune", description="Fine-tune LLMs with QLoRA on the cheapest spot GPU that fits.",
+        epilog="How it works (a sweep's path, what happens when a spot notice arrives, how peak VRAM is estimated, "
+        "where a checkpoint is committed, how to add a provider): docs/ARCHITECTURE.md",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
