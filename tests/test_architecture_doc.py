@@ -28,5 +28,5 @@ def test_every_path_it_names_exists():
     paths = set(re.findall(r"`((?:orchestrator|cluster|cost_models|runspec|train_core|tests)/[\w/.]*)`",
                            DOC.read_text(encoding="utf-8")))
     assert len(paths) > 30
-    missing = sorted(path for path in paths if not (ROOT / path.rstrip("/")).exists())
+    missing = sorted(path for path in paths if "NAME" not in path and not (ROOT / path.rstrip("/")).exists())
     assert not missing, missing
