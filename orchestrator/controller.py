@@ -34,7 +34,7 @@ from orchestrator.planner import PlanRow, choose_offer
 from orchestrator.spec import Resources, SweepSpec, TrialSpec, set_dotted
 from orchestrator.state import StateStore
 from train_core.checkpoint import STATE_FILE, newest_committed_step, step_key
-from train_core.config import TrainConfig
+from runspec.config import TrainConfig
 
 if TYPE_CHECKING:
     from orchestrator.runner import AttemptHandle, RayRunner

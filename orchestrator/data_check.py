@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import TrialSpec
-from train_core.config import TrainConfig
+from runspec.config import TrainConfig
 from train_core.data.formats import load_conversations
 from train_core.errors import DataError
 

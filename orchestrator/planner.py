@@ -23,8 +23,8 @@ from cost_models.shape import JobShape, RowStats
 from cost_models.tokens import dataset_row_stats
 from orchestrator.spec import Resources, SweepSpec, TrialSpec
 from train_core.cache import cache_root
-from train_core.config import TrainConfig
-from train_core.fast.support import SUPPORTED_MODEL_TYPES, projections
+from runspec.config import TrainConfig
+from runspec.fast_support import SUPPORTED_MODEL_TYPES, projections
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def train_worker(payload: dict) -> None:
 
     from cluster.faults import FlakyStore
     from cluster.storage import RetryingStore, open_store
-    from train_core.config import TrainConfig
+    from runspec.config import TrainConfig
     from train_core.trainer import Trainer, TrainHooks
 
     rank = ray.train.get_context().get_world_rank()

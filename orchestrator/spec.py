@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cluster.spot_market import SimulatedMarket, unknown_trial_refs
 from orchestrator.errors import SpecError
-from train_core.config import TrainConfig
-from train_core.config_errors import describe_validation_error, read_yaml
-from train_core.config_types import MAX_SEED, MAX_STEPS, Integer, Number
-from train_core.errors import ConfigError
+from runspec.config import TrainConfig
+from runspec.config_errors import describe_validation_error, read_yaml
+from runspec.config_types import MAX_SEED, MAX_STEPS, Integer, Number
+from runspec.errors import ConfigError
 
 
 MAX_TRIALS = 10_000

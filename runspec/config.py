@@ -8,10 +8,10 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from train_core.config_errors import describe_validation_error, read_yaml
-from train_core.config_types import MAX_SEED, MAX_STEPS, Flag, Integer, Number
-from train_core.data.templates import check_chat_template
-from train_core.errors import ConfigError
+from runspec.chat_templates import check_chat_template
+from runspec.config_errors import describe_validation_error, read_yaml
+from runspec.config_types import MAX_SEED, MAX_STEPS, Flag, Integer, Number
+from runspec.errors import ConfigError
 
 
 class StrictModel(BaseModel):

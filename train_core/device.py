@@ -6,8 +6,8 @@ from functools import lru_cache
 
 import torch
 
-from train_core.config import TrainConfig
-from train_core.errors import ConfigError
+from runspec.config import TrainConfig
+from runspec.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from train_core.config import TrainConfig
+from runspec.config import TrainConfig
 from train_core.device import DevicePath
 from train_core.loss import target_loss_sum
 from train_core.models.loading import add_lora, load_model_and_tokenizer
@@ -91,7 +91,7 @@ class HFEngine:
 
 def build_engine(config: TrainConfig, path: DevicePath) -> Engine:
     """The fast engine where it supports this run (always for engine: fast), else transformers + PEFT."""
-    from train_core.errors import ConfigError
+    from runspec.errors import ConfigError
     from train_core.fast.engine import build_fast_engine, fast_engine_unsupported
 
     if config.model.engine == "hf":

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from train_core.config import ModelSettings
+from runspec.config import ModelSettings
 from train_core.data.formats import detect_format, read_jsonl
-from train_core.data.templates import apply_chat_template_setting
+from runspec.chat_templates import apply_chat_template_setting
 from train_core.errors import DataError, ModelSourceError
 from train_core.models.loading import load_tokenizer
 from train_core.models.sources import resolve_model

@@ -13,13 +13,14 @@ from typing import Callable
 import torch
 
 from train_core.checkpoint import CheckpointManager, TrainerState
-from train_core.config import TrainConfig
+from runspec.config import TrainConfig
 from train_core.data.batching import BatchPlan, MicroBatch
 from train_core.data.dataset import batch_plan, prepare_data
 from train_core.device import DevicePath, choose_device_path
 from train_core.engine import Engine, build_engine
 from train_core.distributed import Distributed
-from train_core.errors import ConfigError, TrainingDiverged
+from runspec.errors import ConfigError
+from train_core.errors import TrainingDiverged
 from train_core.metrics import MetricsLog, peak_memory_gib
 from train_core.optim import build_optimizer, build_scheduler
 from train_core.rng import capture_rng, restore_rng

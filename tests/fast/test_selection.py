@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from tests.train_core.helpers import write_config
-from train_core.config import load_config
+from runspec.config import load_config
 from train_core.device import choose_device_path
 from train_core.engine import HFEngine, build_engine
-from train_core.errors import ConfigError
+from runspec.errors import ConfigError
 from train_core.fast.engine import fast_engine_unsupported
 
 

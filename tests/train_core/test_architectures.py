@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tests.train_core.helpers import write_config
-from train_core.config import load_config
+from runspec.config import load_config
 from train_core.models.loading import attention_implementation
 from train_core.models.sources import resolve_model
 from train_core.trainer import train

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from train_core.fast.rotary import rope_layer_parameters
-from train_core.fast.support import FUSED_MODEL_TYPES, SUPPORTED_MODEL_TYPES
+from runspec.fast_support import FUSED_MODEL_TYPES, SUPPORTED_MODEL_TYPES
 
 ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 ROPE_TYPES = ("default", "llama3", "linear", "longrope")

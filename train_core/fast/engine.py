@@ -53,7 +53,7 @@ def unsupported(
         return "LoRA dropout (the fast engine's fused LoRA has none)"
     from transformers import AutoConfig
 
-    from train_core.fast.support import projections
+    from runspec.fast_support import projections
 
     config = AutoConfig.from_pretrained(model_path)
     beyond = sorted(set(targets or ()) - set(projections(config.model_type)))

@@ -16,7 +16,7 @@ from train_core.fast.model import FastCausalLM
 from train_core.fast.nf4 import quantize_nf4
 from train_core.fast.qkv import HeadNorms
 from train_core.fast.rotary import DEFAULT_KEY, RotaryFrequencies, rotary_frequencies
-from train_core.fast.support import ALL_PROJECTIONS, projection_groups, projections
+from runspec.fast_support import ALL_PROJECTIONS, projection_groups, projections
 
 
 @dataclass(frozen=True)

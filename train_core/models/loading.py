@@ -5,9 +5,10 @@ import warnings
 
 import torch
 
-from train_core.config import LoraSettings, ModelSettings
+from runspec.config import LoraSettings, ModelSettings
 from train_core.device import DevicePath
-from train_core.errors import ConfigError, ModelSourceError
+from runspec.errors import ConfigError
+from train_core.errors import ModelSourceError
 from train_core.models.sources import resolve_model
 
 
