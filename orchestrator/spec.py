@@ -11,15 +11,15 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.spot_market import SimulatedMarket, unknown_trial_refs
 from orchestrator.errors import SpecError
-from runspec.config import TrainConfig
+from runspec.config import CheckpointPolicy, TrainConfig
 from runspec.config_errors import describe_validation_error, read_yaml
-from runspec.config_types import MAX_SEED, MAX_STEPS, Integer, Number
+from runspec.config_types import MAX_SEED, Integer, Number
 from runspec.errors import ConfigError
 
 
@@ -83,13 +83,6 @@ class Resources(_Strict):
     gpus_per_trial: Integer = Field(1, ge=1, le=64, description="GPUs (Ray Train workers) per trial.")
     max_price_per_hour: Number | None = Field(None, gt=0, le=10_000, description="Most $/h one trial may cost.")
     max_total_cost: Number | None = Field(None, gt=0, le=10_000_000, description="Budget in $ for the whole sweep.")
-
-
-class CheckpointPolicy(_Strict):
-    every_steps: Union[Annotated[Integer, Field(ge=1, le=MAX_STEPS)], Literal["auto"]] = Field(
-        "auto", description="Checkpoint interval; auto = Young/Daly optimum from checkpoint cost and preemption rate."
-    )
-    keep: Integer = Field(2, ge=1, le=1000, description="Committed checkpoints kept per trial.")
 
 
 class SweepSpec(_Strict):

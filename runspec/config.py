@@ -13,6 +13,8 @@ from runspec.config_errors import describe_validation_error, read_yaml
 from runspec.config_types import MAX_SEED, MAX_STEPS, Flag, Integer, Number
 from runspec.errors import ConfigError
 
+STANDALONE_EVERY_STEPS = 50
+
 
 class StrictModel(BaseModel):
     """Base for config sections: unknown fields are rejected, numbers are finite, values are validated on assignment."""
@@ -129,11 +131,19 @@ class TrainingSettings(StrictModel):
         return self
 
 
-class CheckpointSettings(StrictModel):
-    every_steps: Integer = Field(
-        50, ge=1, le=MAX_STEPS, description="Commit a checkpoint every N optimizer steps (and at the end)."
+class CheckpointPolicy(StrictModel):
+    """When checkpoints are committed and how many are kept: a train config's section and a sweep's."""
+
+    every_steps: Union[Annotated[Integer, Field(ge=1, le=MAX_STEPS)], Literal["auto"]] = Field(
+        "auto", description="Commit a checkpoint every N optimizer steps (and at the end). auto = in a sweep, the "
+        f"Young/Daly optimum from checkpoint cost and preemption rate; in a standalone run, every {STANDALONE_EVERY_STEPS}.",
     )
     keep: Integer = Field(2, ge=1, le=1000, description="Committed checkpoints to keep; older ones are deleted.")
+
+    @property
+    def interval_steps(self) -> int:
+        """Optimizer steps between commits when no plan has replaced `auto`."""
+        return self.every_steps if isinstance(self.every_steps, int) else STANDALONE_EVERY_STEPS
 
 
 class TrainConfig(StrictModel):
@@ -141,7 +151,7 @@ class TrainConfig(StrictModel):
     data: DataSettings
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     output_dir: str = Field("runs/train", description="Where checkpoints, the adapter and metrics go.")
 
     def fingerprint(self) -> str:

@@ -262,7 +262,7 @@ class Trainer:
         if self.dist.is_main:
             self.checkpoints.prune()
         metrics = MetricsLog(self.work_dir / "metrics.jsonl", self.total_steps, state.step, echo=self.log)
-        every = self.config.checkpoint.every_steps
+        every = self.config.checkpoint.interval_steps
         eval_every = self.config.training.eval_every
         eval_loss = None
         status = "completed"
