@@ -10,6 +10,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 
 from cost_models.errors import EstimateError
+from runspec.fast_support import unsupported_reason
 
 DATA = Path(__file__).with_name("data") / "architectures.csv"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -46,6 +47,7 @@ class Architecture:
     qkv_bias: bool = False
     norms_per_layer: int = 2
     source: str = ""
+    fast_unsupported: str | None = None  # why the fast engine cannot run this model (runspec.fast_support)
 
     @property
     def q_dim(self) -> int:
@@ -121,6 +123,7 @@ def table() -> dict[str, Architecture]:
                 kv_heads=int(row["kv_heads"]), head_dim=int(row["head_dim"]), vocab=int(row["vocab"]),
                 tied=row["tied"] == "true", qkv_bias=row["qkv_bias"] == "true",
                 norms_per_layer=int(row["norms_per_layer"]), source=f"{row['source']} ({row['date']})",
+                fast_unsupported=unsupported_reason({"model_type": row["model_type"]}),
             )
             for key in [row["name"], *row["aliases"].split(";")]:
                 if key:
@@ -134,6 +137,7 @@ def table_names() -> list[str]:
 
 def from_config(config: dict, name: str, source: str) -> Architecture:
     """Read the shapes from a Hugging Face config dict; a missing field fails naming the file and field."""
+    fast_unsupported = unsupported_reason(config)
     if isinstance(config.get("text_config"), dict):
         config = {**config["text_config"], "model_type": config["text_config"].get("model_type", "")}
 
@@ -153,6 +157,7 @@ def from_config(config: dict, name: str, source: str) -> Architecture:
         tied=bool(config.get("tie_word_embeddings", False)),
         qkv_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
         norms_per_layer=4 if config.get("model_type") in ("gemma2", "gemma3", "gemma3_text") else 2, source=source,
+        fast_unsupported=fast_unsupported,
     )
 
 

@@ -90,15 +90,9 @@ class HFEngine:
 
 
 def build_engine(config: TrainConfig, path: DevicePath) -> Engine:
-    """The fast engine where it supports this run (always for engine: fast), else transformers + PEFT."""
-    from runspec.errors import ConfigError
-    from train_core.fast.engine import build_fast_engine, fast_engine_unsupported
+    """The engine runspec.resolve chose for this run (path.engine): the fast one, or transformers + PEFT."""
+    if path.engine == "fast":
+        from train_core.fast.engine import build_fast_engine
 
-    if config.model.engine == "hf":
-        return HFEngine(config, path)
-    reason = fast_engine_unsupported(config, path)
-    if reason is None:
         return build_fast_engine(config, path)
-    if config.model.engine == "fast":
-        raise ConfigError(f"model.engine: fast is not possible for this run ({reason}); accepted: auto, hf")
     return HFEngine(config, path)

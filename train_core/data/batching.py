@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import torch
 
+from runspec.resolve import run_steps
 from train_core.data.tokenize import TokenizedSample
 
 IGNORE_INDEX = -100
@@ -96,8 +97,7 @@ class BatchPlan:
         return -(-len(self.rows(epoch)) // self.batch_size)
 
     def total_steps(self, epochs: int, max_steps: int | None) -> int:
-        total = sum(self.steps_in_epoch(epoch) for epoch in range(epochs))
-        return min(total, max_steps) if max_steps else total
+        return run_steps([len(self.rows(epoch)) for epoch in range(epochs)], self.batch_size, max_steps)
 
     def step_rows(self, epoch: int, cursor: int) -> list[list[int]]:
         """The rows of optimizer step `cursor` (0-based) within `epoch`."""

@@ -3,14 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train_core.fast.rotary import rope_layer_parameters
-from runspec.fast_support import FUSED_MODEL_TYPES, SUPPORTED_MODEL_TYPES
+from runspec.fast_support import ACTIVATIONS, FUSED_MODEL_TYPES, activation_name
 
-ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
-ROPE_TYPES = ("default", "llama3", "linear", "longrope")
 GEMMA_TYPES = ("gemma2", "gemma3_text")
 QK_NORM_TYPES = ("qwen3", "gemma3_text")
-DROPOUTS = ("attention_dropout", "resid_pdrop", "embd_pdrop")
 
 
 @dataclass(frozen=True)
@@ -43,27 +39,6 @@ class ArchSpec:
         return self.hidden**0.5 if self.gemma else None
 
 
-def unsupported_reason(config) -> str | None:
-    """Why the fast engine cannot run this config (None when it can)."""
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        return f"model type {config.model_type!r} (fast engine supports {', '.join(SUPPORTED_MODEL_TYPES)})"
-    if _activation_name(config) not in ACTIVATIONS:
-        return f"activation {_activation_name(config)!r}"
-    if getattr(config, "mlp_bias", False):
-        return "MLP biases"
-    if getattr(config, "use_bidirectional_attention", False):
-        return "bidirectional attention"
-    dropped = [name for name in DROPOUTS if getattr(config, name, 0.0)]
-    if dropped:
-        return f"dropout in the model ({', '.join(dropped)})"
-    for rope in rope_layer_parameters(config).values():
-        if rope.get("rope_type", "default") not in ROPE_TYPES:
-            return f"rope type {rope.get('rope_type')!r}"
-        if rope.get("partial_rotary_factor", 1.0) != 1.0:
-            return f"partial rotary embedding (factor {rope['partial_rotary_factor']})"
-    return None
-
-
 def arch_spec(config) -> ArchSpec:
     heads = config.num_attention_heads
     layers = config.num_hidden_layers
@@ -83,7 +58,7 @@ def arch_spec(config) -> ArchSpec:
         tied=bool(getattr(config, "tie_word_embeddings", False)),
         layer_types=tuple(layer_types),
         sliding_window=window,
-        activation=ACTIVATIONS[_activation_name(config)],
+        activation=ACTIVATIONS[activation_name(config)],
         fused=config.model_type in FUSED_MODEL_TYPES,
         qk_norm=config.model_type in QK_NORM_TYPES,
         gemma=gemma,
@@ -91,7 +66,3 @@ def arch_spec(config) -> ArchSpec:
         attention_softcap=getattr(config, "attn_logit_softcapping", None),
         final_softcap=getattr(config, "final_logit_softcapping", None),
     )
-
-
-def _activation_name(config) -> str:
-    return getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None) or "silu"
