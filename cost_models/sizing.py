@@ -65,7 +65,8 @@ def row_stats(config: "TrainConfig", cache: Path | None) -> RowStats:
     if not Path(data.train).is_file():
         return RowStats.full_rows(data.max_seq_length)
     return dataset_row_stats(data.train, model_dir(config.model.name, cache), data.max_seq_length, data.packing,
-                             data.train_on, data.chat_template, data.system_prompt, cache)
+                             data.train_on, data.chat_template, data.system_prompt, cache, data.format,
+                             config.training.seed)
 
 
 def sizing_job(config: "TrainConfig", run: Run, arch: Architecture, rows: RowStats, workers: int) -> SizingJob:

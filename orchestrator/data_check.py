@@ -4,8 +4,8 @@ from __future__ import annotations
 from orchestrator.errors import SpecError
 from orchestrator.spec import TrialSpec
 from runspec.config import TrainConfig
-from train_core.data.formats import load_conversations
-from train_core.errors import DataError
+from runspec.data_formats import load_conversations
+from runspec.errors import DataError
 
 
 def check_config_data(config: TrainConfig, where: str, checked: dict | None = None) -> None:

@@ -101,7 +101,8 @@ class TrainingSettings(StrictModel):
     )
     batch_size: Integer = Field(8, ge=1, le=65_536, description="Sequences per optimizer step, over all workers.")
     micro_batch_size: Union[Annotated[Integer, Field(ge=1, le=65_536)], Literal["auto"]] = Field(
-        "auto", description="Sequences per forward/backward; auto picks one that fits (must divide batch_size)."
+        "auto", description="Sequences per forward/backward (must divide batch_size). auto = on CUDA the fastest "
+        "that fits the GPU by the planner's memory model, on CPU the largest within 4096 tokens."
     )
     learning_rate: Number = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
@@ -115,7 +116,8 @@ class TrainingSettings(StrictModel):
     )
     activation_checkpointing: Literal["auto", "none", "full", "offload"] = Field(
         "auto", description="Recompute activations in backward (full), also keep layer inputs on the CPU "
-        "(offload), or keep them (none). auto = full on CUDA, none on CPU."
+        "(offload), or keep them (none). auto = on CUDA the fastest mode that fits the GPU by the planner's "
+        "memory model (sized with the micro-batch), none on CPU."
     )
     eval_every: Integer | None = Field(
         None, ge=1, le=MAX_STEPS, description="Eval-loss interval in steps (and at the end)."

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from train_core.errors import DataError
+from runspec.errors import DataError
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -69,23 +69,31 @@ def load_conversations(
     """All rows of a JSONL file as conversations, with the detected (or given) format."""
     path = Path(path)
     rows = read_jsonl(path)
-    if format == "auto":
-        first_line, first_row = rows[0]
-        detected = detect_format(first_row)
-        if detected is None:
-            keys = ", ".join(sorted(first_row)) or "none"
-            raise DataError(f"{path}:{first_line}: unknown row format (keys: {keys}); accepted: {ACCEPTED}")
-        format = detected
-    converter = {"alpaca": _from_alpaca, "sharegpt": _from_sharegpt, "messages": _from_messages}.get(format)
-    if converter is None:
+    format = file_format(path, rows, format)
+    if format not in CONVERTERS:
         raise DataError(f"{path}: unknown data format {format!r}; accepted: auto, alpaca, sharegpt, messages")
-    conversations = []
-    for number, row in rows:
-        conversation = converter(row, f"{path}:{number}")
-        if system_prompt and conversation[0]["role"] != "system":
-            conversation = [{"role": "system", "content": system_prompt}, *conversation]
-        conversations.append(conversation)
+    conversations = [to_conversation(row, format, f"{path}:{number}", system_prompt) for number, row in rows]
     return conversations, format  # type: ignore[return-value]
+
+
+def file_format(path: Path, rows: list[tuple[int, dict]], format: str) -> FormatName:
+    """The configured format, or for auto the one the first row's keys name."""
+    if format != "auto":
+        return format  # type: ignore[return-value]
+    first_line, first_row = rows[0]
+    detected = detect_format(first_row)
+    if detected is None:
+        keys = ", ".join(sorted(first_row)) or "none"
+        raise DataError(f"{path}:{first_line}: unknown row format (keys: {keys}); accepted: {ACCEPTED}")
+    return detected
+
+
+def to_conversation(row: dict, format: FormatName, where: str, system_prompt: str | None = None) -> Conversation:
+    """One row as a conversation, with the system prompt prepended where the row has none."""
+    conversation = CONVERTERS[format](row, where)
+    if system_prompt and conversation[0]["role"] != "system":
+        conversation = [{"role": "system", "content": system_prompt}, *conversation]
+    return conversation
 
 
 def _text(row: dict, key: str, where: str, required: bool = True) -> str:
@@ -151,3 +159,6 @@ def _checked(conversation: Conversation, where: str) -> Conversation:
     if not any(message["role"] == "assistant" for message in conversation):
         raise DataError(f"{where}: the conversation has no assistant turn to learn from")
     return conversation
+
+
+CONVERTERS = {"alpaca": _from_alpaca, "sharegpt": _from_sharegpt, "messages": _from_messages}

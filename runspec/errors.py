@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config file or config field is invalid."""
+
+
+class DataError(UserError):
+    """A data set file or row is invalid."""

@@ -2,10 +2,6 @@
 from runspec.errors import UserError
 
 
-class DataError(UserError):
-    """A data set file or row is invalid."""
-
-
 class TrainingDiverged(UserError):
     """The loss, the gradients or the weights stopped being finite numbers; nothing after it is committed."""
 

@@ -83,7 +83,7 @@ def test_eval_samples_takes_the_first_rows_and_leaves_the_fingerprint(tokenizer)
 
 
 def test_a_template_that_fails_on_a_conversation_is_one_data_error(tokenizer):
-    from train_core.errors import DataError
+    from runspec.errors import DataError
 
     original = tokenizer.chat_template
     apply_chat_template_setting(
