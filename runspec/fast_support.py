@@ -33,9 +33,16 @@ ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"
 ROPE_TYPES = ("default", "llama3", "linear", "longrope")
 DROPOUTS = ("attention_dropout", "resid_pdrop", "embd_pdrop")
 DEFAULT_ROPE_KEY = "full_attention"
+DEFAULT_CE_BUDGET_MIB = 512  # bf16 logits of one loss chunk
 
 
-def _field(config: object, name: str, default: object = None) -> object:
+def ce_chunk_rows(vocab: int, budget_mib: int = DEFAULT_CE_BUDGET_MIB) -> int:
+    """Rows of bf16 logits per loss chunk that fit the budget, in [256, 8192], a multiple of 256."""
+    rows = (budget_mib * 2**20) // (vocab * 2) // 256 * 256
+    return max(256, min(8192, rows))
+
+
+def field_of(config: object, name: str, default: object = None) -> object:
     """A field of a Hugging Face config object or of its config.json mapping."""
     if isinstance(config, Mapping):
         return config.get(name, default)
@@ -43,15 +50,15 @@ def _field(config: object, name: str, default: object = None) -> object:
 
 
 def activation_name(config: object) -> str:
-    return _field(config, "hidden_activation") or _field(config, "hidden_act") or "silu"
+    return field_of(config, "hidden_activation") or field_of(config, "hidden_act") or "silu"
 
 
 def rope_layer_parameters(config: object) -> dict[str, dict]:
     """Rope parameters by layer type ("full_attention" alone when every layer shares them)."""
-    parameters = _field(config, "rope_parameters")
+    parameters = field_of(config, "rope_parameters")
     if parameters is None:
-        scaling = dict(_field(config, "rope_scaling") or {})
-        scaling.setdefault("rope_theta", _field(config, "rope_theta", 10000.0))
+        scaling = dict(field_of(config, "rope_scaling") or {})
+        scaling.setdefault("rope_theta", field_of(config, "rope_theta", 10000.0))
         scaling.setdefault("rope_type", scaling.get("type", "default"))
         parameters = scaling
     if parameters and all(isinstance(value, dict) for value in parameters.values()):
@@ -61,16 +68,16 @@ def rope_layer_parameters(config: object) -> dict[str, dict]:
 
 def unsupported_reason(config: object) -> str | None:
     """Why the fast engine cannot run this model config, an HF config or its config.json dict (None when it can)."""
-    model_type = _field(config, "model_type")
+    model_type = field_of(config, "model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         return f"model type {model_type!r} (fast engine supports {', '.join(SUPPORTED_MODEL_TYPES)})"
     if activation_name(config) not in ACTIVATIONS:
         return f"activation {activation_name(config)!r}"
-    if _field(config, "mlp_bias", False):
+    if field_of(config, "mlp_bias", False):
         return "MLP biases"
-    if _field(config, "use_bidirectional_attention", False):
+    if field_of(config, "use_bidirectional_attention", False):
         return "bidirectional attention"
-    dropped = [name for name in DROPOUTS if _field(config, name, 0.0)]
+    dropped = [name for name in DROPOUTS if field_of(config, name, 0.0)]
     if dropped:
         return f"dropout in the model ({', '.join(dropped)})"
     for rope in rope_layer_parameters(config).values():
@@ -91,7 +98,7 @@ class ModelFacts:
 
 def model_facts(config: object) -> ModelFacts:
     """ModelFacts of a Hugging Face config object or its config.json dict."""
-    return ModelFacts(str(_field(config, "model_type", "")), unsupported_reason(config))
+    return ModelFacts(str(field_of(config, "model_type", "")), unsupported_reason(config))
 
 
 def run_unsupported(

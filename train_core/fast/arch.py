@@ -1,24 +1,19 @@
 """Which Hugging Face decoder configs the fast engine runs, and their shapes and per-architecture choices."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from runspec.fast_support import ACTIVATIONS, FUSED_MODEL_TYPES, activation_name
+from runspec.shapes import DecoderShape, decoder_shape
 
 GEMMA_TYPES = ("gemma2", "gemma3_text")
 QK_NORM_TYPES = ("qwen3", "gemma3_text")
 
 
 @dataclass(frozen=True)
-class ArchSpec:
-    model_type: str
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
+class ArchSpec(DecoderShape):
+    """A decoder shape with what the fast engine computes differently per architecture."""
+
     eps: float
     tied: bool
     layer_types: tuple[str, ...]  # "full_attention" or "sliding_attention" per layer
@@ -40,22 +35,13 @@ class ArchSpec:
 
 
 def arch_spec(config) -> ArchSpec:
-    heads = config.num_attention_heads
-    layers = config.num_hidden_layers
+    shape = decoder_shape(config, lambda key: ValueError(f"config field {key!r} is missing or not a positive integer"))
     window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) is not False else None
-    layer_types = getattr(config, "layer_types", None) or ["sliding_attention" if window else "full_attention"] * layers
+    layer_types = getattr(config, "layer_types", None) or ["sliding_attention" if window else "full_attention"] * shape.layers
     gemma = config.model_type in GEMMA_TYPES
     return ArchSpec(
-        model_type=config.model_type,
-        hidden=config.hidden_size,
-        intermediate=config.intermediate_size,
-        layers=layers,
-        heads=heads,
-        kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-        vocab=config.vocab_size,
+        **asdict(shape),
         eps=config.rms_norm_eps,
-        tied=bool(getattr(config, "tie_word_embeddings", False)),
         layer_types=tuple(layer_types),
         sliding_window=window,
         activation=ACTIVATIONS[activation_name(config)],

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import torch
 
+from runspec.fast_support import DEFAULT_CE_BUDGET_MIB, ce_chunk_rows
 from train_core.fast.adapter import load_peft_state, save_peft_adapter
 from train_core.fast.batch import PackedBatch
 from train_core.fast.loading import AdapterSpec, load_fast_model
 from train_core.fast.recompute import Recompute
-
-DEFAULT_CE_BUDGET_MIB = 512
 
 
 def build_fast_engine(config, path) -> "FastEngine":
@@ -25,12 +24,6 @@ def build_fast_engine(config, path) -> "FastEngine":
     engine.tokenizer = load_tokenizer(resolved.path)
     engine.description = f"{resolved.description}; {engine.description}"
     return engine
-
-
-def ce_chunk_rows(vocab: int, budget_mib: int) -> int:
-    """Rows of bf16 logits per loss chunk that fit the budget, in [256, 8192], a multiple of 256."""
-    rows = (budget_mib * 2**20) // (vocab * 2) // 256 * 256
-    return max(256, min(8192, rows))
 
 
 class FastEngine:
