@@ -8,6 +8,11 @@ changes how it uses memory or time, then refit with `python -m cost_models.fit`.
 
     python bench/calibrate_estimator.py --out cost_models/data/calibration.csv --deadline 200
     python bench/calibrate_estimator.py --device cpu --matrix smoke --out /tmp/calib.csv   # dry run
+    python bench/calibrate_estimator.py --matrix heldout --split heldout --out ... --stats-out stats.jsonl
+
+--split marks the rows: `fit` rows are fitted, `heldout` rows are only scored against the fit (accuracy on
+points it never saw). --stats-out adds the caching allocator's pool statistics per point (where reserved
+memory goes beyond allocated).
 
 --engine is train_core's model.engine: auto (default) measures what train_core picks per group (the fast
 engine for NF4 Llama/Qwen2/Mistral, transformers + PEFT otherwise); each row names the engine that ran.
@@ -44,7 +49,7 @@ COLUMNS = [
     "run", "date", "card", "engine", "versions", "arch", "layers", "quantization", "lora_rank", "lora_targets",
     "checkpointing", "seq_len", "micro_batch", "grad_accum", "samples_per_row", "tokens_per_micro_batch",
     "targets_per_micro_batch", "status", "peak_allocated_gib", "peak_reserved_gib", "step_s", "step_s_min",
-    "weights_gib", "lora_params", "context_gib", "timed_steps", "checkpoint_mb", "checkpoint_s",
+    "weights_gib", "lora_params", "context_gib", "timed_steps", "checkpoint_mb", "checkpoint_s", "split",
 ]
 
 
@@ -92,6 +97,31 @@ MATRIX = {
         )),
         Group("smollm2-360m", "nf4", 32, (P("full", 1024, 8, 4), P("none", 512, 4, 2), P("none", 2048, 2, 1))),
         Group("qwen2-0.5b", "bf16", 8, (P("none", 512, 8, 1), P("full", 8192, 2, 2))),
+    ),
+    # Held-out points (2026-11-29): architectures, sizes, ranks and lengths the default matrix never measured,
+    # at full depth; the issue-14 points (Qwen2.5-3B none 4x1024 accumulation 2, Qwen2.5-3B offload 1x8192,
+    # Mistral-7B offload 4x2048) and neighbours that change one factor at a time.
+    "heldout": (
+        Group("qwen2.5-3b", "nf4", 64, (
+            P("none", 1024, 4, 1, 2), P("none", 1024, 4, 1, 1), P("offload", 8192, 1, 1), P("full", 2048, 2, 2),
+            P("offload", 2048, 4, 1),
+        )),
+        Group("mistral-7b", "nf4", 16, (
+            P("offload", 2048, 4, 1), P("full", 4096, 1, 2, 2), P("none", 1024, 2, 1), P("offload", 8192, 2, 4),
+        )),
+        Group("smollm2-1.7b", "nf4", 16, (
+            P("none", 2048, 2, 2), P("full", 4096, 1, 1, 2), P("offload", 8192, 1, 2), P("full", 512, 8, 1),
+        )),
+        Group("smollm2-135m", "nf4", 16, (P("none", 2048, 4, 2), P("full", 1024, 8, 1, 2), P("offload", 4096, 2, 2))),
+        Group("gemma-2-2b", "nf4", 16, (P("full", 2048, 1, 1), P("none", 1024, 2, 2))),
+        Group("phi-3-mini", "nf4", 16, (P("full", 2048, 2, 2), P("offload", 4096, 1, 1))),
+    ),
+    "heldout2": (
+        Group("llama-3-8b", "nf4", 32, (
+            P("offload", 8192, 1, 1), P("full", 2048, 4, 2, 2), P("none", 1024, 4, 1), P("offload", 4096, 4, 2),
+        )),
+        Group("qwen2.5-7b", "nf4", 16, (P("offload", 4096, 2, 2), P("none", 2048, 1, 1, 2), P("full", 8192, 1, 1))),
+        Group("gemma-2-2b", "nf4", 16, (P("offload", 4096, 1, 1), P("full", 1024, 4, 2, 2), P("none", 512, 4, 1))),
     ),
     "smoke": (
         Group("tiny-qwen2", "bf16", 8, (P("none", 128, 2, 2), P("full", 256, 1, 1), P("full", 128, 2, 2, 2))),
@@ -249,6 +279,7 @@ class Bench:
                 peak_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
                 peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30,
                 context_gib=((total - free) - torch.cuda.memory_reserved()) / 2**30,
+                allocator=allocator_stats(),
             )
         return result
 
@@ -275,6 +306,21 @@ class Bench:
             import torch
 
             torch.cuda.empty_cache()
+
+
+def allocator_stats() -> dict[str, float]:
+    """Peaks of the caching allocator's pools and its split/inactive blocks (GiB; counts as they are): where
+    reserved memory goes beyond allocated."""
+    import torch
+
+    stats = torch.cuda.memory_stats()
+    wanted = (
+        "reserved_bytes.large_pool.peak", "reserved_bytes.small_pool.peak", "inactive_split_bytes.all.peak",
+        "inactive_split_bytes.large_pool.peak", "allocated_bytes.large_pool.peak", "active_bytes.all.peak",
+        "requested_bytes.all.peak", "segment.all.peak", "segment.large_pool.peak", "num_alloc_retries",
+        "num_device_alloc", "reserved_bytes.all.current", "allocated_bytes.all.current",
+    )
+    return {key: stats[key] / 2**30 if "bytes" in key else stats[key] for key in wanted if key in stats}
 
 
 def _arch(group: Group) -> Architecture:
@@ -306,7 +352,7 @@ def measure_group(group: Group, bench: Bench, context: dict, args: argparse.Name
             "lora_targets": "+".join(group.targets or ("all-linear",)), "checkpointing": point.checkpointing,
             "seq_len": point.seq_len, "micro_batch": point.micro_batch, "grad_accum": point.grad_accum,
             "samples_per_row": point.samples_per_row, "weights_gib": bench.weights_gib,
-            "lora_params": bench.lora_params, "timed_steps": args.timed,
+            "lora_params": bench.lora_params, "timed_steps": args.timed, "split": args.split,
         }
         try:
             result = bench.measure(point, args.warmup, args.timed)
@@ -319,7 +365,11 @@ def measure_group(group: Group, bench: Bench, context: dict, args: argparse.Name
             checkpoint = bench.checkpoint_cost()  # after a step, so the optimizer state is in it
         if checkpoint is not None:
             row.update(checkpoint_mb=checkpoint[0], checkpoint_s=checkpoint[1])
+        allocator = result.pop("allocator", None)
         write_row(Path(args.out), {**row, **result})
+        if args.stats_out:
+            with open(args.stats_out, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({**row, **result, "allocator": allocator}, default=str) + "\n")
         shown = {key: result.get(key) for key in ("status", "peak_reserved_gib", "step_s")}
         print(f"   {point}: {json.dumps(shown, default=lambda v: round(v, 3))}", flush=True)
 
@@ -365,7 +415,21 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"done in {time.monotonic() - started:.0f}s", flush=True)
+    print_table(Path(args.out), context["run"])
     return 0
+
+
+def print_table(path: Path, run_id: str) -> None:
+    """The rows this run wrote, one compact line each."""
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["run"] == run_id]
+    print("arch engine mode seq x mb x acc spr | status alloc reserved step_s")
+    for r in rows:
+        print(f"{r['arch']} {r['engine']} {r['checkpointing']} {r['seq_len']}x{r['micro_batch']}x{r['grad_accum']} "
+              f"{r['samples_per_row']} | {r['status']} {r['peak_allocated_gib']} {r['peak_reserved_gib']} "
+              f"{r['step_s']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=200.0, help="start no new point after this many seconds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per point (peak counts from step 2)")
     parser.add_argument("--timed", type=int, default=3, help="timed steps per point (the median is recorded)")
+    parser.add_argument("--split", choices=("fit", "heldout"), default="fit",
+                        help="fit: cost_models.fit uses the rows; heldout: only scored against the fit")
+    parser.add_argument("--stats-out", default="", help="JSONL: each row with the allocator's pool statistics")
     return run(parser.parse_args(argv))
 
 

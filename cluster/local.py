@@ -5,17 +5,22 @@ cheapest price any provider lists); the work itself runs on this machine's CPU.
 Each launched node gets a directory where its processes register (cluster/node_agent.py). The market
 (cluster/spot_market.py) decides when a node is reclaimed: a notice file with a deadline, then at the
 deadline a hard kill (SIGKILL) of every process registered on the node; notice 0 kills at once. After a
-preemption that GPU type has no spot capacity for a cooldown, so a re-plan may pick another type.
+preemption that GPU type has no spot capacity for a cooldown, so a re-plan may pick another type. The market's
+time_scale runs its clocks (boot, preemption times, notice, cooldown) that much faster than the wall clock.
 
 Ray runs inside the run directory (temp dir reached through a short symlink, because Ray's socket paths
-must stay under 108 bytes), on 127.0.0.1 only. The controller process owns it: when the controller dies,
-Ray dies with it, and the next controller kills whatever that session left behind, by PID.
+must stay under 108 bytes), on 127.0.0.1 only, without a dashboard, and with Ray's token authentication: a
+random token per controller start, in ray/auth_token (mode 0600), which every Ray process reads through
+RAY_AUTH_TOKEN_PATH. Ray's temp dir is ray/tmp: Ray makes it and its own directories 0777, and ray/ (0700)
+keeps other users out of all of them. The controller process owns Ray: when the controller dies, Ray dies with
+it, and the next controller kills whatever that session left behind, by PID, start time and command line.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -30,8 +35,12 @@ from cluster.spot_market import PreemptionPlan, SimulatedMarket, plan_preemption
 from cost_models.catalog import LOCAL, Offer, list_offers
 
 SESSION_FILE = "session.json"
+TOKEN_FILE = "auth_token"
+# The controller's environment (orchestrator/daemon.py sets it before Python starts: Ray reads some of these
+# when it is imported). RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps node IP 127.0.0.1 from being replaced by the
+# machine's outward address, which would make Ray listen on every interface.
 RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",
+    "RAY_AUTH_MODE": "token",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "GLOO_SOCKET_IFNAME": "lo",
@@ -70,22 +79,40 @@ class LocalProvider:
         import ray
 
         ray_dir = self.run_dir / "ray"
-        ray_dir.mkdir(parents=True, exist_ok=True)
+        ray_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ray_dir.chmod(0o700)
         self._reap_previous_session(ray_dir / SESSION_FILE)
-        write_atomic(ray_dir / SESSION_FILE, json.dumps({"controller": ProcessRecord.current().dump().strip()}))
+        write_atomic(ray_dir / SESSION_FILE,
+                     json.dumps({"controller": ProcessRecord.current(with_cmdline=True).to_dict()}))
+        token = write_token(ray_dir / TOKEN_FILE)
         digest = hashlib.sha1(str(ray_dir.resolve()).encode()).hexdigest()[:10]
         link = Path(tempfile.gettempdir()) / f"spottune-ray-{digest}"
         if link.is_symlink() or link.exists():
             link.unlink()
-        link.symlink_to(ray_dir.resolve(), target_is_directory=True)
+        ray_temp = ray_dir / "tmp"  # Ray makes its temp dir 0777 (again and again); ray/ stays 0700 around it
+        ray_temp.mkdir(exist_ok=True)
+        link.symlink_to(ray_temp.resolve(), target_is_directory=True)
         self._ray_link = link
         os.environ.update(RAY_ENV)
         os.environ["RAY_TMPDIR"] = str(link)
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+        # `import ray` cached RAY_AUTH_MODE and the token; re-read them, as Ray's own token set-up does
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
         ray.init(
             address="local", num_cpus=self.cpus, num_gpus=0, include_dashboard=False, log_to_driver=False,
             _temp_dir=str(link), _node_ip_address="127.0.0.1", object_store_memory=200 * 2**20,
             configure_logging=False,
         )
+        if ray.util.get_node_ip_address() != "127.0.0.1":
+            ray.shutdown()
+            raise ClusterError(
+                "Ray would listen beyond 127.0.0.1: start the controller with RAY_ENV in its environment "
+                "(ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported)"
+            )
 
     def shutdown(self) -> None:
         import ray
@@ -102,10 +129,14 @@ class LocalProvider:
 
     @staticmethod
     def _reap_previous_session(session_file: Path) -> None:
-        """Kill what a dead controller's Ray session left (it was a session leader; we match sid and start time)."""
+        """Kill what a dead controller's Ray session left (it was a session leader; see session_members).
+
+        Nothing is killed when the recorded PID now belongs to another process (another start time or
+        command line), nor any process that is not verifiably the one found (ProcessRecord.kill).
+        """
         if not session_file.is_file():
             return
-        previous = ProcessRecord.parse(json.loads(session_file.read_text(encoding="utf-8"))["controller"])
+        previous = ProcessRecord.from_dict(json.loads(session_file.read_text(encoding="utf-8"))["controller"])
         if previous.alive():
             raise ClusterError(f"another controller (PID {previous.pid}) still drives this run")
         for process in session_members(previous):
@@ -116,7 +147,8 @@ class LocalProvider:
     def offers(self, requirements: Requirements) -> list[Offer]:
         now = time.time()
         return [
-            offer for offer in list_offers([LOCAL], requirements.market, requirements.gpu_types)
+            offer for offer in list_offers([LOCAL], requirements.market, requirements.gpu_types,
+                                           local_prices_from=self.market.prices_from)
             if offer.market != "spot" or self._no_spot_until.get(offer.gpu.name, 0.0) <= now
         ]
 
@@ -125,11 +157,12 @@ class LocalProvider:
         directory = self.run_dir / "nodes" / node_id
         if directory.exists():
             shutil.rmtree(directory)
-        (directory / PIDS_DIR).mkdir(parents=True)
+        (directory / PIDS_DIR).mkdir(mode=0o700, parents=True)
         node = Node(node_id, offer, spec, time.time(), env={NODE_DIR_ENV: str(directory)}, accelerator="cpu")
         plan = None
         if offer.market == "spot":
-            plan = plan_preemption(self.market, spec.trial_index, spec.trial_id, spec.attempt)
+            plan = plan_preemption(self.market, spec.trial_index, spec.trial_id, spec.attempt,
+                                   offer.interruptions_per_hour)
         self._nodes[node_id] = _NodeState(node, directory, plan)
         return node
 
@@ -144,16 +177,17 @@ class LocalProvider:
         if state.gone:
             return []
         now = time.time()
+        scale = self.market.time_scale
         events: list[NodeEvent] = []
         if state.running_at is None:
-            if now < node.launched_at + self.market.boot_s:
+            if now < node.launched_at + self.market.boot_s / scale:
                 return events
             state.running_at = now
             events.append(NodeEvent("running", now))
         if state.deadline is None and state.plan is not None and self._triggered(state, now):
             notice = state.plan.notice_s
-            state.deadline = now + notice
-            self._no_spot_until[node.offer.gpu.name] = now + self.market.capacity_cooldown_s
+            state.deadline = now + notice / scale
+            self._no_spot_until[node.offer.gpu.name] = now + self.market.capacity_cooldown_s / scale
             if notice > 0:
                 write_atomic(state.directory / NOTICE_FILE, json.dumps({"deadline": state.deadline}))
                 events.append(NodeEvent("notice", now, deadline=state.deadline,
@@ -169,7 +203,7 @@ class LocalProvider:
     def _triggered(self, state: _NodeState, now: float) -> bool:
         plan = state.plan
         if plan.after_s is not None:
-            return state.running_at is not None and now - state.running_at >= plan.after_s
+            return state.running_at is not None and now - state.running_at >= plan.after_s / self.market.time_scale
         try:
             beat = json.loads((state.directory / HEARTBEAT_FILE).read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):
@@ -184,3 +218,12 @@ class LocalProvider:
         for entry in sorted(pids.iterdir()):
             if not entry.name.startswith("."):
                 ProcessRecord.parse(entry.read_text(encoding="utf-8")).kill()
+
+
+def write_token(path: Path) -> Path:
+    """A fresh random Ray authentication token in a file only this user can read (mode 0600)."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_hex(32))
+    return path

@@ -23,8 +23,11 @@ RECLAIMED_FILE = "reclaimed"
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename; the file is readable by this user only (mode 0600)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
     os.replace(temporary, path)
 
 
@@ -41,7 +44,7 @@ class LocalNodeAgent:
         reading the mark, so a process starting during a reclaim is always killed by one side or the other.
         """
         pids = self.node_dir / PIDS_DIR
-        pids.mkdir(parents=True, exist_ok=True)
+        pids.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(pids / name, ProcessRecord.current().dump())
         if (self.node_dir / RECLAIMED_FILE).exists():
             os.kill(os.getpid(), signal.SIGKILL)

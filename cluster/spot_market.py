@@ -44,6 +44,18 @@ class StorageFault(_Strict):
 class SimulatedMarket(_Strict):
     seed: int = Field(0, description="Seed of the random preemptions.")
     hazard_per_hour: float = Field(0.0, ge=0, description="Random preemptions per node-hour of running time.")
+    catalog_hazard_scale: float = Field(
+        0.0, ge=0, description="Random preemptions at this multiple of each spot offer's catalog interruption "
+        "bucket rate (used when hazard_per_hour is 0; 0 = off)."
+    )
+    prices_from: list[str] | None = Field(
+        None, description="Providers whose catalog prices and buckets the market copies (cheapest per GPU type "
+        "and market); null = every provider."
+    )
+    time_scale: float = Field(
+        1.0, gt=0, description="Simulated seconds per real second: boot, preemption times, notices and cooldowns "
+        "of the market run this much faster (hours-long runs replayed in minutes)."
+    )
     notice_s: float = Field(120.0, ge=0, description="Notice given with random preemptions (AWS gives 120 s).")
     capacity_cooldown_s: float = Field(
         300.0, ge=0, description="After a preemption, that GPU type has no spot capacity for this long."
@@ -65,15 +77,18 @@ def _matches(reference: TrialRef, trial_index: int, trial_id: str) -> bool:
     return reference == trial_index if isinstance(reference, int) else reference == trial_id
 
 
-def plan_preemption(market: SimulatedMarket, trial_index: int, trial_id: str, attempt: int) -> PreemptionPlan | None:
-    """When (if ever) the node of this launch is reclaimed."""
+def plan_preemption(market: SimulatedMarket, trial_index: int, trial_id: str, attempt: int,
+                    catalog_rate_per_hour: float = 0.0) -> PreemptionPlan | None:
+    """When (if ever) the node of this launch is reclaimed, in simulated seconds of running time.
+    catalog_rate_per_hour: the launched offer's bucket rate, which catalog_hazard_scale multiplies."""
     for entry in market.preemptions:
         if entry.attempt == attempt and _matches(entry.trial, trial_index, trial_id):
             return PreemptionPlan(entry.at_step, entry.after_s, entry.notice_s, "schedule")
-    if market.hazard_per_hour <= 0:
+    rate = market.hazard_per_hour or market.catalog_hazard_scale * catalog_rate_per_hour
+    if rate <= 0:
         return None
     generator = random.Random(f"{market.seed}/{trial_id}/{attempt}")
-    return PreemptionPlan(None, generator.expovariate(market.hazard_per_hour / 3600.0), market.notice_s, "hazard")
+    return PreemptionPlan(None, generator.expovariate(rate / 3600.0), market.notice_s, "hazard")
 
 
 def storage_fault(market: SimulatedMarket, trial_index: int, trial_id: str, attempt: int) -> StorageFault | None:

@@ -2,7 +2,8 @@
 
 S3 works with any S3-compatible endpoint: set it with `endpoint_url` (a sweep's `storage_endpoint`) or the
 standard AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL variables. Credentials come only from the environment or
-boto3's standard chain; they are never part of a URI and never written anywhere by spottune.
+boto3's standard chain; they are never part of a URI and never written anywhere by spottune: a URI or
+endpoint with `user:password@` is refused, and the refusal does not repeat the secret.
 S3 has no directory rename, so a step directory is visible while it uploads; the checkpoint contract
 (readers trust only `checkpoints/latest`, written last with one atomic PUT) is what makes that safe.
 """
@@ -13,6 +14,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
@@ -22,6 +24,51 @@ from train_core.store import LocalStore, ObjectStore
 
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 ACCEPTED = "file://PATH, s3://BUCKET/PREFIX or a local path"
+ENDPOINT_ACCEPTED = "http://HOST[:PORT] or https://HOST[:PORT]"
+CREDENTIALS_FROM_ENV = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment and the endpoint "
+    "with storage_endpoint or AWS_ENDPOINT_URL_S3"
+)
+
+
+def _redacted(text: str) -> str:
+    """The URI with everything up to its last '@' after the scheme replaced by ***."""
+    scheme, _, rest = text.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def refuse_credentials(text: str, field: str, anywhere: bool = False) -> None:
+    """Raise when a URI carries userinfo (`scheme://user:secret@host`); the message never repeats the secret.
+
+    `anywhere`: any '@' after the scheme counts (for endpoints, where a '/' in a password would otherwise hide
+    it); else only one in the authority part (an S3 key may contain '@').
+    """
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        return
+    authority = rest if anywhere else re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        raise ClusterError(
+            f"{field}: credentials do not belong in a URI ({_redacted(text)}); remove the 'user:password@' part "
+            f"and {CREDENTIALS_FROM_ENV}"
+        )
+
+
+def check_endpoint(text: str | None, field: str = "storage_endpoint") -> str | None:
+    """An S3 endpoint URL, checked: http(s), a host, a valid port, no credentials (None passes through).
+    The message names what is accepted and never repeats the URL, which may hold a secret."""
+    if text is None:
+        return None
+    text = text.strip()
+    refuse_credentials(text, field, anywhere=True)
+    parts = urlsplit(text)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ClusterError(f"{field}: is not an endpoint URL; accepted: {ENDPOINT_ACCEPTED}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -55,6 +102,7 @@ def parse_uri(text: str, field: str = "storage") -> StorageURI:
     text = text.strip()
     if not text:
         raise ClusterError(f"{field}: empty storage location; accepted: {ACCEPTED}")
+    refuse_credentials(text, field)
     if text.startswith("file://"):
         path = text[len("file://"):]
         if not path:
@@ -63,10 +111,10 @@ def parse_uri(text: str, field: str = "storage") -> StorageURI:
     if text.startswith("s3://"):
         rest = text[len("s3://"):]
         bucket, _, prefix = rest.partition("/")
-        if "@" in bucket or ":" in bucket:
+        if ":" in bucket:
             raise ClusterError(
-                f"{field}: {text.split('@')[-1]!r}: credentials or ports do not belong in a storage URI; "
-                "set AWS credentials in the environment and the endpoint with storage_endpoint or AWS_ENDPOINT_URL_S3"
+                f"{field}: a ':' in the bucket of an s3:// URI (a port or credentials) is not accepted; "
+                f"{CREDENTIALS_FROM_ENV}"
             )
         if not BUCKET_NAME.match(bucket):
             raise ClusterError(
@@ -87,25 +135,12 @@ def open_store(uri: StorageURI | str, endpoint_url: str | None = None) -> Object
     return S3Store(location.bucket, location.path, endpoint_url)
 
 
-def check_endpoint(endpoint_url: str | None, field: str = "storage_endpoint") -> None:
-    """Fail with one line unless the endpoint is an http(s)://HOST[:PORT] URL (the URL is not echoed)."""
-    if endpoint_url is None:
-        return
-    parts = urlsplit(endpoint_url)
-    try:
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ClusterError(f"{field}: not an endpoint URL; accepted: http://HOST[:PORT] or https://HOST[:PORT]")
-
-
 def check_writable(uri: StorageURI, endpoint_url: str | None = None) -> None:
     """Fail with one line when the location cannot be written (missing bucket, no credentials, bad endpoint)."""
     check_endpoint(endpoint_url)
     if uri.scheme == "file":
         try:
-            Path(uri.path).mkdir(parents=True, exist_ok=True)
+            Path(uri.path).mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as error:
             raise ClusterError(f"storage: cannot create {uri.path}: {error.strerror}") from None
         return
@@ -121,7 +156,13 @@ class S3Store:
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint_url:
+            endpoint_url = check_endpoint(endpoint_url)
+        else:
+            for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+                if os.environ.get(variable):
+                    endpoint_url = check_endpoint(os.environ[variable], field=variable)
+                    break
         self.endpoint_url = endpoint_url
         config = Config(
             retries={"max_attempts": 4, "mode": "standard"},

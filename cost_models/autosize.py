@@ -8,8 +8,7 @@ from typing import Iterable
 
 from cost_models.calibration import Calibration, load_calibration
 from cost_models.catalog import Gpu
-from cost_models.estimate import SAFETY_FRACTION, Estimate, estimate
-from cost_models.memory import estimate_memory
+from cost_models.estimate import DEFAULT_VRAM_HEADROOM, Estimate, estimate, fits_on, upper_need_gib
 from cost_models.shape import CHECKPOINTING, JobShape
 
 MODE_ORDER = {"none": 0, "full": 1, "offload": 2}  # prefer keeping more on the GPU when times tie
@@ -39,16 +38,17 @@ def autosize(
     micro_batch: int | None = None,
     checkpointing: str | None = None,
     calibration: Calibration | None = None,
+    headroom: float = DEFAULT_VRAM_HEADROOM,
 ) -> Estimate:
-    """The fastest fitting choice (None = auto); when nothing fits, the choice needing the least memory."""
+    """The fastest choice whose memory upper bound fits (None = auto); when nothing fits, the choice needing the
+    least memory."""
     calibration = calibration or load_calibration(shape.engine)
     options = candidate_shapes(shape, rows_per_worker, micro_batch, checkpointing)
-    needs = [(estimate_memory(option, calibration.memory).total, option) for option in options]
-    limit = gpu.memory_gib * (1 - SAFETY_FRACTION)
-    fitting = [estimate(option, gpu, calibration) for need, option in needs if need <= limit]
+    needs = [(upper_need_gib(option, gpu, calibration), option) for option in options]
+    fitting = [estimate(option, gpu, calibration, headroom) for need, option in needs if fits_on(need, gpu, headroom)]
     if fitting:
-        return min(fitting, key=lambda o: (o.time.step, MODE_ORDER[o.shape.checkpointing], o.need_gib))
-    return estimate(min(needs, key=lambda pair: pair[0])[1], gpu, calibration)
+        return min(fitting, key=lambda o: (o.time.step, MODE_ORDER[o.shape.checkpointing], o.need_upper_gib))
+    return estimate(min(needs, key=lambda pair: pair[0])[1], gpu, calibration, headroom)
 
 
 def shorter_rows(shape: JobShape) -> JobShape:
@@ -67,6 +67,7 @@ def fit_advice(
     micro_batch: int | None = None,
     checkpointing: str | None = None,
     calibration: Calibration | None = None,
+    headroom: float = DEFAULT_VRAM_HEADROOM,
 ) -> str:
     """One line: how short the job falls on the biggest offered card, and which changes would make it fit."""
     calibration = calibration or load_calibration(shape.engine)
@@ -74,7 +75,7 @@ def fit_advice(
     if not offered:
         return "no offer matches the filters (providers, market, GPUs, price)"
     biggest = offered[-1]
-    best = autosize(shape, biggest, rows_per_worker, micro_batch, checkpointing, calibration)
+    best = autosize(shape, biggest, rows_per_worker, micro_batch, checkpointing, calibration, headroom)
     tries = [
         ("training.micro_batch_size 1", shape, 1, checkpointing),
         ("training.activation_checkpointing offload", shape, micro_batch, "offload"),
@@ -85,14 +86,15 @@ def fit_advice(
     by_size = sorted(catalog_gpus, key=lambda g: g.memory_gib)
     fixes = []
     for label, changed, size, mode in [("as configured", shape, micro_batch, checkpointing), *tries]:
-        if label != "as configured" and autosize(changed, biggest, rows_per_worker, size, mode, calibration).fits:
+        if label != "as configured" and autosize(changed, biggest, rows_per_worker, size, mode, calibration,
+                                                 headroom).fits:
             fixes.append(label)
             continue
         card = next((g for g in by_size if g.memory_gib > biggest.memory_gib
-                     and autosize(changed, g, rows_per_worker, size, mode, calibration).fits), None)
+                     and autosize(changed, g, rows_per_worker, size, mode, calibration, headroom).fits), None)
         if card is not None:
             where = f"{card.name} ({card.memory_gib:.0f} GiB) or bigger"
             fixes.append(f"a bigger card: {where}" if label == "as configured" else f"{label} on {where}")
-    needed = (f"needs {best.need_gib:.1f} GiB on {biggest.name} ({biggest.memory_gib:.0f} GiB) even with "
+    needed = (f"needs up to {best.need_upper_gib:.1f} GiB on {biggest.name} ({biggest.memory_gib:.0f} GiB) even with "
               f"micro-batch {best.shape.micro_batch} and {best.shape.checkpointing} checkpointing")
     return f"fits no offered GPU: {needed}; would fit with: {'; '.join(fixes) or 'nothing in the catalog'}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -36,6 +37,8 @@ class MemoryCoefficients:
     saved_float_base: float | None = None
     mask_per_layer: float | None = None
     working_float_base: float | None = None
+    offload_pending: float | None = None  # fast engine: offloaded layer inputs whose blocks wait on the copy stream
+    margin: float = 0.0  # relative allowance above the point for the upper bound (worst fitted under-prediction)
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,46 @@ class TimeCoefficients:
     host_layer_pass_float: float | None = None  # seconds per decoder layer per pass with a bf16/fp32 base
     masked_attention_efficiency: float | None = None  # attention under a dense mask
     host_factors: dict[str, float] = field(default_factory=dict)  # per calibration run (machine); 1 = reference
+    margin: float = 0.0  # relative half-width of the step-time interval at the measured points (worst fitted error)
 
     @cached_property
     def host_factor(self) -> float:
         """The host speed a plan assumes: the mean over the measured machines."""
         return sum(self.host_factors.values()) / len(self.host_factors) if self.host_factors else 1.0
+
+
+def _outside(value: float, low: float, high: float) -> float:
+    """How far value lies outside [low, high], in factors of 4 (0 inside; 1 = four times past an edge)."""
+    if value <= 0 or low <= 0:
+        return 0.0
+    return max(0.0, math.log(value / high), math.log(low / value)) / math.log(4)
+
+
+@dataclass(frozen=True)
+class Distance:
+    """How far a job lies from the engine's measured points, per factor (0 = measured); `memory` leaves out the
+    GPU (reserved memory is the same software on every card), `time` counts it."""
+
+    architecture: float  # 0 the architecture was measured, 0.5 its family (model type) was, 1 neither
+    size: float  # parameters outside the measured range, in factors of 4
+    tokens: float  # tokens per micro-batch outside the measured range, in factors of 4
+    micro_batch: float  # micro-batch outside the measured range, in factors of 4
+    mode: float  # 1 when the engine was never measured with this checkpointing mode
+    weights: float  # 1 for a weight format or compute dtype the engine was not measured with
+    gpu: float  # 0 a measured card, 0.5 a transfer with a measured GEMM rate, 1 a transfer through datasheet rates
+
+    @property
+    def memory(self) -> float:
+        return self.architecture + self.size + self.tokens + self.micro_batch + self.mode + self.weights
+
+    @property
+    def time(self) -> float:
+        return self.memory + self.gpu
+
+    @property
+    def calibrated(self) -> bool:
+        """Near enough to measured points that the fitted error bounds apply as they are."""
+        return self.time < 1.0
 
 
 @dataclass(frozen=True)
@@ -75,19 +113,30 @@ class Calibration:
     quantizations: tuple[str, ...]
     measurements_sha256: str
     accuracy: dict
+    architectures: tuple[str, ...] = ()  # measured architecture names (full depth or not)
+    model_types: tuple[str, ...] = ()
+    micro_batch_range: tuple[int, int] = (1, 1)
+    modes: tuple[str, ...] = ()
+
+    def distance(self, gpu: Gpu, shape: JobShape) -> Distance:
+        arch = shape.arch
+        if arch.name.split("[")[0] in self.architectures:
+            family = 0.0
+        else:
+            family = 0.5 if arch.model_type in self.model_types else 1.0
+        return Distance(
+            architecture=family if shape.engine == self.engine else 1.0,
+            size=_outside(arch.total_params, *self.params_range),
+            tokens=_outside(shape.tokens_per_micro_batch, *self.tokens_range),
+            micro_batch=_outside(shape.micro_batch, *self.micro_batch_range),
+            mode=0.0 if shape.checkpointing in self.modes else 1.0,
+            weights=0.0 if shape.quantization in self.quantizations and shape.compute_dtype == "bf16" else 1.0,
+            gpu=0.0 if gpu.name in self.cards else 0.5 if gpu.measured_bf16_tflops else 1.0,
+        )
 
     def covers(self, gpu: Gpu, shape: JobShape) -> bool:
-        """True when measured points exist for this GPU, engine and weight format, around this job's size."""
-        low, high = self.tokens_range
-        params_low, params_high = self.params_range
-        return (
-            gpu.name in self.cards
-            and shape.engine == self.engine
-            and shape.quantization in self.quantizations
-            and shape.compute_dtype == "bf16"
-            and low / 2 <= shape.tokens_per_micro_batch <= high * 2
-            and params_low / 2 <= shape.arch.total_params <= params_high * 4
-        )
+        """True when measured points of this engine lie near this job on this GPU (see Distance)."""
+        return self.distance(gpu, shape).calibrated
 
 
 @dataclass(frozen=True)
@@ -105,6 +154,7 @@ class Measurement:
     weights_gib: float  # allocated after loading the model and adding the adapters
     checkpoint_mb: float | None
     checkpoint_s: float | None
+    split: str = "fit"  # "heldout": scored against the fit, never fitted
     held_buffers: tuple[int, int] = (0, 0)  # fast-engine dequantization buffer elements the process held at load
 
     @property
@@ -151,7 +201,7 @@ def measurement_from_row(row: dict[str, str], source: str) -> Measurement:
         peak_allocated_gib=_float(row["peak_allocated_gib"]) or 0.0, step_s=_float(row["step_s"]) or 0.0,
         context_gib=_float(row["context_gib"]) or 0.0, weights_gib=_float(row["weights_gib"]) or 0.0,
         checkpoint_mb=_float(row.get("checkpoint_mb", "")),
-        checkpoint_s=_float(row.get("checkpoint_s", "")),
+        checkpoint_s=_float(row.get("checkpoint_s", "")), split=row.get("split") or "fit",
     )
 
 
@@ -189,6 +239,8 @@ def calibration_from_dict(raw: dict) -> Calibration:
         time=TimeCoefficients(**raw["time"]), tokens_range=tuple(raw["tokens_range"]),
         params_range=tuple(raw["params_range"]), quantizations=tuple(raw["quantizations"]),
         measurements_sha256=raw["measurements_sha256"], accuracy=raw.get("accuracy", {}),
+        architectures=tuple(raw.get("architectures", ())), model_types=tuple(raw.get("model_types", ())),
+        micro_batch_range=tuple(raw.get("micro_batch_range", (1, 1))), modes=tuple(raw.get("modes", ())),
     )
 
 

@@ -16,6 +16,9 @@ from cost_models.errors import EstimateError
 
 DATA = Path(__file__).with_name("data")
 Market = Literal["spot", "on-demand"]
+# Where an offer's price comes from: this dated catalog, the provider's API now, or the catalog because the
+# provider's API could not be reached.
+PriceOrigin = Literal["catalog", "live", "catalog-fallback"]
 MARKETS = ("spot", "on-demand")
 LOCAL = "local"
 
@@ -29,6 +32,12 @@ class Gpu:
     device_names: tuple[str, ...]
     source: str
     date: str
+    measured_bf16_tflops: float | None = None  # a measured large bf16 GEMM rate, where someone measured one
+
+    @property
+    def achieved_gemm_fraction(self) -> float | None:
+        """Measured over datasheet bf16 rate (None: not measured)."""
+        return self.measured_bf16_tflops / self.bf16_tflops if self.measured_bf16_tflops else None
 
 
 @dataclass(frozen=True)
@@ -46,10 +55,13 @@ class Offer:
     bucket: str
     source: str
     date: str
+    zone: str = ""  # the availability zone an offer is priced in, where the provider prices zones apart
+    price_origin: PriceOrigin = "catalog"
 
     @property
     def key(self) -> str:
-        return f"{self.provider}:{self.instance_type}:{self.region}:{self.market}"
+        where = f"{self.region}/{self.zone}" if self.zone else self.region
+        return f"{self.provider}:{self.instance_type}:{where}:{self.market}"
 
     def billed_gpus(self, gpus: int) -> int:
         """GPUs paid for when a job needs `gpus`: whole instances are rented (a p4d bills all 8)."""
@@ -71,6 +83,7 @@ def gpus() -> dict[str, Gpu]:
             name=row["name"], memory_gib=float(row["memory_gib"]), bf16_tflops=float(row["bf16_tflops"]),
             mem_bw_gbs=float(row["mem_bw_gbs"]), device_names=tuple(row["device_names"].split(";")),
             source=row["source"], date=row["date"],
+            measured_bf16_tflops=float(row["measured_bf16_tflops"]) if row.get("measured_bf16_tflops") else None,
         )
         for row in _rows("gpus.csv")
     }
@@ -119,11 +132,18 @@ def providers() -> list[str]:
     return sorted({offer.provider for offer in _catalog_offers()} | {LOCAL})
 
 
-@lru_cache(maxsize=1)
-def simulated_offers() -> tuple[Offer, ...]:
-    """The `local` provider's market: every GPU type, each market at the cheapest price any provider lists."""
+@lru_cache(maxsize=8)
+def simulated_offers(prices_from: tuple[str, ...] | None = None) -> tuple[Offer, ...]:
+    """The `local` provider's market: every GPU type, each market at the cheapest price any provider lists
+    (or any of `prices_from`)."""
+    for name in prices_from or ():
+        if name not in providers() or name == LOCAL:
+            accepted = ", ".join(p for p in providers() if p != LOCAL)
+            raise EstimateError(f"simulation.prices_from: unknown provider {name!r}; accepted: {accepted}")
     cheapest: dict[tuple[str, str], Offer] = {}
     for offer in _catalog_offers():
+        if prices_from is not None and offer.provider not in prices_from:
+            continue
         key = (offer.gpu.name, offer.market)
         if key not in cheapest or offer.usd_per_gpu_hour < cheapest[key].usd_per_gpu_hour:
             cheapest[key] = offer
@@ -144,9 +164,11 @@ def list_offers(
     market: str = "any",
     gpu_names: Iterable[str] | None = None,
     max_price: float | None = None,
+    local_prices_from: Iterable[str] | None = None,
 ) -> list[Offer]:
     """Offers of the given providers (every real provider when None) in one market or both, optionally
-    limited to GPU types and a $/GPU-hour ceiling; sorted by price."""
+    limited to GPU types and a $/GPU-hour ceiling; sorted by price. local_prices_from: the providers whose
+    prices the `local` market copies (None: all)."""
     if market not in (*MARKETS, "any"):
         raise EstimateError(f"resources.market: {market!r}; accepted: spot, on-demand, any")
     wanted = None if provider_names is None else list(provider_names)
@@ -156,7 +178,7 @@ def list_offers(
     allowed = None if gpu_names is None else {gpu(name).name for name in gpu_names}
     pool = list(_catalog_offers())
     if wanted is not None and LOCAL in wanted:
-        pool += simulated_offers()
+        pool += simulated_offers(None if local_prices_from is None else tuple(sorted(local_prices_from)))
     selected = [
         offer for offer in pool
         if (wanted is None or offer.provider in wanted)

@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
+
 
 from cost_models.calibration import (
     FIT, MEASUREMENTS, Calibration, Measurement, MemoryCoefficients, TimeCoefficients, load_measurements, sha256,
 )
-from cost_models.memory import GIB, estimate_memory, memory_features, static_bytes
+from cost_models.memory import GIB, estimate_memory, memory_features, reserved_upper_gib, static_bytes
 from cost_models.shape import FAST_ENGINE
-from cost_models.step_time import estimate_step_time, step_from_features, time_features
+from cost_models.step_time import estimate_step_time, host_ahead, step_from_features, time_features
 
 TIME_BOUNDS = {  # name: (low, high); host terms are seconds
     "host_layer_pass_4bit": (1e-4, 0.05), "host_layer_pass_float": (1e-4, 0.05), "host_per_target": (0.0, 0.01),
@@ -81,15 +82,28 @@ def nonnegative_least_squares(rows: list[list[float]], targets: list[float], wei
         active = [j for j in active if j not in negative]
 
 
-def fit_memory(points: Sequence[Measurement]) -> MemoryCoefficients:
-    """Scales of the features the points' engine has (memory_features returns no others)."""
+def point_host_ahead(point: Measurement, time: TimeCoefficients) -> float:
+    """How far the host ran ahead of the GPU at a measured point (only offload's held inputs depend on it)."""
+    if point.shape.checkpointing != "offload":
+        return 1.0
+    return round(host_ahead(point.shape, point.gpu, time, time.host_factors.get(point.run)), 3)
+
+
+def fit_memory(points: Sequence[Measurement], time: TimeCoefficients) -> MemoryCoefficients:
+    """Scales of the features the points' engine has (memory_features returns no others), then the margin
+    that puts every fitted point under the upper bound (memory.reserved_upper_gib at distance 0)."""
     names = list(memory_features(points[0].shape))
-    rows = [[memory_features(p.shape)[name] for name in names] for p in points]
+    rows = []
+    for p in points:
+        features, ahead = memory_features(p.shape), point_host_ahead(p, time)
+        rows.append([features[name] * (ahead if name == "offload_pending" else 1.0) for name in names])
     targets = [p.job_reserved_gib * GIB - sum(static_bytes(p.shape).values()) for p in points]
     weights = [1.0 / (p.job_reserved_gib * GIB) for p in points]
     values = nonnegative_least_squares(rows, targets, weights)
     context = sum(p.context_gib for p in points) / len(points)
-    return MemoryCoefficients(**dict(zip(names, values)), cuda_context_gib=context)
+    coefficients = MemoryCoefficients(**dict(zip(names, values)), cuda_context_gib=context)
+    worst = max(p.job_reserved_gib / reserved_upper_gib(p.shape, coefficients, 0.0) - 1 for p in points)
+    return replace(coefficients, margin=round(max(0.02, worst) + 0.005, 3))
 
 
 def nelder_mead(function: Callable[[list[float]], float], start: list[float], iterations: int) -> list[float]:
@@ -165,8 +179,10 @@ def fit_time(points: Sequence[Measurement], start: TimeCoefficients | None = Non
     return _decode(z, names, runs)
 
 
-def memory_errors(points: Sequence[Measurement], coefficients: MemoryCoefficients) -> list[float]:
-    return [estimate_memory(p.shape, coefficients).reserved / p.job_reserved_gib - 1 for p in points]
+def memory_errors(points: Sequence[Measurement], coefficients: MemoryCoefficients,
+                  time: TimeCoefficients) -> list[float]:
+    return [estimate_memory(p.shape, coefficients, point_host_ahead(p, time)).reserved / p.job_reserved_gib - 1
+            for p in points]
 
 
 def time_errors(points: Sequence[Measurement], coefficients: TimeCoefficients, per_run: bool = True) -> list[float]:
@@ -188,8 +204,8 @@ def held_out_errors(points: Sequence[Measurement], time_start: TimeCoefficients)
     for arch in sorted({p.shape.arch.name for p in points}):
         train = [p for p in points if p.shape.arch.name != arch]
         test = [p for p in points if p.shape.arch.name == arch]
-        memory += memory_errors(test, fit_memory(train))
         coefficients = fit_time(train, time_start)
+        memory += memory_errors(test, fit_memory(train, coefficients), coefficients)
         known = {run: f for run, f in coefficients.host_factors.items()}
         test_known = [p for p in test if p.run in known]
         time += time_errors(test_known, coefficients)
@@ -199,32 +215,62 @@ def held_out_errors(points: Sequence[Measurement], time_start: TimeCoefficients)
 MIN_POINTS = 12  # an engine needs this many measured points before it gets its own coefficients
 
 
-def fit_engine(points: Sequence[Measurement], path: Path) -> Calibration:
-    memory = fit_memory(points)
+def fit_engine(points: Sequence[Measurement], path: Path, heldout: Sequence[Measurement] = ()) -> Calibration:
+    """Coefficients from `points`; `heldout` points (never fitted) are only scored."""
     time = fit_time(points)
+    time = replace(time, margin=round(math.exp(max(abs(math.log(1 + e)) for e in time_errors(points, time, False)))
+                                      - 1 + 0.005, 3))
+    memory = fit_memory(points, time)
     tokens = [p.shape.tokens_per_micro_batch for p in points]
     params = [p.shape.arch.total_params for p in points]
     accuracy = {
         "points": len(points),
-        "memory_reserved": _summary(memory_errors(points, memory)),
+        "memory_reserved": _summary(memory_errors(points, memory, time)),
         "step_time": _summary(time_errors(points, time)),
         "step_time_at_mean_host": _summary(time_errors(points, time, per_run=False)),
         "architecture_held_out": held_out_errors(points, time),
     }
-    return Calibration(
+    calibration = Calibration(
         engine=points[0].shape.engine, cards=tuple(sorted({p.gpu.name for p in points})), memory=memory, time=time,
         tokens_range=(min(tokens), max(tokens)), params_range=(min(params), max(params)),
         quantizations=tuple(sorted({p.shape.quantization for p in points})),
         measurements_sha256=sha256(path), accuracy=accuracy,
+        architectures=tuple(sorted({p.shape.arch.name.split("[")[0] for p in points})),
+        model_types=tuple(sorted({p.shape.arch.model_type for p in points})),
+        micro_batch_range=(min(p.shape.micro_batch for p in points), max(p.shape.micro_batch for p in points)),
+        modes=tuple(sorted({p.shape.checkpointing for p in points})),
     )
+    if heldout:
+        accuracy["heldout"] = heldout_scores(heldout, calibration)
+    return calibration
+
+
+def heldout_scores(points: Sequence[Measurement], calibration: Calibration) -> dict:
+    """Errors at points the fit never saw, as a plan would state them (host speed: the calibrated mean)."""
+    from cost_models.estimate import estimate
+
+    memory, above_upper, time, outside = [], [], [], 0
+    for p in points:
+        e = estimate(p.shape, p.gpu, calibration)
+        measured = p.job_reserved_gib + calibration.memory.cuda_context_gib
+        memory.append(e.memory.reserved / p.job_reserved_gib - 1)
+        above_upper.append(measured / e.need_upper_gib - 1)
+        time.append(e.time.step / p.step_s - 1)
+        outside += not e.step_low <= p.step_s <= e.step_high
+    return {
+        "points": len(points), "memory_reserved": _summary(memory), "step_time": _summary(time),
+        "worst_measured_over_upper": round(max(above_upper), 4), "step_time_outside_interval": outside,
+    }
 
 
 def fit(path: Path = MEASUREMENTS) -> dict[str, Calibration]:
-    """One calibration per engine with enough measured points."""
+    """One calibration per engine with enough measured points; held-out rows are scored, never fitted."""
     points = [p for p in load_measurements(path) if p.status == "ok"]
     engines = sorted({p.shape.engine for p in points})
-    by_engine = {engine: [p for p in points if p.shape.engine == engine] for engine in engines}
-    return {engine: fit_engine(group, path) for engine, group in by_engine.items() if len(group) >= MIN_POINTS}
+    fitted = {engine: [p for p in points if p.shape.engine == engine and p.split == "fit"] for engine in engines}
+    heldout = {engine: [p for p in points if p.shape.engine == engine and p.split == "heldout"] for engine in engines}
+    return {engine: fit_engine(group, path, heldout[engine])
+            for engine, group in fitted.items() if len(group) >= MIN_POINTS}
 
 
 def _rounded(value):

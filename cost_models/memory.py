@@ -24,10 +24,13 @@ BYTES_PER_PARAM = {
     "fp32": 4.0,
 }
 EIGHT_BIT_MIN_ELEMENTS = 4096  # bitsandbytes keeps 32-bit states for smaller tensors
+UPPER_PENDING = 1.5  # offload's held inputs at the bound, in offloaded inputs: the forward's (main pool, up to all)
+# plus backward prefetches the copy stream's own pool holds while the host runs ahead; measured at most 1.26
+SOFTCAPPED_MODEL_TYPES = {"gemma2"}  # final_logit_softcapping: train_core.loss keeps tanh(logits / cap) in fp32
 COMPONENTS = {  # memory feature: the breakdown field it belongs to
     "saved": "activations", "saved_float_base": "activations", "working": "layer_recompute",
     "working_float_base": "layer_recompute", "mask_per_layer": "attention_mask", "logits": "logits_loss",
-    "one": "allocator_and_workspace",
+    "one": "allocator_and_workspace", "offload_pending": "offload_pending",
 }
 
 
@@ -46,6 +49,7 @@ class MemoryBreakdown:
     attention_mask: float
     logits_loss: float
     allocator_and_workspace: float
+    offload_pending: float  # offload: freed layer-input blocks the allocator cannot reuse until their copy is done
     cuda_context: float
 
     @cached_property
@@ -83,6 +87,7 @@ def layer_bytes_per_token(shape: JobShape) -> float:
         saved += 3.65 * arch.hidden
     if "down_proj" in targets:
         saved += 2.53 * arch.intermediate
+    saved += 4.0 * arch.hidden * max(0, arch.norms_per_layer - 2)  # the fp32 input each further RMSNorm keeps
     saved += 5.95 * shape.lora_rank * len(targets)
     if shape.masked:
         saved += 4.0 * (arch.q_dim - arch.kv_dim)
@@ -128,7 +133,10 @@ def _fast_features(shape: JobShape) -> dict[str, float]:
     """The fast engine (NF4, bf16): `working` is one layer's backward (and its recompute when checkpointed);
     `logits` is one bf16 chunk of logits (turned into its own gradient in place) plus the target rows'
     hidden states, their norm and their gradient. Offload keeps two layer inputs on the GPU: the last layer's
-    (never offloaded) and the one prefetched while the layer after it runs backward."""
+    (never offloaded) and the one prefetched while the layer after it runs backward. `offload_pending`: each
+    offloaded input is recorded on the copy stream, so the caching allocator holds its block until the copy has
+    run on the GPU; when the host launches the forward ahead of the GPU, up to every offloaded input is held at
+    once (counted here at that worst case; estimate_memory scales it by how far ahead the host runs)."""
     arch = shape.arch
     tokens = shape.max_tokens_per_micro_batch
     layer = fast_engine.layer_saved_bytes_per_token(arch)
@@ -141,12 +149,22 @@ def _fast_features(shape: JobShape) -> dict[str, float]:
     else:
         saved, working = tokens * 2 * layer_input, tokens * (layer + backward)
     targets = shape.targets(tokens)
+    pending = tokens * (arch.layers - 1) * layer_input if shape.checkpointing == "offload" else 0
     return {
         "saved": float(saved),
         "working": float(working),
         "logits": 2.0 * min(targets, ce_chunk_rows(arch.vocab)) * arch.vocab + 3 * layer_input * targets,
         "one": 1.0,
+        "offload_pending": float(pending),
     }
+
+
+def softcap_bytes(shape: JobShape) -> float:
+    """transformers + PEFT with final-logit softcapping (Gemma 2): the fp32 tanh of one loss chunk's logits,
+    saved for backward on top of the logits the fitted term counts (train_core.loss._chunk_loss_sum)."""
+    if shape.engine == FAST_ENGINE or shape.arch.model_type not in SOFTCAPPED_MODEL_TYPES:
+        return 0.0
+    return 4.0 * min(shape.targets(shape.max_tokens_per_micro_batch), LOSS_CHUNK_ROWS) * shape.arch.vocab
 
 
 @lru_cache(maxsize=4096)
@@ -174,11 +192,24 @@ def static_bytes(shape: JobShape) -> dict[str, float]:
 
 
 @lru_cache(maxsize=8192)
-def estimate_memory(shape: JobShape, coefficients: MemoryCoefficients) -> MemoryBreakdown:
+def estimate_memory(shape: JobShape, coefficients: MemoryCoefficients, host_ahead: float = 1.0) -> MemoryBreakdown:
+    """The breakdown at the peak. host_ahead (0..1): the share of the forward pass the host has launched ahead
+    of the GPU, which sets how many offloaded inputs wait on the copy stream (1 = all: the bound)."""
     static = static_bytes(shape)
     fitted = dict.fromkeys(set(COMPONENTS.values()), 0.0)
     for name, count in memory_features(shape).items():
-        fitted[COMPONENTS[name]] += getattr(coefficients, name) * count / GIB
+        share = host_ahead if name == "offload_pending" else 1.0
+        fitted[COMPONENTS[name]] += getattr(coefficients, name) * count * share / GIB
+    fitted["logits_loss"] += softcap_bytes(shape) / GIB
     return MemoryBreakdown(
         **{name: value / GIB for name, value in static.items()}, **fitted, cuda_context=coefficients.cuda_context_gib,
     )
+
+
+def reserved_upper_gib(shape: JobShape, coefficients: MemoryCoefficients, distance: float) -> float:
+    """An upper bound on peak reserved memory: the rest of the breakdown plus UPPER_PENDING times every offloaded
+    input, all of it times the engine's worst fitted under-prediction, widened in proportion to the job's
+    distance from the measured points."""
+    pending = UPPER_PENDING * memory_features(shape).get("offload_pending", 0.0) / GIB
+    base = estimate_memory(shape, coefficients, 0.0).reserved + pending
+    return base * (1 + coefficients.margin * (1 + distance))

@@ -60,9 +60,10 @@ def model_facts(arch: Architecture) -> ModelFacts:
 
 
 def row_stats(config: "TrainConfig", cache: Path | None) -> RowStats:
-    """Rows of the config's data set; full rows when the data file is not readable here."""
+    """Rows of the config's JSONL data set; full rows when it is not a JSONL file readable here (Parquet, a saved
+    dataset or a Hub id would need `datasets`, which the planner does not import) or its columns are remapped."""
     data = config.data
-    if not Path(data.train).is_file():
+    if not Path(data.train).is_file() or Path(data.train).suffix != ".jsonl" or data.columns:
         return RowStats.full_rows(data.max_seq_length)
     return dataset_row_stats(data.train, model_dir(config.model.name, cache), data.max_seq_length, data.packing,
                              data.train_on, data.chat_template, data.system_prompt, cache, data.format,

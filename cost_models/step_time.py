@@ -114,10 +114,20 @@ def _fast_work(shape: JobShape) -> dict[str, float]:
     }
 
 
-def time_features(shape: JobShape, gpu: Gpu) -> dict[str, float]:
-    """The work of one micro-batch with FLOPs and device bytes divided by this GPU's peak rates."""
+def gemm_peak(gpu: Gpu, reference: Gpu | None = None) -> float:
+    """FLOP/s the fitted efficiencies apply to on `gpu`: its datasheet bf16 rate, times how its measured GEMM rate
+    compares with the calibration card's where both were measured (else the datasheet alone: a transfer)."""
+    ratio = 1.0
+    if reference is not None and gpu.achieved_gemm_fraction and reference.achieved_gemm_fraction:
+        ratio = gpu.achieved_gemm_fraction / reference.achieved_gemm_fraction
+    return gpu.bf16_tflops * 1e12 * ratio
+
+
+def time_features(shape: JobShape, gpu: Gpu, reference: Gpu | None = None) -> dict[str, float]:
+    """The work of one micro-batch with FLOPs and device bytes divided by this GPU's peak rates (reference: the
+    card the coefficients were fitted on)."""
     features = dict(work(shape))
-    peak, bandwidth = gpu.bf16_tflops * 1e12, gpu.mem_bw_gbs * 1e9
+    peak, bandwidth = gemm_peak(gpu, reference), gpu.mem_bw_gbs * 1e9
     for name in ("gemm", "masked_attention", "causal_attention"):
         features[name] /= peak
     for name in ("weight_bytes", "activation_bytes"):
@@ -151,9 +161,29 @@ def step_from_features(f: dict[str, float], c: TimeCoefficients, host_speed: flo
     )
 
 
+def host_ahead(shape: JobShape, gpu: Gpu, c: TimeCoefficients, host_factor: float | None = None,
+               reference: Gpu | None = None) -> float:
+    """The share (0..1) of the forward pass that the host launches ahead of the GPU: 1 - host seconds per layer
+    over GPU seconds per layer of the forward (GEMMs, dequantization and attention at the fitted rates).
+    The fast engine's offload holds that share of the offloaded layer inputs (memory.estimate_memory)."""
+    f = time_features(shape, gpu, reference)
+    arch = shape.arch
+    speed = c.host_factor if host_factor is None else host_factor
+    forward_flops = 2 * (arch.linear_params + shape.lora_params) * shape.tokens_per_micro_batch
+    gpu_forward = (
+        forward_flops / gemm_peak(gpu, reference) / c.gemm_efficiency
+        + f["causal_attention"] / shape.passes / c.causal_attention_efficiency
+        + f["weight_bytes"] / shape.passes
+    ) / arch.layers
+    host_forward = speed * c.host_layer_pass_4bit
+    return max(0.0, min(1.0, 1.0 - host_forward / gpu_forward)) if gpu_forward > 0 else 0.0
+
+
 def estimate_step_time(
-    shape: JobShape, gpu: Gpu, coefficients: TimeCoefficients, host_factor: float | None = None
+    shape: JobShape, gpu: Gpu, coefficients: TimeCoefficients, host_factor: float | None = None,
+    reference: Gpu | None = None,
 ) -> StepTime:
-    """Step time on `gpu`; host_factor scales host work (default: the mean of the calibrated machines)."""
+    """Step time on `gpu`; host_factor scales host work (default: the mean of the calibrated machines);
+    reference is the calibration card, for the measured-GEMM-rate term of gemm_peak."""
     speed = coefficients.host_factor if host_factor is None else host_factor
-    return step_from_features(time_features(shape, gpu), coefficients, speed)
+    return step_from_features(time_features(shape, gpu, reference), coefficients, speed)

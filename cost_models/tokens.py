@@ -16,7 +16,7 @@ from pathlib import Path
 from cost_models.errors import EstimateError
 from cost_models.shape import RowStats
 from runspec.chat_templates import CHATML, NAMED_TEMPLATES
-from runspec.data_formats import Conversation, file_format, read_jsonl, to_conversation
+from runspec.data_formats import CONVERTERS, Conversation, file_format, read_jsonl, to_conversation
 from runspec.errors import DataError
 from runspec.packing import Render, assistant_spans, epoch_rows, trainable_mask, truncate
 
@@ -52,15 +52,34 @@ def tokenizer_files(model_dir: Path | None) -> TokenizerFiles:
     return TokenizerFiles(model_dir / "tokenizer.json", template, tuple(special))
 
 
+def _trl_messages(row: dict, row_format: str, system_prompt: str | None) -> Conversation:
+    """TRL's prompt/completion and text rows counted as chat turns (train_core renders plain-string ones without
+    the chat template, so for those this is an estimate)."""
+    if row_format == "text":
+        messages = [{"role": "assistant", "content": str(row.get("text", ""))}]
+    elif isinstance(row.get("prompt"), list) and isinstance(row.get("completion"), list):
+        messages = [{"role": str(m.get("role")), "content": str(m.get("content", ""))}
+                    for m in row["prompt"] + row["completion"] if isinstance(m, dict)]
+    else:
+        messages = [{"role": "user", "content": str(row.get("prompt"))},
+                    {"role": "assistant", "content": str(row.get("completion"))}]
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
 def _read_rows(path: Path, data_format: str, system_prompt: str | None) -> tuple[list[Conversation], int]:
     """A sample of conversations (all of a small file) and the number of rows in the file."""
     if not path.is_file():
         raise EstimateError(f"data.train: {path} not found")
     try:
-        rows = read_jsonl(path)
-        row_format = file_format(path, rows, data_format)
+        rows = [(f"{path}:{number}", row) for number, row in read_jsonl(path)]
+        row_format = file_format(rows, data_format)
         picked = rows if len(rows) <= SAMPLE_ROWS else random.Random(0).sample(rows, SAMPLE_ROWS)
-        conversations = [to_conversation(row, row_format, f"{path}:{number}", system_prompt) for number, row in picked]
+        conversations = [
+            to_conversation(row, row_format, where, system_prompt) if row_format in CONVERTERS
+            else _trl_messages(row, row_format, system_prompt) for where, row in picked
+        ]
     except DataError as error:
         raise EstimateError(str(error)) from None
     return conversations, len(rows)

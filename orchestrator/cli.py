@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "train": "orchestrator.commands.train",
     "generate": "orchestrator.commands.generate",
+    "export": "orchestrator.commands.export",
     "doctor": "orchestrator.commands.doctor",
     "plan": "orchestrator.commands.plan",
     "costs": "orchestrator.commands.costs",

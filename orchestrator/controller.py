@@ -28,9 +28,10 @@ from cluster.provider import LaunchSpec, Node, Provider, Requirements, describe_
 from cluster.spot_market import storage_fault
 from cluster.storage import Backoff, describe_error, open_store, parse_uri, storage_errors
 from orchestrator.layout import RunLayout
-from orchestrator.ledger import spent_usd
+from orchestrator.ledger import compute_ledger, spent_usd
 from orchestrator.mirror import RunMirror
 from orchestrator.planner import PlanRow, choose_offer
+from orchestrator.pruning import SweepStudy, saved_usd
 from orchestrator.spec import Resources, SweepSpec, TrialSpec, set_dotted
 from orchestrator.state import StateStore
 from train_core.checkpoint import STATE_FILE, newest_committed_step, step_key
@@ -92,6 +93,7 @@ class Active:
     max_step: int = 0
     trained: bool = False
     final: dict | None = None
+    stop_at: int | None = None  # early stopping judged this trial at this step: stop once it is committed
     settings: dict = field(default_factory=dict)  # what the chosen plan row sets in the trial's config
 
 
@@ -111,6 +113,7 @@ class Controller:
         self.active: dict[str, Active] = {}
         self._waiting: set[str] = set()
         self._storage_down: dict[str, tuple[Backoff, float]] = {}  # trial -> (backoff, monotonic time of next try)
+        self.pruning: SweepStudy | None = None
         self.layout.logs.mkdir(parents=True, exist_ok=True)
 
     # storage
@@ -158,6 +161,11 @@ class Controller:
 
     def run(self) -> None:
         self.recover()
+        if self.spec.early_stopping.enabled or self.spec.search.method == "optuna":
+            steps = max(trial.total_steps or 0 for trial in self.state.trials(self.run_id)) or 1
+            self.pruning = SweepStudy.rebuild(self.spec.early_stopping, steps, self.state, self.run_id,
+                                              self.spec.search)
+        tracker = open_tracker(self.state, self.run_id, self.spec, self.layout.state_dir)
         while True:
             self.check_state()
             self.mirror.sync()
@@ -165,12 +173,15 @@ class Controller:
             self.watch_nodes()
             self.collect()
             self.handle_cancels()
+            self.stop_losers()
             self.launch_ready()
+            tracker.sync()
             if not self.active and all(trial.terminal for trial in self.state.trials(self.run_id)):
                 break
             time.sleep(self.poll_s)
         self.state.set_finished(self.run_id, time.time())
         self.mirror.sync(force=True)
+        tracker.finish()
 
     def check_state(self) -> None:
         """Stop (StateLost) when the database file is gone: whatever is written from now on would be lost."""
@@ -207,7 +218,10 @@ class Controller:
             current = active is not None and active.attempt == attempt
             if kind == "metrics":
                 rows = metrics.setdefault((trial_id, attempt), [])
-                rows += [(record["step"], "loss", record["loss"], when), (record["step"], "lr", record["lr"], when)]
+                rows += [(record["step"], "loss", record["loss"], when), (record["step"], "lr", record["lr"], when),
+                         (record["step"], "step_seconds", record["step_seconds"], when)]
+                if record.get("peak_memory_gib") is not None:
+                    rows.append((record["step"], "peak_memory_gib", record["peak_memory_gib"], when))
                 progress.setdefault(trial_id, {}).update(
                     step=record["step"], loss=record["loss"], total_steps=record["total_steps"])
                 if current:
@@ -220,6 +234,9 @@ class Controller:
                 row = (record["step"], "eval_loss", record["eval_loss"], when)
                 metrics.setdefault((trial_id, attempt), []).append(row)
                 progress.setdefault(trial_id, {})["eval_loss"] = record["eval_loss"]
+                if current and self.pruning is not None and \
+                        self.pruning.report(trial_id, record["step"], record["eval_loss"]):
+                    active.stop_at = record["step"]
             elif kind == "checkpoint" and current:
                 self._event(active, "checkpoint", step=record["step"], now=when,
                             detail={"save_seconds": record.get("save_seconds")})
@@ -285,6 +302,8 @@ class Controller:
         final = active.final or {}
         if outcome["ok"] and final.get("status") == "completed":
             self._backfill_losses(trial.id, committed)
+            if self.pruning is not None:
+                self.pruning.completed(trial.id, final.get("eval_loss"))
             self._event(active, "succeeded", "succeeded", step=final["step"],
                         detail={"train_loss": final.get("train_loss"), "eval_loss": final.get("eval_loss")})
         elif trial.cancel_requested:
@@ -320,6 +339,32 @@ class Controller:
             self._event(active, "cancelled", "cancelled", step=self.known_step(trial.id))
             self._event(active, "terminated")
 
+    def stop_losers(self) -> None:
+        """Stop the trials early stopping chose, once their latest checkpoint is committed; checkpoints are kept."""
+        for active in list(self.active.values()):
+            if active.stop_at is None:
+                continue
+            trial = self.state.trial(self.run_id, active.trial_id)
+            try:
+                committed = self.committed_step(trial.id)
+            except storage_errors():
+                continue  # storage is down: stop once it answers and shows the judged step committed
+            if committed < active.stop_at:
+                continue  # the checkpoint of the judged step is not committed yet
+            self.provider.terminate(active.node)
+            now = time.time()
+            node = compute_ledger(self.state.events(self.run_id, trial.id), now).trials[trial.id].nodes[-1]
+            training_usd = node.price_per_hour * (now - (node.first_step_start or node.start)) / 3600.0
+            saved = saved_usd(training_usd, trial.step - active.resume_step, (trial.total_steps or 0) - trial.step)
+            self._event(active, "stopped", "stopped", step=committed, detail={
+                "eval_loss": trial.eval_loss, "reached_step": trial.step, "total_steps": trial.total_steps,
+                "saved_usd": saved, "pruner": self.spec.early_stopping.pruner})
+            self._event(active, "terminated")
+            self.trial_log(trial.id, active.attempt, f"stopped early at step {trial.step} (eval loss "
+                                                     f"{trial.eval_loss:.4f}); ~${saved:.6f} not spent")
+            self.pruning.stopped(trial.id)
+            del self.active[trial.id]
+
     def launch_ready(self) -> None:
         budget = self.spec.resources.max_total_cost
         for trial in self.state.trials(self.run_id):
@@ -334,6 +379,8 @@ class Controller:
                     self.state.record(self.run_id, trial.id, "budget", "failed", message=message,
                                       detail={"spent": spent, "budget": budget})
                     continue
+            if self.spec.search.method == "optuna" and trial.attempts == 0 and not trial.params:
+                trial = self.sample_params(trial)
             resume = self.storage_ready(trial.id)
             if resume is None:
                 continue
@@ -360,9 +407,20 @@ class Controller:
                 offer=choice.offer.key, price=node.price_per_hour, step=resume, count="attempts",
                 detail={"gpu": choice.offer.gpu.name, "market": choice.offer.market, "offer": label,
                         "resume_from": resume, "expected_usd": choice.run.usd if choice.run else None,
+                        "expected_vram_gib": choice.estimate.need_gib,
+                        "expected_step_seconds": choice.estimate.time.step,
                         "settings": settings},
             )
             self.trial_log(trial.id, attempt, f"== attempt {attempt} on {node.id} ({label}), from step {resume}")
+
+    def sample_params(self, trial):
+        """Draw an Optuna-search trial's parameters (TPE over the trials so far) and write them into its config."""
+        params = self.pruning.ask_params(trial.id)
+        config = with_settings(trial.config, params)
+        self.state.set_trial_params(self.run_id, trial.id, params, config)
+        self.trial_log(trial.id, 0, "parameters from the optuna search: "
+                                    + ", ".join(f"{name}={value}" for name, value in params.items()))
+        return self.state.trial(self.run_id, trial.id)
 
     # helpers
 
@@ -401,6 +459,17 @@ class Controller:
         stamp = time.strftime("%H:%M:%S", time.localtime(when or time.time()))
         with open(self.layout.trial_log(trial_id), "a", encoding="utf-8") as handle:
             handle.write(f"{stamp} [a{attempt}] {line}\n")
+
+
+def open_tracker(state: StateStore, run_id: str, spec: SweepSpec, state_dir: Path):
+    """The run's experiment tracker; one that cannot start is reported and replaced by one that logs nothing."""
+    from orchestrator.tracking import NoTracker, Tracker
+
+    try:
+        return Tracker(state, run_id, spec.tracking, state_dir)
+    except Exception as error:  # a tracking server down must not stop the sweep
+        print(f"tracking disabled: {type(error).__name__}: {str(error).splitlines()[0]}", file=sys.stderr)
+        return NoTracker()
 
 
 class ControllerLock:
@@ -454,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("run_id")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # the run's files, Ray's and the workers' included, are for this user only
     layout = RunLayout(Path(args.state_dir), args.run_id)
     lock = ControllerLock(layout.lock)
     if not lock.acquire():

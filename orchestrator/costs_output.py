@@ -63,7 +63,8 @@ def job_records(job: TrialJob, offers: list[Offer]) -> list[dict]:
     for name, rows in by_gpu.items():
         e = rows[0].estimate
         record = {
-            "gpu": name, "fits": e.fits, "need_gib": round(e.need_gib, 2), "have_gib": e.have_gib,
+            "gpu": name, "fits": e.fits, "need_gib": round(e.need_gib, 2), "need_upper_gib": round(e.need_upper_gib, 2),
+            "have_gib": e.have_gib,
             "micro_batch": e.shape.micro_batch, "grad_accum": e.shape.grad_accum,
             "checkpointing": e.shape.checkpointing, "step_s": round(e.time.step, 4), "steps": job.steps,
             "calibrated": e.calibrated, "engine": e.shape.engine, "data": plan.data,
@@ -85,10 +86,10 @@ def job_records(job: TrialJob, offers: list[Offer]) -> list[dict]:
 
 
 def job_table(source: str, records: list[dict]) -> str:
-    headers = ("GPU", "FITS", "NEED/HAVE GiB", "MBxGA", "CKPT", "STEP s", "STEPS", "ON-DEMAND", "$", "HOURS",
+    headers = ("GPU", "FITS", "NEED (UP TO)/HAVE GiB", "MBxGA", "CKPT", "STEP s", "STEPS", "ON-DEMAND", "$", "HOURS",
                "SPOT", "E[$]", "E[HOURS]", "E[PREEMPT]", "CALIBRATED")
     rows = [
-        (r["gpu"], "yes" if r["fits"] else "no", f"{r['need_gib']:.1f}/{r['have_gib']:.0f}",
+        (r["gpu"], "yes" if r["fits"] else "no", f"{r['need_gib']:.1f} ({r['need_upper_gib']:.1f})/{r['have_gib']:.0f}",
          f"{r['micro_batch']}x{r['grad_accum']}", r["checkpointing"], f"{r['step_s']:.2f}", r["steps"],
          r["on_demand_offer"] or "-", money(r["on_demand_usd"]), hours(r["on_demand_hours"]), r["spot_offer"] or "-",
          money(r["spot_usd"]), hours(r["spot_hours"]),

@@ -1,4 +1,8 @@
-"""Starting the controller as a daemon (its own session, so its Ray processes can be found and reaped later)."""
+"""Starting the controller as a daemon (its own session, so its Ray processes can be found and reaped later).
+
+The controller and everything it starts (Ray, the nodes' workers) run under umask 077: the run's files are
+for this user only (directories 0700, files 0600).
+"""
 from __future__ import annotations
 
 import os
@@ -6,21 +10,26 @@ import subprocess
 import sys
 import time
 
+from cluster.local import RAY_ENV
 from orchestrator.controller import controller_pid
 from orchestrator.errors import SpecError
 from orchestrator.layout import RunLayout
 
 START_TIMEOUT_S = 60
+PRIVATE_UMASK = 0o077
 
 
 def spawn_controller(layout: RunLayout) -> int:
     """Start `python -m orchestrator.controller` detached; return its PID once it holds the run's lock."""
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with open(layout.controller_log, "ab") as log:
+    layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    layout.root.chmod(0o700)
+    descriptor = os.open(layout.controller_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.chmod(layout.controller_log, 0o600)
+    with os.fdopen(descriptor, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.controller", "--state-dir", str(layout.state_dir), layout.run_id],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=dict(os.environ),
+            env={**os.environ, **RAY_ENV}, umask=PRIVATE_UMASK,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

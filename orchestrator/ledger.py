@@ -25,7 +25,7 @@ class NodeLine:
     price_per_hour: float
     start: float
     end: float | None
-    outcome: str = "running"  # succeeded | cancelled | failed | running, or an interruption cause
+    outcome: str = "running"  # succeeded | cancelled | failed | stopped | running, or an interruption cause
     last_checkpoint_time: float | None = None
     first_step_start: float | None = None
     lost_seconds: float = 0.0
@@ -79,7 +79,7 @@ def node_lines(events: list[Event]) -> list[NodeLine]:
             line.end = event.time
         elif event.kind in INTERRUPTIONS:
             line.outcome = INTERRUPTIONS[event.kind]
-        elif event.kind in ("succeeded", "cancelled", "failed") and line.outcome == "running":
+        elif event.kind in ("succeeded", "cancelled", "failed", "stopped") and line.outcome == "running":
             line.outcome = event.kind
     previous: dict[str, NodeLine] = {}
     for key in order:

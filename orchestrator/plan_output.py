@@ -7,8 +7,8 @@ from orchestrator.planner import PlanRow, SweepPlan
 from orchestrator.render import hours, money, table
 from orchestrator.spec import TrialSpec
 
-HEADERS = ("", "GPU", "PROVIDER", "INSTANCE", "MARKET", "$/GPU-H", "FITS", "NEED/HAVE GiB", "HEADROOM", "MBxGA",
-           "CKPT", "STEP s", "HOURS", "E[PREEMPT]", "E[$]", "CALIBRATED", "PRICE DATE")
+HEADERS = ("", "GPU", "PROVIDER", "INSTANCE", "MARKET", "$/GPU-H", "FITS", "NEED (UP TO)/HAVE GiB", "HEADROOM",
+           "MBxGA", "CKPT", "STEP s (RANGE)", "HOURS", "E[PREEMPT]", "E[$]", "CALIBRATED", "PRICE DATE")
 
 
 def best_per_gpu(rows: list[PlanRow]) -> list[PlanRow]:
@@ -34,8 +34,9 @@ def _cells(row: PlanRow) -> list[str]:
         fits = "price"
     return [
         "*" if row.chosen else "", e.gpu.name, row.offer.provider, _instance(row), row.offer.market,
-        money(row.offer.usd_per_gpu_hour), fits, f"{e.need_gib:.1f}/{e.have_gib:.0f}", f"{e.headroom_gib:+.1f}",
-        f"{e.shape.micro_batch}x{e.shape.grad_accum}", e.shape.checkpointing, f"{e.time.step:.2f}",
+        money(row.offer.usd_per_gpu_hour), fits, f"{e.need_gib:.1f} ({e.need_upper_gib:.1f})/{e.have_gib:.0f}",
+        f"{e.headroom_gib:+.1f}", f"{e.shape.micro_batch}x{e.shape.grad_accum}", e.shape.checkpointing,
+        f"{e.time.step:.2f} ({e.step_low:.2f}-{e.step_high:.2f})",
         hours(r.wall_hours if r else None), f"{r.expected_preemptions:.2f}" if r else "-", money(r.usd if r else None),
         "yes" if e.calibrated else "uncalibrated", row.offer.date,
     ]
@@ -60,19 +61,21 @@ def render_plan(name: str, trials: list[TrialSpec], plan: SweepPlan, all_offers:
         engines = sorted({row.estimate.shape.engine for row in plan.rows})
         cards = "; ".join(f"{engine} on {', '.join(load_calibration(engine).cards)}" for engine in engines)
         lines.append(f"uncalibrated = no measured point near this job on that GPU for this engine (measured: {cards}); "
-                     "treat its VRAM and time as a model, see cost_models/README.md")
+                     "its bounds are widened; treat its VRAM and time as a model, see cost_models/README.md")
+    lines.append("FITS compares the upper bound (UP TO) with the card less resources.vram_headroom; "
+                 "`spottune plan SPEC --explain TRIAL GPU` shows the terms")
     if not all_offers:
         lines.append("showing the cheapest offer per GPU type and market; --all-offers lists every offer")
     return "\n".join(lines)
 
 
-def plot_plan(plan: SweepPlan, path: str) -> None:
+def plan_figure(plan: SweepPlan):
     """Two bar charts over GPU types: expected $ and hours for the whole sweep on the cheapest offer of each."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         raise EstimateError("--plot needs matplotlib: pip install matplotlib") from None
     usd: dict[str, float] = {}
@@ -92,14 +95,19 @@ def plot_plan(plan: SweepPlan, path: str) -> None:
     if not complete:
         raise EstimateError("--plot: no GPU type fits every trial, nothing to draw")
     names = sorted(complete, key=usd.__getitem__)
-    figure, (cost_axis, time_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    # vertical labels, one bar width each, never overlap however many GPU types there are
+    figure = Figure(figsize=(max(12.0, 0.9 * len(names)), 5.5))
+    cost_axis, time_axis = figure.subplots(1, 2)
     cost_axis.bar(names, [usd[n] for n in names], color="tab:green")
     cost_axis.set_ylabel("expected $ (whole sweep, cheapest offer per GPU)")
     time_axis.bar(names, [wall[n] for n in names], color="tab:blue")
     time_axis.set_ylabel("expected hours (sum over trials)")
     for axis in (cost_axis, time_axis):
-        axis.tick_params(axis="x", rotation=45)
+        axis.tick_params(axis="x", labelrotation=90)
     figure.suptitle(f"{len(plan.trials)} trial(s): cost and time per GPU type (spot preemptions included)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
+
+
+def plot_plan(plan: SweepPlan, path: str) -> None:
+    plan_figure(plan).savefig(path, dpi=110)

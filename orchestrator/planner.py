@@ -13,7 +13,7 @@ from cost_models.autosize import autosize, fit_advice
 from cost_models.calibration import Calibration, load_calibration
 from cost_models.catalog import Offer, gpus, list_offers
 from cost_models.errors import EstimateError
-from cost_models.estimate import Estimate
+from cost_models.estimate import DEFAULT_VRAM_HEADROOM, Estimate
 from cost_models.memory import static_bytes
 from cost_models.preemption import RunCost, checkpoint_seconds, expected_run, restart_seconds
 from cost_models.shape import JobShape
@@ -35,6 +35,7 @@ class TrialJob:
     micro_batch: int | None  # None = auto
     checkpointing: str | None  # None = auto
     steps: int
+    vram_headroom: float = DEFAULT_VRAM_HEADROOM  # share of the card kept free beyond the memory upper bound
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,11 @@ class PlanRow:
             "region": o.region, "market": o.market, "usd_per_gpu_hour": o.usd_per_gpu_hour,
             "billed_gpus": o.billed_gpus(e.shape.gpus), "usd_per_hour": self.usd_per_hour, "price_date": o.date,
             "interruptions_per_hour": o.interruptions_per_hour, "fits": e.fits, "need_gib": e.need_gib,
-            "have_gib": e.have_gib, "headroom_gib": e.headroom_gib, "peak_reserved_gib": e.memory.reserved,
+            "need_upper_gib": e.need_upper_gib, "have_gib": e.have_gib, "headroom_gib": e.headroom_gib,
+            "peak_reserved_gib": e.memory.reserved,
             "micro_batch": e.shape.micro_batch, "grad_accum": e.shape.grad_accum,
-            "checkpointing": e.shape.checkpointing, "step_s": e.time.step, "bound": e.time.bound,
+            "checkpointing": e.shape.checkpointing, "step_s": e.time.step, "step_s_low": e.step_low,
+            "step_s_high": e.step_high, "bound": e.time.bound,
             "tokens_per_step": e.time.tokens_per_step, "work_hours": r.work_hours if r else None,
             "hours": r.wall_hours if r else None, "expected_preemptions": r.expected_preemptions if r else None,
             "checkpoint_every_steps": r.checkpoint_every_steps if r else None, "usd": r.usd if r else None,
@@ -101,7 +104,8 @@ class SweepPlan:
         return [t for t in self.trials if t.chosen is None]
 
 
-def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1) -> TrialJob:
+def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1,
+              vram_headroom: float = DEFAULT_VRAM_HEADROOM) -> TrialJob:
     """Translate a TrainConfig into the estimators' terms: its run settled by runspec.resolve for a CUDA GPU, as
     train_core settles it, and its steps by runspec.run_steps over the data's estimated rows."""
     arch = architecture(config, cache_root())
@@ -111,7 +115,7 @@ def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1) -> Tr
     job = sizing_job(config, run, arch, rows, gpus_per_trial)
     training = config.training
     steps = run_steps([rows.rows] * training.epochs, training.batch_size, training.max_steps)
-    return TrialJob(trial_id, job.shape, job.rows_per_worker, job.micro_batch, job.checkpointing, steps)
+    return TrialJob(trial_id, job.shape, job.rows_per_worker, job.micro_batch, job.checkpointing, steps, vram_headroom)
 
 
 def offers_for(resources: Resources) -> list[Offer]:
@@ -163,10 +167,10 @@ def plan_trial(
     cache = {} if sizing_cache is None else sizing_cache
     rows = []
     for offer in offers:
-        key = (job.shape, job.rows_per_worker, job.micro_batch, job.checkpointing, offer.gpu.name)
+        key = (job.shape, job.rows_per_worker, job.micro_batch, job.checkpointing, offer.gpu.name, job.vram_headroom)
         if key not in cache:
             cache[key] = autosize(job.shape, offer.gpu, job.rows_per_worker, job.micro_batch, job.checkpointing,
-                                  calibration)
+                                  calibration, job.vram_headroom)
         rows.append(price_row(job, offer, cache[key], steps_done, storage, every_steps))
     rows = _pick(rows, max_price_per_hour)
     chosen = next((r for r in rows if r.chosen), None)
@@ -177,7 +181,7 @@ def plan_trial(
         else:
             offered = {o.gpu.name: o.gpu for o in offers}.values()
             advice = fit_advice(job.shape, job.rows_per_worker, offered, gpus().values(), job.micro_batch,
-                                job.checkpointing, calibration)
+                                job.checkpointing, calibration, job.vram_headroom)
     return TrialPlan(job.trial_id, job.steps, job.shape.rows.source, rows, chosen, advice)
 
 
@@ -190,7 +194,7 @@ def choose_offer(
     every_steps: int | None = None,
 ) -> PlanRow | None:
     """The cheapest offer (expected $, preemptions included) on which the trial's remaining steps fit, or None."""
-    job = trial_job(trial.id, trial.config, resources.gpus_per_trial)
+    job = trial_job(trial.id, trial.config, resources.gpus_per_trial, resources.vram_headroom)
     return plan_trial(job, offers, resources.max_price_per_hour, steps_done, storage, every_steps).chosen
 
 
@@ -201,7 +205,7 @@ def plan_sweep(spec: SweepSpec, trials: Iterable[TrialSpec], offers: Sequence[Of
     plans = []
     for trial in trials:
         try:
-            job = trial_job(trial.id, trial.config, spec.resources.gpus_per_trial)
+            job = trial_job(trial.id, trial.config, spec.resources.gpus_per_trial, spec.resources.vram_headroom)
         except (EstimateError, ConfigError) as error:
             raise EstimateError(f"trial {trial.id}: {error}") from None
         plans.append(plan_trial(job, offers, spec.resources.max_price_per_hour, 0, spec.storage, every, None, cache))

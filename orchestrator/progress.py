@@ -11,14 +11,15 @@ from orchestrator.ledger import compute_ledger
 from orchestrator.state import Event, RunRow, StateStore, TrialRow
 
 SHOWN_EVENTS = {"launch", "notice", "preempted", "lost", "error", "succeeded", "failed", "cancelled", "budget",
-                "waiting", "training", "checkpoint_skipped", "storage_unavailable", "storage_restored", "retry"}
+                "waiting", "training", "checkpoint_skipped", "storage_unavailable", "storage_restored", "retry",
+                "stopped"}
 
 
 def run_status(run: RunRow, trials: list[TrialRow], alive: bool) -> str:
     if any(not trial.terminal for trial in trials):
         return "running" if alive else "interrupted"
     states = {trial.state for trial in trials}
-    if states == {"succeeded"}:
+    if "succeeded" in states and states <= {"succeeded", "stopped"}:  # early stopping's losers are expected
         return "succeeded"
     return "failed" if "failed" in states else "cancelled"
 
@@ -87,6 +88,8 @@ def describe_event(event: Event) -> str:
         "succeeded": lambda: f"succeeded at step {event.step}, eval loss {_number(detail.get('eval_loss'))}",
         "budget": lambda: f"failed: budget exhausted (${detail.get('spent', 0):.4f} of ${detail.get('budget')})",
         "waiting": lambda: f"waiting: {detail.get('reason')}",
+        "stopped": lambda: (f"stopped early at step {detail.get('reached_step')} (eval loss "
+                            f"{_number(detail.get('eval_loss'))}), ${detail.get('saved_usd', 0):.6f} saved"),
         "storage_unavailable": lambda: f"storage unreachable, waiting with backoff: {detail.get('error')}",
         "storage_restored": lambda: "storage reachable again",
         "retry": lambda: f"failed trial sent back to pending by resume --retry-failed ({detail.get('errors')} errors)",

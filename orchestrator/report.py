@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cluster.storage import parse_uri
 from orchestrator.ledger import compute_ledger
+from orchestrator.model_export import export_command
 from orchestrator.state import Event, StateStore
 
 
@@ -39,6 +40,7 @@ class TrialLine:
     usd: float
     wasted_usd: dict[str, float]
     adapter: str | None
+    saved_usd: float = 0.0  # what early stopping kept this trial from spending
 
 
 def _first(events: list[Event], kind: str, attempt: int) -> Event | None:
@@ -87,17 +89,19 @@ def build_report(state: StateStore, run_id: str) -> dict:
     for trial in state.trials(run_id):
         cost = ledger.trials.get(trial.id)
         adapter = str(storage.child(run_id, trial.id, "adapter")) if trial.state == "succeeded" else None
+        stopped = next((e for e in events if e.trial_id == trial.id and e.kind == "stopped"), None)
         lines.append(TrialLine(trial.id, trial.params, trial.state, trial.attempts, trial.preemptions, trial.errors,
                                trial.step, trial.eval_loss, cost.usd if cost else 0.0,
-                               dict(cost.wasted_usd) if cost else {}, adapter))
+                               dict(cost.wasted_usd) if cost else {}, adapter,
+                               float(stopped.detail.get("saved_usd", 0.0)) if stopped else 0.0))
     finished = [line for line in lines if line.state == "succeeded" and line.eval_loss is not None]
     best = min(finished, key=lambda line: line.eval_loss, default=None)
     latencies = resume_latencies(events)
     return {
         "run": run_id, "name": run.name, "created": run.created, "finished": run.finished,
         "wall_seconds": (run.finished or time.time()) - run.created,
-        "usd": ledger.usd, "wasted_usd": ledger.wasted_usd,
-        "best": asdict(best) if best else None,
+        "usd": ledger.usd, "wasted_usd": ledger.wasted_usd, "saved_usd": sum(line.saved_usd for line in lines),
+        "best": {**asdict(best), "export_command": export_command(best.adapter, run_id, run.spec.get("storage_endpoint"))} if best else None,
         "trials": [asdict(line) for line in lines],
         "nodes": [{**asdict(node), "usd": node.usd(now), "seconds": node.seconds(now)}
                   for cost in ledger.trials.values() for node in cost.nodes],
@@ -110,18 +114,24 @@ def render_text(report: dict) -> str:
     wasted = report["wasted_usd"]
     if wasted:
         out.append("wasted: " + ", ".join(f"${usd:.6f} by {cause}" for cause, usd in sorted(wasted.items())))
+    stopped = [line for line in report["trials"] if line["state"] == "stopped"]
+    if stopped:
+        out.append(f"early stopping: {len(stopped)} trial(s) stopped, ${report['saved_usd']:.6f} saved "
+                   "(their remaining steps at the $/step they were training at); their checkpoints are kept")
     best = report["best"]
     if best:
         params = ", ".join(f"{k}={v}" for k, v in best["params"].items()) or "no search parameters"
         out.append(f"best trial: {best['trial_id']} ({params}), eval loss {best['eval_loss']:.4f}, "
                    f"adapter {best['adapter']}")
-    header = ("TRIAL", "STATE", "ATTEMPTS", "PREEMPT", "ERRORS", "STEPS", "EVAL", "$ TOTAL", "$ WASTED")
+        out.append(f"export it: {best['export_command']}")
+    header = ("TRIAL", "STATE", "ATTEMPTS", "PREEMPT", "ERRORS", "STEPS", "EVAL", "$ TOTAL", "$ WASTED", "$ SAVED")
     rows = [header]
     for line in report["trials"]:
         rows.append((line["trial_id"], line["state"], str(line["attempts"]), str(line["preemptions"]),
                      str(line["errors"]), str(line["steps"]),
                      "-" if line["eval_loss"] is None else f"{line['eval_loss']:.4f}",
-                     f"{line['usd']:.6f}", f"{sum(line['wasted_usd'].values()):.6f}"))
+                     f"{line['usd']:.6f}", f"{sum(line['wasted_usd'].values()):.6f}",
+                     f"{line['saved_usd']:.6f}" if line["state"] == "stopped" else "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     out += ["", "cost ledger (from events; waste = work after the last checkpoint + restart overhead):"]
     out += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

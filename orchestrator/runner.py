@@ -113,7 +113,8 @@ def train_worker(payload: dict) -> None:
             if agent is not None and rank == 0:
                 agent.beat(record["step"])
             send("metrics", step=record["step"], total_steps=record["total_steps"], loss=record["loss"],
-                 lr=record["lr"], step_seconds=record["step_seconds"])
+                 lr=record["lr"], step_seconds=record["step_seconds"],
+                 peak_memory_gib=record.get("peak_reserved_gib", record.get("peak_rss_gib")))
         elif "eval_loss" in record:
             send("eval", step=record["step"], eval_loss=record["eval_loss"])
 
@@ -137,6 +138,36 @@ def train_worker(payload: dict) -> None:
          train_loss=result.train_loss, eval_loss=result.eval_loss, resumed_from=result.resumed_from)
 
 
+def file_rendezvous_config(path: Path):
+    """A TorchConfig whose process group meets through a file (torch's FileStore) instead of Ray Train's
+    default TCPStore, which torch binds to every interface and serves without authentication. Only for
+    workers that share a file system: those of one machine (the local provider's nodes)."""
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
+
+    class FileRendezvousBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config) -> None:
+            gpus = worker_group.get_resources_per_worker().get("GPU", 0)
+            worker_group.execute(_set_torch_distributed_env_vars)
+            ray.get([
+                worker_group.execute_single_async(
+                    rank, _setup_torch_process_group, backend="nccl" if gpus > 0 else "gloo", world_rank=rank,
+                    world_size=len(worker_group), init_method=backend_config.init_method,
+                    timeout_s=backend_config.timeout_s,
+                )
+                for rank in range(len(worker_group))
+            ])
+
+    class FileRendezvousConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return FileRendezvousBackend
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    return FileRendezvousConfig(init_method=f"file://{path}")
+
+
 def fit_attempt(payload: dict) -> None:
     """Run one attempt's TorchTrainer to the end; raises what fit() raises when the attempt fails."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -146,8 +177,10 @@ def fit_attempt(payload: dict) -> None:
         num_workers=payload["workers"], use_gpu=payload["use_gpu"],
         resources_per_worker=None if payload["use_gpu"] else {"CPU": 1},
     )
+    local_node = agent_from_env(payload["node_env"]) is not None
     trainer = TorchTrainer(
         train_worker, train_loop_config=payload, scaling_config=scaling,
+        torch_config=file_rendezvous_config(Path(payload["work_dir"]) / "torch-rendezvous") if local_node else None,
         run_config=RunConfig(
             name=f"{payload['trial_id']}-a{payload['attempt']}", storage_path=payload["ray_storage"],
             failure_config=FailureConfig(max_failures=0),

@@ -15,8 +15,12 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cluster.errors import ClusterError
 from cluster.spot_market import SimulatedMarket, unknown_trial_refs
+from cluster.storage import check_endpoint, refuse_credentials
 from orchestrator.errors import SpecError
+from orchestrator.pruning import EarlyStopping
+from orchestrator.tracking import TrackingSettings
 from runspec.config import CheckpointPolicy, TrainConfig
 from runspec.config_errors import describe_validation_error, read_yaml
 from runspec.config_types import MAX_SEED, Integer, Number
@@ -56,16 +60,23 @@ Distribution = Union[list[Any], LogUniform, Uniform]
 
 
 class Search(_Strict):
-    method: Literal["grid", "random"] = Field("grid", description="grid: every combination; random: `samples` draws.")
+    method: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid: every combination; random: `samples` draws; optuna: `samples` trials whose "
+        "parameters Optuna's TPE sampler draws at launch from the results of the trials before them."
+    )
     parameters: dict[str, Distribution] = Field(
         default_factory=dict,
         description="Dotted train-config field -> list of values (grid or random choice), or "
-        "{log_uniform: [lo, hi]} / {uniform: [lo, hi]} (random only).",
+        "{log_uniform: [lo, hi]} / {uniform: [lo, hi]} (random and optuna only).",
     )
     samples: Integer | None = Field(
-        None, ge=1, le=MAX_TRIALS, description="Number of random trials (random search only)."
+        None, ge=1, le=MAX_TRIALS, description="Number of trials (random and optuna search)."
     )
-    seed: Integer = Field(0, ge=0, le=MAX_SEED, description="Seed of the random search.")
+    seed: Integer = Field(0, ge=0, le=MAX_SEED, description="Seed of the random search and of the optuna sampler.")
+    startup_trials: Integer | None = Field(
+        None, ge=1, le=MAX_TRIALS,
+        description="optuna: trials drawn at random before TPE takes over (default: a third of samples).",
+    )
 
     @field_validator("parameters")
     @classmethod
@@ -83,6 +94,9 @@ class Resources(_Strict):
     gpus_per_trial: Integer = Field(1, ge=1, le=64, description="GPUs (Ray Train workers) per trial.")
     max_price_per_hour: Number | None = Field(None, gt=0, le=10_000, description="Most $/h one trial may cost.")
     max_total_cost: Number | None = Field(None, gt=0, le=10_000_000, description="Budget in $ for the whole sweep.")
+    vram_headroom: Number = Field(
+        0.03, ge=0, lt=0.5, description="Share of each GPU's memory kept free beyond the estimate's upper bound."
+    )
 
 
 class SweepSpec(_Strict):
@@ -99,6 +113,12 @@ class SweepSpec(_Strict):
     max_parallel: Integer = Field(2, ge=1, le=256, description="Trials running at the same time.")
     max_error_retries: Integer = Field(
         2, ge=0, le=100, description="Relaunches after real errors (preemptions are not counted)."
+    )
+    early_stopping: EarlyStopping = Field(
+        default_factory=EarlyStopping, description="Stop losing trials early (Optuna pruners on eval loss)."
+    )
+    tracking: TrackingSettings = Field(
+        default_factory=TrackingSettings, description="Experiment tracking: MLflow (default on) and W&B."
     )
     simulation: SimulatedMarket = Field(
         default_factory=SimulatedMarket,
@@ -151,7 +171,9 @@ def _points(search: Search, source: str) -> list[dict[str, Any]]:
                             f"accepted: at most {MAX_TRIALS:,} trials (narrow the lists or use random search)")
         return [dict(zip(names, combination)) for combination in itertools.product(*lists)] if names else [{}]
     if not search.samples:
-        raise SpecError(f"{source}: field 'search.samples': random search needs samples >= 1")
+        raise SpecError(f"{source}: field 'search.samples': {search.method} search needs samples >= 1")
+    if search.method == "optuna":  # drawn at launch by the controller; the index keeps each trial's id apart
+        return [{} for _ in range(search.samples)]
     generator = random.Random(search.seed)
     points = []
     for _ in range(search.samples):
@@ -202,6 +224,8 @@ def expand_trials(spec: SweepSpec, spec_dir: Path, source: str) -> list[TrialSpe
         raw.setdefault("checkpoint", {})["keep"] = spec.checkpoint.keep
         if isinstance(spec.checkpoint.every_steps, int):
             raw["checkpoint"]["every_steps"] = spec.checkpoint.every_steps
+            if spec.early_stopping.enabled:  # judge trials at checkpoint boundaries
+                raw.setdefault("training", {}).setdefault("eval_every", spec.checkpoint.every_steps)
         identifier = trial_id(index, params)
         try:
             config = TrainConfig.model_validate(raw)
@@ -217,6 +241,36 @@ def expand_trials(spec: SweepSpec, spec_dir: Path, source: str) -> list[TrialSpe
     return trials
 
 
+def _check_uris(raw: dict, path: Path) -> None:
+    """Storage locations and the endpoint, before pydantic sees them (its errors would repeat a secret)."""
+    try:
+        for field in ("storage", "config.output_dir"):
+            if isinstance(raw.get(field), str):
+                refuse_credentials(raw[field], f"field '{field}'")
+        if isinstance(raw.get("storage_endpoint"), str):
+            check_endpoint(raw["storage_endpoint"], "field 'storage_endpoint'")
+    except ClusterError as error:
+        raise SpecError(f"{path}: {error}") from None
+
+
+def _check_search_fields(spec: SweepSpec, path: Path) -> None:
+    """An optuna search draws its values later: check now that each field takes the ends of its range."""
+    base = base_config(spec, path.parent, str(path))
+    for name, distribution in spec.search.parameters.items():
+        if isinstance(distribution, list):
+            candidates = distribution
+        else:
+            candidates = list(distribution.log_uniform if isinstance(distribution, LogUniform) else distribution.uniform)
+        for value in candidates:
+            raw = copy.deepcopy(base)
+            set_dotted(raw, name, value)
+            try:
+                TrainConfig.model_validate(raw)
+            except ValidationError as error:
+                raise SpecError(describe_validation_error(f"{path} (search.parameters.{name}={value})",
+                                                          TrainConfig, error)) from None
+
+
 def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
     path = Path(path)
     if not path.is_file():
@@ -224,11 +278,23 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, list[TrialSpec]]:
     raw = read_yaml(path, SpecError)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping with name, base/config, search, resources, storage")
+    _check_uris(raw, path)
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as error:
         raise SpecError(describe_validation_error(str(path), SweepSpec, error)) from None
     trials = expand_trials(spec, path.parent, str(path))
+    for trial in trials:
+        _check_uris({"config.output_dir": trial.config.output_dir}, path)
+    if spec.search.method == "optuna":
+        _check_search_fields(spec, path)
+    if spec.early_stopping.enabled:
+        config = trials[0].config
+        if not config.data.eval:
+            raise SpecError(f"{path}: field 'early_stopping': trials are judged by eval loss; set data.eval")
+        if config.training.eval_every is None:
+            raise SpecError(f"{path}: field 'early_stopping': set training.eval_every or an integer "
+                            "checkpoint.every_steps, the steps at which trials are judged")
     unknown = unknown_trial_refs(spec.simulation, [trial.id for trial in trials])
     if unknown:
         raise SpecError(

@@ -19,11 +19,11 @@ from orchestrator.errors import SpecError
 
 DB_NAME = "spottune.db"
 BUSY_TIMEOUT_S = 30.0
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled", "stopped")  # stopped: by early stopping, checkpoints kept
 TRANSITIONS = {
     "pending": {"provisioning", "failed", "cancelled"},
     "provisioning": {"running", "preempted", "pending", "failed", "cancelled"},
-    "running": {"running", "preempted", "pending", "succeeded", "failed", "cancelled"},
+    "running": {"running", "preempted", "pending", "succeeded", "failed", "cancelled", "stopped"},
     "preempted": {"provisioning", "failed", "cancelled"},
 }
 
@@ -143,13 +143,20 @@ class RunRow:
     controller_pid: int | None
 
 
+def private_file(path: Path) -> None:
+    """Create `path` empty when missing; either way make it readable and writable by this user only."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
 class StateStore:
     """One SQLite database holding every run under a state directory."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = self.state_dir / DB_NAME
+        private_file(self.path)  # SQLite gives the -wal and -shm files the database file's mode
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -293,6 +300,12 @@ class StateStore:
                 (*values.values(), time.time(), run_id, trial_id),
             )
 
+    def set_trial_params(self, run_id: str, trial_id: str, params: dict, config: dict) -> None:
+        """Give a trial the parameters a sequential search (Optuna) chose for it just before its first launch."""
+        with self._write() as db:
+            db.execute("UPDATE trials SET params = ?, config = ?, updated = ? WHERE run_id = ? AND id = ?",
+                       (json.dumps(params), json.dumps(config), time.time(), run_id, trial_id))
+
     def retry_failed(self, run_id: str) -> list[str]:
         """Send the run's failed trials back to pending with their error count cleared; returns their ids.
 
@@ -344,7 +357,7 @@ class StateStore:
     def request_cancel(self, run_id: str, trial_id: str | None = None) -> int:
         """Flag non-terminal trials (one, or the whole run) for the controller to cancel; returns how many."""
         query = ("UPDATE trials SET cancel_requested = 1 "
-                 "WHERE run_id = ? AND state NOT IN ('succeeded', 'failed', 'cancelled')")
+                 "WHERE run_id = ? AND state NOT IN ('succeeded', 'failed', 'cancelled', 'stopped')")
         arguments: tuple = (run_id,)
         if trial_id is not None:
             query += " AND id = ?"

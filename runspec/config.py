@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -14,6 +15,8 @@ from runspec.config_types import MAX_SEED, MAX_STEPS, Flag, Integer, Number
 from runspec.errors import ConfigError
 
 STANDALONE_EVERY_STEPS = 50
+
+HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class StrictModel(BaseModel):
@@ -41,21 +44,32 @@ class ModelSettings(StrictModel):
         "LoRA engine (CUDA; llama, mistral, qwen2/3, phi3, gemma2/3; nf4 base, bf16 compute, no LoRA dropout). auto = fast where it "
         "supports the run, else hf.",
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel; flash_attention_2 only where the flash-attn package is installed. "
-        "Models that soft-cap attention scores (Gemma 2) load with eager in place of sdpa, which cannot cap them."
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel. auto = sdpa, or eager for models that softcap attention logits "
+        "(Gemma 2), which sdpa cannot; sdpa asked for on such a model also gets eager. flash_attention_2 needs the "
+        "flash-attn package and a CUDA GPU.",
     )
 
 
 class DataSettings(StrictModel):
-    train: str = Field(..., description="Training data: a JSONL file (alpaca, sharegpt or messages rows).")
-    eval: str | None = Field(None, description="Optional held-out JSONL file of the same format, for eval loss.")
+    train: str = Field(
+        ..., description="Training data: a JSONL file, a Parquet/Arrow/JSON/CSV file or directory, a dataset saved "
+        "with save_to_disk, or a Hub dataset id (online)."
+    )
+    eval: str | None = Field(None, description="Optional held-out data of the same format, for eval loss.")
+    train_split: str = Field("train", description="Split of a saved DatasetDict or Hub dataset to train on.")
+    eval_split: str = Field("test", description="Split of a saved DatasetDict or Hub dataset `eval` reads.")
+    columns: dict[str, str] | None = Field(
+        None, description="Column mapping {field spottune reads: column in the data}, e.g. {instruction: question, "
+        "output: answer} or {messages: dialog}, for data whose columns have other names."
+    )
     eval_samples: Integer | None = Field(
         None, ge=1, le=10**9,
         description="Evaluate on the first N rows of the eval file only (cheaper evals); None = all.",
     )
-    format: Literal["auto", "alpaca", "sharegpt", "messages"] = Field(
-        "auto", description="Row format; auto detects it from the first row's keys."
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"] = Field(
+        "auto", description="Row format; auto detects it from the first row's keys. prompt_completion and text are "
+        "TRL's formats (loss on the completion / on every token), tokenized as TRL's SFTTrainer does."
     )
     chat_template: str = Field(
         "auto",
@@ -166,6 +180,9 @@ class TrainConfig(StrictModel):
         significant = self.model_dump(mode="json", exclude={"output_dir", "checkpoint"})
         significant["model"].pop("engine")
         significant["data"].pop("eval_samples")
+        for name, default in (("train_split", "train"), ("eval_split", "test"), ("columns", None)):
+            if significant["data"][name] == default:  # fingerprints of runs from before these fields stay valid
+                significant["data"].pop(name)
         for name in ("micro_batch_size", "activation_checkpointing", "log_every", "eval_every"):
             significant["training"].pop(name)
         return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:16]
@@ -195,5 +212,11 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 def _resolve(path: str, base_dir: Path) -> str:
+    """A relative path against base_dir; a Hub dataset id (org/name) that is no local path stays as it is."""
     candidate = Path(path)
-    return str(candidate if candidate.is_absolute() else (base_dir / candidate))
+    if candidate.is_absolute():
+        return path
+    resolved = base_dir / candidate
+    if not resolved.exists() and HUB_DATASET_ID.match(path):
+        return path
+    return str(resolved)

@@ -1,4 +1,4 @@
-"""Read instruction JSONL (alpaca, sharegpt, messages) into a list of chat conversations."""
+"""Read instruction rows (alpaca, sharegpt, messages, and TRL's prompt/completion and text) into conversations."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,11 @@ from runspec.errors import DataError
 
 Message = dict[str, str]
 Conversation = list[Message]
-FormatName = Literal["alpaca", "sharegpt", "messages"]
+FormatName = Literal["alpaca", "sharegpt", "messages", "prompt_completion", "text"]
 
 ACCEPTED = (
-    "alpaca (instruction/input/output), sharegpt (conversations: [{from, value}]) "
-    "or messages (messages: [{role, content}])"
+    "alpaca (instruction/input/output), sharegpt (conversations: [{from, value}]), "
+    "messages (messages: [{role, content}]), prompt_completion (prompt/completion) or text"
 )
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 CHAT_ROLES = ("system", "user", "assistant")
@@ -26,6 +26,10 @@ def detect_format(row: dict) -> FormatName | None:
         return "sharegpt"
     if "instruction" in row and "output" in row:
         return "alpaca"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if "text" in row:
+        return "text"
     return None
 
 
@@ -63,28 +67,16 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def load_conversations(
-    path: str | Path, format: str = "auto", system_prompt: str | None = None
-) -> tuple[list[Conversation], FormatName]:
-    """All rows of a JSONL file as conversations, with the detected (or given) format."""
-    path = Path(path)
-    rows = read_jsonl(path)
-    format = file_format(path, rows, format)
-    if format not in CONVERTERS:
-        raise DataError(f"{path}: unknown data format {format!r}; accepted: auto, alpaca, sharegpt, messages")
-    conversations = [to_conversation(row, format, f"{path}:{number}", system_prompt) for number, row in rows]
-    return conversations, format  # type: ignore[return-value]
-
-
-def file_format(path: Path, rows: list[tuple[int, dict]], format: str) -> FormatName:
-    """The configured format, or for auto the one the first row's keys name."""
+def file_format(rows: list[tuple[str, dict]], format: str) -> FormatName:
+    """The configured format, or for auto the one the first row's keys name; rows are (where, row)."""
     if format != "auto":
         return format  # type: ignore[return-value]
-    first_line, first_row = rows[0]
+    first_where, first_row = rows[0]
     detected = detect_format(first_row)
     if detected is None:
         keys = ", ".join(sorted(first_row)) or "none"
-        raise DataError(f"{path}:{first_line}: unknown row format (keys: {keys}); accepted: {ACCEPTED}")
+        raise DataError(f"{first_where}: unknown row format (keys: {keys}); accepted: {ACCEPTED}; "
+                        "or map other columns with data.columns")
     return detected
 
 
@@ -97,7 +89,9 @@ def to_conversation(row: dict, format: FormatName, where: str, system_prompt: st
 
 
 def _text(row: dict, key: str, where: str, required: bool = True) -> str:
-    value = row.get(key, "" if not required else None)
+    value = row.get(key)
+    if value is None and not required:  # absent, or an empty cell of a CSV/Parquet column
+        return ""
     if value is None:
         raise DataError(f"{where}: missing field '{key}'")
     if not isinstance(value, str):

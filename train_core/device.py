@@ -10,7 +10,9 @@ import torch
 from runspec.config import TrainConfig
 from runspec.fast_support import model_facts
 from runspec.resolve import Device, Sizer, resolve
+from train_core.bitsandbytes_cpu import DESCRIPTIONS, GENERIC, choose_bitsandbytes_cpu_path
 from train_core.cache import cache_root
+from train_core.models.attention import choose_attention
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -23,6 +25,8 @@ class DevicePath:
     optimizer: str  # "adamw" | "adamw_8bit"
     activation_checkpointing: str  # "none" | "full" | "offload"
     reason: str
+    attention: str = "sdpa"  # the attn_implementation the model loads with
+    attention_reason: str = "default"
     engine: str = "hf"  # "fast" | "hf"
     micro_batch: int = 1  # sequences per forward/backward on one worker
     engine_note: str | None = None  # why not the fast engine
@@ -31,7 +35,8 @@ class DevicePath:
         dtype = str(self.compute_dtype).removeprefix("torch.")
         return (
             f"{self.device}: base weights {self.quantization}, compute {dtype}, optimizer {self.optimizer}, "
-            f"activation checkpointing {self.activation_checkpointing}, micro-batch {self.micro_batch} ({self.reason})"
+            f"activation checkpointing {self.activation_checkpointing}, micro-batch {self.micro_batch}, "
+            f"attention {self.attention} ({self.attention_reason}) ({self.reason})"
         )
 
 
@@ -49,6 +54,7 @@ def bitsandbytes_cpu_trains() -> tuple[bool, str]:
             torch.randn(64, 64, generator=generator), requires_grad=False, quant_type="nf4"
         )
         layer = layer.to("cpu")
+        choose_bitsandbytes_cpu_path(layer)
         inputs = torch.randn(4, 64, generator=generator, requires_grad=True)
         layer(inputs).sum().backward()
         if inputs.grad is None or not torch.isfinite(inputs.grad).all():
@@ -72,7 +78,7 @@ def cpu_device(config: TrainConfig, workers: int = 1) -> Device:
     if config.model.quantization not in ("auto", "nf4"):
         return Device("cpu", workers=workers)
     trains, why = bitsandbytes_cpu_trains()
-    return Device("cpu", workers=workers, cpu_nf4=trains, cpu_nf4_note=why)
+    return Device("cpu", workers=workers, cpu_nf4=trains, cpu_nf4_note=f"{why}; {DESCRIPTIONS[GENERIC]}" if trains else why)
 
 
 def model_config(name: str):  # type: ignore[no-untyped-def]
@@ -91,9 +97,10 @@ def choose_device_path(
     """How this run trains here, as runspec.resolve decides it: on CUDA, `auto` micro-batch and checkpointing are
     sized by cost_models' memory model for this GPU (the planner's rule), unless another sizer is given.
     `device` describes a device other than this machine's (the CUDA branch runs without a GPU)."""
+    kind = device.kind if device is not None else ("cuda" if torch.cuda.is_available() and not force_cpu else "cpu")
+    attention = choose_attention(config.model, kind)  # a wrong attention setting fails before the bitsandbytes probe
     if device is None:
-        cuda = torch.cuda.is_available() and not force_cpu
-        device = cuda_device(workers) if cuda else cpu_device(config, workers)
+        device = cuda_device(workers) if kind == "cuda" else cpu_device(config, workers)
     if device.kind == "cuda" and sizer is None:
         from cost_models.sizing import MemoryModelSizer
 
@@ -101,4 +108,4 @@ def choose_device_path(
     run = resolve(config, device, lambda: model_facts(model_config(config.model.name)), sizer)
     reason = run.reason if device.kind == "cpu" else f"{run.reason}: {device.describe()}"
     return DevicePath(run.device, run.quantization, DTYPES[run.compute_dtype], run.optimizer, run.checkpointing,
-                      reason, run.engine, run.micro_batch, run.engine_note)
+                      reason, *attention, run.engine, run.micro_batch, run.engine_note)

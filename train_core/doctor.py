@@ -12,6 +12,24 @@ from typing import Callable
 import torch
 
 
+VERSIONED_PACKAGES = (
+    "torch", "transformers", "peft", "bitsandbytes", "accelerate", "safetensors", "tokenizers", "ray", "pydantic",
+)
+
+
+def installed_versions() -> str:
+    """The versions this process runs, read from package metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def one(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} not installed"
+
+    return ", ".join(one(name) for name in VERSIONED_PACKAGES)
+
+
 @dataclass
 class CheckResult:
     name: str
@@ -20,7 +38,8 @@ class CheckResult:
     seconds: float
 
 
-def _check(name: str, body: Callable[[], str]) -> CheckResult:
+def run_check(name: str, body: Callable[[], str]) -> CheckResult:
+    """Run one check; an exception becomes a FAIL naming the error and where it was raised."""
     started = time.perf_counter()
     try:
         detail = body()
@@ -33,6 +52,7 @@ def _check(name: str, body: Callable[[], str]) -> CheckResult:
 
 def run_checks(work_dir: Path | None = None) -> list[CheckResult]:
     from runspec.config import TrainConfig
+    from train_core.bitsandbytes_cpu import DESCRIPTIONS, GENERIC
     from train_core.device import bitsandbytes_cpu_trains, choose_device_path
     from train_core.metrics import peak_memory_gib
 
@@ -40,13 +60,7 @@ def run_checks(work_dir: Path | None = None) -> list[CheckResult]:
     work = Path(work_dir or tempfile.mkdtemp(prefix="spottune-doctor-"))
 
     def environment() -> str:
-        import peft
-        import transformers
-
-        return (
-            f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-            f"peft {peft.__version__}, {torch.get_num_threads()} CPU threads"
-        )
+        return f"python {platform.python_version()}, {installed_versions()}, {torch.get_num_threads()} CPU threads"
 
     def device() -> str:
         if torch.cuda.is_available():
@@ -63,7 +77,7 @@ def run_checks(work_dir: Path | None = None) -> list[CheckResult]:
             layer(inputs).float().sum().backward()
             return f"bitsandbytes {bnb.__version__} NF4 forward+backward on CUDA"
         trains, why = bitsandbytes_cpu_trains()
-        return why if trains else f"{why}; CPU training will use fp32 weights"
+        return f"{why}; {DESCRIPTIONS[GENERIC]}" if trains else f"{why}; CPU training will use fp32 weights"
 
     def train_step() -> str:
         data = work / "data.jsonl"
@@ -108,5 +122,5 @@ def run_checks(work_dir: Path | None = None) -> list[CheckResult]:
         ("train step", train_step),
         ("checkpoint", checkpoint),
     ):
-        results.append(_check(name, body))
+        results.append(run_check(name, body))
     return results

@@ -38,13 +38,39 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+
+
+def adapter_base_model(adapter: str | Path, flag: str = "--model") -> str:
+    """The base model an adapter was trained on (adapter_config.json base_model_name_or_path), checked to exist."""
+    config_path = Path(adapter) / "adapter_config.json"
+    if not config_path.is_file():
+        raise ModelSourceError(f"--adapter: {adapter} has no adapter_config.json (expected a PEFT adapter dir)")
+    try:
+        base = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise ModelSourceError(f"{config_path}: not a readable adapter config ({type(error).__name__})") from None
+    if not isinstance(base, str) or not base:
+        raise ModelSourceError(f"{config_path}: no base_model_name_or_path; pass {flag} with the adapter's base model")
+    looks_like_a_path = base.startswith(("/", ".", "~")) or base.endswith(".gguf")
+    if looks_like_a_path and not Path(base).expanduser().exists():
+        raise ModelSourceError(
+            f"{config_path}: base model {base} (base_model_name_or_path) is not on this machine; "
+            f"pass {flag} with the adapter's base model"
+        )
+    return base
+
+
 class Generator:
-    def __init__(self, model_name: str, adapter: str | None = None, device: str | None = None) -> None:
+    def __init__(self, model_name: str | None = None, adapter: str | None = None, device: str | None = None) -> None:
+        """`model_name` None means the adapter's own base model, or the default model without an adapter."""
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if model_name is None:
+            model_name = adapter_base_model(adapter) if adapter else DEFAULT_MODEL
         resolved = resolve_model(ModelSettings(name=model_name).name)
         self.tokenizer = load_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else resolved.path)
         apply_chat_template_setting(self.tokenizer, "auto")

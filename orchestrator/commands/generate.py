@@ -1,4 +1,4 @@
-"""spottune generate --model M [--adapter DIR] (--prompt TEXT | --prompts FILE)"""
+"""spottune generate [--model M] [--adapter DIR|file://…|s3://…] (--prompt TEXT | --prompts FILE)"""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +6,16 @@ import sys
 
 from orchestrator.commands.common import non_negative_number, positive_int
 
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 HELP = "generate replies from a base model, with or without a trained adapter"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="builtin:smollm2-135m-instruct", help="base model (as in model.name)")
-    parser.add_argument("--adapter", help="a PEFT adapter directory, e.g. runs/quickstart/adapter")
+    parser.add_argument("--model", help="base model (as in model.name); default: the adapter's base, else "
+                                        f"{DEFAULT_MODEL}")
+    parser.add_argument("--adapter", help="a PEFT adapter: a directory, file://PATH or s3://BUCKET/PREFIX "
+                                          "(a trial's prefix works too), e.g. runs/quickstart/adapter")
+    parser.add_argument("--storage-endpoint", help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL_S3, else AWS)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt")
     source.add_argument("--prompts", help="a .txt file (one prompt per line) or .jsonl (alpaca rows or 'prompt')")
@@ -23,12 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from train_core.generate import Generator, read_prompts, to_jsonl
+    from train_core.generate import read_prompts, to_jsonl
 
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     if args.limit:
         prompts = prompts[: args.limit]
-    generator = Generator(args.model, args.adapter)
+    generator = _generator(args)
     for prompt in prompts:
         reply = generator.reply(
             prompt, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature
@@ -39,3 +43,15 @@ def run(args: argparse.Namespace) -> int:
             print(f">>> {prompt}\n{reply}\n")
         sys.stdout.flush()
     return 0
+
+
+def _generator(args: argparse.Namespace):
+    """The Generator for --model and --adapter, the adapter read from its storage location."""
+    from train_core.generate import Generator
+
+    if not args.adapter:
+        return Generator(args.model or DEFAULT_MODEL)
+    from orchestrator.adapters import local_adapter
+
+    with local_adapter(args.adapter, args.storage_endpoint) as adapter_dir:
+        return Generator(args.model, str(adapter_dir))

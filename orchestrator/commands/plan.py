@@ -1,4 +1,5 @@
-"""spottune plan SPEC.yaml [--gpu G] [--provider P] [--max-price X] [--spot|--on-demand] [--json|--csv] [--plot F]"""
+"""spottune plan SPEC.yaml [--gpu G] [--provider P] [--max-price X] [--spot|--on-demand] [--json|--csv] [--plot F]
+[--explain TRIAL GPU]"""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--json", action="store_true", help="print every trial x offer row as JSON")
     output.add_argument("--csv", action="store_true", help="print every trial x offer row as CSV")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw expected cost and hours per GPU type")
+    parser.add_argument("--explain", nargs=2, metavar=("TRIAL", "GPU"),
+                        help="the memory and step-time terms of one trial on one GPU type, with bounds")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +50,14 @@ def run(args: argparse.Namespace) -> int:
     except EstimateError as error:
         raise EstimateError(f"{args.spec}: {error}") from None
     records = [row.as_dict() for row in plan.rows]
+    if args.explain:
+        from orchestrator.explain_output import pick_row, render_explain
+
+        try:
+            print(render_explain(pick_row(plan, *args.explain)))
+        except EstimateError as error:
+            raise EstimateError(f"{args.spec}: {error}") from None
+        return 0
     if args.json:
         sys.stdout.write(to_json({
             "sweep": spec.name, "offers": plan.offers, "total_usd": plan.total_usd, "notes": plan.notes,

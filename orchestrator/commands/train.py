@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.output_dir:
         config.output_dir = args.output_dir
-    location = parse_uri(config.output_dir, field="output_dir")
+    field = "--output-dir" if args.output_dir else f"{args.config}: field 'output_dir'"
+    location = parse_uri(config.output_dir, field=field)
     check_writable(location)
     store = open_store(location)
 

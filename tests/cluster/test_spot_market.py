@@ -45,3 +45,15 @@ def test_storage_faults_and_unknown_references():
     assert (storage_fault(market, 1, "t001-x", 1).step, storage_fault(market, 1, "t001-x", 1).kind) == (6, "disk_full")
     assert storage_fault(market, 1, "t001-x", 2) is None
     assert unknown_trial_refs(market, ["t000-x", "t001-x"]) == ["5"]
+
+
+def test_catalog_hazard_scales_the_offers_bucket_rate():
+    """Same seed and attempt: a rate k times higher draws the same exponential k times sooner."""
+    market = SimulatedMarket(seed=3, catalog_hazard_scale=2.0)
+    slow = plan_preemption(market, 0, "t000-aaaaaa", 1, catalog_rate_per_hour=0.05)
+    fast = plan_preemption(market, 0, "t000-aaaaaa", 1, catalog_rate_per_hour=0.2)
+    assert slow.source == fast.source == "hazard"
+    assert slow.after_s == pytest.approx(4 * fast.after_s)
+    assert plan_preemption(SimulatedMarket(seed=3), 0, "t000-aaaaaa", 1, catalog_rate_per_hour=0.2) is None
+    fixed = SimulatedMarket(seed=3, hazard_per_hour=0.1, catalog_hazard_scale=2.0)
+    assert plan_preemption(fixed, 0, "t000-aaaaaa", 1, 0.2).after_s == pytest.approx(fast.after_s * 4)

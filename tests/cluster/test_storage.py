@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import ClusterError
-from cluster.storage import StorageURI, check_writable, open_store, parse_uri
+from cluster.storage import StorageURI, check_endpoint, check_writable, open_store, parse_uri
 from train_core.checkpoint import LATEST_KEY, REQUIRED_FILES, CheckpointManager
 
 
@@ -37,14 +37,45 @@ def test_parse_uri_forms():
 
 @pytest.mark.parametrize("text, expected", [
     ("gs://bucket/x", "unsupported storage scheme 'gs://'"),
-    ("s3://KEY:SECRET@bucket/x", "credentials or ports do not belong in a storage URI"),
+    ("s3://KEY:hunter2@bucket/x", r"credentials do not belong in a URI \(s3://\*\*\*@bucket/x\).*AWS_ACCESS_KEY_ID"),
+    ("s3://KEY:hun/ter2@bucket/x", "a ':' in the bucket of an s3:// URI"),
+    ("file://KEY:hunter2@host/x", r"credentials do not belong in a URI \(file://\*\*\*@host/x\)"),
+    ("http://KEY:hunter2@host/x", "credentials do not belong in a URI"),
     ("s3://Bad_Bucket/x", "is not a valid S3 bucket name"),
     ("file://", "has no path"),
 ])
 def test_parse_uri_rejects(text, expected):
     with pytest.raises(ClusterError, match=expected) as error:
         parse_uri(text)
-    assert "SECRET" not in str(error.value)
+    assert "hun" not in str(error.value) and "ter2" not in str(error.value)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("http://KEY:hunter2@127.0.0.1:8333", r"credentials do not belong in a URI \(http://\*\*\*@127.0.0.1:8333\)"),
+    ("https://KEY:hun/ter2@host", "credentials do not belong in a URI"),
+    ("https://KEY:hun@ter2@host", r"\(https://\*\*\*@host\)"),
+    ("not a url", "is not an endpoint URL; accepted: http://HOST"),
+    ("ftp://host", "is not an endpoint URL"),
+    ("http://host:99999", "is not an endpoint URL"),
+])
+def test_check_endpoint_rejects(text, expected):
+    with pytest.raises(ClusterError, match=expected) as error:
+        check_endpoint(text)
+    assert "hun" not in str(error.value) and "ter2" not in str(error.value)
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_check_endpoint_accepts_plain_endpoints():
+    assert check_endpoint(" http://127.0.0.1:8333 ") == "http://127.0.0.1:8333"
+    assert check_endpoint("https://s3.eu-west-1.amazonaws.com") == "https://s3.eu-west-1.amazonaws.com"
+
+
+def test_an_endpoint_with_credentials_in_the_environment_is_refused(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://KEY:hunter2@127.0.0.1:1")
+    with pytest.raises(ClusterError, match="AWS_ENDPOINT_URL: credentials do not belong") as error:
+        open_store("s3://bucket-1/x")
+    assert "hun" not in str(error.value) and "ter2" not in str(error.value)
 
 
 def test_store_contract(store_uri, tmp_path):

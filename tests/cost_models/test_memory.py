@@ -68,7 +68,8 @@ def fast(**kwargs):
 
 def test_the_fast_engine_has_neither_a_dense_mask_nor_a_float_base_and_counts_its_dequant_buffers():
     job = fast(checkpointing="none", micro_batch=4)
-    assert set(memory_features(job)) == {"saved", "working", "logits", "one"}
+    assert set(memory_features(job)) == {"saved", "working", "logits", "one", "offload_pending"}
+    assert memory_features(job)["offload_pending"] == 0
     breakdown = estimate_memory(job, FAST)
     h, f = job.arch.hidden, job.arch.intermediate
     assert breakdown.attention_mask == 0
@@ -87,3 +88,28 @@ def test_the_fast_engine_needs_less_than_transformers_peft_and_checkpointing_sti
 def test_the_fast_engine_runs_only_nf4_with_bf16_compute():
     with pytest.raises(EstimateError, match="train_core-fast runs an nf4 base with bf16 compute"):
         shape(quantization="bf16").with_(engine=FAST_ENGINE)
+
+
+def test_offload_holds_its_offloaded_inputs_as_far_as_the_host_runs_ahead():
+    """Each offloaded layer input waits on the copy stream: none held when the host never runs ahead, every one
+    of them (layers - 1 inputs) at the upper bound, which lies above the point whatever the share."""
+    from cost_models.memory import UPPER_PENDING, reserved_upper_gib
+
+    job = fast(checkpointing="offload", seq=8192)
+    inputs = 8192 * (job.arch.layers - 1) * 2 * job.arch.hidden
+    assert memory_features(job)["offload_pending"] == inputs
+    none, half, full = (estimate_memory(job, FAST, ahead) for ahead in (0.0, 0.5, 1.0))
+    assert none.offload_pending == 0
+    assert full.offload_pending == pytest.approx(2 * half.offload_pending)
+    assert full.offload_pending * 2**30 == pytest.approx(FAST.offload_pending * inputs)
+    upper = reserved_upper_gib(job, FAST, 0.0)
+    assert upper == pytest.approx((none.reserved + UPPER_PENDING * inputs / 2**30) * (1 + FAST.margin))
+    assert reserved_upper_gib(job, FAST, 1.0) > upper > full.reserved
+
+
+def test_softcapped_logits_keep_one_more_fp32_chunk_on_the_plain_path():
+    gemma = shape(model="gemma-2-2b", checkpointing="full")
+    plain = estimate_memory(gemma, COEFFICIENTS)
+    counted = 4 * min(gemma.targets(gemma.max_tokens_per_micro_batch), 1024) * gemma.arch.vocab / 2**30
+    as_if_uncapped = COEFFICIENTS.logits * min(gemma.targets(gemma.max_tokens_per_micro_batch), 1024) * gemma.arch.vocab
+    assert plain.logits_loss == pytest.approx(as_if_uncapped / 2**30 + counted)

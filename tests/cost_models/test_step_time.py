@@ -77,3 +77,23 @@ def test_the_fast_engine_has_its_own_time_coefficients():
     job = fast(shape())
     assert time.masked_attention_efficiency is None and time.host_layer_pass_float is None
     assert estimate_step_time(job, gpu("H200"), time).step < step(shape()).step
+
+
+def test_a_measured_gemm_rate_moves_the_transfer_and_a_datasheet_alone_does_not():
+    """gemm_peak: the datasheet rate times (measured/datasheet on this card) / (the same on the calibration card)."""
+    from dataclasses import replace
+
+    from cost_models.catalog import gpus
+    from cost_models.step_time import gemm_peak
+
+    h200, l4 = gpus()["H200"], gpus()["L4"]
+    assert h200.measured_bf16_tflops and not l4.measured_bf16_tflops
+    assert gemm_peak(l4, h200) == l4.bf16_tflops * 1e12
+    assert gemm_peak(h200, h200) == h200.bf16_tflops * 1e12
+    measured_l4 = replace(l4, measured_bf16_tflops=l4.bf16_tflops * h200.achieved_gemm_fraction / 2)
+    assert gemm_peak(measured_l4, h200) == pytest.approx(l4.bf16_tflops * 1e12 / 2)
+    job = shape(model="llama-3-8b", seq=4096)
+    coefficients = load_calibration(FAST_ENGINE).time
+    slow = estimate_step_time(job.with_(engine=FAST_ENGINE), measured_l4, coefficients, reference=h200)
+    plain = estimate_step_time(job.with_(engine=FAST_ENGINE), l4, coefficients, reference=h200)
+    assert slow.gemm == pytest.approx(2 * plain.gemm)

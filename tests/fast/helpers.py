@@ -7,7 +7,8 @@ from train_core.fast.batch import PackedBatch
 from train_core.fast.layer import module_path
 from train_core.fast.model import FastCausalLM
 from train_core.fast.recompute import Recompute
-from train_core.models.loading import attention_implementation
+from runspec.config import ModelSettings
+from train_core.models.attention import choose_attention
 from train_core.models.sources import resolve_model
 
 
@@ -38,7 +39,7 @@ def hf_base(model: FastCausalLM, path: str, dtype: torch.dtype, device: str):
     """The transformers model with our dequantized NF4 weights in place of its linear weights."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention_implementation(path, "sdpa"))
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=choose_attention(ModelSettings(name=path), "cpu")[0])
     hf = hf.to(device)
     hf.config.use_cache = False
     with torch.no_grad():

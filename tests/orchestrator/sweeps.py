@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from cluster.processes import ProcessRecord, session_members, start_ticks
+from cluster.processes import ProcessRecord, session_members
 from orchestrator.state import StateStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,11 +104,11 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
 
 def leftover_processes(controller: ProcessRecord) -> list[int]:
     """Processes still alive from a controller's session (it and its Ray instance)."""
-    alive = [controller.pid] if start_ticks(controller.pid) == controller.ticks else []
+    alive = [controller.pid] if controller.alive() else []
     return alive + [process.pid for process in session_members(controller)]
 
 
 def controller_record(state_dir: Path, run_id: str) -> ProcessRecord:
     """The controller of a run as recorded by its local provider (PID and start time)."""
     session = json.loads((state_dir / run_id / "ray" / "session.json").read_text(encoding="utf-8"))
-    return ProcessRecord.parse(session["controller"])
+    return ProcessRecord.from_dict(session["controller"])

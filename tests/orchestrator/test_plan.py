@@ -30,10 +30,12 @@ def test_every_trial_gets_a_row_per_offer_and_the_cheapest_fitting_one_is_chosen
 
 def test_rows_carry_what_the_table_shows(planned):
     row = planned[3].trials[0].chosen.as_dict()
-    for key in ("fits", "need_gib", "have_gib", "headroom_gib", "peak_reserved_gib", "step_s", "hours",
-                "expected_preemptions", "usd", "calibrated", "micro_batch", "checkpointing", "price_date", "chosen"):
+    for key in ("fits", "need_gib", "need_upper_gib", "have_gib", "headroom_gib", "peak_reserved_gib", "step_s",
+                "step_s_low", "step_s_high", "hours", "expected_preemptions", "usd", "calibrated", "micro_batch",
+                "checkpointing", "price_date", "chosen"):
         assert key in row
-    assert row["headroom_gib"] == pytest.approx(row["have_gib"] - row["need_gib"], abs=0.02)
+    assert row["headroom_gib"] == pytest.approx(row["have_gib"] - row["need_upper_gib"], abs=0.02)
+    assert row["step_s_low"] < row["step_s"] < row["step_s_high"]
 
 
 def test_trial_steps_come_from_the_data_set(tmp_path):
@@ -152,3 +154,18 @@ def test_plan_and_submit_say_the_same_about_providers(tmp_path):
     assert support().startswith("this build plans aws, ") and support().endswith(" and launches local")
     aws = run_cli("submit", str(write_spec(tmp_path, resources={"providers": ["aws"]}, name="aws.yaml")))
     assert "provider 'aws' can be planned (spottune plan) but not launched by this build; " + support() in aws.stderr
+
+
+def test_plot_labels_do_not_overlap(repo):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from orchestrator.plan_output import plan_figure
+
+    spec, trials = load_spec(repo / "examples" / "sweep_qwen7b.yaml")  # 13 GPU types, the README's example
+    figure = plan_figure(plan_sweep(spec, trials, list_offers(spec.resources.providers, "any")))
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    for axis in figure.axes:
+        boxes = [label.get_window_extent(renderer) for label in axis.get_xticklabels()]
+        assert len(boxes) > 5
+        for left, right in zip(boxes, boxes[1:]):
+            assert left.x1 <= right.x0, (left, right)

@@ -63,6 +63,6 @@ def test_train_rejects_an_unknown_scheme_before_loading_anything(tmp_path):
     bad = spottune("train", str(config))
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "spottune train: error: output_dir: unsupported storage scheme 'gs://'; "
+        f"spottune train: error: {config}: field 'output_dir': unsupported storage scheme 'gs://'; "
         "accepted: file://PATH, s3://BUCKET/PREFIX or a local path"
     ]

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from tests.train_core.helpers import write_config
-from runspec.config import load_config
-from train_core.models.loading import attention_implementation
+from runspec.config import ModelSettings, load_config
+from train_core.models.attention import choose_attention
 from train_core.models.sources import resolve_model
 from train_core.trainer import train
 
@@ -41,6 +41,6 @@ def test_trains_and_saves_a_peft_adapter_on_every_linear(tmp_path, name):
 
 
 def test_soft_capped_models_load_with_eager_attention_without_being_asked():
-    assert attention_implementation(resolve_model("builtin:tiny-gemma2").path, "sdpa") == "eager"
-    assert attention_implementation(resolve_model("builtin:tiny-gemma3").path, "sdpa") == "sdpa"
-    assert attention_implementation(resolve_model("builtin:tiny-gemma2").path, "flash_attention_2") == "flash_attention_2"
+    for requested in ("auto", "sdpa"):
+        assert choose_attention(ModelSettings(name="builtin:tiny-gemma2", attn_implementation=requested), "cpu")[0] == "eager"
+        assert choose_attention(ModelSettings(name="builtin:tiny-gemma3", attn_implementation=requested), "cpu")[0] == "sdpa"

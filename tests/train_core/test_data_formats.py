@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from runspec.data_formats import load_conversations
+from train_core.data.sources import load_conversations
 from runspec.errors import DataError
 
 

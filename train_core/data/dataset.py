@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from runspec.chat_templates import apply_chat_template_setting
 from runspec.config import DataSettings
-from runspec.data_formats import load_conversations
+from train_core.data.sources import load_conversations
 from runspec.errors import DataError
 from train_core.data.batching import BatchPlan
 from train_core.data.tokenize import TokenizedSample, TokenizeReport, tokenize_dataset
@@ -30,7 +30,8 @@ class PreparedData:
 
 def prepare_data(settings: DataSettings, tokenizer) -> PreparedData:
     template = apply_chat_template_setting(tokenizer, settings.chat_template)
-    conversations, detected = load_conversations(settings.train, settings.format, settings.system_prompt)
+    conversations, detected = load_conversations(
+        settings.train, settings.format, settings.system_prompt, settings.train_split, settings.columns)
     train, report = tokenize_dataset(tokenizer, conversations, settings.max_seq_length, settings.train_on)
     if not train:
         raise DataError(
@@ -38,7 +39,8 @@ def prepare_data(settings: DataSettings, tokenizer) -> PreparedData:
         )
     evaluation: list[TokenizedSample] = []
     if settings.eval:
-        eval_conversations, _ = load_conversations(settings.eval, detected, settings.system_prompt)
+        eval_conversations, _ = load_conversations(
+            settings.eval, detected, settings.system_prompt, settings.eval_split, settings.columns)
         eval_conversations = eval_conversations[: settings.eval_samples]
         evaluation, _ = tokenize_dataset(tokenizer, eval_conversations, settings.max_seq_length, settings.train_on)
     return PreparedData(train, report, evaluation, detected, template)

@@ -48,14 +48,27 @@ def tokenize_conversation(tokenizer, conversation: Conversation, train_on: str) 
     return TokenizedSample(list(encoded["input_ids"]), packing.trainable_mask(encoded["offset_mapping"], spans, train_on))
 
 
+def tokenize_record(tokenizer, record, train_on: str) -> TokenizedSample:
+    """A conversation (loss on assistant replies or all tokens) or a TRL prompt/completion record."""
+    from train_core.data.trl_formats import PromptCompletion, prompt_completion_ids
+
+    if not isinstance(record, PromptCompletion):
+        return tokenize_conversation(tokenizer, record, train_on)
+    ids, start = prompt_completion_ids(tokenizer, record)
+    trainable = [index >= start or train_on == "all" for index in range(len(ids))]
+    if trainable:
+        trainable[0] = False
+    return TokenizedSample(ids, trainable)
+
+
 def tokenize_dataset(
-    tokenizer, conversations: list[Conversation], max_seq_length: int, train_on: str
+    tokenizer, conversations: list, max_seq_length: int, train_on: str
 ) -> tuple[list[TokenizedSample], TokenizeReport]:
     """Tokenize every conversation, truncating to max_seq_length; samples left with no target are dropped."""
     samples: list[TokenizedSample] = []
     truncated = dropped = 0
     for conversation in conversations:
-        sample = tokenize_conversation(tokenizer, conversation, train_on)
+        sample = tokenize_record(tokenizer, conversation, train_on)
         truncated += len(sample) > max_seq_length
         trainable = packing.truncate(sample.trainable, max_seq_length)
         if trainable is None:

@@ -6,6 +6,7 @@ import warnings
 import torch
 
 from runspec.config import LoraSettings, ModelSettings
+from train_core.bitsandbytes_cpu import choose_bitsandbytes_cpu_path
 from train_core.device import DevicePath
 from runspec.errors import ConfigError
 from train_core.errors import ModelSourceError
@@ -21,27 +22,13 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def attention_implementation(path: str, requested: str) -> str:
-    """The attention kernel to load `path` with: sdpa cannot soft-cap attention scores (Gemma 2), so such models
-    get eager in its place rather than an error or silently different numerics."""
-    from transformers import AutoConfig
-
-    if requested != "sdpa":
-        return requested
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError):  # from_pretrained below reports the unreadable model in one line
-        return requested
-    return "eager" if getattr(config, "attn_logit_softcapping", None) is not None else requested
-
-
 def load_base_model(path: str, settings: ModelSettings, device_path: DevicePath):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
 
-    kwargs: dict = {"attn_implementation": attention_implementation(path, settings.attn_implementation)}
+    kwargs: dict = {"attn_implementation": device_path.attention}
     if device_path.quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -57,6 +44,8 @@ def load_base_model(path: str, settings: ModelSettings, device_path: DevicePath)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelSourceError(f"model.name: cannot load {path}: {str(error).splitlines()[0]}") from None
+    if device_path.quantization == "nf4":
+        choose_bitsandbytes_cpu_path(model)
     model.config.use_cache = False
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -1,0 +1,119 @@
+"""A running sweep seen from outside: what its processes listen on, and who may read what it writes.
+
+One trial trains data-parallel on two Ray Train workers (so torch.distributed's store and gloo are up too).
+While it trains, every listening TCP socket of the controller's session (the controller, Ray's GCS, raylet,
+agents and workers, the trial's workers) is listed with psutil. When the run has finished, the modes of
+everything under the state directory are checked.
+
+What the socket test proves: at one moment while a trial trains on two workers (process group up), every
+listening TCP socket of every process of the sweep (Ray's, torch.distributed's gloo, the controller's) is
+bound to a loopback address, so nothing is reachable from another machine and no authentication is needed
+for that. Ray's token authentication is on as well (checked in the Ray processes' environment). It does not
+prove anything about sockets opened and closed between two listings, nor about UDP or Unix sockets (Ray's
+Unix sockets live under the run's 0700 ray/ directory).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import stat
+
+import psutil
+import pytest
+
+from cluster.processes import ProcessRecord, session_members
+from orchestrator.state import StateStore
+from tests.orchestrator.sweeps import (
+    controller_record, leftover_processes, only_run, spottune, tiny_sweep, wait_for, warm_model_cache,
+)
+
+STEPS = 25
+
+
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def session_sockets(controller: ProcessRecord) -> list[tuple[int, str, str, int]]:
+    """Listening TCP sockets (pid, process name, address, port) of the controller and its session."""
+    listening = []
+    for member in [controller, *session_members(controller)]:
+        try:
+            process = psutil.Process(member.pid)
+            name = process.name()
+            connections = process.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        listening += [(member.pid, name, c.laddr.ip, c.laddr.port) for c in connections
+                      if c.status == psutil.CONN_LISTEN]
+    return listening
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("secured")
+    spec = tiny_sweep(directory, "secured", max_steps=STEPS, search={"parameters": {"training.seed": [3]}},
+                      resources={"gpus_per_trial": 2}, storage=f"file://{directory / 'state'}")
+    state_dir = directory / "state"
+    warm_model_cache()
+    submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir))
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = only_run(state_dir)
+    state = StateStore(state_dir)
+    wait_for(lambda: any(e.kind == "training" for e in state.events(run_id)), timeout=600, what="training")
+    controller = controller_record(state_dir, run_id)
+    wait_for(lambda: sum(name.startswith("ray::RayTrain") for _, name, _, _ in session_sockets(controller)) >= 2,
+             timeout=120, what="both Train workers listening")
+    sockets = session_sockets(controller)
+    environments = {}
+    for member in session_members(controller):
+        try:
+            environments[member.pid] = psutil.Process(member.pid).environ()
+        except psutil.Error:
+            continue
+    wait_for(lambda: state.run(run_id).finished and not leftover_processes(controller), timeout=600,
+             what="the run to finish")
+    return {"run": run_id, "state": state, "state_dir": state_dir, "sockets": sockets,
+            "environments": environments, "controller": controller}
+
+
+def test_the_sweep_succeeded_on_two_workers(secured):
+    assert [t.state for t in secured["state"].trials(secured["run"])] == ["succeeded"]
+    started = [e for e in secured["state"].events(secured["run"]) if e.kind == "workers_started"]
+    assert started and all(e.detail["world_size"] == 2 for e in started)
+
+
+def test_no_socket_of_a_running_sweep_listens_off_loopback(secured):
+    sockets = secured["sockets"]
+    names = {name for _, name, _, _ in sockets}
+    assert {"gcs_server", "raylet"} <= names, f"the listing missed Ray itself: {sockets}"
+    exposed = [entry for entry in sockets if not _is_loopback(entry[2])]
+    assert exposed == [], f"listening off loopback: {exposed}"
+
+
+def test_ray_runs_with_token_authentication_and_the_run_s_private_token(secured):
+    token = secured["state_dir"] / secured["run"] / "ray" / "auth_token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text()) >= 32
+    ray_processes = [env for env in secured["environments"].values() if "RAY_TMPDIR" in env]
+    assert ray_processes, "no Ray process environment was readable"
+    for environment in ray_processes:
+        assert environment.get("RAY_AUTH_MODE") == "token"
+        assert environment.get("RAY_AUTH_TOKEN_PATH") == str(token)
+
+
+def test_the_run_s_files_are_private(secured):
+    state_dir, run_dir = secured["state_dir"], secured["state_dir"] / secured["run"]
+    ray_dir = run_dir / "ray"
+    assert stat.S_IMODE(ray_dir.stat().st_mode) == 0o700
+    wider = []
+    for path in [state_dir, *state_dir.rglob("*")]:
+        if path.is_symlink() or path.is_socket() or ray_dir / "tmp" in [path, *path.parents]:
+            continue  # Ray makes its temp dir and its session directories 0777 itself; ray/ (0700) closes them
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode != (0o700 if path.is_dir() else 0o600):
+            wider.append((str(path.relative_to(state_dir)), oct(mode)))
+    assert wider == []
+    session = json.loads((ray_dir / "session.json").read_text(encoding="utf-8"))
+    assert session["controller"]["cmdline"][1:3] == ["-m", "orchestrator.controller"]
