@@ -195,7 +195,7 @@ class Bench:
     def __init__(
         self, group: Group, arch: Architecture, model_dir: Path, work: Path, device: str, engine: str
     ) -> None:
-        from train_core.config import TrainConfig
+        from runspec.config import TrainConfig
         from train_core.device import choose_device_path
         from train_core.engine import build_engine
         from train_core.optim import build_optimizer, build_scheduler

@@ -59,7 +59,7 @@ from orchestrator.run.ledger import compute_ledger  # noqa: E402
 from orchestrator.sweep.planner import trial_job  # noqa: E402
 from orchestrator.run.submission import prepare, register  # noqa: E402
 from train_core.checkpoint import LATEST_KEY  # noqa: E402
-from train_core.config import TrainConfig  # noqa: E402
+from runspec.config import TrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SKYPILOT_CHECKPOINT_S = 1800.0

@@ -5,17 +5,18 @@ import csv
 import json
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 
 from cost_models.errors import EstimateError
+from runspec.fast_support import FUSED_MODEL_TYPES, unsupported_reason
+from runspec.shapes import DecoderShape, decoder_shape
 
 DATA = Path(__file__).with_name("data") / "architectures.csv"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 VARIANT_SUFFIX = re.compile(r"-(instruct|chat|it)$")
 HUB_CONFIG_URL = "https://huggingface.co/{repo}/resolve/main/config.json"
-FUSED_TYPES = {"phi3"}  # qkv_proj and gate_up_proj are single linears
 
 
 @dataclass(frozen=True)
@@ -32,34 +33,20 @@ class Linear:
 
 
 @dataclass(frozen=True)
-class Architecture:
+class Architecture(DecoderShape):
+    """A decoder shape as the estimators need it: named, with its biases, norms and where it was read."""
+
     name: str
-    model_type: str
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool
     qkv_bias: bool = False
     norms_per_layer: int = 2
     source: str = ""
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
+    fast_unsupported: str | None = None  # why the fast engine cannot run this model (runspec.fast_support)
 
     @cached_property
     def linears(self) -> tuple[Linear, ...]:
         """The linear modules of one decoder layer, named as in Hugging Face checkpoints."""
         h, f, q, kv = self.hidden, self.intermediate, self.q_dim, self.kv_dim
-        if self.model_type in FUSED_TYPES:
+        if self.model_type in FUSED_MODEL_TYPES:
             return (
                 Linear("qkv_proj", h, q + 2 * kv), Linear("o_proj", q, h),
                 Linear("gate_up_proj", h, 2 * f), Linear("down_proj", f, h),
@@ -121,6 +108,7 @@ def table() -> dict[str, Architecture]:
                 kv_heads=int(row["kv_heads"]), head_dim=int(row["head_dim"]), vocab=int(row["vocab"]),
                 tied=row["tied"] == "true", qkv_bias=row["qkv_bias"] == "true",
                 norms_per_layer=int(row["norms_per_layer"]), source=f"{row['source']} ({row['date']})",
+                fast_unsupported=unsupported_reason({"model_type": row["model_type"]}),
             )
             for key in [row["name"], *row["aliases"].split(";")]:
                 if key:
@@ -134,25 +122,19 @@ def table_names() -> list[str]:
 
 def from_config(config: dict, name: str, source: str) -> Architecture:
     """Read the shapes from a Hugging Face config dict; a missing field fails naming the file and field."""
+    fast_unsupported = unsupported_reason(config)
     if isinstance(config.get("text_config"), dict):
         config = {**config["text_config"], "model_type": config["text_config"].get("model_type", "")}
 
-    def field(key: str) -> int:
-        value = config.get(key)
-        if not isinstance(value, int) or value <= 0:
-            raise EstimateError(f"{source}: field '{key}' is missing or not a positive integer; "
-                                "expected a decoder-only causal LM config.json")
-        return value
+    def missing(key: str) -> EstimateError:
+        return EstimateError(f"{source}: field '{key}' is missing or not a positive integer; "
+                             "expected a decoder-only causal LM config.json")
 
-    hidden, heads = field("hidden_size"), field("num_attention_heads")
-    head_dim = config.get("head_dim") or hidden // heads
     return Architecture(
-        name=name, model_type=str(config.get("model_type", "")), hidden=hidden,
-        intermediate=field("intermediate_size"), layers=field("num_hidden_layers"), heads=heads,
-        kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=int(head_dim), vocab=field("vocab_size"),
-        tied=bool(config.get("tie_word_embeddings", False)),
+        **asdict(decoder_shape(config, missing)), name=name,
         qkv_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
         norms_per_layer=4 if config.get("model_type") in ("gemma2", "gemma3", "gemma3_text") else 2, source=source,
+        fast_unsupported=fast_unsupported,
     )
 
 

@@ -10,14 +10,7 @@ from __future__ import annotations
 import math
 
 from cost_models.architectures import Architecture
-
-CE_BUDGET_BYTES = 512 * 2**20  # train_core.fast.engine.DEFAULT_CE_BUDGET_MIB: bf16 logits per loss chunk
-
-
-def ce_chunk_rows(vocab: int) -> int:
-    """Target rows per loss chunk, as train_core.fast.engine.ce_chunk_rows with the default budget."""
-    rows = CE_BUDGET_BYTES // (vocab * 2) // 256 * 256
-    return max(256, min(8192, rows))
+from runspec.fast_support import ce_chunk_rows
 
 
 def loss_chunks(vocab: int, targets: float) -> int:

@@ -13,6 +13,7 @@ from functools import cached_property, lru_cache
 from cost_models import fast_engine
 from cost_models.calibration import MemoryCoefficients
 from cost_models.shape import FAST_ENGINE, LOSS_CHUNK_ROWS, JobShape
+from runspec.fast_support import ce_chunk_rows
 
 GIB = 2**30
 BYTES_PER_PARAM = {
@@ -152,7 +153,7 @@ def _fast_features(shape: JobShape) -> dict[str, float]:
     return {
         "saved": float(saved),
         "working": float(working),
-        "logits": 2.0 * min(targets, fast_engine.ce_chunk_rows(arch.vocab)) * arch.vocab + 3 * layer_input * targets,
+        "logits": 2.0 * min(targets, ce_chunk_rows(arch.vocab)) * arch.vocab + 3 * layer_input * targets,
         "one": 1.0,
         "offload_pending": float(pending),
     }

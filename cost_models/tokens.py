@@ -1,6 +1,7 @@
 """Token statistics of a training data set: real rows are far shorter than max_seq_length, packing changes
-the count. Renders each conversation with the model's chat template (jinja2), tokenizes with the model's
-tokenizer.json (`tokenizers`, no torch) when one is on disk, and packs like the trainer (first fit).
+the count. Reads rows with runspec's data formats, renders each conversation with the model's chat template
+(jinja2), tokenizes with the model's tokenizer.json (`tokenizers`, no torch) when one is on disk, and applies
+runspec.packing's rules (loss mask, truncation, dropped samples, epoch order, first-fit packing) as the trainer does.
 """
 from __future__ import annotations
 
@@ -14,16 +15,14 @@ from pathlib import Path
 
 from cost_models.errors import EstimateError
 from cost_models.shape import RowStats
+from runspec.chat_templates import CHATML, NAMED_TEMPLATES
+from runspec.data_formats import CONVERTERS, Conversation, file_format, read_jsonl, to_conversation
+from runspec.errors import DataError
+from runspec.packing import Render, assistant_spans, epoch_rows, trainable_mask, truncate
 
 SAMPLE_ROWS = 4000  # rows read from large files; counts are scaled to the whole file
 CHARS_PER_TOKEN = 3.8  # EST for English text when no tokenizer is available
-OPEN_BINS = 64
-CACHE_VERSION = 1  # bump when the counting changes
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>' + '\\n' }}{% endfor %}"
-)
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+CACHE_VERSION = 2  # bump when the counting changes
 
 
 @dataclass(frozen=True)
@@ -53,60 +52,40 @@ def tokenizer_files(model_dir: Path | None) -> TokenizerFiles:
     return TokenizerFiles(model_dir / "tokenizer.json", template, tuple(special))
 
 
-def _conversation(row: object, where: str, system_prompt: str | None) -> list[dict[str, str]]:
-    if not isinstance(row, dict):
-        raise EstimateError(f"{where}: expected a JSON object per line")
-    if "messages" in row and isinstance(row["messages"], list):
-        messages = [{"role": str(m.get("role")), "content": str(m.get("content", ""))} for m in row["messages"]
-                    if isinstance(m, dict)]
-    elif "conversations" in row and isinstance(row["conversations"], list):
-        messages = [{"role": SHAREGPT_ROLES.get(str(t.get("from")), "user"), "content": str(t.get("value", ""))}
-                    for t in row["conversations"] if isinstance(t, dict)]
-    elif "instruction" in row and "output" in row:
-        prompt = str(row["instruction"])
-        if str(row.get("input") or "").strip():
-            prompt += "\n\n" + str(row["input"])
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(row["output"])}]
-        if isinstance(row.get("system"), str) and row["system"].strip():
-            messages.insert(0, {"role": "system", "content": row["system"]})
-    elif "prompt" in row and "completion" in row:  # TRL's; plain-text ones counted as one chat turn each
-        prompt, completion = row["prompt"], row["completion"]
-        if isinstance(prompt, list) and isinstance(completion, list):
-            messages = [{"role": str(m.get("role")), "content": str(m.get("content", ""))}
-                        for m in prompt + completion if isinstance(m, dict)]
-        else:
-            messages = [{"role": "user", "content": str(prompt)}, {"role": "assistant", "content": str(completion)}]
-    elif "text" in row:
-        messages = [{"role": "assistant", "content": str(row["text"])}]
+def _trl_messages(row: dict, row_format: str, system_prompt: str | None) -> Conversation:
+    """TRL's prompt/completion and text rows counted as chat turns (train_core renders plain-string ones without
+    the chat template, so for those this is an estimate)."""
+    if row_format == "text":
+        messages = [{"role": "assistant", "content": str(row.get("text", ""))}]
+    elif isinstance(row.get("prompt"), list) and isinstance(row.get("completion"), list):
+        messages = [{"role": str(m.get("role")), "content": str(m.get("content", ""))}
+                    for m in row["prompt"] + row["completion"] if isinstance(m, dict)]
     else:
-        raise EstimateError(f"{where}: unknown row format (keys: {', '.join(sorted(row)) or 'none'}); accepted: "
-                            "alpaca (instruction/input/output), sharegpt (conversations), messages, "
-                            "prompt/completion or text")
-    if system_prompt and messages and messages[0]["role"] != "system":
+        messages = [{"role": "user", "content": str(row.get("prompt"))},
+                    {"role": "assistant", "content": str(row.get("completion"))}]
+    if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages
 
 
-def _read_rows(path: Path, system_prompt: str | None) -> tuple[list[list[dict[str, str]]], int]:
+def _read_rows(path: Path, data_format: str, system_prompt: str | None) -> tuple[list[Conversation], int]:
     """A sample of conversations (all of a small file) and the number of rows in the file."""
     if not path.is_file():
         raise EstimateError(f"data.train: {path} not found")
-    with open(path, encoding="utf-8") as handle:
-        lines = [(number, line) for number, line in enumerate(handle, 1) if line.strip()]
-    if not lines:
-        raise EstimateError(f"{path}: the data set is empty")
-    picked = lines if len(lines) <= SAMPLE_ROWS else random.Random(0).sample(lines, SAMPLE_ROWS)
-    conversations = []
-    for number, line in picked:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise EstimateError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        conversations.append(_conversation(row, f"{path}:{number}", system_prompt))
-    return conversations, len(lines)
+    try:
+        rows = [(f"{path}:{number}", row) for number, row in read_jsonl(path)]
+        row_format = file_format(rows, data_format)
+        picked = rows if len(rows) <= SAMPLE_ROWS else random.Random(0).sample(rows, SAMPLE_ROWS)
+        conversations = [
+            to_conversation(row, row_format, where, system_prompt) if row_format in CONVERTERS
+            else _trl_messages(row, row_format, system_prompt) for where, row in picked
+        ]
+    except DataError as error:
+        raise EstimateError(str(error)) from None
+    return conversations, len(rows)
 
 
-def _renderer(template: str, special: tuple[tuple[str, str], ...]):
+def _renderer(template: str, special: tuple[tuple[str, str], ...]) -> Render:
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -116,90 +95,52 @@ def _renderer(template: str, special: tuple[tuple[str, str], ...]):
     environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     environment.globals["raise_exception"] = raise_exception
     compiled = environment.from_string(template)
-    return lambda messages: compiled.render(messages=messages, add_generation_prompt=False, **dict(special))
+    return lambda messages, prompt: compiled.render(messages=messages, add_generation_prompt=prompt, **dict(special))
 
 
-def _pack(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit over a window of open rows, in a shuffled order (as the trainer packs)."""
-    order = list(range(len(lengths)))
-    random.Random(0).shuffle(order)
-    closed: list[list[int]] = []
-    open_rows: list[list[int]] = []  # [used, index, index, ...]
-    for index in order:
-        for row in open_rows:
-            if row[0] + lengths[index] <= capacity:
-                row[0] += lengths[index]
-                row.append(index)
-                break
-        else:
-            open_rows.append([lengths[index], index])
-            if len(open_rows) > OPEN_BINS:
-                closed.append(open_rows.pop(0))
-    return closed + open_rows
+def _estimated_offsets(text: str) -> list[tuple[int, int]]:
+    """Character offsets of pseudo-tokens of CHARS_PER_TOKEN characters (no tokenizer on disk)."""
+    count = max(1, round(len(text) / CHARS_PER_TOKEN))
+    return [(round(i * CHARS_PER_TOKEN), min(len(text), round((i + 1) * CHARS_PER_TOKEN))) for i in range(count)]
 
 
-def _reply_spans(text: str, messages: list[dict[str, str]]) -> list[tuple[int, int]]:
-    """Character spans of the assistant replies in the rendered text (each through its end-of-turn marker)."""
-    spans, cursor = [], 0
-    for message in messages:
-        start = text.find(message["content"], cursor)
-        if start < 0:
-            continue
-        cursor = start + len(message["content"])
-        if message["role"] == "assistant":
-            end_of_turn = text.find("\n", cursor)
-            spans.append((start, cursor + 1 if end_of_turn < 0 else end_of_turn))
-    return spans
-
-
-def _lengths(texts: list[str], spans: list[list[tuple[int, int]]], tokenizer: TokenizerFiles):
-    """(tokens, tokens inside reply spans) per text, and how they were counted."""
+def _offsets(texts: list[str], tokenizer: TokenizerFiles) -> tuple[list[list[tuple[int, int]]], str]:
+    """Token character offsets per text, and how they were counted."""
     if tokenizer.tokenizer_json is None:
-        lengths = [max(1, round(len(text) / CHARS_PER_TOKEN)) for text in texts]
-        replies = [round(sum(end - start for start, end in text_spans) / CHARS_PER_TOKEN) for text_spans in spans]
-        return lengths, replies, f"estimated at {CHARS_PER_TOKEN} characters per token (no tokenizer on disk)"
+        method = f"estimated at {CHARS_PER_TOKEN} characters per token (no tokenizer on disk)"
+        return [_estimated_offsets(text) for text in texts], method
     from tokenizers import Tokenizer
 
     encoder = Tokenizer.from_file(str(tokenizer.tokenizer_json))
-    lengths, replies = [], []
-    for encoding, text_spans in zip(encoder.encode_batch(texts, add_special_tokens=False), spans):
-        lengths.append(len(encoding.ids))
-        replies.append(sum(
-            1 for start, end in encoding.offsets
-            if end > start and any(a <= start and end <= b for a, b in text_spans)
-        ))
-    return lengths, replies, f"tokenized with {tokenizer.tokenizer_json.parent.name}"
+    encodings = encoder.encode_batch(texts, add_special_tokens=False)
+    return [list(encoding.offsets) for encoding in encodings], f"tokenized with {tokenizer.tokenizer_json.parent.name}"
 
 
 def _compute_row_stats(
     path: str, tokenizer: TokenizerFiles, chat_template: str, system_prompt: str | None, max_seq_length: int,
-    packing: bool, train_on: str,
+    packing: bool, train_on: str, data_format: str, seed: int,
 ) -> RowStats:
-    conversations, total_rows = _read_rows(Path(path), system_prompt)
+    conversations, total_rows = _read_rows(Path(path), data_format, system_prompt)
     if chat_template == "auto":
         template = tokenizer.chat_template or CHATML
-    elif chat_template == "chatml":
-        template = CHATML
     else:
-        template = chat_template
+        template = NAMED_TEMPLATES.get(chat_template, chat_template)
     render = _renderer(template, tokenizer.special)
     try:
-        texts = [render(messages) for messages in conversations]
+        rendered = [assistant_spans(render, messages) for messages in conversations]
     except Exception as error:  # jinja2 raises many kinds for a broken template
         raise EstimateError(f"data.chat_template: cannot render {path} with it ({error})") from None
-    spans = [_reply_spans(text, messages) for text, messages in zip(texts, conversations)]
-    lengths, reply_lengths, method = _lengths(texts, spans, tokenizer)
+    offsets, method = _offsets([text for text, _ in rendered], tokenizer)
     kept, targets = [], []
-    for length, reply in zip(lengths, reply_lengths):
-        length = min(length, max_seq_length)
-        target = length - 1 if train_on == "all" else min(length - 1, reply)
-        if target > 0:
-            kept.append(length)
-            targets.append(target)
+    for token_offsets, (_, spans) in zip(offsets, rendered):
+        trainable = truncate(trainable_mask(token_offsets, spans, train_on), max_seq_length)
+        if trainable is not None:
+            kept.append(len(trainable))
+            targets.append(sum(trainable))
     if not kept:
         raise EstimateError(f"{path}: no sample has a target token within max_seq_length={max_seq_length}")
-    rows = _pack(kept, max_seq_length) if packing else [[length, 0] for length in kept]
-    row_tokens = [row[0] for row in rows]
+    rows = epoch_rows(kept, seed, 0, max_seq_length, packing)
+    row_tokens = [sum(kept[index] for index in row) for row in rows]
     return RowStats(
         mean_tokens=sum(row_tokens) / len(rows), max_tokens=max(row_tokens),
         mean_samples=len(kept) / len(rows), target_fraction=sum(targets) / sum(kept),
@@ -225,6 +166,8 @@ def dataset_row_stats(
     chat_template: str = "auto",
     system_prompt: str | None = None,
     cache_dir: Path | None = None,
+    data_format: str = "auto",
+    seed: int = 0,
 ) -> RowStats:
     """Rows per epoch and tokens per row of a JSONL data set as the trainer will see them.
 
@@ -234,11 +177,12 @@ def dataset_row_stats(
         raise EstimateError(f"data.train: {path} not found")
     tokenizer = tokenizer_files(model_dir)
     key = json.dumps([_stamp(path), _stamp(tokenizer.tokenizer_json), tokenizer.chat_template, chat_template,
-                      system_prompt, max_seq_length, packing, train_on, CACHE_VERSION])
+                      system_prompt, max_seq_length, packing, train_on, data_format, seed, CACHE_VERSION])
     cached = cache_dir / "token_stats" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json" if cache_dir else None
     if cached is not None and cached.is_file():
         return RowStats(**json.loads(cached.read_text(encoding="utf-8")))
-    stats = _compute_row_stats(str(path), tokenizer, chat_template, system_prompt, max_seq_length, packing, train_on)
+    stats = _compute_row_stats(str(path), tokenizer, chat_template, system_prompt, max_seq_length, packing, train_on,
+                               data_format, seed)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         staging = cached.with_suffix(f".{os.getpid()}.tmp")

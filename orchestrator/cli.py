@@ -24,7 +24,7 @@ COMMANDS = {
     "report": "orchestrator.commands.report",
 }
 USER_ERRORS = (
-    "train_core.errors:UserError",
+    "runspec.errors:UserError",
     "orchestrator.errors:SpecError",
     "cost_models.errors:EstimateError",
     "cluster.errors:ClusterError",

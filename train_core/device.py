@@ -1,4 +1,5 @@
-"""Which hardware path a run takes (device, weight format, compute dtype, optimizer), and why."""
+"""Which hardware path a run takes (device, weight format, compute dtype, optimizer, engine, micro-batch,
+activation checkpointing), and why: this machine described to runspec.resolve, which decides."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,10 +7,14 @@ from functools import lru_cache
 
 import torch
 
+from runspec.config import TrainConfig
+from runspec.fast_support import model_facts
+from runspec.resolve import Device, Sizer, resolve
 from train_core.bitsandbytes_cpu import DESCRIPTIONS, GENERIC, choose_bitsandbytes_cpu_path
-from train_core.config import TrainConfig
-from train_core.errors import ConfigError
+from train_core.cache import cache_root
 from train_core.models.attention import choose_attention
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -22,13 +27,16 @@ class DevicePath:
     reason: str
     attention: str = "sdpa"  # the attn_implementation the model loads with
     attention_reason: str = "default"
+    engine: str = "hf"  # "fast" | "hf"
+    micro_batch: int = 1  # sequences per forward/backward on one worker
+    engine_note: str | None = None  # why not the fast engine
 
     def describe(self) -> str:
         dtype = str(self.compute_dtype).removeprefix("torch.")
         return (
             f"{self.device}: base weights {self.quantization}, compute {dtype}, optimizer {self.optimizer}, "
-            f"activation checkpointing {self.activation_checkpointing}, attention {self.attention} "
-            f"({self.attention_reason}) ({self.reason})"
+            f"activation checkpointing {self.activation_checkpointing}, micro-batch {self.micro_batch}, "
+            f"attention {self.attention} ({self.attention_reason}) ({self.reason})"
         )
 
 
@@ -56,33 +64,48 @@ def bitsandbytes_cpu_trains() -> tuple[bool, str]:
     return True, "bitsandbytes CPU backend trains 4-bit layers"
 
 
-def choose_device_path(config: TrainConfig, force_cpu: bool = False) -> DevicePath:
-    cuda = torch.cuda.is_available() and not force_cpu
-    model = config.model
-    training = config.training
-    if cuda:
-        quantization = "nf4" if model.quantization == "auto" else model.quantization
-        compute = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32}[model.compute_dtype]
-        optimizer = "adamw_8bit" if training.optimizer == "auto" else training.optimizer
-        checkpointing = "full" if training.activation_checkpointing == "auto" else training.activation_checkpointing
-        return DevicePath(
-            "cuda", quantization, compute, optimizer, checkpointing, "CUDA GPU found", *choose_attention(model, "cuda")
-        )
-    attention = choose_attention(model, "cpu")  # a wrong attention setting fails before the bitsandbytes probe
-    if training.optimizer == "adamw_8bit":
-        raise ConfigError("training.optimizer: adamw_8bit needs a CUDA GPU; accepted on CPU: auto, adamw")
-    quantization = model.quantization
-    reason = "no CUDA GPU"
-    if quantization in ("auto", "nf4"):
-        trains, why = bitsandbytes_cpu_trains()
-        if trains:
-            quantization, reason = "nf4", f"no CUDA GPU; {why}; {DESCRIPTIONS[GENERIC]}"
-        elif model.quantization == "nf4":
-            raise ConfigError(f"model.quantization: nf4 on CPU is not possible here: {why}; accepted: auto, bf16, fp32")
-        else:
-            quantization, reason = "fp32", f"no CUDA GPU; {why}, so fp32 weights"
-    compute = {"auto": torch.float32, "bf16": torch.bfloat16, "fp32": torch.float32}[model.compute_dtype]
-    if training.activation_checkpointing == "offload":
-        raise ConfigError("training.activation_checkpointing: offload needs a CUDA GPU; accepted on CPU: auto, none, full")
-    checkpointing = "none" if training.activation_checkpointing == "auto" else training.activation_checkpointing
-    return DevicePath("cpu", quantization, compute, "adamw", checkpointing, reason, *attention)
+def cuda_device(workers: int = 1) -> Device:
+    """This machine's CUDA GPU as runspec sees it: the catalog card its name belongs to, and its memory."""
+    from cost_models.catalog import gpu_for_device
+
+    card = gpu_for_device(torch.cuda.get_device_name())
+    memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    return Device("cuda", card.name if card else None, memory, workers)
+
+
+def cpu_device(config: TrainConfig, workers: int = 1) -> Device:
+    """The CPU, with bitsandbytes' CPU backend probed when the config may want NF4 weights."""
+    if config.model.quantization not in ("auto", "nf4"):
+        return Device("cpu", workers=workers)
+    trains, why = bitsandbytes_cpu_trains()
+    return Device("cpu", workers=workers, cpu_nf4=trains, cpu_nf4_note=f"{why}; {DESCRIPTIONS[GENERIC]}" if trains else why)
+
+
+def model_config(name: str):  # type: ignore[no-untyped-def]
+    """The Hugging Face config of a model name as train_core loads it (a GGUF or built-in model is converted)."""
+    from transformers import AutoConfig
+
+    from train_core.models.sources import resolve_model
+
+    return AutoConfig.from_pretrained(resolve_model(name).path)
+
+
+def choose_device_path(
+    config: TrainConfig, force_cpu: bool = False, workers: int = 1, device: Device | None = None,
+    sizer: Sizer | None = None,
+) -> DevicePath:
+    """How this run trains here, as runspec.resolve decides it: on CUDA, `auto` micro-batch and checkpointing are
+    sized by cost_models' memory model for this GPU (the planner's rule), unless another sizer is given.
+    `device` describes a device other than this machine's (the CUDA branch runs without a GPU)."""
+    kind = device.kind if device is not None else ("cuda" if torch.cuda.is_available() and not force_cpu else "cpu")
+    attention = choose_attention(config.model, kind)  # a wrong attention setting fails before the bitsandbytes probe
+    if device is None:
+        device = cuda_device(workers) if kind == "cuda" else cpu_device(config, workers)
+    if device.kind == "cuda" and sizer is None:
+        from cost_models.sizing import MemoryModelSizer
+
+        sizer = MemoryModelSizer(cache_root(), model_config=lambda: model_config(config.model.name).to_dict())
+    run = resolve(config, device, lambda: model_facts(model_config(config.model.name)), sizer)
+    reason = run.reason if device.kind == "cpu" else f"{run.reason}: {device.describe()}"
+    return DevicePath(run.device, run.quantization, DTYPES[run.compute_dtype], run.optimizer, run.checkpointing,
+                      reason, *attention, run.engine, run.micro_batch, run.engine_note)

@@ -51,8 +51,8 @@ def run_check(name: str, body: Callable[[], str]) -> CheckResult:
 
 
 def run_checks(work_dir: Path | None = None) -> list[CheckResult]:
+    from runspec.config import TrainConfig
     from train_core.bitsandbytes_cpu import DESCRIPTIONS, GENERIC
-    from train_core.config import TrainConfig
     from train_core.device import bitsandbytes_cpu_trains, choose_device_path
     from train_core.metrics import peak_memory_gib
 

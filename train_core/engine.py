@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from train_core.config import TrainConfig
+from runspec.config import TrainConfig
 from train_core.device import DevicePath
 from train_core.loss import target_loss_sum
 from train_core.models.loading import add_lora, load_model_and_tokenizer
@@ -90,15 +90,9 @@ class HFEngine:
 
 
 def build_engine(config: TrainConfig, path: DevicePath) -> Engine:
-    """The fast engine where it supports this run (always for engine: fast), else transformers + PEFT."""
-    from train_core.errors import ConfigError
-    from train_core.fast.engine import build_fast_engine, fast_engine_unsupported
+    """The engine runspec.resolve chose for this run (path.engine): the fast one, or transformers + PEFT."""
+    if path.engine == "fast":
+        from train_core.fast.engine import build_fast_engine
 
-    if config.model.engine == "hf":
-        return HFEngine(config, path)
-    reason = fast_engine_unsupported(config, path)
-    if reason is None:
         return build_fast_engine(config, path)
-    if config.model.engine == "fast":
-        raise ConfigError(f"model.engine: fast is not possible for this run ({reason}); accepted: auto, hf")
     return HFEngine(config, path)

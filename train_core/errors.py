@@ -1,16 +1,5 @@
-"""User-facing errors: each carries one line that names the input, the field and what is accepted."""
-
-
-class UserError(Exception):
-    """A mistake in the user's input; the CLI prints its message as one line, with no traceback."""
-
-
-class ConfigError(UserError):
-    """A config file or config field is invalid."""
-
-
-class DataError(UserError):
-    """A data set file or row is invalid."""
+"""User-facing errors of training: each carries one line that names the input, the field and what is accepted."""
+from runspec.errors import UserError
 
 
 class TrainingDiverged(UserError):

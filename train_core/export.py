@@ -76,7 +76,7 @@ def merged_model(base_path: str, adapter_dir: Path, dtype: str, base_name: str |
 
 def export_tokenizer(base_path: str, adapter_dir: Path):
     """The tokenizer the run trained with (saved beside the adapter), else the base model's; chat template set."""
-    from train_core.data.templates import apply_chat_template_setting
+    from runspec.chat_templates import apply_chat_template_setting
     from train_core.models.loading import load_tokenizer
 
     source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_path

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from train_core.config import ModelSettings
-from train_core.data.formats import detect_format, read_jsonl
-from train_core.data.templates import apply_chat_template_setting
-from train_core.errors import DataError, ModelSourceError
+from runspec.config import ModelSettings
+from runspec.data_formats import detect_format, read_jsonl
+from runspec.chat_templates import apply_chat_template_setting
+from runspec.errors import DataError
+from train_core.errors import ModelSourceError
 from train_core.models.loading import load_tokenizer
 from train_core.models.sources import resolve_model
 

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from train_core.config import TrainingSettings
+from runspec.config import TrainingSettings
 
 
 def build_optimizer(parameters: list[torch.nn.Parameter], settings: TrainingSettings, kind: str):

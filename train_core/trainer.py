@@ -13,20 +13,20 @@ from typing import Callable
 import torch
 
 from train_core.checkpoint import CheckpointManager, TrainerState
-from train_core.config import TrainConfig
+from runspec.config import TrainConfig
 from train_core.data.batching import BatchPlan, MicroBatch
 from train_core.data.dataset import batch_plan, prepare_data
 from train_core.device import DevicePath, choose_device_path
 from train_core.engine import Engine, build_engine
 from train_core.distributed import Distributed
-from train_core.errors import ConfigError, TrainingDiverged
+from runspec.errors import ConfigError
+from train_core.errors import TrainingDiverged
 from train_core.metrics import MetricsLog, peak_memory_gib
 from train_core.optim import build_optimizer, build_scheduler
 from train_core.rng import capture_rng, restore_rng
 from train_core.store import LocalStore, ObjectStore
 
 ADAPTER_KEY = "adapter"
-MICRO_BATCH_TOKENS = {"cpu": 4096, "cuda": 16384}
 
 
 @dataclass
@@ -49,16 +49,6 @@ class TrainResult:
     device_path: str
     resumed_from: int | None
     losses: list[float] = field(default_factory=list)
-
-
-def resolve_micro_batch(config: TrainConfig, device: str, world_size: int) -> int:
-    """The configured micro-batch, or for 'auto' the largest divisor of the per-worker rows within a token budget."""
-    training = config.training
-    per_worker = max(1, training.batch_size // world_size)
-    if isinstance(training.micro_batch_size, int):
-        return training.micro_batch_size
-    budget = max(1, MICRO_BATCH_TOKENS[device] // config.data.max_seq_length)
-    return max(size for size in range(1, per_worker + 1) if per_worker % size == 0 and size <= budget)
 
 
 class Trainer:
@@ -86,7 +76,7 @@ class Trainer:
 
     def _setup(self) -> None:
         config = self.config
-        self.path: DevicePath = choose_device_path(config)
+        self.path: DevicePath = choose_device_path(config, workers=self.dist.world_size)
         self.log(f"device path: {self.path.describe()}")
         self.engine: Engine = build_engine(config, self.path)
         self.tokenizer = self.engine.tokenizer
@@ -98,7 +88,7 @@ class Trainer:
         self.log(f"lora: {sum(p.numel() for p in self.trainable):,} trainable parameters in {len(self.trainable)} tensors")
         self.plan: BatchPlan = batch_plan(self.data.train, config.data, config.training.seed, config.training.batch_size)
         self.total_steps = self.plan.total_steps(config.training.epochs, config.training.max_steps)
-        self.micro_batch = resolve_micro_batch(config, self.path.device, self.dist.world_size)
+        self.micro_batch = self.path.micro_batch
         self.optimizer = build_optimizer(self.trainable, config.training, self.path.optimizer)
         self.scheduler = build_scheduler(self.optimizer, config.training, self.total_steps)
 
@@ -261,7 +251,7 @@ class Trainer:
         if self.dist.is_main:
             self.checkpoints.prune()
         metrics = MetricsLog(self.work_dir / "metrics.jsonl", self.total_steps, state.step, echo=self.log)
-        every = self.config.checkpoint.every_steps
+        every = self.config.checkpoint.interval_steps
         eval_every = self.config.training.eval_every
         eval_loss = None
         status = "completed"

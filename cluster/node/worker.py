@@ -17,7 +17,7 @@ from typing import Any
 from cluster.node.agent import agent_from_env
 from cluster.node.preemption import NoticeGuard
 from cluster.providers.local_market import StorageFault
-from train_core.config import TrainConfig
+from runspec.config import TrainConfig
 
 
 class RecordKind(StrEnum):

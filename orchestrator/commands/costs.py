@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         offers = list_offers(comma_list(args.provider), args.market or "any", comma_list(args.gpu))
         if args.config:
             from orchestrator.sweep.planner import trial_job
-            from train_core.config import load_config
+            from runspec.config import load_config
 
             from orchestrator.sweep.data_check import check_config_data
 

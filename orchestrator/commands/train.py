@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cluster.storage import check_writable, open_store, parse_uri
     from train_core.cache import cache_root
-    from train_core.config import load_config
+    from runspec.config import load_config
 
     config = load_config(args.config)
     if args.output_dir:

@@ -11,7 +11,7 @@ from typing import Any
 
 from orchestrator.sweep.planner import PlanRow
 from orchestrator.sweep.spec import SweepSpec
-from train_core.config import TrainConfig
+from runspec.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from orchestrator.sweep.pruning import SweepStudy, saved_usd
 from orchestrator.sweep.spec import SweepSpec, TrialSpec, with_params
 from orchestrator.run.state import StateStore
 from train_core.checkpoint import STATE_FILE, newest_committed_step, step_key
-from train_core.config import TrainConfig
+from runspec.config import TrainConfig
 
 if TYPE_CHECKING:
     from orchestrator.run.runner import AttemptHandle, RayRunner

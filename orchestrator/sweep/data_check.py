@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from orchestrator.errors import SpecError
 from orchestrator.sweep.spec import TrialSpec
-from train_core.config import TrainConfig
-from train_core.data.formats import load_conversations
-from train_core.errors import DataError
+from runspec.config import TrainConfig
+from train_core.data.sources import load_conversations
+from runspec.errors import DataError
 
 
 def check_config_data(config: TrainConfig, where: str, checked: dict | None = None) -> None:

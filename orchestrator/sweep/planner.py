@@ -7,7 +7,6 @@ again, with steps_done, to re-plan after a preemption. Never imports torch.
 """
 from __future__ import annotations
 
-import glob
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,6 @@ from cluster.providers import registry
 from cluster.providers.fleet import ProviderFleet
 from cluster.providers.registry import ProviderContext
 from cluster.storage import StorageURI
-from cost_models.architectures import Architecture, resolve_architecture
 from cost_models.autosize import autosize, fit_advice
 from cost_models.calibration import Calibration, load_calibration
 from cost_models.catalog import Offer, gpus
@@ -29,14 +27,15 @@ from cost_models.errors import EstimateError
 from cost_models.estimate import DEFAULT_VRAM_HEADROOM, Estimate
 from cost_models.memory import static_bytes
 from cost_models.preemption import RunCost, checkpoint_seconds, expected_run, restart_seconds
-from cost_models.shape import JobShape, RowStats
+from cost_models.shape import JobShape
+from cost_models.sizing import architecture, model_facts, row_stats, sizing_job
 from cost_models.waiting import DEFAULT_DELAY_USD_PER_HOUR, expected_wait_hours, priced_usd
-from cost_models.tokens import dataset_row_stats
 from orchestrator.errors import SpecError
 from orchestrator.sweep.spec import Resources, SweepSpec, TrialSpec
+from runspec.config import TrainConfig
+from runspec.errors import ConfigError
+from runspec.resolve import Device, run_steps, settle
 from train_core.cache import cache_root
-from train_core.config import TrainConfig
-from train_core.fast.support import SUPPORTED_MODEL_TYPES, projections
 
 DEFAULT_STORAGE = StorageURI("file", "", "./runs")
 
@@ -126,76 +125,18 @@ class SweepPlan:
         return [t for t in self.trials if t.chosen is None]
 
 
-def model_dir(name: str) -> Path | None:
-    """A local directory holding the model's tokenizer, if there is one (no download, no conversion)."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if name == "builtin:smollm2-135m-instruct":
-        found = sorted(glob.glob(str(cache_root() / "gguf" / "SmolLM2-135M-Instruct*")))
-        return Path(found[-1]) if found else None
-    if name.startswith("builtin:"):
-        candidate = cache_root() / "builtin" / name.removeprefix("builtin:")
-        return candidate if candidate.is_dir() else None
-    return None
-
-
-def architecture(config: TrainConfig) -> Architecture:
-    return resolve_architecture(config.model.name, cache_root())
-
-
-def row_stats(config: TrainConfig) -> RowStats:
-    """Rows of the trial's JSONL data set; full rows when it is not a JSONL file readable here (Parquet, a saved
-    dataset or a Hub id would need `datasets`, which the planner does not import) or its columns are remapped."""
-    data = config.data
-    if not Path(data.train).is_file() or Path(data.train).suffix != ".jsonl" or data.columns:
-        return RowStats.full_rows(data.max_seq_length)
-    return dataset_row_stats(data.train, model_dir(config.model.name), data.max_seq_length, data.packing,
-                             data.train_on, data.chat_template, data.system_prompt, cache_root())
-
-
-def engine_profile(config: TrainConfig, arch: Architecture, quantization: str, targets: tuple[str, ...]) -> str:
-    """Which train_core engine runs this config on a CUDA GPU, as train_core.engine.build_engine decides."""
-    if config.model.engine == "hf":
-        return "train_core-hf"
-    reasons = [
-        reason for reason, applies in (
-            (f"base weights {quantization} (fast engine: nf4)", quantization != "nf4"),
-            ("fp32 compute (fast engine: bf16)", config.model.compute_dtype == "fp32"),
-            (f"model type {arch.model_type!r}", arch.model_type not in SUPPORTED_MODEL_TYPES),
-            ("LoRA dropout", bool(config.lora.dropout)),
-            ("LoRA targets beyond the decoder projections", not set(targets) <= set(projections(arch.model_type))),
-        ) if applies
-    ]
-    if config.model.engine == "fast" and reasons:
-        raise EstimateError(f"model.engine: fast is not possible for this run ({reasons[0]}); accepted: auto, hf")
-    return "train_core-hf" if reasons else "train_core-fast"
-
-
 def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1,
               vram_headroom: float = DEFAULT_VRAM_HEADROOM) -> TrialJob:
-    """Translate a TrainConfig into the estimators' terms (auto settings resolve as train_core does on CUDA)."""
-    arch = architecture(config)
+    """Translate a TrainConfig into the estimators' terms: its run settled by runspec.resolve for a CUDA GPU, as
+    train_core settles it, and its steps by runspec.run_steps over the data's estimated rows."""
+    arch = architecture(config, cache_root())
+    device = Device("cuda", workers=gpus_per_trial)
+    run = settle(config, device, lambda: model_facts(arch))
+    rows = row_stats(config, cache_root())
+    job = sizing_job(config, run, arch, rows, gpus_per_trial)
     training = config.training
-    targets = arch.module_names if config.lora.target_modules == "all-linear" else tuple(config.lora.target_modules)
-    quantization = "nf4" if config.model.quantization == "auto" else config.model.quantization
-    rows = row_stats(config)
-    rows_per_worker = max(1, training.batch_size // gpus_per_trial)
-    micro_batch = training.micro_batch_size if isinstance(training.micro_batch_size, int) else None
-    shape = JobShape(
-        arch=arch, quantization=quantization, lora_rank=config.lora.r, lora_targets=targets,
-        seq_len=config.data.max_seq_length, micro_batch=micro_batch or 1,
-        grad_accum=max(1, rows_per_worker // (micro_batch or 1)), checkpointing="full", rows=rows,
-        optimizer="adamw_8bit" if training.optimizer == "auto" else training.optimizer,
-        engine=engine_profile(config, arch, quantization, targets), gpus=gpus_per_trial,
-        compute_dtype="fp32" if config.model.compute_dtype == "fp32" else "bf16",
-    )
-    steps_per_epoch = math.ceil(rows.rows / training.batch_size) if rows.rows else 0
-    steps = steps_per_epoch * training.epochs
-    if training.max_steps:
-        steps = min(steps, training.max_steps) if steps else training.max_steps
-    checkpointing = None if training.activation_checkpointing == "auto" else training.activation_checkpointing
-    return TrialJob(trial_id, shape, rows_per_worker, micro_batch, checkpointing, steps, vram_headroom)
+    steps = run_steps([rows.rows] * training.epochs, training.batch_size, training.max_steps)
+    return TrialJob(trial_id, job.shape, job.rows_per_worker, job.micro_batch, job.checkpointing, steps, vram_headroom)
 
 
 def requirements(resources: Resources) -> Requirements:
@@ -305,7 +246,7 @@ def plan_sweep(spec: SweepSpec, trials: Iterable[TrialSpec], offers: Sequence[Of
     for trial in trials:
         try:
             job = trial_job(trial.id, trial.config, spec.resources.gpus_per_trial, spec.resources.vram_headroom)
-        except EstimateError as error:
+        except (EstimateError, ConfigError) as error:
             raise EstimateError(f"trial {trial.id}: {error}") from None
         plans.append(plan_trial(job, offers, spec.resources.max_price_per_hour, 0, spec.storage, every, None, cache,
                                 spec.resources.delay_usd_per_hour))

@@ -26,7 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.run.state import StateStore
-from train_core.config_types import MAX_STEPS, Integer
+from runspec.config_types import MAX_STEPS, Integer
 
 STUDY_NAME = "spottune"  # fixed: Hyperband assigns trials to brackets by a hash of the study name and trial number
 

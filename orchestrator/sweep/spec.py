@@ -25,10 +25,10 @@ from cost_models.waiting import DEFAULT_DELAY_USD_PER_HOUR
 from orchestrator.errors import SpecError
 from orchestrator.sweep.pruning import EarlyStopping
 from orchestrator.run.tracking import TrackingSettings
-from train_core.config import TrainConfig
-from train_core.config_errors import describe_validation_error, read_yaml
-from train_core.config_types import MAX_SEED, MAX_STEPS, Integer, Number
-from train_core.errors import ConfigError
+from runspec.config import CheckpointPolicy, TrainConfig
+from runspec.config_errors import describe_validation_error, read_yaml
+from runspec.config_types import MAX_SEED, Integer, Number
+from runspec.errors import ConfigError
 
 
 MAX_TRIALS = 10_000
@@ -123,13 +123,6 @@ class Resources(_Strict):
         DEFAULT_DELAY_USD_PER_HOUR, ge=0, le=10_000,
         description="What an hour of a trial's wait for cheaper capacity is worth; the planner waits when cheaper.",
     )
-
-
-class CheckpointPolicy(_Strict):
-    every_steps: Union[Annotated[Integer, Field(ge=1, le=MAX_STEPS)], Literal["auto"]] = Field(
-        "auto", description="Checkpoint interval; auto = Young/Daly optimum from checkpoint cost and preemption rate."
-    )
-    keep: Integer = Field(2, ge=1, le=1000, description="Committed checkpoints kept per trial.")
 
 
 ProviderSettings = settings_model()

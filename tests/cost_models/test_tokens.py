@@ -18,7 +18,7 @@ def model_dir(tmp_path):
     directory.mkdir()
     tokenizer.save(str(directory / "tokenizer.json"))
     template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|>\n"
-                "{% endfor %}")
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
     (directory / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
     return directory
 
@@ -41,8 +41,10 @@ def test_packing_fills_rows_and_truncation_caps_them(tmp_path, model_dir):
     data = write(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b"}] * 40)  # 8 tokens each
     packed = dataset_row_stats(data, model_dir, 32, packing=True)
     assert (packed.rows, packed.max_tokens, packed.mean_samples) == (10, 32, 4)
-    truncated = dataset_row_stats(data, model_dir, 6, packing=False)
-    assert truncated.max_tokens == 6
+    truncated = dataset_row_stats(data, model_dir, 7, packing=False)  # the reply "b" is the 7th token
+    assert truncated.max_tokens == 7
+    with pytest.raises(EstimateError, match="no sample has a target token within max_seq_length=6"):
+        dataset_row_stats(data, model_dir, 6, packing=False)  # the trainer drops samples cut before their reply
 
 
 def test_without_a_tokenizer_counts_are_estimated_and_say_so(tmp_path):
@@ -63,5 +65,5 @@ def test_results_are_cached_on_disk(tmp_path, model_dir):
 def test_bad_rows_name_the_file_and_line(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "a", "output": "b"}\n{"prompt": 1}\n')
-    with pytest.raises(EstimateError, match=r"d.jsonl:2: unknown row format"):
+    with pytest.raises(EstimateError, match=r"d.jsonl:2: alpaca rows need 'instruction' and 'output'"):
         dataset_row_stats(data, None, 64, True)

@@ -7,7 +7,7 @@ from train_core.fast.batch import PackedBatch
 from train_core.fast.layer import module_path
 from train_core.fast.model import FastCausalLM
 from train_core.fast.recompute import Recompute
-from train_core.config import ModelSettings
+from runspec.config import ModelSettings
 from train_core.models.attention import choose_attention
 from train_core.models.sources import resolve_model
 

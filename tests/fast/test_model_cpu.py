@@ -6,7 +6,8 @@ import torch
 
 from tests.fast.helpers import hf_base, hf_loss_and_grads, hf_twin, packed_batch, randomize_adapters, tiny_path
 from train_core.fast.batch import PackedBatch
-from train_core.fast.engine import FastEngine, unsupported
+from runspec.fast_support import model_facts, run_unsupported
+from train_core.fast.engine import FastEngine
 from train_core.fast.lora import LoRAGroup, lora_linear
 from train_core.fast.loading import AdapterSpec, load_fast_model
 from train_core.fast.nf4 import quantize_nf4
@@ -143,9 +144,14 @@ def test_engine_loads_its_own_adapter_state():
 
 
 def test_unsupported_reasons():
-    path = tiny_path("tiny-llama")
-    assert "CUDA" in unsupported(path, 0.0, CPU)
-    assert "dropout" in unsupported(path, 0.1, torch.device("cuda"))
-    assert unsupported(path, 0.0, torch.device("cuda")) is None
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_path("tiny-llama"))
+    facts = lambda: model_facts(config)  # noqa: E731
+    assert "CUDA" in run_unsupported("cpu", "nf4", "bf16", 0.0, None, facts)
+    assert "dropout" in run_unsupported("cuda", "nf4", "bf16", 0.1, None, facts)
+    assert run_unsupported("cuda", "nf4", "bf16", 0.0, None, facts) is None
+    assert "MLP biases" in run_unsupported("cuda", "nf4", "bf16", 0.0, None, lambda: model_facts(
+        {**config.to_dict(), "mlp_bias": True}))
     with pytest.raises(ValueError, match="target_modules"):
         AdapterSpec.from_target_modules(8, 16, ["q_proj", "lm_head"], seed=0)

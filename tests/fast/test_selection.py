@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
+from runspec.config import load_config
+from runspec.errors import ConfigError
+from runspec.resolve import Device
 from tests.train_core.helpers import write_config
-from train_core.config import load_config
 from train_core.device import choose_device_path
 from train_core.engine import HFEngine, build_engine
-from train_core.errors import ConfigError
-from train_core.fast.engine import fast_engine_unsupported
+
+H200 = Device("cuda", "H200", 139.8)
 
 
 def test_auto_falls_back_to_transformers_peft_on_cpu(tmp_path):
     config = load_config(write_config(tmp_path))
     path = choose_device_path(config, force_cpu=True)
-    assert "CUDA" in fast_engine_unsupported(config, path)
+    assert path.engine == "hf" and "CUDA" in path.engine_note
     assert isinstance(build_engine(config, path), HFEngine)
 
 
@@ -25,9 +26,23 @@ def test_fast_engine_where_it_cannot_run_is_a_config_error(tmp_path):
         build_engine(config, choose_device_path(config, force_cpu=True))
 
 
+def test_auto_takes_the_fast_engine_on_cuda_where_it_runs(tmp_path):
+    config = load_config(write_config(tmp_path, {"model": {"name": "builtin:tiny-llama"}}))
+    path = choose_device_path(config, device=H200)
+    assert (path.engine, path.engine_note, path.quantization) == ("fast", None, "nf4")
+
+
 def test_unsupported_lora_settings_are_named(tmp_path):
     config = load_config(write_config(tmp_path, {"lora": {"r": 8, "alpha": 16, "dropout": 0.1}}))
-    cuda_path = choose_device_path(config, force_cpu=True).__class__("cuda", "nf4", torch.bfloat16, "adamw_8bit", "full", "test")
-    assert "dropout" in fast_engine_unsupported(config, cuda_path)
+    path = choose_device_path(config, device=H200)
+    assert path.engine == "hf" and "dropout" in path.engine_note
+    sized = {"micro_batch_size": 2, "activation_checkpointing": "full"}
+    config = load_config(write_config(tmp_path, {"lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "lm_head"]},
+                                                 "training": sized}))
+    assert "lm_head" in choose_device_path(config, device=H200).engine_note
+
+
+def test_auto_sizing_a_run_the_memory_model_cannot_describe_asks_for_explicit_values(tmp_path):
     config = load_config(write_config(tmp_path, {"lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "lm_head"]}}))
-    assert "lm_head" in fast_engine_unsupported(config, cuda_path)
+    with pytest.raises(ConfigError, match="cannot be sized on cuda H200 .*lm_head.*set both explicitly"):
+        choose_device_path(config, device=H200)

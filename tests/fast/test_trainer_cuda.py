@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.train_core.helpers import write_config
-from train_core.config import load_config
+from runspec.config import load_config
 from train_core.trainer import train
 
 pytestmark = pytest.mark.cuda

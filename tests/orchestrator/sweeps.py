@@ -65,7 +65,7 @@ def reference_adapter(config: dict, directory: Path) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from train_core.config import TrainConfig
+    from runspec.config import TrainConfig
     from train_core.trainer import Trainer
 
     threads = torch.get_num_threads()

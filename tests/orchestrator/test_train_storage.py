@@ -23,7 +23,7 @@ def _stopped_run(store, directory, stop_after: int) -> None:
     """Train in this process until `stop_after` steps are checkpointed, as an interrupted run would have."""
     import torch
 
-    from train_core.config import TrainConfig
+    from runspec.config import TrainConfig
     from train_core.trainer import TrainHooks, Trainer
 
     steps = iter(range(1, 10_000))

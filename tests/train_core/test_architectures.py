@@ -7,8 +7,7 @@ import math
 import pytest
 
 from tests.train_core.helpers import write_config
-from train_core.config import load_config
-from train_core.config import ModelSettings
+from runspec.config import ModelSettings, load_config
 from train_core.models.attention import choose_attention
 from train_core.models.sources import resolve_model
 from train_core.trainer import train

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from tests.train_core.helpers import run_cli
-from train_core.config import ModelSettings
+from runspec.config import ModelSettings
 from train_core.models.attention import choose_attention
 
 

@@ -1,4 +1,5 @@
-from train_core.data.batching import IGNORE_INDEX, BatchPlan, collate, epoch_order, pack
+from runspec.packing import epoch_order, pack
+from train_core.data.batching import IGNORE_INDEX, BatchPlan, collate
 from train_core.data.tokenize import TokenizedSample
 
 

@@ -10,7 +10,7 @@ from train_core.bitsandbytes_cpu import (
     DESCRIPTIONS, GENERIC, PACKED, choose_bitsandbytes_cpu_path, cpu_has_avx512_bf16, dequantize_4bit_cpu,
     dequantize_4bit_native, dequantize_4bit_portable,
 )
-from train_core.config import load_config
+from runspec.config import load_config
 from train_core.fast.nf4 import quantize_nf4
 from train_core.trainer import Trainer
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from train_core.checkpoint import REQUIRED_FILES, CheckpointManager, step_key
-from train_core.config import load_config
-from train_core.errors import ConfigError
+from runspec.config import load_config
+from runspec.errors import ConfigError
 from train_core.store import LocalStore
 from train_core.trainer import train
 

@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from train_core.checkpoint import LATEST_KEY, MANIFEST_FILE, CheckpointManager, newest_committed_step, step_key
-from train_core.config import load_config
+from runspec.config import load_config
 from train_core.store import LocalStore
 from train_core.trainer import Trainer, TrainHooks
 

@@ -57,7 +57,7 @@ def empty_dataset(d):
 
 
 def format_name(d):
-    return write_config(d, {"data": {"format": "csv"}}, "c6.yaml"), r"c6\.yaml: field 'data\.format': Input should be 'auto', 'alpaca', 'sharegpt' or 'messages'"
+    return write_config(d, {"data": {"format": "csv"}}, "c6.yaml"), r"c6\.yaml: field 'data\.format': Input should be 'auto', 'alpaca', 'sharegpt', 'messages', 'prompt_completion' or 'text'"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 import pytest
 
-from train_core.config import load_config
-from train_core.errors import ConfigError
+from runspec.config import load_config
+from runspec.errors import ConfigError
 
 
 def test_unknown_field_names_file_field_and_accepted(tmp_path):

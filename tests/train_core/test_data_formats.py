@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from train_core.data.formats import load_conversations
-from train_core.errors import DataError
+from train_core.data.sources import load_conversations
+from runspec.errors import DataError
 
 
 def write_rows(path, rows):

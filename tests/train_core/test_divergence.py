@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_core.config import load_config
+from runspec.config import load_config
 from train_core.errors import TrainingDiverged
 from train_core.trainer import Trainer, TrainHooks
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from train_core.config import load_config
+from runspec.config import load_config
 from train_core.data.batching import collate
 from train_core.trainer import Trainer
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.train_core.helpers import EVAL_DATA, REPO, read_jsonl
-from train_core.config import load_config
+from runspec.config import load_config
 from train_core.models.sources import resolve_model
 from train_core.trainer import train
 

@@ -2,9 +2,9 @@ import re
 
 import pytest
 
-from train_core.data.templates import apply_chat_template_setting
+from runspec.chat_templates import apply_chat_template_setting
 from train_core.data.tokenize import tokenize_conversation, tokenize_dataset
-from train_core.errors import ConfigError
+from runspec.errors import ConfigError
 from train_core.models.loading import load_tokenizer
 from train_core.models.sources import resolve_model
 
@@ -67,7 +67,7 @@ def test_hub_ids_are_refused_offline_and_bad_names_explained(monkeypatch):
 
 def test_eval_samples_takes_the_first_rows_and_leaves_the_fingerprint(tokenizer):
     from tests.train_core.helpers import EVAL_DATA, TRAIN_DATA
-    from train_core.config import TrainConfig
+    from runspec.config import TrainConfig
     from train_core.data.dataset import prepare_data
 
     def config(**data):
@@ -83,7 +83,7 @@ def test_eval_samples_takes_the_first_rows_and_leaves_the_fingerprint(tokenizer)
 
 
 def test_a_template_that_fails_on_a_conversation_is_one_data_error(tokenizer):
-    from train_core.errors import DataError
+    from runspec.errors import DataError
 
     original = tokenizer.chat_template
     apply_chat_template_setting(

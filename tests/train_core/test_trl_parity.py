@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from train_core.config import DataSettings
+from runspec.config import DataSettings
 from train_core.data.dataset import prepare_data
-from train_core.errors import DataError
+from runspec.errors import DataError
 from train_core.models.loading import load_tokenizer
 from train_core.models.sources import resolve_model
 

@@ -1,44 +1,20 @@
-"""Deterministic epoch order, padding-free packing and the micro-batch tensors built from it.
+"""Optimizer-step batches over runspec.packing's epoch rows, and the micro-batch tensors built from them.
 
 Order is a pure function of (seed, epoch), so a resumed run that knows (epoch, cursor) sees exactly the
 batches it would have seen without stopping.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
+from runspec.packing import epoch_rows
+from runspec.resolve import run_steps
 from train_core.data.tokenize import TokenizedSample
 
 IGNORE_INDEX = -100
-OPEN_BINS = 64
-
-
-def epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
-    order = list(range(num_samples))
-    random.Random(f"spottune:{seed}:{epoch}").shuffle(order)
-    return order
-
-
-def pack(lengths: list[int], order: list[int], capacity: int) -> list[list[int]]:
-    """First-fit packing in the given order over a window of open rows; each row's total length <= capacity."""
-    closed: list[list[int]] = []
-    open_rows: list[tuple[int, list[int]]] = []  # (used tokens, sample indices)
-    for index in order:
-        length = lengths[index]
-        for position, (used, members) in enumerate(open_rows):
-            if used + length <= capacity:
-                members.append(index)
-                open_rows[position] = (used + length, members)
-                break
-        else:
-            open_rows.append((length, [index]))
-            if len(open_rows) > OPEN_BINS:
-                closed.append(open_rows.pop(0)[1])
-    return closed + [members for _, members in open_rows]
 
 
 @dataclass
@@ -87,17 +63,13 @@ class BatchPlan:
     @lru_cache(maxsize=4)
     def rows(self, epoch: int) -> list[list[int]]:
         """Sequences of this epoch, each a list of sample indices."""
-        order = epoch_order(len(self.samples), self.seed, epoch)
-        if not self.packing:
-            return [[index] for index in order]
-        return pack(self._lengths, order, self.max_seq_length)
+        return epoch_rows(self._lengths, self.seed, epoch, self.max_seq_length, self.packing)
 
     def steps_in_epoch(self, epoch: int) -> int:
         return -(-len(self.rows(epoch)) // self.batch_size)
 
     def total_steps(self, epochs: int, max_steps: int | None) -> int:
-        total = sum(self.steps_in_epoch(epoch) for epoch in range(epochs))
-        return min(total, max_steps) if max_steps else total
+        return run_steps([len(self.rows(epoch)) for epoch in range(epochs)], self.batch_size, max_steps)
 
     def step_rows(self, epoch: int, cursor: int) -> list[list[int]]:
         """The rows of optimizer step `cursor` (0-based) within `epoch`."""

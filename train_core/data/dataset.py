@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train_core.config import DataSettings
+from runspec.chat_templates import apply_chat_template_setting
+from runspec.config import DataSettings
+from train_core.data.sources import load_conversations
+from runspec.errors import DataError
 from train_core.data.batching import BatchPlan
-from train_core.data.formats import load_conversations
-from train_core.data.templates import apply_chat_template_setting
 from train_core.data.tokenize import TokenizedSample, TokenizeReport, tokenize_dataset
-from train_core.errors import DataError
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Where training rows come from: a JSONL file (read here, errors by line number) or anything Hugging Face
+"""Where training rows come from, and load_conversations() of them: a JSONL file (read here, errors by line number) or anything Hugging Face
 `datasets` reads — a Parquet, Arrow, JSON or CSV file or a directory of them, a dataset saved with
 `save_to_disk`, or a Hub dataset id when online. Every source yields plain dict rows, each with a label
 ("file:line" or "source row N") that errors name, after the config's column mapping is applied.
@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from train_core.config import HUB_DATASET_ID
-from train_core.errors import DataError
+from runspec.config import HUB_DATASET_ID
+from runspec.data_formats import CONVERTERS, FormatName, file_format, read_jsonl
+from runspec.errors import DataError
 
 Row = tuple[str, dict]  # (where, row)
 DATASETS_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".csv": "csv"}
@@ -25,8 +26,6 @@ def read_rows(location: str | Path, split: str = "train", columns: dict[str, str
     """Every row of the source, renamed by `columns` ({name spottune reads: column in the source})."""
     path = Path(location)
     if path.suffix == ".jsonl":
-        from train_core.data.formats import read_jsonl
-
         rows = [(f"{path}:{number}", row) for number, row in read_jsonl(path)]
         names = sorted({key for _, row in rows for key in row})
     else:
@@ -89,3 +88,28 @@ def _data_files(path: Path, field: str) -> tuple[str, list[str]]:
                         f"found: {found}; accepted: {ACCEPTED_SOURCES}")
     (kind,) = kinds
     return kind, [str(p) for p in files if DATASETS_BUILDERS.get(p.suffix) == kind]
+
+
+def load_conversations(
+    path: str | Path, format: str = "auto", system_prompt: str | None = None, split: str = "train",
+    columns: dict[str, str] | None = None,
+) -> tuple[list, FormatName]:
+    """All rows of a data source (see data/sources.py) as conversations (or TRL prompt/completion records),
+    with the detected (or given) format."""
+    from train_core.data.trl_formats import from_prompt_completion, from_text
+
+    rows = read_rows(path, split, columns)
+    format = file_format(rows, format)
+    converter = {**CONVERTERS, "prompt_completion": from_prompt_completion, "text": from_text}.get(format)
+    if converter is None:
+        raise DataError(f"{path}: unknown data format {format!r}; accepted: auto, {', '.join(FormatName.__args__)}")
+    conversations = []
+    for where, row in rows:
+        conversation = converter(row, where)
+        if system_prompt and isinstance(conversation, list) and conversation[0]["role"] != "system":
+            conversation = [{"role": "system", "content": system_prompt}, *conversation]
+        elif system_prompt and getattr(conversation, "conversational", False) and (
+                not conversation.prompt or conversation.prompt[0]["role"] != "system"):
+            conversation.prompt = [{"role": "system", "content": system_prompt}, *conversation.prompt]
+        conversations.append(conversation)
+    return conversations, format  # type: ignore[return-value]

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train_core.data.formats import Conversation
-from train_core.errors import DataError
+from runspec import packing
+from runspec.data_formats import Conversation
+from runspec.errors import DataError
 
 
 @dataclass
@@ -38,31 +39,13 @@ def render(tokenizer, messages: Conversation, add_generation_prompt: bool = Fals
 
 def assistant_spans(tokenizer, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans of each assistant reply (including its end-of-turn marker)."""
-    text = render(tokenizer, conversation)
-    spans = []
-    for index, message in enumerate(conversation):
-        if message["role"] != "assistant":
-            continue
-        start = len(render(tokenizer, conversation[:index], add_generation_prompt=True)) if index else 0
-        through_reply = render(tokenizer, conversation[: index + 1])
-        end = len(through_reply) if text.startswith(through_reply) else len(text)
-        spans.append((start, end))
-    return text, spans
+    return packing.assistant_spans(lambda messages, prompt: render(tokenizer, messages, prompt), conversation)
 
 
 def tokenize_conversation(tokenizer, conversation: Conversation, train_on: str) -> TokenizedSample:
     text, spans = assistant_spans(tokenizer, conversation)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
-    if train_on == "all":
-        return TokenizedSample(ids, [False] + [True] * (len(ids) - 1))
-    trainable = []
-    for token_start, token_end in encoded["offset_mapping"]:
-        inside = any(start <= token_start and token_end <= end and token_end > token_start for start, end in spans)
-        trainable.append(inside)
-    if trainable:
-        trainable[0] = False
-    return TokenizedSample(ids, trainable)
+    return TokenizedSample(list(encoded["input_ids"]), packing.trainable_mask(encoded["offset_mapping"], spans, train_on))
 
 
 def tokenize_record(tokenizer, record, train_on: str) -> TokenizedSample:
@@ -86,13 +69,12 @@ def tokenize_dataset(
     truncated = dropped = 0
     for conversation in conversations:
         sample = tokenize_record(tokenizer, conversation, train_on)
-        if len(sample) > max_seq_length:
-            truncated += 1
-            sample = TokenizedSample(sample.input_ids[:max_seq_length], sample.trainable[:max_seq_length])
-        if not any(sample.trainable):
+        truncated += len(sample) > max_seq_length
+        trainable = packing.truncate(sample.trainable, max_seq_length)
+        if trainable is None:
             dropped += 1
             continue
-        samples.append(sample)
+        samples.append(TokenizedSample(sample.input_ids[:max_seq_length], trainable))
     report = TokenizeReport(
         samples=len(samples),
         truncated=truncated,

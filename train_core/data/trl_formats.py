@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train_core.data.formats import CHAT_ROLES, Conversation
-from train_core.errors import DataError
+from runspec.data_formats import CHAT_ROLES, Conversation
+from runspec.errors import DataError
 
 
 @dataclass

@@ -5,28 +5,11 @@ from pathlib import Path
 
 import torch
 
+from runspec.fast_support import DEFAULT_CE_BUDGET_MIB, ce_chunk_rows
 from train_core.fast.adapter import load_peft_state, save_peft_adapter
-from train_core.fast.arch import unsupported_reason
 from train_core.fast.batch import PackedBatch
 from train_core.fast.loading import AdapterSpec, load_fast_model
 from train_core.fast.recompute import Recompute
-
-DEFAULT_CE_BUDGET_MIB = 512
-
-
-def fast_engine_unsupported(config, path) -> str | None:
-    """Why the fast engine cannot run this TrainConfig on this DevicePath (None when it can)."""
-    if path.device != "cuda":
-        return "the fast engine runs on CUDA only"
-    if path.quantization != "nf4" or path.compute_dtype != torch.bfloat16:
-        return f"base weights {path.quantization} with compute {path.compute_dtype} (fast engine: nf4 with bf16)"
-    from train_core.models.sources import resolve_model
-
-    targets = config.lora.target_modules
-    return unsupported(
-        resolve_model(config.model.name).path, config.lora.dropout, torch.device(path.device),
-        None if targets == "all-linear" else tuple(targets),
-    )
 
 
 def build_fast_engine(config, path) -> "FastEngine":
@@ -41,31 +24,6 @@ def build_fast_engine(config, path) -> "FastEngine":
     engine.tokenizer = load_tokenizer(resolved.path)
     engine.description = f"{resolved.description}; {engine.description}"
     return engine
-
-
-def unsupported(
-    model_path: str | Path, lora_dropout: float, device: torch.device, targets: tuple[str, ...] | None = None
-) -> str | None:
-    """Why the fast engine cannot train this model here with these LoRA targets (None = all linears) (None when it can)."""
-    if device.type != "cuda":
-        return "the fast engine runs on CUDA only"
-    if lora_dropout:
-        return "LoRA dropout (the fast engine's fused LoRA has none)"
-    from transformers import AutoConfig
-
-    from train_core.fast.support import projections
-
-    config = AutoConfig.from_pretrained(model_path)
-    beyond = sorted(set(targets or ()) - set(projections(config.model_type)))
-    if beyond:
-        return f"LoRA targets beyond the decoder projections ({beyond})"
-    return unsupported_reason(config)
-
-
-def ce_chunk_rows(vocab: int, budget_mib: int) -> int:
-    """Rows of bf16 logits per loss chunk that fit the budget, in [256, 8192], a multiple of 256."""
-    rows = (budget_mib * 2**20) // (vocab * 2) // 256 * 256
-    return max(256, min(8192, rows))
 
 
 class FastEngine:

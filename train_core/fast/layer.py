@@ -14,7 +14,7 @@ from train_core.fast.lora import LoRAGroup, lora_linear
 from train_core.fast.mlp import lora_mlp
 from train_core.fast.qkv import HeadNorms, qkv_rope
 from train_core.fast.rotary import RotaryFrequencies
-from train_core.fast.support import MLP_MODULES
+from runspec.fast_support import MLP_MODULES
 from train_core.kernels.rms_norm import rms_norm
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from train_core.fast.arch import ArchSpec, arch_spec, unsupported_reason
+from train_core.fast.arch import ArchSpec, arch_spec
 from train_core.fast.attention import AttentionShape
 from train_core.fast.layer import DecoderLayer, module_path
 from train_core.fast.lora import LoRAGroup
 from train_core.fast.model import FastCausalLM
 from train_core.fast.nf4 import quantize_nf4
 from train_core.fast.qkv import HeadNorms
-from train_core.fast.rotary import DEFAULT_KEY, RotaryFrequencies, rotary_frequencies
-from train_core.fast.support import ALL_PROJECTIONS, projection_groups, projections
+from train_core.fast.rotary import RotaryFrequencies, rotary_frequencies
+from runspec.fast_support import ALL_PROJECTIONS, DEFAULT_ROPE_KEY, projection_groups, projections, unsupported_reason
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def _load_layer(
         names=names,
         groups=groups,
         adapters=lora,
-        rotary=rotary.get(layer_type, rotary.get(DEFAULT_KEY)),
+        rotary=rotary.get(layer_type, rotary.get(DEFAULT_ROPE_KEY)),
         attention_shape=AttentionShape(spec.window(index), spec.attention_scale, spec.attention_softcap),
         head_norms=head_norms,
         attention_output_norm=norm("post_attention_layernorm") if spec.gemma else None,

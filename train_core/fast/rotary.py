@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_KEY = "full_attention"
-
+from runspec.fast_support import DEFAULT_ROPE_KEY, rope_layer_parameters
 
 @dataclass
 class RotaryFrequencies:
@@ -28,25 +27,12 @@ class RotaryFrequencies:
         return RotaryFrequencies(self.short.to(device), long, self.original_length, self.scaling)
 
 
-def rope_layer_parameters(config) -> dict[str, dict]:
-    """Rope parameters by layer type ("full_attention" alone when every layer shares them)."""
-    parameters = getattr(config, "rope_parameters", None)
-    if parameters is None:
-        scaling = dict(getattr(config, "rope_scaling", None) or {})
-        scaling.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
-        scaling.setdefault("rope_type", scaling.get("type", "default"))
-        parameters = scaling
-    if parameters and all(isinstance(value, dict) for value in parameters.values()):
-        return {key: dict(value) for key, value in parameters.items()}
-    return {DEFAULT_KEY: dict(parameters)}
-
-
 def rotary_frequencies(config) -> dict[str, RotaryFrequencies]:
-    """Frequencies by layer type; a layer whose type is not a key uses DEFAULT_KEY's."""
+    """Frequencies by layer type; a layer whose type is not a key uses DEFAULT_ROPE_KEY's."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     parameters = rope_layer_parameters(config)
-    per_type = len(parameters) > 1 or DEFAULT_KEY not in parameters
+    per_type = len(parameters) > 1 or DEFAULT_ROPE_KEY not in parameters
     tables = {}
     for layer_type, rope in parameters.items():
         kind = rope.get("rope_type", "default")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from train_core.config import ModelSettings
-from train_core.errors import ConfigError, ModelSourceError
+from runspec.config import ModelSettings
+from runspec.errors import ConfigError
+from train_core.errors import ModelSourceError
 from train_core.models.sources import resolve_model
 
 ACCEPTED = "auto, sdpa, eager, flash_attention_2 (with the flash-attn package on a CUDA GPU)"

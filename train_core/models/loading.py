@@ -5,10 +5,11 @@ import warnings
 
 import torch
 
+from runspec.config import LoraSettings, ModelSettings
 from train_core.bitsandbytes_cpu import choose_bitsandbytes_cpu_path
-from train_core.config import LoraSettings, ModelSettings
 from train_core.device import DevicePath
-from train_core.errors import ConfigError, ModelSourceError
+from runspec.errors import ConfigError
+from train_core.errors import ModelSourceError
 from train_core.models.sources import resolve_model
 
 

@@ -70,7 +70,7 @@ def build_tiny_model(name: str, target: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from train_core.data.templates import CHATML
+    from runspec.chat_templates import CHATML
     from train_core.cache import publish_directory
 
     tokenizer_core = Tokenizer(models.BPE())

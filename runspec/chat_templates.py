@@ -1,7 +1,7 @@
 """Chat templates: the tokenizer's own, or a named/inline one."""
 from __future__ import annotations
 
-from train_core.errors import ConfigError
+from runspec.errors import ConfigError
 
 CHATML = (
     "{% for message in messages %}"

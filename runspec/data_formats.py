@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from train_core.errors import DataError
+from runspec.errors import DataError
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -67,38 +67,25 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def load_conversations(
-    path: str | Path, format: str = "auto", system_prompt: str | None = None, split: str = "train",
-    columns: dict[str, str] | None = None,
-) -> tuple[list, FormatName]:
-    """All rows of a data source (see data/sources.py) as conversations (or TRL prompt/completion records),
-    with the detected (or given) format."""
-    from train_core.data.sources import read_rows
-    from train_core.data.trl_formats import from_prompt_completion, from_text
+def file_format(rows: list[tuple[str, dict]], format: str) -> FormatName:
+    """The configured format, or for auto the one the first row's keys name; rows are (where, row)."""
+    if format != "auto":
+        return format  # type: ignore[return-value]
+    first_where, first_row = rows[0]
+    detected = detect_format(first_row)
+    if detected is None:
+        keys = ", ".join(sorted(first_row)) or "none"
+        raise DataError(f"{first_where}: unknown row format (keys: {keys}); accepted: {ACCEPTED}; "
+                        "or map other columns with data.columns")
+    return detected
 
-    rows = read_rows(path, split, columns)
-    if format == "auto":
-        first_where, first_row = rows[0]
-        detected = detect_format(first_row)
-        if detected is None:
-            keys = ", ".join(sorted(first_row)) or "none"
-            raise DataError(f"{first_where}: unknown row format (keys: {keys}); accepted: {ACCEPTED}; "
-                            "or map other columns with data.columns")
-        format = detected
-    converter = {"alpaca": _from_alpaca, "sharegpt": _from_sharegpt, "messages": _from_messages,
-                 "prompt_completion": from_prompt_completion, "text": from_text}.get(format)
-    if converter is None:
-        raise DataError(f"{path}: unknown data format {format!r}; accepted: auto, {', '.join(FormatName.__args__)}")
-    conversations = []
-    for where, row in rows:
-        conversation = converter(row, where)
-        if system_prompt and isinstance(conversation, list) and conversation[0]["role"] != "system":
-            conversation = [{"role": "system", "content": system_prompt}, *conversation]
-        elif system_prompt and getattr(conversation, "conversational", False) and (
-                not conversation.prompt or conversation.prompt[0]["role"] != "system"):
-            conversation.prompt = [{"role": "system", "content": system_prompt}, *conversation.prompt]
-        conversations.append(conversation)
-    return conversations, format  # type: ignore[return-value]
+
+def to_conversation(row: dict, format: FormatName, where: str, system_prompt: str | None = None) -> Conversation:
+    """One row as a conversation, with the system prompt prepended where the row has none."""
+    conversation = CONVERTERS[format](row, where)
+    if system_prompt and conversation[0]["role"] != "system":
+        conversation = [{"role": "system", "content": system_prompt}, *conversation]
+    return conversation
 
 
 def _text(row: dict, key: str, where: str, required: bool = True) -> str:
@@ -166,3 +153,6 @@ def _checked(conversation: Conversation, where: str) -> Conversation:
     if not any(message["role"] == "assistant" for message in conversation):
         raise DataError(f"{where}: the conversation has no assistant turn to learn from")
     return conversation
+
+
+CONVERTERS = {"alpaca": _from_alpaca, "sharegpt": _from_sharegpt, "messages": _from_messages}

@@ -9,10 +9,12 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from train_core.config_errors import describe_validation_error, read_yaml
-from train_core.config_types import MAX_SEED, MAX_STEPS, Flag, Integer, Number
-from train_core.data.templates import check_chat_template
-from train_core.errors import ConfigError
+from runspec.chat_templates import check_chat_template
+from runspec.config_errors import describe_validation_error, read_yaml
+from runspec.config_types import MAX_SEED, MAX_STEPS, Flag, Integer, Number
+from runspec.errors import ConfigError
+
+STANDALONE_EVERY_STEPS = 50
 
 HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -113,7 +115,8 @@ class TrainingSettings(StrictModel):
     )
     batch_size: Integer = Field(8, ge=1, le=65_536, description="Sequences per optimizer step, over all workers.")
     micro_batch_size: Union[Annotated[Integer, Field(ge=1, le=65_536)], Literal["auto"]] = Field(
-        "auto", description="Sequences per forward/backward; auto picks one that fits (must divide batch_size)."
+        "auto", description="Sequences per forward/backward (must divide batch_size). auto = on CUDA the fastest "
+        "that fits the GPU by the planner's memory model, on CPU the largest within 4096 tokens."
     )
     learning_rate: Number = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
@@ -127,7 +130,8 @@ class TrainingSettings(StrictModel):
     )
     activation_checkpointing: Literal["auto", "none", "full", "offload"] = Field(
         "auto", description="Recompute activations in backward (full), also keep layer inputs on the CPU "
-        "(offload), or keep them (none). auto = full on CUDA, none on CPU."
+        "(offload), or keep them (none). auto = on CUDA the fastest mode that fits the GPU by the planner's "
+        "memory model (sized with the micro-batch), none on CPU."
     )
     eval_every: Integer | None = Field(
         None, ge=1, le=MAX_STEPS, description="Eval-loss interval in steps (and at the end)."
@@ -143,11 +147,19 @@ class TrainingSettings(StrictModel):
         return self
 
 
-class CheckpointSettings(StrictModel):
-    every_steps: Integer = Field(
-        50, ge=1, le=MAX_STEPS, description="Commit a checkpoint every N optimizer steps (and at the end)."
+class CheckpointPolicy(StrictModel):
+    """When checkpoints are committed and how many are kept: a train config's section and a sweep's."""
+
+    every_steps: Union[Annotated[Integer, Field(ge=1, le=MAX_STEPS)], Literal["auto"]] = Field(
+        "auto", description="Commit a checkpoint every N optimizer steps (and at the end). auto = in a sweep, the "
+        f"Young/Daly optimum from checkpoint cost and preemption rate; in a standalone run, every {STANDALONE_EVERY_STEPS}.",
     )
     keep: Integer = Field(2, ge=1, le=1000, description="Committed checkpoints to keep; older ones are deleted.")
+
+    @property
+    def interval_steps(self) -> int:
+        """Optimizer steps between commits when no plan has replaced `auto`."""
+        return self.every_steps if isinstance(self.every_steps, int) else STANDALONE_EVERY_STEPS
 
 
 class TrainConfig(StrictModel):
@@ -155,7 +167,7 @@ class TrainConfig(StrictModel):
     data: DataSettings
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     output_dir: str = Field("runs/train", description="Where checkpoints, the adapter and metrics go.")
 
     def fingerprint(self) -> str:
