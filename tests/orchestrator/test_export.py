@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from orchestrator.cli import main
-from tests.orchestrator.export.adapters import base_plus_adapter, greedy_text, prompt_inputs, random_adapter
+from tests.orchestrator.adapters import base_plus_adapter, greedy_text, prompt_inputs, random_adapter
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1.5e-1}  # max |logit difference| after rounding the weights
 

@@ -13,7 +13,7 @@ import torch
 
 from orchestrator.cli import main
 from orchestrator.run.state import StateStore
-from tests.orchestrator.export.adapters import base_plus_adapter, prompt_inputs
+from tests.orchestrator.adapters import base_plus_adapter, prompt_inputs
 from tests.orchestrator.sweeps import only_run, spottune, tiny_sweep, warm_model_cache
 
 pytestmark = pytest.mark.slow
