@@ -11,7 +11,7 @@ import pytest
 from cost_models.architectures import resolve_architecture
 from cost_models.catalog import gpu as catalog_gpu
 from cost_models.catalog import list_offers
-from orchestrator.run.controller import planned_settings, with_settings
+from orchestrator.run.attempt import attempt_config, planned_settings
 from orchestrator.sweep.planner import plan_trial, trial_job
 from orchestrator.sweep.spec import load_spec
 from runspec.config import TrainConfig, load_config
@@ -86,8 +86,7 @@ def test_the_planners_run_is_the_one_train_core_trains(tmp_path, case, gpu, llam
     assert (standalone.engine, standalone.quantization, standalone.micro_batch,
             standalone.activation_checkpointing) == planned
 
-    attempt = TrainConfig.model_validate(with_settings(
-        config.model_dump(mode="json"), planned_settings(row, config, _spec(tmp_path), "cuda")))
+    attempt = attempt_config(config, planned_settings(row, config, _spec(tmp_path), "cuda"), config.output_dir)
     attempt_path = choose_device_path(attempt, device=device)
     assert (attempt_path.engine, attempt_path.quantization, attempt_path.micro_batch,
             attempt_path.activation_checkpointing) == planned
