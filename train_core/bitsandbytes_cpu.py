@@ -81,11 +81,16 @@ def dequantize_4bit_cpu(
 
 
 @lru_cache(maxsize=1)
-def use_portable_cpu_dequantize() -> None:
-    """Route bitsandbytes' 4-bit dequantize on CPU through dequantize_4bit_cpu (once per process)."""
+def use_portable_cpu_dequantize() -> torch.library.Library:
+    """Route bitsandbytes' 4-bit dequantize on CPU through dequantize_4bit_cpu (once per process).
+
+    Registered on a Library of our own with allow_override: bitsandbytes registers its CPU kernel from Python on
+    some torch versions, and torch 2.11 refuses to override that by default. The cache keeps the Library alive."""
+    library = torch.library.Library("bitsandbytes", "IMPL")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel", category=UserWarning)
-        torch.library.register_kernel("bitsandbytes::dequantize_4bit", "cpu", dequantize_4bit_cpu)
+        library.impl("dequantize_4bit", dequantize_4bit_cpu, "CPU", allow_override=True)
+    return library
 
 
 def choose_bitsandbytes_cpu_path(model: torch.nn.Module, path: str = GENERIC) -> int:

@@ -44,7 +44,7 @@ def load_base_model(path: str, settings: ModelSettings, device_path: DevicePath)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelSourceError(f"model.name: cannot load {path}: {str(error).splitlines()[0]}") from None
-    if device_path.quantization == "nf4":
+    if device_path.quantization == "nf4" and device_path.device == "cpu":
         choose_bitsandbytes_cpu_path(model)
     model.config.use_cache = False
     for parameter in model.parameters():
