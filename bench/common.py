@@ -18,6 +18,11 @@ ARCHITECTURES = {
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, max_position_embeddings=131072,
         use_sliding_window=False,
     ),
+    "smollm2-1.7b": dict(
+        model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+        num_key_value_heads=32, vocab_size=49152, tie_word_embeddings=True, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 130000.0}, max_position_embeddings=8192,
+    ),
     "llama-3-8b": dict(
         model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rms_norm_eps=1e-5,
