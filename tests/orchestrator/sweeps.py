@@ -60,6 +60,15 @@ def only_run(state_dir: Path) -> str:
     return runs[0].id
 
 
+def submit_detached(spec: Path, state_dir: Path) -> tuple[str, StateStore]:
+    """`spottune submit --detach` of a sweep (model cache warmed first): its run id and the state store."""
+    warm_model_cache()
+    submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir))
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = only_run(state_dir)
+    return run_id, StateStore(state_dir)
+
+
 def reference_adapter(config: dict, directory: Path) -> dict:
     """Train the same config in this process, single-threaded like a Ray worker, and return its adapter tensors."""
     import torch

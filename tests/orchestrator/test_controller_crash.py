@@ -13,10 +13,9 @@ import pytest
 
 from cluster.processes import start_ticks
 from orchestrator.run.ledger import compute_ledger
-from orchestrator.run.state import StateStore
 from tests.orchestrator.sweeps import (
-    adapter_tensors, assert_bit_identical, controller_record, leftover_processes, only_run, reference_adapter,
-    spottune, tiny_sweep, wait_for, warm_model_cache,
+    adapter_tensors, assert_bit_identical, controller_record, leftover_processes, reference_adapter, spottune,
+    submit_detached, tiny_sweep, wait_for,
 )
 
 STEPS, EVERY = 24, 5  # the data set gives 25 steps per epoch
@@ -27,11 +26,7 @@ def crashed(tmp_path_factory):
     directory = tmp_path_factory.mktemp("crash")
     spec = tiny_sweep(directory, "crash", max_steps=STEPS, checkpoint={"every_steps": EVERY, "keep": 2})
     state_dir = directory / "state"
-    warm_model_cache()
-    submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir))
-    assert submitted.returncode == 0, submitted.stderr
-    run_id = only_run(state_dir)
-    state = StateStore(state_dir)
+    run_id, state = submit_detached(spec, state_dir)
 
     def training_with_a_checkpoint():
         for trial in state.trials(run_id):

@@ -11,8 +11,8 @@ from orchestrator.errors import SpecError
 from orchestrator.run.mirror import MIRROR_KEY
 from orchestrator.run.state import StateStore
 from tests.orchestrator.sweeps import (
-    adapter_tensors, assert_bit_identical, controller_record, only_run, reference_adapter, spottune, tiny_sweep,
-    wait_for, warm_model_cache,
+    adapter_tensors, assert_bit_identical, controller_record, reference_adapter, spottune, submit_detached,
+    tiny_sweep, wait_for,
 )
 
 STEPS, EVERY = 24, 3
@@ -24,11 +24,7 @@ def test_removed_database_stops_the_controller_and_the_run_reattaches_from_stora
                       search={"parameters": {"training.learning_rate": [1.0e-3]}}, max_parallel=1,
                       provider_settings={"local": {"market": {"boot_s": BOOT_S}}})
     state_dir = tmp_path / "state"
-    warm_model_cache()
-    submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir))
-    assert submitted.returncode == 0, submitted.stderr
-    run_id = only_run(state_dir)
-    state = StateStore(state_dir)
+    run_id, state = submit_detached(spec, state_dir)
     trial_id = state.trials(run_id)[0].id
     mirror = tmp_path / "store" / run_id / MIRROR_KEY
 

@@ -14,11 +14,9 @@ from cluster.storage import Backoff, RetryingStore, S3Store
 from orchestrator.run.controller import Controller
 from orchestrator.run.layout import RunLayout
 from orchestrator.sweep.spec import SweepSpec
-from orchestrator.run.state import StateStore
 from orchestrator.run.submission import prepare, register
 from tests.orchestrator.sweeps import (
-    adapter_tensors, assert_bit_identical, only_run, reference_adapter, spottune, tiny_sweep, wait_for,
-    warm_model_cache,
+    adapter_tensors, assert_bit_identical, reference_adapter, submit_detached, tiny_sweep, wait_for,
 )
 from tests.tcp_gate import TcpGate
 from train_core.checkpoint import LATEST_KEY, MANIFEST_FILE, step_key
@@ -137,11 +135,7 @@ def test_sweep_waits_out_an_outage_and_finishes_with_the_uninterrupted_adapter(t
                       storage=f"s3://{s3_server.bucket}/{prefix}", storage_endpoint=f"http://127.0.0.1:{gate.port}",
                       provider_settings={"local": {"market": {"boot_s": 3}}})
     state_dir = tmp_path / "state"
-    warm_model_cache()
-    submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir))
-    assert submitted.returncode == 0, submitted.stderr
-    run_id = only_run(state_dir)
-    state = StateStore(state_dir)
+    run_id, state = submit_detached(spec, state_dir)
     trial_id = state.trials(run_id)[0].id
     wait_for(lambda: any(e.kind == "launch" for e in state.events(run_id, trial_id)), timeout=300,
              what="the trial's launch", every=0.05)

@@ -22,10 +22,7 @@ import psutil
 import pytest
 
 from cluster.processes import ProcessRecord, session_members
-from orchestrator.run.state import StateStore
-from tests.orchestrator.sweeps import (
-    controller_record, leftover_processes, only_run, spottune, tiny_sweep, wait_for, warm_model_cache,
-)
+from tests.orchestrator.sweeps import controller_record, leftover_processes, submit_detached, tiny_sweep, wait_for
 
 STEPS = 25
 
@@ -57,11 +54,7 @@ def secured(tmp_path_factory):
     spec = tiny_sweep(directory, "secured", max_steps=STEPS, search={"parameters": {"training.seed": [3]}},
                       resources={"gpus_per_trial": 2}, storage=f"file://{directory / 'state'}")
     state_dir = directory / "state"
-    warm_model_cache()
-    submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir))
-    assert submitted.returncode == 0, submitted.stderr
-    run_id = only_run(state_dir)
-    state = StateStore(state_dir)
+    run_id, state = submit_detached(spec, state_dir)
     wait_for(lambda: any(e.kind == "training" for e in state.events(run_id)), timeout=600, what="training")
     controller = controller_record(state_dir, run_id)
     wait_for(lambda: sum(name.startswith("ray::RayTrain") for _, name, _, _ in session_sockets(controller)) >= 2,
