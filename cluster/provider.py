@@ -7,7 +7,11 @@ the controller calls `start` once, asks for the offers a provider can launch now
 (orchestrator/sweep/planner.py) picks the cheapest one that fits a trial, the provider launches it, the controller
 polls `watch` for what happened to the node and terminates it when the attempt is over. At the end of a sweep
 the controller terminates whatever `list_nodes(run_id)` still reports, then calls `stop`. Events are
-`running` (capacity is up), `notice` (it will be reclaimed at `deadline`) and `lost` (it is gone).
+`running` (capacity is up), `notice` (it will be reclaimed at `deadline`), `lost` (it was taken away) and
+`exited` (its node entry point ended by itself, e.g. an EC2 instance that shut itself down).
+
+A `Node` is everything rented for one attempt: `spec.nodes` machines of the offer's type (`machines` names them),
+each started with the boot script (cluster/node/boot.py) that runs the node entry point on `spec.payload`.
 """
 from __future__ import annotations
 
@@ -34,7 +38,10 @@ class LaunchSpec:
     trial_id: str
     trial_index: int
     attempt: int
-    gpus: int = 1
+    gpus: int = 1  # per machine
+    nodes: int = 1  # machines the attempt spans; they form one Ray cluster
+    payload: str = ""  # the attempt's payload.json in the run's storage (cluster/node/channel.py)
+    storage_endpoint: str | None = None  # S3 endpoint of the run's storage, for the boot script
 
 
 @dataclass
@@ -43,19 +50,18 @@ class Node:
     offer: Offer
     spec: LaunchSpec
     launched_at: float
-    env: dict[str, str] = field(default_factory=dict)  # what the node's workers need to find their agent
-    accelerator: Literal["cpu", "cuda"] = "cuda"  # what the workers compute on (the local market simulates GPUs on CPU)
-    storage_fault: dict | None = None  # a checkpoint upload the simulated market makes fail on this node
+    machines: list[str] = field(default_factory=list)  # instance ids, pod names or local process names
+    env: dict[str, str] = field(default_factory=dict)  # what the local provider gives the node's processes
 
     @property
     def price_per_hour(self) -> float:
-        """What the node costs: every GPU of the instances rented for it."""
-        return self.offer.usd_per_hour(self.spec.gpus)
+        """What the node costs: every GPU of every machine rented for it."""
+        return self.offer.usd_per_hour(self.spec.gpus) * self.spec.nodes
 
 
 @dataclass(frozen=True)
 class NodeEvent:
-    kind: Literal["running", "notice", "lost"]
+    kind: Literal["running", "notice", "lost", "exited"]
     time: float
     deadline: float | None = None
     reason: str = ""
@@ -63,6 +69,7 @@ class NodeEvent:
 
 class Provider(Protocol):
     name: str
+    accelerator: Literal["cpu", "cuda"]  # what its nodes compute on (the local market simulates GPUs on CPU)
 
     def start(self) -> None:
         """Acquire what launching needs (a local Ray instance, an API connection, watches)."""

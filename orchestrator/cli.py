@@ -22,6 +22,7 @@ COMMANDS = {
     "cancel": "orchestrator.commands.cancel",
     "logs": "orchestrator.commands.logs",
     "report": "orchestrator.commands.report",
+    "node": "orchestrator.commands.node",
 }
 USER_ERRORS = (
     "runspec.errors:UserError",

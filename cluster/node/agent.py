@@ -52,6 +52,13 @@ class LocalNodeAgent:
     def beat(self, step: int) -> None:
         write_atomic(self.node_dir / HEARTBEAT_FILE, json.dumps({"step": step, "time": time.time()}))
 
+    def step(self) -> int:
+        """The step the node's rank 0 last beat, 0 before the first."""
+        try:
+            return int(json.loads((self.node_dir / HEARTBEAT_FILE).read_text(encoding="utf-8"))["step"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return 0
+
     def notice_deadline(self) -> float | None:
         """The wall-clock deadline of a pending preemption notice, or None."""
         try:

@@ -30,20 +30,51 @@ def _epoch(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
 
 
+class ImdsClient:
+    """IMDSv2 reads: a session token (PUT, renewed before it expires or on a 401), then GETs that carry it."""
+
+    def __init__(self, base_url: str = IMDS_URL, token_ttl_s: int = 21600, timeout_s: float = 2.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token_ttl_s = token_ttl_s
+        self.timeout_s = timeout_s
+        self._token: str | None = None
+        self._token_expires = 0.0
+
+    def get(self, path: str) -> str | None:
+        """The document at `path`, or None when IMDS says there is none (404); a 401 renews the token once."""
+        for _ in range(2):
+            request = urllib.request.Request(self.base_url + path, headers={TOKEN_HEADER: self._valid_token()})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    return response.read().decode()
+            except urllib.error.HTTPError as error:
+                if error.code == 404:
+                    return None
+                if error.code != 401:
+                    raise
+                self._token = None
+        raise urllib.error.URLError(f"IMDS refused a fresh token for {path}")
+
+    def _valid_token(self) -> str:
+        if self._token is None or time.monotonic() >= self._token_expires:
+            request = urllib.request.Request(self.base_url + TOKEN_PATH, method="PUT",
+                                             headers={TOKEN_TTL_HEADER: str(self.token_ttl_s)})
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                self._token = response.read().decode()
+            self._token_expires = time.monotonic() + self.token_ttl_s - 60
+        return self._token
+
+
 class ImdsNoticeWatcher:
     """Polls IMDSv2 for a spot notice; `notice_deadline()` and `rebalance_at()` answer from the last poll."""
 
     def __init__(self, base_url: str = IMDS_URL, interval_s: float = 5.0, token_ttl_s: int = 21600,
                  timeout_s: float = 2.0) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.client = ImdsClient(base_url, token_ttl_s, timeout_s)
         self.interval_s = interval_s
-        self.token_ttl_s = token_ttl_s
-        self.timeout_s = timeout_s
         self.action: str | None = None  # terminate, stop or hibernate, once EC2 has decided
         self._deadline: float | None = None
         self._rebalance_at: float | None = None
-        self._token: str | None = None
-        self._token_expires = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -58,8 +89,8 @@ class ImdsNoticeWatcher:
     def poll_once(self) -> None:
         """Read both documents once; an unreachable IMDS leaves what is known unchanged."""
         try:
-            action = self._get(INSTANCE_ACTION_PATH)
-            rebalance = self._get(REBALANCE_PATH)
+            action = self.client.get(INSTANCE_ACTION_PATH)
+            rebalance = self.client.get(REBALANCE_PATH)
         except (urllib.error.URLError, OSError):
             return
         if action is not None:
@@ -85,27 +116,3 @@ class ImdsNoticeWatcher:
             if self._deadline is not None:
                 return
             self._stop.wait(self.interval_s)
-
-    def _get(self, path: str) -> str | None:
-        """The document at `path`, or None when IMDS says there is none (404); a 401 renews the token once."""
-        for _ in range(2):
-            request = urllib.request.Request(self.base_url + path, headers={TOKEN_HEADER: self._valid_token()})
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return response.read().decode()
-            except urllib.error.HTTPError as error:
-                if error.code == 404:
-                    return None
-                if error.code != 401:
-                    raise
-                self._token = None
-        raise urllib.error.URLError(f"IMDS refused a fresh token for {path}")
-
-    def _valid_token(self) -> str:
-        if self._token is None or time.monotonic() >= self._token_expires:
-            request = urllib.request.Request(self.base_url + TOKEN_PATH, method="PUT",
-                                             headers={TOKEN_TTL_HEADER: str(self.token_ttl_s)})
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                self._token = response.read().decode()
-            self._token_expires = time.monotonic() + self.token_ttl_s - 60
-        return self._token

@@ -259,6 +259,7 @@ def catalog_types() -> dict[str, dict[str, Offer]]:
 
 class AwsProvider:
     name = NAME
+    accelerator = "cuda"
 
     def __init__(self, settings: AwsSettings, boot_script: BootScript, notice_reader: NoticeReader | None = None,
                  session: boto3.Session | None = None) -> None:

@@ -16,6 +16,8 @@ class CatalogSettings(BaseModel):
 
 
 class CatalogOnlyProvider:
+    accelerator = "cuda"
+
     def __init__(self, name: str) -> None:
         self.name = name
 

@@ -42,6 +42,10 @@ class ProviderFleet:
         offers = [offer for provider in self.providers.values() for offer in provider.offers(requirements)]
         return sorted(offers, key=lambda offer: (offer.usd_per_gpu_hour, offer.provider, offer.instance_type))
 
+    def accelerator_of(self, offer: Offer) -> str:
+        """What the nodes of this offer's provider compute on."""
+        return self.providers[offer.provider].accelerator
+
     def launch(self, offer: Offer, spec: LaunchSpec) -> Node:
         return self.providers[offer.provider].launch(offer, spec)
 

@@ -278,6 +278,7 @@ def offer_from_catalog(pool: str, gpu_name: str, gpus_per_node: int, region: str
 
 class KubernetesProvider:
     name = NAME
+    accelerator = "cuda"
 
     def __init__(self, settings: KubernetesSettings, api_client: Any | None = None) -> None:
         self.settings = settings
@@ -433,7 +434,7 @@ class KubernetesProvider:
         """Create the attempt's RayCluster; the watches report `running` once every pod runs."""
         manifest = self.raycluster_manifest(offer, spec)
         name = manifest["metadata"]["name"]
-        node = Node(name, offer, spec, time.time(), env={}, accelerator="cuda")
+        node = Node(name, offer, spec, time.time())
         with self._lock:
             self._clusters[name] = _Cluster(node, pods_expected=1 + self._workers(offer, spec))
         try:

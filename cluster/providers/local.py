@@ -1,59 +1,54 @@
-"""The `local` provider: nodes are slices of a Ray instance on this machine, rented on a simulated spot market.
+"""The `local` provider: nodes are processes on this machine running the node entry point, rented on a simulated
+spot market.
 
 Offers are the catalog's simulated market (cost_models.catalog.simulated_offers: every GPU type at the
 cheapest price any provider lists); the work itself runs on this machine's CPU.
-Each launched node gets a directory where its processes register (cluster/node/agent.py). The market
-(cluster/providers/local_market.py) decides when a node is reclaimed: a notice file with a deadline, then at the
-deadline a hard kill (SIGKILL) of every process registered on the node; notice 0 kills at once. After a
-preemption that GPU type has no spot capacity for a cooldown: offers() reports how long (Offer.capacity_wait_s),
-and the planner prices waiting for it against moving to another type. The market's
+A launched node is booted like any provider's: once its simulated boot time has passed, each of its machines
+runs the boot script (cluster/node/boot.py) as a process in a session of its own, so the node entry point
+(cluster/node/entry.py) brings up its own Ray instance, exactly as on a rented VM. A one-machine node's Ray is on
+127.0.0.1; the machines of a node that spans several are 127.0.0.2, 127.0.0.3, ... and form one Ray cluster.
+The machines of a node share its directory, where their processes register (cluster/node/agent.py).
+The market (cluster/providers/local_market.py) decides when a node is reclaimed: a notice file with a deadline,
+then at the deadline a hard kill (SIGKILL) of every process of the node's sessions; notice 0 kills at once. After
+a preemption that GPU type has no spot capacity for a cooldown: offers() reports how long
+(Offer.capacity_wait_s), and the planner prices waiting for it against moving to another type. The market's
 time_scale runs its clocks (boot, preemption times, notice, cooldown) that much faster than the wall clock.
-
-Ray runs inside the run directory (temp dir reached through a short symlink, because Ray's socket paths
-must stay under 108 bytes), on 127.0.0.1 only, without a dashboard, and with Ray's token authentication: a
-random token per controller start, in ray/auth_token (mode 0600), which every Ray process reads through
-RAY_AUTH_TOKEN_PATH. Ray's temp dir is ray/tmp: Ray makes it and its own directories 0777, and ray/ (0700)
-keeps other users out of all of them. The controller process owns Ray: when the controller dies, Ray dies with
-it, and the next controller kills whatever that session left behind, by PID, start time and command line.
+A node whose processes outlive their controller is killed by the next controller of the run (`start`), by PID,
+start time and session.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import secrets
 import shutil
-import tempfile
+import subprocess
+import sys
+import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.errors import ClusterError
-from cluster.node.agent import HEARTBEAT_FILE, NODE_DIR_ENV, PIDS_DIR, RECLAIMED_FILE, post_notice, write_atomic
-from cluster.processes import ProcessRecord, session_members
+from cluster.node.agent import NODE_DIR_ENV, PIDS_DIR, RECLAIMED_FILE, LocalNodeAgent, post_notice, write_atomic
+from cluster.node.boot import boot_script, local_install
+from cluster.node.entry import ADDRESS_ENV, INDEX_ENV
+from cluster.node.worker import STORAGE_FAULT_ENV
+from cluster.processes import ProcessRecord, session_members, start_ticks
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements
 from cluster.providers.local_market import PreemptionPlan, SimulatedMarket, plan_preemption, storage_fault, \
     unknown_trial_refs
 from cluster.providers.registry import ProviderContext, ProviderKind, register
 from cost_models.catalog import LOCAL, Offer, list_offers
 
-SESSION_FILE = "session.json"
-TOKEN_FILE = "auth_token"
-# The controller's environment (orchestrator/run/daemon.py sets it before Python starts: Ray reads some of these
-# when it is imported). RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps node IP 127.0.0.1 from being replaced by the
-# machine's outward address, which would make Ray listen on every interface.
-RAY_ENV = {
-    "RAY_AUTH_MODE": "token",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-}
+BOOT_FILE = "boot.sh"
+MACHINE_FILE = "machine-{index}.json"  # the ProcessRecord of a machine's session leader
+NODE_ENV = {"GLOO_SOCKET_IFNAME": "lo"}  # gloo on loopback: every machine of a local node is this one
+
+
+def machine_address(index: int, machines: int) -> str:
+    """127.0.0.1 for a node of one machine; 127.0.0.2, .3, ... for the machines of one that spans several (Ray
+    refuses to join a second node at 127.0.0.1)."""
+    return "127.0.0.1" if machines == 1 else f"127.0.0.{index + 2}"
 
 
 class LocalSettings(BaseModel):
@@ -79,96 +74,41 @@ class _NodeState:
     node: Node
     directory: Path
     plan: PreemptionPlan | None
+    fault: dict | None
     running_at: float | None = None
     deadline: float | None = None
     gone: bool = False
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    leaders: list[ProcessRecord] = field(default_factory=list)  # each machine's session leader
 
 
 class LocalProvider:
     name = "local"
+    accelerator = "cpu"
 
-    def __init__(self, run_dir: Path, market: SimulatedMarket, cpus: int) -> None:
+    def __init__(self, run_dir: Path, market: SimulatedMarket, python: str = sys.executable) -> None:
         self.run_dir = Path(run_dir)
         self.market = market
-        self.cpus = max(1, cpus)
+        self.python = python  # the interpreter the machines boot spottune with: this machine's, as the controller's
         self._nodes: dict[str, _NodeState] = {}
         self._no_spot_until: dict[str, float] = {}
-        self._ray_link: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: LocalSettings, context: ProviderContext) -> LocalProvider:
-        return cls(context.run_dir, settings.market, context.cpus)
-
-    # lifecycle of the local Ray instance
+        return cls(context.run_dir, settings.market)
 
     def start(self) -> None:
-        """Clean up after a previous controller of this run, then start Ray inside the run directory."""
-        import ray
-
-        ray_dir = self.run_dir / "ray"
-        ray_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        ray_dir.chmod(0o700)
-        self._reap_previous_session(ray_dir / SESSION_FILE)
-        write_atomic(ray_dir / SESSION_FILE,
-                     json.dumps({"controller": ProcessRecord.current(with_cmdline=True).to_dict()}))
-        token = write_token(ray_dir / TOKEN_FILE)
-        digest = hashlib.sha1(str(ray_dir.resolve()).encode()).hexdigest()[:10]
-        link = Path(tempfile.gettempdir()) / f"spottune-ray-{digest}"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        ray_temp = ray_dir / "tmp"  # Ray makes its temp dir 0777 (again and again); ray/ stays 0700 around it
-        ray_temp.mkdir(exist_ok=True)
-        link.symlink_to(ray_temp.resolve(), target_is_directory=True)
-        self._ray_link = link
-        os.environ.update(RAY_ENV)
-        os.environ["RAY_TMPDIR"] = str(link)
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
-        os.environ.pop("RAY_AUTH_TOKEN", None)
-        # `import ray` cached RAY_AUTH_MODE and the token; re-read them, as Ray's own token set-up does
-        from ray._raylet import AuthenticationTokenLoader, Config
-
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-        ray.init(
-            address="local", num_cpus=self.cpus, num_gpus=0, include_dashboard=False, log_to_driver=False,
-            _temp_dir=str(link), _node_ip_address="127.0.0.1", object_store_memory=200 * 2**20,
-            configure_logging=False,
-        )
-        if ray.util.get_node_ip_address() != "127.0.0.1":
-            ray.shutdown()
-            raise ClusterError(
-                "Ray would listen beyond 127.0.0.1: start the controller with RAY_ENV in its environment "
-                "(ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported)"
-            )
+        """Kill the machines a previous controller of this run left running."""
+        for record in sorted((self.run_dir / "nodes").glob(f"*/{MACHINE_FILE.format(index='*')}")):
+            leader = ProcessRecord.parse(record.read_text(encoding="utf-8"))
+            for process in [leader, *session_members(leader)]:
+                process.kill()
+            record.unlink()
 
     def stop(self) -> None:
-        """Kill every node's processes, stop Ray and whatever of it outlives ray.shutdown()."""
-        import ray
-
+        """Kill every node's processes."""
         for state in self._nodes.values():
             self._kill(state)
-        if ray.is_initialized():
-            ray.shutdown()
-        if os.getsid(0) == os.getpid():  # Ray's agents can outlive ray.shutdown(); they are in our session
-            for process in session_members(ProcessRecord.current()):
-                process.kill()
-        if self._ray_link is not None and self._ray_link.is_symlink():
-            self._ray_link.unlink()
-
-    @staticmethod
-    def _reap_previous_session(session_file: Path) -> None:
-        """Kill what a dead controller's Ray session left (it was a session leader; see session_members).
-
-        Nothing is killed when the recorded PID now belongs to another process (another start time or
-        command line), nor any process that is not verifiably the one found (ProcessRecord.kill).
-        """
-        if not session_file.is_file():
-            return
-        previous = ProcessRecord.from_dict(json.loads(session_file.read_text(encoding="utf-8"))["controller"])
-        if previous.alive():
-            raise ClusterError(f"another controller (PID {previous.pid}) still drives this run")
-        for process in session_members(previous):
-            process.kill()
 
     # the provider interface
 
@@ -187,19 +127,20 @@ class LocalProvider:
         ]
 
     def launch(self, offer: Offer, spec: LaunchSpec) -> Node:
+        """Rent the node; its machines boot once the market's boot time has passed (see watch)."""
         node_id = f"{spec.trial_id}-a{spec.attempt}-{offer.gpu.name.lower()}"
         directory = self.run_dir / "nodes" / node_id
         if directory.exists():
             shutil.rmtree(directory)
         (directory / PIDS_DIR).mkdir(mode=0o700, parents=True)
         fault = storage_fault(self.market, spec.trial_index, spec.trial_id, spec.attempt)
-        node = Node(node_id, offer, spec, time.time(), env={NODE_DIR_ENV: str(directory)}, accelerator="cpu",
-                    storage_fault=fault.model_dump() if fault is not None else None)
+        machines = [f"{node_id}/m{index}" for index in range(spec.nodes)]
+        node = Node(node_id, offer, spec, time.time(), machines=machines, env={NODE_DIR_ENV: str(directory)})
         plan = None
         if offer.market == "spot":
             plan = plan_preemption(self.market, spec.trial_index, spec.trial_id, spec.attempt,
                                    offer.interruptions_per_hour)
-        self._nodes[node_id] = _NodeState(node, directory, plan)
+        self._nodes[node_id] = _NodeState(node, directory, plan, fault.model_dump() if fault is not None else None)
         return node
 
     def terminate(self, node: Node) -> None:
@@ -219,6 +160,7 @@ class LocalProvider:
             if now < node.launched_at + self.market.boot_s / scale:
                 return events
             state.running_at = now
+            self._boot(state)
             events.append(NodeEvent("running", now))
         if state.deadline is None and state.plan is not None and self._triggered(state, now):
             notice = state.plan.notice_s
@@ -232,37 +174,64 @@ class LocalProvider:
             self._kill(state)
             state.gone = True
             events.append(NodeEvent("lost", now, reason=f"spot capacity reclaimed ({state.plan.source})"))
+        elif (ended := self._ended(state)) is not None:
+            state.gone = True
+            self._kill(state)
+            events.append(ended)
         return events
 
     # internals
+
+    def _boot(self, state: _NodeState) -> None:
+        """Start each machine: the boot script in a session of its own, logging to node-<i>.log."""
+        node = state.node
+        script = state.directory / BOOT_FILE
+        write_atomic(script, boot_script(node.spec.payload, node.spec.storage_endpoint, local_install(self.python)))
+        for index in range(node.spec.nodes):
+            env = {**os.environ, **NODE_ENV, NODE_DIR_ENV: str(state.directory), INDEX_ENV: str(index),
+                   ADDRESS_ENV: machine_address(index, node.spec.nodes)}
+            if state.fault is not None:
+                env[STORAGE_FAULT_ENV] = json.dumps(state.fault)
+            with open(state.directory / f"node-{index}.log", "ab") as log:
+                process = subprocess.Popen(["bash", str(script)], stdin=subprocess.DEVNULL, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            leader = ProcessRecord(process.pid, start_ticks(process.pid) or 0)
+            state.processes.append(process)
+            state.leaders.append(leader)
+            write_atomic(state.directory / MACHINE_FILE.format(index=index), leader.dump())
+
+    @staticmethod
+    def _ended(state: _NodeState) -> NodeEvent | None:
+        """`exited` once machine 0's entry point has ended by itself; `lost` when something else killed it."""
+        if not state.processes or (code := state.processes[0].poll()) is None:
+            return None
+        if code < 0:
+            return NodeEvent("lost", time.time(), reason=f"node process killed by signal {-code}")
+        return NodeEvent("exited", time.time(), reason=f"node entry point exited with status {code}")
 
     def _triggered(self, state: _NodeState, now: float) -> bool:
         plan = state.plan
         if plan.after_s is not None:
             return state.running_at is not None and now - state.running_at >= plan.after_s / self.market.time_scale
-        try:
-            beat = json.loads((state.directory / HEARTBEAT_FILE).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return False
-        return int(beat["step"]) >= plan.at_step
+        return LocalNodeAgent(state.directory).step() >= plan.at_step
 
     @staticmethod
     def _kill(state: _NodeState) -> None:
-        """Mark the node reclaimed, then SIGKILL every process registered on it (see LocalNodeAgent.register)."""
+        """Mark the node reclaimed, then SIGKILL every process of its machines' sessions and every process
+        registered on it (see LocalNodeAgent.register)."""
         write_atomic(state.directory / RECLAIMED_FILE, "")
+        for process, leader in zip(state.processes, state.leaders):
+            for member in session_members(leader):
+                member.kill()
+            if process.poll() is None:
+                process.kill()
+            process.wait()
         pids = state.directory / PIDS_DIR
         for entry in sorted(pids.iterdir()):
             if not entry.name.startswith("."):
                 ProcessRecord.parse(entry.read_text(encoding="utf-8")).kill()
-
-
-def write_token(path: Path) -> Path:
-    """A fresh random Ray authentication token in a file only this user can read (mode 0600)."""
-    path.unlink(missing_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(secrets.token_hex(32))
-    return path
+        for record in state.directory.glob(MACHINE_FILE.format(index="*")):
+            record.unlink()
 
 
 register(ProviderKind(LOCAL, LocalSettings, LocalProvider.from_settings))

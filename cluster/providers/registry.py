@@ -26,10 +26,9 @@ MODULES = {"local": "cluster.providers.local"}  # providers that can launch; eac
 
 @dataclass(frozen=True)
 class ProviderContext:
-    """What a provider is given besides its settings: the run's directory on this machine and its CPU share."""
+    """What a provider is given besides its settings: the run's directory on this machine."""
 
     run_dir: Path
-    cpus: int = 1
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,12 @@
 
 Preemptions (a notice or a lost node) are relaunched on the cheapest offer that fits at that moment, as
 long as the budget lasts; real errors go back to pending up to `max_error_retries` times, then fail.
-Every attempt resumes from the committed `checkpoints/latest` in the trial's storage prefix. Restart-safe:
-a new controller finds attempts that were in flight when the previous one died (their nodes died with
-it), closes their ledger lines at the last sign of life and relaunches them.
+Every attempt resumes from the committed `checkpoints/latest` in the trial's storage prefix.
+The controller talks to nodes only through the provider's API and the run's storage: it writes an attempt's
+payload before launching its nodes, and reads their records, notices and outcome from the attempt's channel
+(cluster/node/channel.py, orchestrator/run/runner.py). Restart-safe: a new controller re-attaches to attempts
+whose nodes the provider still rents (they train on without it); the others, whose nodes died with the previous
+controller, have their ledger lines closed at the last sign of life and are relaunched.
 
 Run as a daemon: `python -m orchestrator.run.controller --state-dir DIR RUN` (spawned by submit/resume).
 """
@@ -16,6 +19,7 @@ import argparse
 import fcntl
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -23,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cluster.node.channel import PAYLOAD, AttemptChannel, attempt_prefix
+from cluster.node.payload import AttemptPayload
 from cluster.node.preemption import PreemptionCause, interruption
-from cluster.node.worker import AttemptPayload, RecordKind
-from cluster.provider import LaunchSpec, Node, Provider, describe_offer
+from cluster.node.worker import RecordKind
+from cluster.provider import LaunchSpec, Node, describe_offer
 from cluster.storage import Backoff, describe_error, open_store, storage_errors
 from orchestrator.run.attempt import attempt_config, planned_settings
 from orchestrator.run.events import (
@@ -43,7 +49,8 @@ from train_core.checkpoint import STATE_FILE, newest_committed_step, step_key
 from runspec.config import TrainConfig
 
 if TYPE_CHECKING:
-    from orchestrator.run.runner import AttemptHandle, RayRunner
+    from cluster.providers.fleet import ProviderFleet
+    from orchestrator.run.runner import AttemptHandle, StorageRunner
     from train_core.store import ObjectStore
 
 POLL_S = 0.25
@@ -65,7 +72,7 @@ class Active:
     node: Node
     resume_step: int
     config: TrainConfig  # the attempt's train config (orchestrator/run/attempt.py)
-    handle: AttemptHandle | None = None
+    handle: AttemptHandle
     notice_deadline: float | None = None
     lost_at: float | None = None
     lost_reason: str = ""
@@ -76,7 +83,7 @@ class Active:
 
 
 class Controller:
-    def __init__(self, state: StateStore, layout: RunLayout, provider: Provider, runner: RayRunner,
+    def __init__(self, state: StateStore, layout: RunLayout, provider: ProviderFleet, runner: StorageRunner,
                  poll_s: float = POLL_S):
         self.state = state
         self.layout = layout
@@ -180,8 +187,12 @@ class Controller:
         """Close attempts left open by a controller that died; their trials go back to be relaunched."""
         events = self.state.events(self.run_id)
         closed = {(e.trial_id, e.attempt) for e in events if e.kind == EventKind.TERMINATED}
+        rented = {node.id: node for node in self.provider.list_nodes(self.run_id)}
         for launch in [e for e in events if e.kind == EventKind.LAUNCH and (e.trial_id, e.attempt) not in closed]:
             trial = self.state.trial(self.run_id, launch.trial_id)
+            if launch.node in rented and trial.state in ("provisioning", "running") and \
+                    self.reattach(trial.id, launch.attempt, rented[launch.node], launch.step or 0):
+                continue
             last_sign = max([e.time for e in events if (e.trial_id, e.attempt) == (launch.trial_id, launch.attempt)]
                             + [row[3] for row in self.state.metrics(self.run_id, trial.id) if row[0] == launch.attempt])
             if trial.state in ("provisioning", "running"):
@@ -194,6 +205,21 @@ class Controller:
                 self.trial_log(trial.id, launch.attempt, "node lost while the controller was down; relaunching")
             self.state.record(self.run_id, trial.id, EventKind.TERMINATED, attempt=launch.attempt, node=launch.node,
                               offer=launch.offer, price=launch.price, now=last_sign)
+
+    def reattach(self, trial_id: str, attempt: int, node: Node, resume_step: int) -> bool:
+        """Follow an attempt whose node outlived the previous controller; False when its payload is unreadable."""
+        channel = attempt_prefix(self.storage, self.run_id, trial_id, attempt)
+        try:
+            document = AttemptChannel(open_store(channel, self.spec.storage_endpoint)).read_payload()
+        except storage_errors():
+            return False
+        if document is None:
+            return False
+        payload = AttemptPayload.from_dict(document)
+        handle = self.runner.attach(payload.name, str(channel), self.spec.storage_endpoint, skip_read=True)
+        self.active[trial_id] = Active(trial_id, attempt, node, resume_step, payload.config, handle)
+        self.trial_log(trial_id, attempt, f"re-attached to node {node.id}, still running after a controller restart")
+        return True
 
     def apply(self, records: list[dict]) -> None:
         """Turn worker records (cluster/node/worker.py's RecordKind) into metrics, progress, events and log lines."""
@@ -252,29 +278,36 @@ class Controller:
             for event in self.provider.watch(active.node):
                 if event.kind == "running":
                     self._event(active, EventKind.NODE_RUNNING, "running", step=active.resume_step, now=event.time)
-                    active.handle = self.runner.start(self._payload(active))
                 elif event.kind == "notice":
-                    active.notice_deadline = event.deadline
-                    self._event(active, Notice(event.deadline, round(event.deadline - event.time, 3), event.reason),
-                                now=event.time)
-                    self.trial_log(active.trial_id, active.attempt, f"preemption notice: {event.reason}")
-                elif event.kind == "lost":
-                    # Everything on the node is dead or dies as it starts, so nothing can write to the trial's
-                    # storage any more: close the attempt now rather than wait for Ray to notice.
-                    active.lost_at, active.lost_reason = event.time, event.reason
-                    self._event(active, NodeLost(event.reason), now=event.time)
+                    self.noticed(active, event.deadline, event.time, event.reason)
+                else:
+                    # The node is gone or its entry point ended: nothing more can reach the channel. An outcome
+                    # there says how training ended; without one, a lost node was preempted and an exited one
+                    # failed before training could end.
+                    outcome = self.runner.finished(active.handle, now=True)
                     self.apply(self.runner.drain())
-                    self.finish(active, {"ok": False, "error": event.reason})
+                    if outcome is None and event.kind == "lost":
+                        active.lost_at, active.lost_reason = event.time, event.reason
+                        self._event(active, NodeLost(event.reason), now=event.time)
+                    elif outcome is None:
+                        outcome = {"ok": False, "error": f"the node stopped before training ended: {event.reason}"}
+                    self.finish(active, outcome or {"ok": False, "error": event.reason})
                     break
 
+    def noticed(self, active: Active, deadline: float, when: float, reason: str) -> None:
+        active.notice_deadline = deadline
+        self._event(active, Notice(deadline, round(deadline - when, 3), reason), now=when)
+        self.trial_log(active.trial_id, active.attempt, f"preemption notice: {reason}")
+
     def collect(self) -> None:
+        """Finish the attempts whose node 0 wrote an outcome; record notices the nodes posted themselves."""
         for active in list(self.active.values()):
-            if active.handle is None:
-                continue
             outcome = self.runner.finished(active.handle)
             if outcome is not None:
                 self.apply(self.runner.drain())
                 self.finish(active, outcome)
+            elif active.notice_deadline is None and (deadline := self.runner.notice_deadline(active.handle)):
+                self.noticed(active, deadline, time.time(), "the node reported a preemption notice")
 
     def finish(self, active: Active, outcome: dict) -> None:
         """Decide how the attempt ended, release its node and move the trial on."""
@@ -305,6 +338,7 @@ class Controller:
                         "pending" if retry else "failed", step=committed, count="errors", message=error)
             self.trial_log(trial.id, active.attempt, f"error: {error}" + ("; retrying" if retry else "; giving up"))
         self._event(active, EventKind.TERMINATED, now=end)
+        self.runner.forget(active.handle)
         del self.active[active.trial_id]
 
     def handle_cancels(self) -> None:
@@ -316,6 +350,7 @@ class Controller:
                 self.state.record(self.run_id, trial.id, EventKind.CANCELLED, "cancelled")
                 continue
             self.provider.terminate(active.node)
+            self.runner.forget(active.handle)
             self._event(active, EventKind.CANCELLED, "cancelled", step=self.known_step(trial.id))
             self._event(active, EventKind.TERMINATED)
 
@@ -342,6 +377,7 @@ class Controller:
             self.trial_log(trial.id, active.attempt, f"stopped early at step {trial.step} (eval loss "
                                                      f"{trial.eval_loss:.4f}); ~${saved:.6f} not spent")
             self.pruning.stopped(trial.id)
+            self.runner.forget(active.handle)
             del self.active[trial.id]
 
     def launch_ready(self) -> None:
@@ -375,13 +411,27 @@ class Controller:
                 continue
             self._waiting.discard(trial.id)
             attempt = trial.attempts + 1
-            gpus = self.spec.resources.gpus_per_trial
-            node = self.provider.launch(choice.offer, LaunchSpec(self.run_id, trial.id, trial.idx, attempt, gpus))
-            settings = planned_settings(choice, config, self.spec, node.accelerator)
-            output_dir = str(self.storage.child(self.run_id, trial.id))
-            config = attempt_config(config, settings, output_dir)
-            self.active[trial.id] = Active(trial.id, attempt, node, resume, config)
-            label = describe_offer(choice.offer, gpus)
+            resources = self.spec.resources
+            accelerator = self.provider.accelerator_of(choice.offer)
+            settings = planned_settings(choice, config, self.spec, accelerator)
+            config = attempt_config(config, settings, str(self.storage.child(self.run_id, trial.id)))
+            channel = attempt_prefix(self.storage, self.run_id, trial.id, attempt)
+            payload = AttemptPayload(
+                self.run_id, trial.id, attempt, choice.offer.provider, config, str(channel),
+                self.spec.storage_endpoint, resources.nodes_per_trial, resources.gpus_per_node,
+                use_gpu=accelerator == "cuda",
+                ray_token=secrets.token_hex(32) if resources.nodes_per_trial > 1 else None,
+            )
+            try:
+                handle = self.runner.prepare(payload)
+            except storage_errors():
+                continue  # storage went down since storage_ready: try again next round
+            spec = LaunchSpec(self.run_id, trial.id, trial.idx, attempt, resources.gpus_per_node,
+                              resources.nodes_per_trial, str(channel.child(PAYLOAD)), self.spec.storage_endpoint)
+            node = self.provider.launch(choice.offer, spec)
+            self.active[trial.id] = Active(trial.id, attempt, node, resume, config, handle)
+            label = describe_offer(choice.offer, resources.gpus_per_node) + \
+                (f" x{resources.nodes_per_trial} nodes" if resources.nodes_per_trial > 1 else "")
             self.state.record(
                 self.run_id, trial.id,
                 Launch(choice.offer.gpu.name, choice.offer.market, label, resume,
@@ -406,17 +456,6 @@ class Controller:
     def _event(self, active: Active, event: EventKind | EventDetail, state: str | None = None, **fields) -> None:
         self.state.record(self.run_id, active.trial_id, event, state, attempt=active.attempt, node=active.node.id,
                           offer=active.node.offer.key, price=active.node.price_per_hour, **fields)
-
-    def _payload(self, active: Active) -> AttemptPayload:
-        trial = self.state.trial(self.run_id, active.trial_id)
-        node_dir = self.layout.root / "nodes" / active.node.id
-        return AttemptPayload(
-            run_id=self.run_id, trial_id=trial.id, attempt=active.attempt, config=active.config,
-            storage=active.config.output_dir, storage_endpoint=self.spec.storage_endpoint, node_env=active.node.env,
-            workers=self.spec.resources.gpus_per_trial, use_gpu=active.node.accelerator == "cuda",
-            storage_fault=active.node.storage_fault,
-            work_dir=str(node_dir / "work"), ray_storage=str(self.layout.root / "ray_results"),
-        )
 
     def _backfill_losses(self, trial_id: str, step: int) -> None:
         """Losses of steps whose live records were lost (e.g. with a dead controller), from the final checkpoint."""
@@ -494,7 +533,7 @@ def controller_pid(layout: RunLayout) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     from cluster.providers.fleet import ProviderFleet
     from cluster.providers.registry import ProviderContext
-    from orchestrator.run.runner import RayRunner
+    from orchestrator.run.runner import StorageRunner
 
     parser = argparse.ArgumentParser(prog="python -m orchestrator.run.controller")
     parser.add_argument("--state-dir", required=True)
@@ -510,11 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     state = StateStore(Path(args.state_dir))
     state.set_controller(args.run_id, os.getpid())
     spec = SweepSpec.model_validate(state.run(args.run_id).spec)
-    context = ProviderContext(layout.root, cpus=spec.max_parallel * spec.resources.gpus_per_trial)
+    context = ProviderContext(layout.root)
     provider = ProviderFleet.build(spec.resources.providers, spec.provider_settings, context)
     try:
         provider.start()
-        Controller(state, layout, provider, RayRunner()).run()
+        Controller(state, layout, provider, StorageRunner()).run()
     except StateLost as lost:
         print(lost, file=sys.stderr, flush=True)
         return EXIT_STATE_LOST

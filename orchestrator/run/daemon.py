@@ -1,7 +1,7 @@
-"""Starting the controller as a daemon (its own session, so its Ray processes can be found and reaped later).
+"""Starting the controller as a daemon, in a session of its own, so it outlives the command that submitted it.
 
-The controller and everything it starts (Ray, the nodes' workers) run under umask 077: the run's files are
-for this user only (directories 0700, files 0600).
+The controller and everything it starts (the local provider's nodes and their Ray) run under umask 077: the
+run's files are for this user only (directories 0700, files 0600).
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-from cluster.providers.local import RAY_ENV
 from orchestrator.run.controller import controller_pid
 from orchestrator.errors import SpecError
 from orchestrator.run.layout import RunLayout
@@ -29,7 +28,7 @@ def spawn_controller(layout: RunLayout) -> int:
         process = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.run.controller", "--state-dir", str(layout.state_dir), layout.run_id],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, **RAY_ENV}, umask=PRIVATE_UMASK,
+            umask=PRIVATE_UMASK,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -1,139 +1,75 @@
-"""Runs one attempt of a trial as a Ray Train TorchTrainer around the node-side worker function.
+"""The controller's side of the attempt channel (cluster/node/channel.py): payloads out, records and outcomes in.
 
-Controller side: `RayRunner.start(payload)` calls `TorchTrainer.fit()` on a thread; progress (metrics,
-checkpoints, logs, the final status) flows back through one `ProgressSink` actor that the controller drains.
-What each worker runs is cluster/node/worker.py's `train_worker`. Ray Train never retries (max_failures=0):
-the controller owns recovery, and resume always starts from the committed `checkpoints/latest` in storage,
-never from Ray's bookkeeping.
+The controller runs no training and needs no inbound port. `prepare` writes an attempt's payload before its nodes
+are launched; each loop the controller drains the records every attempt's rank 0 wrote, and `finished` reads the
+outcome node 0 writes when training ended. A new controller `attach`es to attempts still running on nodes that
+outlived its predecessor, skipping the records that one already read.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
-import threading
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import ray
+from cluster.node.channel import AttemptChannel
+from cluster.node.payload import AttemptPayload
+from cluster.storage import open_store, storage_errors
 
-from cluster.node.agent import agent_from_env
-from cluster.node.worker import AttemptPayload, train_worker
-
-
-@ray.remote(num_cpus=0)
-class ProgressSink:
-    """A mailbox: workers put records, the controller drains them."""
-
-    def __init__(self) -> None:
-        self._records: list[dict] = []
-
-    def put(self, record: dict) -> None:
-        self._records.append(record)
-
-    def drain(self) -> list[dict]:
-        records, self._records = self._records, []
-        return records
-
-
-def file_rendezvous_config(path: Path):
-    """A TorchConfig whose process group meets through a file (torch's FileStore) instead of Ray Train's
-    default TCPStore, which torch binds to every interface and serves without authentication. Only for
-    workers that share a file system: those of one machine (the local provider's nodes)."""
-    from ray.train.torch import TorchConfig
-    from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
-
-    class FileRendezvousBackend(_TorchBackend):
-        def on_start(self, worker_group, backend_config) -> None:
-            gpus = worker_group.get_resources_per_worker().get("GPU", 0)
-            worker_group.execute(_set_torch_distributed_env_vars)
-            ray.get([
-                worker_group.execute_single_async(
-                    rank, _setup_torch_process_group, backend="nccl" if gpus > 0 else "gloo", world_rank=rank,
-                    world_size=len(worker_group), init_method=backend_config.init_method,
-                    timeout_s=backend_config.timeout_s,
-                )
-                for rank in range(len(worker_group))
-            ])
-
-    class FileRendezvousConfig(TorchConfig):
-        @property
-        def backend_cls(self):
-            return FileRendezvousBackend
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    return FileRendezvousConfig(init_method=f"file://{path}")
-
-
-def fit_attempt(payload: AttemptPayload) -> None:
-    """Run one attempt's TorchTrainer to the end; raises what fit() raises when the attempt fails."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    scaling = ScalingConfig(
-        num_workers=payload.workers, use_gpu=payload.use_gpu,
-        resources_per_worker=None if payload.use_gpu else {"CPU": 1},
-    )
-    local_node = agent_from_env(payload.node_env) is not None
-    trainer = TorchTrainer(
-        functools.partial(train_worker, payload), scaling_config=scaling,
-        torch_config=file_rendezvous_config(Path(payload.work_dir) / "torch-rendezvous") if local_node else None,
-        run_config=RunConfig(
-            name=payload.name, storage_path=payload.ray_storage, failure_config=FailureConfig(max_failures=0),
-        ),
-    )
-    trainer.fit()
-
-
-def describe_failure(error: BaseException) -> str:
-    """One line for a failed fit: the first worker's exception when there is one."""
-    failures = getattr(error, "worker_failures", None)
-    if failures:
-        rank, failure = sorted(failures.items())[0]
-        cause = getattr(failure, "cause", None) or failure
-        lines = [line for line in str(cause).splitlines() if line.strip()]
-        return f"rank {rank}: {type(cause).__name__}: {lines[-1] if lines else ''}"
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+OUTCOME_EVERY_S = 1.0
 
 
 @dataclass
 class AttemptHandle:
     name: str
-    outcome: dict = field(default_factory=dict)
-    done: threading.Event = field(default_factory=threading.Event)
+    channel: AttemptChannel
+    outcome: dict | None = None
+    _asked_at: float = field(default=0.0)
 
 
-class RayRunner:
-    """Starts attempts on the Ray instance the provider brought up, and relays their progress.
-
-    Each attempt's `fit()` blocks, so it runs on its own thread of the controller (Ray Train supports
-    driving trainers from threads); its TrainController and workers are Ray actors. An attempt is stopped
-    by its provider killing the node's processes, which makes `fit()` fail and the thread end.
-    """
+class StorageRunner:
+    """Tracks the channels of the attempts in flight."""
 
     def __init__(self) -> None:
-        self.sink = ProgressSink.remote()
+        self._handles: dict[str, AttemptHandle] = {}
 
-    def start(self, payload: AttemptPayload) -> AttemptHandle:
-        handle = AttemptHandle(payload.name)
-        threading.Thread(target=self._fit, args=(handle, dataclasses.replace(payload, sink=self.sink)),
-                         name=handle.name, daemon=True).start()
+    def prepare(self, payload: AttemptPayload) -> AttemptHandle:
+        """Write the attempt's payload (before its nodes are launched: they read it first thing)."""
+        handle = self.attach(payload.name, payload.channel, payload.storage_endpoint)
+        handle.channel.write_payload(payload.to_dict())
         return handle
 
-    @staticmethod
-    def _fit(handle: AttemptHandle, payload: AttemptPayload) -> None:
-        try:
-            fit_attempt(payload)
-            handle.outcome.update(ok=True)
-        except Exception as error:
-            handle.outcome.update(ok=False, error=describe_failure(error))
-        finally:
-            handle.done.set()
+    def attach(self, name: str, channel: str, endpoint: str | None, skip_read: bool = False) -> AttemptHandle:
+        """Follow an attempt's channel; with skip_read, records already there count as read."""
+        handle = AttemptHandle(name, AttemptChannel(open_store(channel, endpoint)))
+        if skip_read:
+            handle.channel.new_records()
+        self._handles[name] = handle
+        return handle
 
-    def finished(self, handle: AttemptHandle) -> dict | None:
-        """The attempt's outcome once fit() returned; None while it runs."""
-        return dict(handle.outcome) if handle.done.is_set() else None
+    def forget(self, handle: AttemptHandle) -> None:
+        self._handles.pop(handle.name, None)
 
     def drain(self) -> list[dict]:
-        return ray.get(self.sink.drain.remote())
+        """New records of every attempt in flight; an attempt whose storage does not answer is read next time."""
+        records: list[dict] = []
+        for handle in list(self._handles.values()):
+            try:
+                records += handle.channel.new_records()
+            except storage_errors():
+                continue
+        return records
+
+    def finished(self, handle: AttemptHandle, now: bool = False) -> dict | None:
+        """The attempt's outcome once node 0 wrote it; None while it runs (asked at most once a second)."""
+        if handle.outcome is None and (now or time.monotonic() - handle._asked_at >= OUTCOME_EVERY_S):
+            handle._asked_at = time.monotonic()
+            try:
+                handle.outcome = handle.channel.read_outcome()
+            except storage_errors():
+                return None
+        return handle.outcome
+
+    def notice_deadline(self, handle: AttemptHandle) -> float | None:
+        try:
+            return handle.channel.notice_deadline()
+        except storage_errors():
+            return None

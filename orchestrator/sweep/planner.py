@@ -141,7 +141,7 @@ def trial_job(trial_id: str, config: TrainConfig, gpus_per_trial: int = 1,
 
 def requirements(resources: Resources) -> Requirements:
     """What a sweep's resources ask of a provider's market."""
-    return Requirements(resources.gpus_per_trial, tuple(resources.gpus) if resources.gpus else None, resources.market)
+    return Requirements(resources.gpus_per_node, tuple(resources.gpus) if resources.gpus else None, resources.market)
 
 
 def check_providers(names: list[str], where: str, launch: bool) -> None:

@@ -113,7 +113,10 @@ class Resources(_Strict):
     gpus: list[str] | None = Field(None, description="Allowed GPU types (catalog names); null = any.")
     providers: list[str] = Field(default_factory=lambda: ["local"], description="Providers to place trials on.")
     market: Literal["spot", "on-demand", "any"] = Field("spot", description="Capacity type to rent.")
-    gpus_per_trial: Integer = Field(1, ge=1, le=64, description="GPUs (Ray Train workers) per trial.")
+    gpus_per_trial: Integer = Field(1, ge=1, le=64, description="GPUs (Ray Train workers) per trial, on all its nodes.")
+    nodes_per_trial: Integer = Field(
+        1, ge=1, le=16, description="Machines one trial spans (one Ray cluster); each holds gpus_per_trial / nodes_per_trial GPUs.",
+    )
     max_price_per_hour: Number | None = Field(None, gt=0, le=10_000, description="Most $/h one trial may cost.")
     max_total_cost: Number | None = Field(None, gt=0, le=10_000_000, description="Budget in $ for the whole sweep.")
     vram_headroom: Number = Field(
@@ -123,6 +126,17 @@ class Resources(_Strict):
         DEFAULT_DELAY_USD_PER_HOUR, ge=0, le=10_000,
         description="What an hour of a trial's wait for cheaper capacity is worth; the planner waits when cheaper.",
     )
+
+    @model_validator(mode="after")
+    def _whole_nodes(self) -> "Resources":
+        if self.gpus_per_trial % self.nodes_per_trial:
+            raise ValueError(f"gpus_per_trial ({self.gpus_per_trial}) must be a multiple of nodes_per_trial "
+                             f"({self.nodes_per_trial}): every node of a trial holds as many GPUs")
+        return self
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.gpus_per_trial // self.nodes_per_trial
 
 
 ProviderSettings = settings_model()

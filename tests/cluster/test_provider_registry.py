@@ -26,7 +26,7 @@ def test_settings_are_validated_by_the_providers_own_model(tmp_path):
     model = registry.settings_model()
     settings = model.model_validate({"local": {"market": {"seed": 5, "boot_s": 2}}})
     assert isinstance(settings.local, LocalSettings) and settings.local.market.seed == 5
-    provider = registry.build("local", settings.local, ProviderContext(tmp_path, cpus=3))
+    provider = registry.build("local", settings.local, ProviderContext(tmp_path))
     assert isinstance(provider, LocalProvider)
     assert (provider.market.boot_s, provider.cpus, provider.run_dir) == (2, 3, tmp_path)
     with pytest.raises(ValidationError) as raised:

@@ -36,7 +36,7 @@ from orchestrator.run.state import StateStore
 state_dir, run_id, worker = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 state, layout = StateStore(state_dir), RunLayout(state_dir, run_id)
 spec = SweepSpec.model_validate(state.run(run_id).spec)
-fleet = ProviderFleet.build(spec.resources.providers, spec.provider_settings, ProviderContext(layout.root, cpus=1))
+fleet = ProviderFleet.build(spec.resources.providers, spec.provider_settings, ProviderContext(layout.root))
 fleet.start()
 try:
     trial = state.trials(run_id)[0]

@@ -38,7 +38,7 @@ def _controller(directory: Path, storage: str, endpoint: str | None = None):
     state, run_id = register(prepare(tiny_sweep(directory, "outage", **extra)), directory / "state")
     layout = RunLayout(directory / "state", run_id)
     spec = SweepSpec.model_validate(state.run(run_id).spec)
-    provider = LocalProvider(layout.root, spec.provider_settings.local.market, cpus=2)
+    provider = LocalProvider(layout.root, spec.provider_settings.local.market)
     # Nothing here reaches a node's `running` event, so no attempt is ever started and no runner is needed.
     return Controller(state, layout, provider, runner=None), state, run_id
 

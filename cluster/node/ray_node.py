@@ -1,0 +1,149 @@
+"""Ray on one node of an attempt: the head (node 0) or a worker that joins it, bound to the node's own address.
+
+One-node attempts start Ray inside the node entry point's process (`ray.init(address="local")`). An attempt that
+spans nodes runs `ray start --head` on node 0, which publishes its address in the attempt's channel; the other
+nodes run `ray start --address` against it. Every Ray process uses token authentication: the payload's token when
+the cluster spans nodes (the controller made it; it travels in storage, never in a boot script), otherwise a fresh
+one. No dashboard. Ray's temp dir is a short private directory (Ray's socket paths must stay under 108 bytes).
+On a node IP of 127.0.0.1 Ray listens on loopback only; with another address it listens on every interface
+(Ray's own behaviour): the security group (aws) or the pod network (kubernetes) must keep it private.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cluster.errors import ClusterError
+
+# Read by Ray when it is imported: set before the first `import ray` of the process (and inherited by Ray's own).
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps a 127.0.0.1 node IP from being replaced by the machine's outward
+# address, which would make Ray listen on every interface; a cluster across nodes must leave it unset.
+RAY_ENV = {
+    "RAY_AUTH_MODE": "token",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
+SINGLE_NODE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+OBJECT_STORE_BYTES = 200 * 2**20
+HEAD_WAIT_S = 600.0
+
+
+def prepare_environment(token: str | None, single_node: bool) -> Path:
+    """Set Ray's variables in this process (before `import ray`) and write its token; returns Ray's temp dir."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="spottune-ray-"))
+    token_file = temp_dir / "auth_token"
+    descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(token or secrets.token_hex(32))
+    os.environ.update(RAY_ENV)
+    if single_node:
+        os.environ.update(SINGLE_NODE_ENV)
+    else:
+        os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ["RAY_TMPDIR"] = str(temp_dir)
+    return temp_dir
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        return probe.getsockname()[1]
+
+
+class RayNode:
+    """This node's share of the attempt's Ray cluster; `close()` stops every Ray process it started."""
+
+    def __init__(self, address: str, cpus: int, gpus: int, temp_dir: Path) -> None:
+        self.address = address
+        self.cpus = cpus
+        self.gpus = gpus
+        self.temp_dir = temp_dir
+        self._daemon: subprocess.Popen | None = None
+
+    def start_single(self) -> None:
+        """The whole cluster in this process: head and driver."""
+        import ray
+
+        ray.init(address="local", num_cpus=self.cpus, num_gpus=self.gpus, include_dashboard=False,
+                 log_to_driver=False, _temp_dir=str(self.temp_dir), _node_ip_address=self.address,
+                 object_store_memory=OBJECT_STORE_BYTES, configure_logging=False)
+        if ray.util.get_node_ip_address() != self.address:
+            raise ClusterError(f"Ray took node address {ray.util.get_node_ip_address()} instead of {self.address}")
+
+    def start_head(self) -> str:
+        """`ray start --head` on this node's address; returns the address other nodes join."""
+        port = free_port(self.address)
+        self._daemon = self._ray_start(["--head", f"--port={port}", "--include-dashboard=false",
+                                        f"--temp-dir={self.temp_dir}"])
+        head = f"{self.address}:{port}"
+        self._connect(head)
+        return head
+
+    def join(self, head: str) -> None:
+        """`ray start --address` to the head."""
+        self._daemon = self._ray_start([f"--address={head}"])
+
+    def _ray_start(self, arguments: list[str]) -> subprocess.Popen:
+        ray = Path(sys.executable).with_name("ray")
+        command = [str(ray) if ray.exists() else "ray", "start", "--block", f"--node-ip-address={self.address}",
+                   f"--num-cpus={self.cpus}", f"--num-gpus={self.gpus}",
+                   f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats", *arguments]
+        log = open(self.temp_dir / "ray-start.log", "ab")
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _connect(self, head: str) -> None:
+        """Connect this process (the driver) to the head once it answers."""
+        import ray
+
+        deadline = time.monotonic() + 120
+        while True:
+            if self._daemon is not None and self._daemon.poll() is not None:
+                raise ClusterError(f"ray start exited with {self._daemon.returncode}; see {self.temp_dir}/ray-start.log")
+            try:
+                ray.init(address=head, _node_ip_address=self.address, log_to_driver=False, configure_logging=False)
+                return
+            except (ConnectionError, RuntimeError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    def wait_for_nodes(self, count: int, timeout_s: float = HEAD_WAIT_S) -> None:
+        """Block until `count` nodes are alive in the cluster."""
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        while sum(1 for node in ray.nodes() if node["Alive"]) < count:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"only {sum(1 for n in ray.nodes() if n['Alive'])} of {count} nodes joined "
+                                   f"in {timeout_s:g} s")
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        if self._daemon is not None:
+            try:
+                os.killpg(self._daemon.pid, signal.SIGTERM)
+                self._daemon.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+            try:
+                os.killpg(self._daemon.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
