@@ -25,6 +25,7 @@ ENDPOINT_ENV = "SPOTTUNE_STORAGE_ENDPOINT"
 INDEX_ENV = "SPOTTUNE_NODE_INDEX"
 ADDRESS_ENV = "SPOTTUNE_NODE_IP"
 GRACE_ENV = "SPOTTUNE_SIGTERM_GRACE_S"
+RAY_START_ENV = "SPOTTUNE_RAY_START"  # the platform's own `ray start` line (KubeRay's), run instead of ours
 IMDS_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 DEFAULT_GRACE_S = 25.0
 OUTCOME_POLL_S = 2.0
@@ -81,14 +82,16 @@ def run_node(payload_uri: str, environ: Mapping[str, str]) -> int:
     node.node_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.environ[NODE_DIR_ENV] = str(node.node_dir)
     notices = start_notices(payload, node, AttemptChannel(raw), environ)
-    temp_dir = prepare_environment(payload.ray_token, single_node=payload.nodes == 1)
+    given = environ.get(RAY_START_ENV) or None
+    temp_dir = prepare_environment(payload.ray_token, single_node=payload.nodes == 1 and given is None,
+                                   manage_auth=given is None)
     cpus = payload.gpus_per_node if not payload.use_gpu else (os.cpu_count() or 1)
     gpus = payload.gpus_per_node if payload.use_gpu else 0
     ray_node = RayNode(node.address, cpus, gpus, temp_dir)
     try:
         if node.index == 0:
-            return lead(payload, ray_node, channel)
-        return follow(payload, ray_node, channel)
+            return lead(payload, ray_node, channel, given)
+        return follow(payload, ray_node, channel, given)
     finally:
         ray_node.close()
         notices.stop()
@@ -119,12 +122,15 @@ def start_notices(payload: AttemptPayload, node: NodeIdentity, channel: AttemptC
     return notices
 
 
-def lead(payload: AttemptPayload, ray_node, channel: AttemptChannel) -> int:
+def lead(payload: AttemptPayload, ray_node, channel: AttemptChannel, given: str | None) -> int:
     """Node 0: the Ray head; runs the attempt and writes its outcome."""
     from cluster.node.fit import describe_failure, fit_attempt
 
     try:
-        if payload.nodes == 1:
+        if given is not None:
+            ray_node.start_given(given, head=True)
+            ray_node.wait_for_nodes(payload.nodes)
+        elif payload.nodes == 1:
             ray_node.start_single()
         else:
             channel.publish_head(ray_node.start_head())
@@ -138,13 +144,17 @@ def lead(payload: AttemptPayload, ray_node, channel: AttemptChannel) -> int:
     return 0
 
 
-def follow(payload: AttemptPayload, ray_node, channel: AttemptChannel) -> int:
-    """Another node: join the head once it has published its address, then serve until the outcome is written."""
-    head = channel.head_address()
-    while head is None:
-        time.sleep(OUTCOME_POLL_S / 4)
+def follow(payload: AttemptPayload, ray_node, channel: AttemptChannel, given: str | None) -> int:
+    """Another node: join the head (once it has published its address, unless the platform's own `ray start`
+    line knows it), then serve until the outcome is written."""
+    if given is not None:
+        ray_node.start_given(given, head=False)
+    else:
         head = channel.head_address()
-    ray_node.join(head)
+        while head is None:
+            time.sleep(OUTCOME_POLL_S / 4)
+            head = channel.head_address()
+        ray_node.join(head)
     while (outcome := channel.read_outcome()) is None:
         time.sleep(OUTCOME_POLL_S)
     return 0 if outcome["ok"] else 1

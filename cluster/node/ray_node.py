@@ -2,7 +2,8 @@
 
 One-node attempts start Ray inside the node entry point's process (`ray.init(address="local")`). An attempt that
 spans nodes runs `ray start --head` on node 0, which publishes its address in the attempt's channel; the other
-nodes run `ray start --address` against it. Every Ray process uses token authentication: the payload's token when
+nodes run `ray start --address` against it. Where the platform starts Ray its own way (KubeRay gives each pod its
+`ray start` line), that line runs instead, and its authentication is the platform's. Every Ray process uses token authentication: the payload's token when
 the cluster spans nodes (the controller made it; it travels in storage, never in a boot script), otherwise a fresh
 one. No dashboard. Ray's temp dir is a short private directory (Ray's socket paths must stay under 108 bytes).
 On a node IP of 127.0.0.1 Ray listens on loopback only; with another address it listens on every interface
@@ -39,21 +40,28 @@ OBJECT_STORE_BYTES = 200 * 2**20
 HEAD_WAIT_S = 600.0
 
 
-def prepare_environment(token: str | None, single_node: bool) -> Path:
-    """Set Ray's variables in this process (before `import ray`) and write its token; returns Ray's temp dir."""
-    temp_dir = Path(tempfile.mkdtemp(prefix="spottune-ray-"))
-    token_file = temp_dir / "auth_token"
-    descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(token or secrets.token_hex(32))
-    os.environ.update(RAY_ENV)
+def prepare_environment(token: str | None, single_node: bool, manage_auth: bool = True) -> Path:
+    """Set Ray's variables in this process (before `import ray`) and write its token; returns Ray's temp dir.
+
+    Ray makes its temp dir 0777 (again and again), so it lives inside a private (0700) directory with the token.
+    """
+    private = Path(tempfile.mkdtemp(prefix="spottune-ray-"))
+    temp_dir = private / "r"
+    temp_dir.mkdir()
+    os.environ.update({name: value for name, value in RAY_ENV.items() if manage_auth or name != "RAY_AUTH_MODE"})
     if single_node:
         os.environ.update(SINGLE_NODE_ENV)
     else:
         os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    os.environ["RAY_TMPDIR"] = str(temp_dir)
+    if not manage_auth:
+        return temp_dir
+    token_file = private / "auth_token"
+    descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(token or secrets.token_hex(32))
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
     os.environ.pop("RAY_AUTH_TOKEN", None)
-    os.environ["RAY_TMPDIR"] = str(temp_dir)
     return temp_dir
 
 
@@ -95,6 +103,14 @@ class RayNode:
     def join(self, head: str) -> None:
         """`ray start --address` to the head."""
         self._daemon = self._ray_start([f"--address={head}"])
+
+    def start_given(self, command: str, head: bool) -> None:
+        """Run the platform's own `ray start` line (it blocks, so in the background); the head's driver joins it."""
+        log = open(self.temp_dir / "ray-start.log", "ab")
+        self._daemon = subprocess.Popen(["bash", "-c", command], stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        if head:
+            self._connect("auto")
 
     def _ray_start(self, arguments: list[str]) -> subprocess.Popen:
         ray = Path(sys.executable).with_name("ray")
@@ -146,4 +162,4 @@ class RayNode:
                 os.killpg(self._daemon.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        shutil.rmtree(self.temp_dir.parent, ignore_errors=True)

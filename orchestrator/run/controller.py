@@ -80,6 +80,7 @@ class Active:
     trained: bool = False
     final: dict | None = None
     stop_at: int | None = None  # early stopping judged this trial at this step: stop once it is committed
+    channel_down: bool = False  # the controller could not read the attempt's channel (storage unreachable)
 
 
 class Controller:
@@ -154,6 +155,7 @@ class Controller:
             self.check_state()
             self.mirror.sync()
             self.apply(self.runner.drain())
+            self.note_channel_outages()
             self.watch_nodes()
             self.collect()
             self.handle_cancels()
@@ -272,6 +274,19 @@ class Controller:
             self.state.add_metrics(self.run_id, trial_id, attempt, rows)
         for trial_id, values in progress.items():
             self.state.update_progress(self.run_id, trial_id, **values)
+
+    def note_channel_outages(self) -> None:
+        """An event when an attempt's channel stops answering (storage down), and one when it answers again."""
+        for active in self.active.values():
+            error = active.handle.unreachable
+            if error is not None and not active.channel_down:
+                active.channel_down = True
+                self._event(active, StorageUnavailable(error, "controller"))
+                self.trial_log(active.trial_id, active.attempt, f"storage unreachable ({error}); the node waits too")
+            elif error is None and active.channel_down:
+                active.channel_down = False
+                self._event(active, StorageRestored("controller"))
+                self.trial_log(active.trial_id, active.attempt, "storage reachable again")
 
     def watch_nodes(self) -> None:
         for active in list(self.active.values()):
@@ -531,6 +546,8 @@ def controller_pid(layout: RunLayout) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cluster.node.agent import write_atomic
+    from cluster.processes import ProcessRecord
     from cluster.providers.fleet import ProviderFleet
     from cluster.providers.registry import ProviderContext
     from orchestrator.run.runner import StorageRunner
@@ -546,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {args.run_id} already has a controller (PID {controller_pid(layout)})", file=sys.stderr)
         return 3
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    write_atomic(layout.controller_record, ProcessRecord.current(with_cmdline=True).dump())
     state = StateStore(Path(args.state_dir))
     state.set_controller(args.run_id, os.getpid())
     spec = SweepSpec.model_validate(state.run(args.run_id).spec)

@@ -34,6 +34,11 @@ class RunLayout:
         return self.root / "controller.log"
 
     @property
+    def controller_record(self) -> Path:
+        """The live controller's PID, start time and command line (cluster/processes.py's ProcessRecord)."""
+        return self.root / "controller.json"
+
+    @property
     def lock(self) -> Path:
         return self.root / "controller.lock"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from cluster.node.channel import AttemptChannel
 from cluster.node.payload import AttemptPayload
-from cluster.storage import open_store, storage_errors
+from cluster.storage import describe_error, open_store, storage_errors
 
 OUTCOME_EVERY_S = 1.0
 
@@ -22,6 +22,7 @@ class AttemptHandle:
     name: str
     channel: AttemptChannel
     outcome: dict | None = None
+    unreachable: str | None = None  # why the last read of the channel failed; None once it answers
     _asked_at: float = field(default=0.0)
 
 
@@ -54,8 +55,10 @@ class StorageRunner:
         for handle in list(self._handles.values()):
             try:
                 records += handle.channel.new_records()
-            except storage_errors():
+            except storage_errors() as error:
+                handle.unreachable = describe_error(error)
                 continue
+            handle.unreachable = None
         return records
 
     def finished(self, handle: AttemptHandle, now: bool = False) -> dict | None:

@@ -28,7 +28,7 @@ def test_settings_are_validated_by_the_providers_own_model(tmp_path):
     assert isinstance(settings.local, LocalSettings) and settings.local.market.seed == 5
     provider = registry.build("local", settings.local, ProviderContext(tmp_path))
     assert isinstance(provider, LocalProvider)
-    assert (provider.market.boot_s, provider.cpus, provider.run_dir) == (2, 3, tmp_path)
+    assert (provider.market.boot_s, provider.run_dir) == (2, tmp_path)
     with pytest.raises(ValidationError) as raised:
         model.model_validate({"local": {"market": {"hazard_per_hour": -1}}})
     assert raised.value.errors()[0]["loc"] == ("local", "market", "hazard_per_hour")

@@ -1,7 +1,6 @@
 """Helpers for sweep tests: tiny-model sweep specs, the CLI in a subprocess, reference runs, process checks."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -111,13 +110,26 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def leftover_processes(controller: ProcessRecord) -> list[int]:
-    """Processes still alive from a controller's session (it and its Ray instance)."""
+def node_processes(run_dir: Path) -> list[int]:
+    """Processes of the run's local nodes: the node entry points, their Ray and its workers all carry their node's
+    directory (under the run's) in their environment."""
+    marker = f"SPOTTUNE_NODE_DIR={run_dir.resolve()}/".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def leftover_processes(controller: ProcessRecord, run_dir: Path) -> list[int]:
+    """Processes still alive from a controller's session and from the run's nodes."""
     alive = [controller.pid] if controller.alive() else []
-    return alive + [process.pid for process in session_members(controller)]
+    return alive + [process.pid for process in session_members(controller)] + node_processes(run_dir)
 
 
 def controller_record(state_dir: Path, run_id: str) -> ProcessRecord:
-    """The controller of a run as recorded by its local provider (PID and start time)."""
-    session = json.loads((state_dir / run_id / "ray" / "session.json").read_text(encoding="utf-8"))
-    return ProcessRecord.from_dict(session["controller"])
+    """The controller of a run as it recorded itself (PID, start time and command line)."""
+    return ProcessRecord.parse((state_dir / run_id / "controller.json").read_text(encoding="utf-8"))

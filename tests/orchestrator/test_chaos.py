@@ -123,4 +123,4 @@ def test_logs_and_status(chaos):
 
 
 def test_nothing_left_running(chaos):
-    assert leftover_processes(controller_record(chaos["state_dir"], chaos["run"])) == []
+    assert leftover_processes(controller_record(chaos["state_dir"], chaos["run"]), chaos["state_dir"] / chaos["run"]) == []

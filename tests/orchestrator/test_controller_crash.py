@@ -96,8 +96,8 @@ def test_ledger_consistent_across_the_crash(crashed):
 
 
 def test_no_process_of_either_controller_survives(crashed):
-    assert leftover_processes(crashed["first"]) == []
-    assert leftover_processes(crashed["second"]) == []
+    assert leftover_processes(crashed["first"], crashed["state_dir"] / crashed["run"]) == []
+    assert leftover_processes(crashed["second"], crashed["state_dir"] / crashed["run"]) == []
 
 
 def test_resume_refuses_a_finished_run(crashed):

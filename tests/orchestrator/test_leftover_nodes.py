@@ -1,13 +1,11 @@
 """Nothing is orphaned: at the end of a sweep the controller asks its providers for the run's nodes that are still
-rented and terminates them, with an event each. Real controller, real Ray and a real process on the leftover node."""
+rented and terminates them, with an event each. Real controller and a real process on the leftover node."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
-from cluster.providers.local import RAY_ENV
 from orchestrator.run.state import StateStore
 from orchestrator.run.submission import prepare, register
 from tests.orchestrator.sweeps import REPO, tiny_sweep
@@ -20,7 +18,7 @@ time.sleep(600)
 """
 
 # A node launched outside the controller's bookkeeping (as if a terminate had been lost), a process on it, every
-# trial cancelled; then the real Controller.run() on real Ray until the sweep ends.
+# trial cancelled; then the real Controller.run() until the sweep ends.
 CONTROLLER = """
 import json, subprocess, sys, time
 from pathlib import Path
@@ -29,7 +27,7 @@ from cluster.providers.fleet import ProviderFleet
 from cluster.providers.registry import ProviderContext
 from orchestrator.run.controller import Controller
 from orchestrator.run.layout import RunLayout
-from orchestrator.run.runner import RayRunner
+from orchestrator.run.runner import StorageRunner
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.run.state import StateStore
 
@@ -46,7 +44,7 @@ try:
         time.sleep(0.05)
     for each in state.trials(run_id):
         state.record(run_id, each.id, "cancelled", "cancelled")
-    Controller(state, layout, fleet, RayRunner()).run()
+    Controller(state, layout, fleet, StorageRunner()).run()
     left = [leftover.id for leftover in fleet.list_nodes(run_id)]
     print(json.dumps({"node": node.id, "left": left, "worker_exit": process.wait(timeout=30)}))
 finally:
@@ -59,7 +57,7 @@ def test_a_leftover_node_is_terminated_at_sweep_end_with_an_event(tmp_path):
     store, run_id = register(prepare(tiny_sweep(tmp_path, "leftover")), state_dir)
     result = subprocess.run(
         [sys.executable, "-c", CONTROLLER, str(state_dir), run_id, WORKER], cwd=REPO, capture_output=True,
-        text=True, timeout=300, env={**os.environ, **RAY_ENV},
+        text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])

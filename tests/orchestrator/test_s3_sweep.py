@@ -44,7 +44,7 @@ def s3_sweep(tmp_path_factory, s3_server: S3Server):
              what="trial 1 to train")
     cancelled = spottune("cancel", f"{run_id}/{cancel_target}", "--state-dir", str(state_dir))
     controller = controller_record(state_dir, run_id)
-    wait_for(lambda: state.run(run_id).finished and not leftover_processes(controller), timeout=600,
+    wait_for(lambda: state.run(run_id).finished and not leftover_processes(controller, state_dir / run_id), timeout=600,
              what="the run to finish")
     return {"run": run_id, "state": state, "state_dir": state_dir, "prefix": prefix, "server": s3_server,
             "cancelled": cancelled, "controller": controller}
@@ -108,4 +108,4 @@ def test_credentials_are_written_nowhere(s3_sweep):
 
 
 def test_nothing_left_running(s3_sweep):
-    assert leftover_processes(s3_sweep["controller"]) == []
+    assert leftover_processes(s3_sweep["controller"], s3_sweep["state_dir"] / s3_sweep["run"]) == []

@@ -9,10 +9,12 @@ from urllib.parse import urlparse
 
 import pytest
 
+from cluster.providers.fleet import ProviderFleet
 from cluster.providers.local import LocalProvider
 from cluster.storage import Backoff, RetryingStore, S3Store
 from orchestrator.run.controller import Controller
 from orchestrator.run.layout import RunLayout
+from orchestrator.run.runner import StorageRunner
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.run.submission import prepare, register
 from tests.orchestrator.sweeps import (
@@ -38,9 +40,8 @@ def _controller(directory: Path, storage: str, endpoint: str | None = None):
     state, run_id = register(prepare(tiny_sweep(directory, "outage", **extra)), directory / "state")
     layout = RunLayout(directory / "state", run_id)
     spec = SweepSpec.model_validate(state.run(run_id).spec)
-    provider = LocalProvider(layout.root, spec.provider_settings.local.market)
-    # Nothing here reaches a node's `running` event, so no attempt is ever started and no runner is needed.
-    return Controller(state, layout, provider, runner=None), state, run_id
+    provider = ProviderFleet([LocalProvider(layout.root, spec.provider_settings.local.market)])
+    return Controller(state, layout, provider, StorageRunner()), state, run_id
 
 
 def _open_attempt(state, run_id: str, trial_id: str) -> None:
@@ -127,8 +128,9 @@ def test_garbage_latest_crashes_neither_recover_nor_launch(tmp_path):
 
 
 def test_sweep_waits_out_an_outage_and_finishes_with_the_uninterrupted_adapter(tmp_path, s3_server, gate):
-    """The whole path: the gate closes while the trial's node boots, so the worker's first storage access meets
-    the outage; it waits (an event, no error counted), goes on when the gate reopens, and ends bit-identical."""
+    """The whole path: the gate closes while the trial's node boots, so the node's first storage access (its
+    payload) meets the outage; the controller, reading the attempt's channel, records it; the node waits (no error
+    counted), goes on when the gate reopens, and the trial ends bit-identical."""
     prefix = s3_server.prefix("sweep-outage")
     spec = tiny_sweep(tmp_path, "outage", max_steps=9, checkpoint={"every_steps": 3, "keep": 2},
                       search={"parameters": {"training.learning_rate": [1.0e-3]}}, max_parallel=1,
@@ -141,8 +143,8 @@ def test_sweep_waits_out_an_outage_and_finishes_with_the_uninterrupted_adapter(t
              what="the trial's launch", every=0.05)
     gate.close()
     outage = wait_for(lambda: [e for e in state.events(run_id, trial_id) if e.kind == "storage_unavailable"],
-                      timeout=300, what="the worker to report the outage")
-    assert outage[0].detail["source"] == "worker" and "EndpointConnectionError" in outage[0].detail["error"]
+                      timeout=300, what="the outage to be noticed")
+    assert outage[0].detail["source"] == "controller" and "EndpointConnectionError" in outage[0].detail["error"]
     gate.open()
     wait_for(lambda: state.trial(run_id, trial_id).terminal, timeout=600, what="the trial to end")
     trial = state.trial(run_id, trial_id)

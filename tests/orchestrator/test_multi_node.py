@@ -1,0 +1,61 @@
+"""One trial across two nodes: two local machines (127.0.0.2 and 127.0.0.3), each running the node entry point,
+form one Ray cluster (node 0 the head, node 1 joining it through the address node 0 published in storage) and
+train one trial with one gloo worker each. The adapter is bit-identical to the same trial on one node with two
+workers: the same world size, the same all-reduce, only the machines differ."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.orchestrator.sweeps import (
+    adapter_tensors, assert_bit_identical, only_run, spottune, tiny_sweep, wait_for, warm_model_cache,
+)
+from orchestrator.run.state import StateStore
+
+STEPS = 6
+
+
+def _run(directory, nodes: int):
+    spec = tiny_sweep(directory, f"nodes{nodes}", max_steps=STEPS, search={"parameters": {"training.seed": [3]}},
+                      resources={"gpus_per_trial": 2, "nodes_per_trial": nodes})
+    submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(directory / "state"))
+    assert submitted.returncode == 0, submitted.stderr
+    return directory / "state"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    warm_model_cache()
+    runs = {nodes: _run(tmp_path_factory.mktemp(f"nodes{nodes}"), nodes) for nodes in (2, 1)}
+    result = {}
+    for nodes, state_dir in runs.items():
+        run_id = only_run(state_dir)
+        state = StateStore(state_dir)
+        wait_for(lambda: state.run(run_id).finished, timeout=900, what=f"the {nodes}-node run to finish")
+        result[nodes] = (state_dir, run_id, state)
+    return result
+
+
+def test_two_nodes_form_one_ray_cluster_and_train_one_trial(two_runs):
+    state_dir, run_id, state = two_runs[2]
+    trial = state.trials(run_id)[0]
+    assert trial.state == "succeeded", (state_dir / run_id / "logs" / f"{trial.id}.log").read_text()[-3000:]
+    assert [e.detail["world_size"] for e in state.events(run_id) if e.kind == "workers_started"] == [2]
+    launch = next(e for e in state.events(run_id) if e.kind == "launch")
+    assert launch.detail["offer"].endswith("x2 nodes")
+    channel = state_dir.parent / "store" / run_id / trial.id / "attempts" / "1"
+    head = json.loads((channel / "ray-head.json").read_text())["address"]
+    assert head.startswith("127.0.0.2:"), "node 0 leads on its own address; node 1 (127.0.0.3) joined it"
+    assert sorted(path.name for path in (channel / "heartbeat").iterdir()) == ["0.json", "1.json"]
+    assert json.loads((channel / "outcome.json").read_text()) == {"ok": True, "error": None}
+
+
+def test_two_nodes_give_the_adapter_of_one_node_with_two_workers(two_runs):
+    adapters = []
+    for nodes in (2, 1):
+        state_dir, run_id, state = two_runs[nodes]
+        trial = state.trials(run_id)[0]
+        assert trial.state == "succeeded"
+        adapters.append(adapter_tensors(state_dir.parent / "store" / run_id / trial.id / "adapter"))
+    assert_bit_identical(*adapters)
