@@ -308,6 +308,49 @@ def test_list_nodes_finds_a_runs_leftovers_by_label(provider, api):
     assert (leftover.id, leftover.offer, leftover.spec) == (launched.id, offer, spec)
 
 
+def test_a_restarted_controller_finds_its_rayclusters_and_their_watches_report_again(api, tmp_path):
+    """Controller 1 launches two attempts and dies; controller 2 (a new provider on the same API server) lists
+    the run's RayClusters: same ids as launch returned, and the pods the cluster already runs give `running`
+    again; a later eviction is reported too. A cluster being deleted and another run's cluster are not its."""
+    kubeconfig = str(api.write_kubeconfig(tmp_path / "kc", NAMESPACE))
+    with started(KubernetesProvider(settings(kubeconfig=kubeconfig)), api) as provider:
+        offer = offer_of(provider, "gpu-spot/g6.xlarge")
+        first = provider.launch(offer, launch_spec("run-1", "t000-aa", 0, 1, nodes=2))
+        second = provider.launch(offer, launch_spec("run-1", "t001-bb", 1, 4))
+        other_run = provider.launch(offer, launch_spec("run-2", "t000-aa", 0, 1))
+    created = [call.body for call in api.calls("POST", RAYCLUSTERS)]
+    deleting = copy.deepcopy(created[0])
+    deleting["metadata"].update(name="st-t002-cc-a1-000000", deletionTimestamp="2026-11-29T20:05:00Z")
+    api.answer("GET", RAYCLUSTERS, lambda request: (200, {
+        "apiVersion": "ray.io/v1", "kind": "RayClusterList", "metadata": {"resourceVersion": "400"},
+        "items": [item for item in created + [deleting]
+                  if item["metadata"]["labels"]["spottune.io/run"] in request.query["labelSelector"]]}))
+    gpu_nodes = ("ip-10-0-1-12.ec2.internal", "ip-10-0-1-13.ec2.internal", "ip-10-0-3-3.ec2.internal")
+    running = [pod(first.id, f"{first.id}-head", "Running", gpu_nodes[0]),
+               pod(first.id, f"{first.id}-node-1-x7k2p", "Running", gpu_nodes[1]),
+               pod(second.id, f"{second.id}-head", "Running", gpu_nodes[2]),
+               pod(other_run.id, f"{other_run.id}-head", "Running", gpu_nodes[2])]
+    api.answer("GET", PODS, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "500"},
+                             "items": running})
+    watches_before = len(api.calls("GET", PODS, watch=True))
+    restarted = KubernetesProvider(settings(kubeconfig=kubeconfig))
+    with started(restarted, api):
+        wait_for(lambda: api.calls("GET", PODS, watch=True)[watches_before:], 1)  # it listed the pods, then watches
+        found = restarted.list_nodes("run-1")
+        assert sorted((n.id, n.offer, n.spec) for n in found) == sorted(
+            (n.id, n.offer, n.spec) for n in (first, second))  # what launch returned: the controller matches ids
+        assert all(n.price_per_hour == m.price_per_hour for n, m in zip(sorted(found, key=lambda n: n.id),
+                                                                        sorted((first, second), key=lambda n: n.id)))
+        by_id = {n.id: n for n in found}
+        assert [e.kind for e in wait_for(lambda: restarted.watch(by_id[first.id]), 1)] == ["running"]
+        assert [e.kind for e in wait_for(lambda: restarted.watch(by_id[second.id]), 1)] == ["running"]
+        api.push(PODS, "MODIFIED", pod(second.id, f"{second.id}-head", "Failed", gpu_nodes[2], reason="Evicted"))
+        (lost,) = wait_for(lambda: restarted.watch(by_id[second.id]), 1)
+        assert lost.kind == "lost" and "evicted" in lost.reason
+        assert restarted.watch(by_id[first.id]) == []
+        assert restarted.list_nodes("run-1") and restarted.watch(by_id[first.id]) == []  # adopted once
+
+
 def test_under_the_chart_the_raycluster_is_owned_by_the_controller_deployment(api, tmp_path, monkeypatch):
     monkeypatch.setenv("SPOTTUNE_OWNER_DEPLOYMENT", "spottune")
     api.answer("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/spottune", {
