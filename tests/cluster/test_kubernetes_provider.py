@@ -220,7 +220,8 @@ def test_an_attempt_the_pods_cannot_run_fails_in_one_line(provider, api, monkeyp
 def test_pod_and_node_watch_events_become_running_notice_and_lost(provider, api):
     l4_offer = offer_of(provider, "gpu-spot/g6.xlarge")
     l4 = provider.launch(l4_offer, launch_spec("run-1", "t000-aa", 0, 1, nodes=2))
-    a100 = provider.launch(offer_of(provider, "a100-spot/a2-ultragpu-1g"), launch_spec("run-1", "t001-bb", 1, 1, nodes=2))
+    a100_offer = offer_of(provider, "a100-spot/a2-ultragpu-1g")
+    a100 = provider.launch(a100_offer, launch_spec("run-1", "t001-bb", 1, 1, nodes=2))
     evicted = provider.launch(l4_offer, launch_spec("run-1", "t002-cc", 2, 1, nodes=2))
     gpu_node = "ip-10-0-1-12.ec2.internal"
 

@@ -51,7 +51,8 @@ def test_submitting_twice_gives_one_run_and_after_it_finished_nothing_happens(tm
     assert [(trial.state, trial.step) for trial in store.trials("demo")] == [("succeeded", 6)]
     launches = [event for event in store.events("demo") if event.kind == "launch"]
     third = spottune("submit", str(spec), "--run-id", "demo", "--state-dir", str(state_dir))
-    assert (third.returncode, third.stdout) == (0, "run demo has finished; nothing to submit (`spottune report demo`)\n")
+    assert third.returncode == 0
+    assert third.stdout == "run demo has finished; nothing to submit (`spottune report demo`)\n"
     store = StateStore(state_dir)
     assert [run.id for run in store.runs()] == ["demo"]
     assert [event for event in store.events("demo") if event.kind == "launch"] == launches
