@@ -321,8 +321,8 @@ class KubernetesProvider:
                     active = next(c for c in contexts if c["name"] == self.settings.context)
                 self._namespace = active["context"].get("namespace", "default")
         except (config.ConfigException, OSError, StopIteration) as error:
-            raise ClusterError(f"kubernetes: cannot load kubeconfig ({error}); set kubernetes.kubeconfig/context "
-                               "or run inside the cluster") from None
+            raise ClusterError(f"kubernetes: cannot load kubeconfig ({error}); set provider_settings.kubernetes."
+                               "kubeconfig/context or run inside the cluster") from None
         return api
 
     def _find_owner(self) -> dict[str, Any] | None:
