@@ -18,8 +18,9 @@ the pod's notice, $SPOTTUNE_SIGTERM_GRACE_S seconds before the grace period's SI
 Two watches (the namespace's spottune pods; all nodes) run in background threads from `start()` and turn what
 they see into NodeEvents: all pods Running -> `running`; a pod being deleted or marked DisruptionTarget, or its
 node tainted by Karpenter, GKE or the AWS node termination handler -> `notice` (deadline: the pod's deletion
-time, or the taint's time plus its notice); a pod that failed (evicted) or vanished, or its node deleted ->
-`lost`. `watch(node)` hands out what accumulated. `terminate` deletes the RayCluster; `list_nodes(run)` finds
+time, or the taint's time plus its notice); a pod evicted or shut down by the kubelet or vanished, or its node
+deleted -> `lost`; a pod whose node entry point ended by itself (Succeeded, or Failed without a kubelet reason;
+pods run with restartPolicy Never) -> `exited`. `watch(node)` hands out what accumulated. `terminate` deletes the RayCluster; `list_nodes(run)` finds
 what is left of a run by label and, for a controller that restarted, takes those RayClusters back under watch:
 the pods the watches saw before are replayed, so their `running` (or `notice`, `lost`) is reported again.
 """
@@ -114,7 +115,7 @@ class _Cluster:
     events: list[NodeEvent] = field(default_factory=list)
     running: bool = False
     noticed: bool = False
-    lost: bool = False
+    lost: bool = False  # lost or exited: the attempt's last event was sent
     terminated: bool = False
 
 
@@ -146,6 +147,15 @@ def node_of_raycluster(item: dict[str, Any]) -> Node:
     spec = LaunchSpec(**{key: value for key, value in spec_fields.items() if key in known})
     created = _timestamp(item["metadata"].get("creationTimestamp")) or time.time()
     return Node(item["metadata"]["name"], Offer(**offer_fields), spec, created)
+
+
+def _exit_code(pod: Any) -> int | str:
+    """The exit status of the pod's container, or '?' when the status does not say."""
+    for status in (pod.status.container_statuses or []) if pod.status else []:
+        terminated = status.state.terminated if status.state else None
+        if terminated is not None:
+            return terminated.exit_code
+    return "?"
 
 
 def gpu_of_node(labels: dict[str, str]) -> str | None:
@@ -549,7 +559,8 @@ class KubernetesProvider:
         if settings.secret_env:
             container["envFrom"] = [{"secretRef": {"name": secret}} for secret in settings.secret_env]
         pod: dict[str, Any] = {
-            "containers": [container], "terminationGracePeriodSeconds": settings.termination_grace_s,
+            "containers": [container], "restartPolicy": "Never",  # an entry point that ends leaves the pod ended
+            "terminationGracePeriodSeconds": settings.termination_grace_s,
             "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
             "nodeSelector": dict(pool.node_selector),
         }
@@ -635,13 +646,17 @@ class KubernetesProvider:
             return
         pod_name = pod.metadata.name
         state.pod_nodes[pod_name] = (pod.spec.node_name or "") if pod.spec else ""
+        if pod_name not in state.node.machines:
+            state.node.machines.append(pod_name)
         phase = pod.status.phase if pod.status else None
         disruption = next((c for c in (pod.status.conditions or []) if c.type == "DisruptionTarget"
                            and c.status == "True"), None) if pod.status else None
         if kind == "DELETED":
             self._lose(state, f"pod {pod_name} was deleted")
-        elif phase == "Failed":
-            why = " ".join(filter(None, (pod.status.reason, pod.status.message))) or "failed"
+        elif phase == "Succeeded" or (phase == "Failed" and not pod.status.reason):
+            self._exit(state, f"pod {pod_name}: node entry point exited with status {_exit_code(pod)}")
+        elif phase == "Failed":  # the kubelet ended it (Evicted, node shutdown, ...), not the entry point
+            why = " ".join(filter(None, (pod.status.reason, pod.status.message)))
             self._lose(state, f"pod {pod_name} {'evicted' if pod.status.reason == 'Evicted' else 'failed'}: {why}")
         elif pod.metadata.deletion_timestamp is not None or disruption is not None:
             deadline = _timestamp(pod.metadata.deletion_timestamp)
@@ -690,6 +705,13 @@ class KubernetesProvider:
         state.lost = True
         state.events.append(NodeEvent("lost", time.time(), reason=reason))
         self._unrecorded.append((state.node.id, "SpottuneLost", reason))
+
+    def _exit(self, state: _Cluster, reason: str) -> None:
+        """A pod's node entry point ended by itself (its pods run with restartPolicy Never)."""
+        if state.lost:
+            return
+        state.lost = True
+        state.events.append(NodeEvent("exited", time.time(), reason=reason))
 
     def _record_events(self) -> None:
         """Post the Kubernetes Events queued under the lock (outside it: each is an API call)."""

@@ -190,6 +190,7 @@ def test_launch_posts_one_valid_raycluster_whose_pods_run_the_node_entry_point(p
             "SPOTTUNE_STORAGE_ENDPOINT": "http://seaweedfs.storage:8333",
         }
         assert pod_spec["terminationGracePeriodSeconds"] == 120 and pod_spec["serviceAccountName"] == "spottune-node"
+        assert pod_spec["restartPolicy"] == "Never"  # an entry point that ends is not run again in the same pod
         assert container["image"] == "registry.example/spottune:0.1.0"
         assert container["envFrom"] == [{"secretRef": {"name": "spottune-storage"}}]  # secrets by reference only
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -280,6 +281,37 @@ def test_pod_and_node_watch_events_become_running_notice_and_lost(provider, api)
         validate({"apiVersion": "v1", "kind": "Event", **event})
 
 
+def test_an_entry_point_that_ends_by_itself_is_exited_and_a_node_shutdown_is_lost(provider, api):
+    offer = offer_of(provider, "gpu-spot/g6.xlarge")
+    done, crashed, shut_down = (provider.launch(offer, launch_spec("run-1", f"t00{i}-aa", i, 1)) for i in range(3))
+    gpu_node = "ip-10-0-1-12.ec2.internal"
+
+    def ended(code: int) -> dict:
+        return {"containerStatuses": [{"name": "ray-head", "image": "x", "imageID": "", "ready": False,
+                                       "restartCount": 0, "state": {"terminated": {"exitCode": code}}}]}
+
+    for node in (done, crashed, shut_down):
+        api.push(PODS, "ADDED", pod(node.id, f"{node.id}-head", "Running", gpu_node))
+        assert [e.kind for e in wait_for(lambda: provider.watch(node), 1)] == ["running"]
+    api.push(PODS, "MODIFIED", pod(done.id, f"{done.id}-head", "Succeeded", gpu_node, **ended(0)))
+    api.push(PODS, "MODIFIED", pod(crashed.id, f"{crashed.id}-head", "Failed", gpu_node, **ended(1)))
+    api.push(PODS, "MODIFIED", pod(shut_down.id, f"{shut_down.id}-head", "Failed", gpu_node, reason="Terminated",
+                                   message="Pod was terminated in response to imminent node shutdown.", **ended(143)))
+    assert [(e.kind, e.reason) for e in wait_for(lambda: provider.watch(done), 1)] == [
+        ("exited", f"pod {done.id}-head: node entry point exited with status 0")]
+    assert [(e.kind, e.reason) for e in wait_for(lambda: provider.watch(crashed), 1)] == [
+        ("exited", f"pod {crashed.id}-head: node entry point exited with status 1")]
+    assert [(e.kind, e.reason) for e in wait_for(lambda: provider.watch(shut_down), 1)] == [
+        ("lost", f"pod {shut_down.id}-head failed: Terminated Pod was terminated in response to imminent node "
+                 "shutdown.")]
+    api.push(PODS, "DELETED", pod(done.id, f"{done.id}-head", "Succeeded", gpu_node))  # KubeRay removes it
+    sentinel = provider.launch(offer, launch_spec("run-1", "t009-zz", 9, 1))
+    api.push(PODS, "ADDED", pod(sentinel.id, f"{sentinel.id}-head", "Running", gpu_node))  # after, on one stream
+    assert [e.kind for e in wait_for(lambda: provider.watch(sentinel), 1)] == ["running"]
+    assert provider.watch(done) == []  # one last event per attempt
+    assert done.machines == [f"{done.id}-head"]  # the pods that ran it
+
+
 def test_a_terminated_cluster_reports_nothing_and_an_expired_watch_relists(provider, api):
     offer = offer_of(provider, "gpu-spot/g6.xlarge")
     node = provider.launch(offer, launch_spec("run-1", "t000-aa", 0, 1))
@@ -349,6 +381,7 @@ def test_a_restarted_controller_finds_its_rayclusters_and_their_watches_report_a
         (lost,) = wait_for(lambda: restarted.watch(by_id[second.id]), 1)
         assert lost.kind == "lost" and "evicted" in lost.reason
         assert restarted.watch(by_id[first.id]) == []
+        assert sorted(by_id[first.id].machines) == [f"{first.id}-head", f"{first.id}-node-1-x7k2p"]
         assert restarted.list_nodes("run-1") and restarted.watch(by_id[first.id]) == []  # adopted once
 
 
