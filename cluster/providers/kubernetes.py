@@ -15,14 +15,15 @@ run/trial/attempt and owned by the controller's Deployment when the controller r
 $KUBERAY_GEN_RAY_START_CMD because the RayCluster carries `ray.io/overwrite-container-cmd: "true"`); SIGTERM is
 the pod's notice, $SPOTTUNE_SIGTERM_GRACE_S seconds before the grace period's SIGKILL.
 
-Two watches (the namespace's spottune pods; all nodes) run in background threads from `start()` and turn what
-they see into NodeEvents: all pods Running -> `running`; a pod being deleted or marked DisruptionTarget, or its
-node tainted by Karpenter, GKE or the AWS node termination handler -> `notice` (deadline: the pod's deletion
-time, or the taint's time plus its notice); a pod evicted or shut down by the kubelet or vanished, or its node
-deleted -> `lost`; a pod whose node entry point ended by itself (Succeeded, or Failed without a kubelet reason;
-pods run with restartPolicy Never) -> `exited`. `watch(node)` hands out what accumulated. `terminate` deletes the RayCluster; `list_nodes(run)` finds
-what is left of a run by label and, for a controller that restarted, takes those RayClusters back under watch:
-the pods the watches saw before are replayed, so their `running` (or `notice`, `lost`) is reported again.
+Two watches (the namespace's spottune pods; all nodes) run in background threads from `start()` and turn what they
+see into NodeEvents: all pods Running -> `running`; a pod being deleted or marked DisruptionTarget, or its node
+tainted by Karpenter, GKE or the AWS node termination handler -> `notice` (deadline: the pod's deletion time, or
+the taint's time plus its notice); a pod evicted or shut down by the kubelet or vanished, or its node deleted ->
+`lost`; a pod whose node entry point ended by itself (Succeeded, or Failed without a kubelet reason; pods run with
+restartPolicy Never) -> `exited`. `watch(node)` hands out what accumulated. `terminate` deletes the RayCluster;
+`list_nodes(run)` finds what is left of a run by label and, for a controller that restarted, takes those
+RayClusters back under watch: the pods the watches saw before are replayed, so their `running` (or `notice`,
+`lost`) is reported again.
 """
 from __future__ import annotations
 
