@@ -33,8 +33,8 @@ def test_a_run_id_that_cannot_name_a_run_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_submitting_twice_gives_one_run_and_after_it_finished_nothing_happens(tmp_path):
-    """First start submits run `demo`; a second start while it runs follows that run to its end (no new run);
-    a start after it finished does nothing and exits 0."""
+    """First start submits run `demo`; a second start while it runs, with an edited sweep, says the run goes on as
+    submitted and follows it to its end (no new run); a start after it finished does nothing and exits 0."""
     warm_model_cache()
     spec = tiny_sweep(tmp_path, "once", max_steps=6, search={"parameters": {"training.learning_rate": [1.0e-3]}},
                       max_parallel=1)
@@ -42,8 +42,12 @@ def test_submitting_twice_gives_one_run_and_after_it_finished_nothing_happens(tm
     first = spottune("submit", str(spec), "--run-id", "demo", "--detach", "--state-dir", str(state_dir))
     assert first.returncode == 0, first.stderr
     assert "run demo: 1 trial(s), controller PID" in first.stdout
-    second = spottune("submit", str(spec), "--run-id", "demo", "--state-dir", str(state_dir), "--interval", "60")
+    (tmp_path / "edited").mkdir()
+    edited = tiny_sweep(tmp_path / "edited", "once", max_steps=6)  # two learning rates now
+    second = spottune("submit", str(edited), "--run-id", "demo", "--state-dir", str(state_dir), "--interval", "60")
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert f"warning: {edited} changed since run demo was submitted; the run goes on as it was submitted" \
+        in second.stderr
     assert second.stdout.startswith("run demo: already driven by controller PID ")
     assert second.stdout.rstrip().endswith("run demo succeeded; see `spottune report demo`")
     store = StateStore(state_dir)
