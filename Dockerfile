@@ -21,6 +21,7 @@ COPY orchestrator ./orchestrator
 COPY train_core ./train_core
 COPY cost_models ./cost_models
 COPY cluster ./cluster
+COPY runspec ./runspec
 RUN pip install --no-cache-dir "$TORCH_SPEC" \
  && pip install --no-cache-dir ".[train,cluster,k8s,gpu]"
 

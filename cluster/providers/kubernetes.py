@@ -6,18 +6,24 @@ catalog's GPU names; the count from allocatable `nvidia.com/gpu`; spot or on-dem
 and GKE capacity labels; the price from the node's `spottune.io/usd-per-gpu-hour` annotation, else the
 catalog's cheapest offer of that GPU and market (of the node's cloud when it can be told).
 
-`launch` creates one RayCluster (ray.io/v1): a CPU head and a GPU worker group pinned to the offer's pool
-by nodeSelector, labelled with run/trial/attempt, owned by the controller's Deployment when the controller
-runs in the cluster (so `helm uninstall` leaves nothing behind). Every pod runs the node entry point
-(`NODE_COMMAND`, below); KubeRay's own `ray start` line reaches it in $KUBERAY_GEN_RAY_START_CMD because the
-RayCluster carries `ray.io/overwrite-container-cmd: "true"`.
+`launch` creates one RayCluster (ray.io/v1) per attempt: one pod per machine of the attempt (LaunchSpec.nodes),
+each with LaunchSpec.gpus GPUs and pinned to the offer's pool by nodeSelector; machine 0 is the Ray head, machine
+i > 0 is worker group `node-i` (one replica each, so every pod knows its index). The RayCluster is labelled with
+run/trial/attempt and owned by the controller's Deployment when the controller runs in the cluster (so
+`helm uninstall` leaves nothing behind). Every pod runs the node entry point, `spottune node run --payload URI`
+(NODE_COMMAND), with KubeRay's own `ray start` line in $SPOTTUNE_RAY_START (KubeRay leaves it in
+$KUBERAY_GEN_RAY_START_CMD because the RayCluster carries `ray.io/overwrite-container-cmd: "true"`); SIGTERM is
+the pod's notice, $SPOTTUNE_SIGTERM_GRACE_S seconds before the grace period's SIGKILL.
 
-Two watches (the run's pods; all nodes) run in background threads from `start()` and turn what they see into
-NodeEvents: all pods Running -> `running`; a pod being deleted or marked DisruptionTarget, or its node
-tainted by Karpenter, GKE or the AWS node termination handler -> `notice` (deadline: the pod's deletion
-time, or the taint's time plus its notice); a pod that failed (evicted) or vanished, or its node deleted ->
-`lost`. `watch(node)` hands out what accumulated. `terminate` deletes the RayCluster; `list_nodes(run)`
-finds what is left of a run by label.
+Two watches (the namespace's spottune pods; all nodes) run in background threads from `start()` and turn what they
+see into NodeEvents: all pods Running -> `running`; a pod being deleted or marked DisruptionTarget, or its node
+tainted by Karpenter, GKE or the AWS node termination handler -> `notice` (deadline: the pod's deletion time, or
+the taint's time plus its notice); a pod evicted or shut down by the kubelet or vanished, or its node deleted ->
+`lost`; a pod whose node entry point ended by itself (Succeeded, or Failed without a kubelet reason; pods run with
+restartPolicy Never) -> `exited`. `watch(node)` hands out what accumulated. `terminate` deletes the RayCluster;
+`list_nodes(run)` finds what is left of a run by label and, for a controller that restarted, takes those
+RayClusters back under watch: the pods the watches saw before are replayed, so their `running` (or `notice`,
+`lost`) is reported again.
 """
 from __future__ import annotations
 
@@ -29,37 +35,35 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any, Callable, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from cluster.errors import ClusterError
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements
+from cluster.providers.kubernetes_settings import GPU_RESOURCE, IMAGE_ENV, KubernetesSettings
+from cluster.providers.registry import ProviderContext, ProviderKind, register
 from cost_models.catalog import Offer, gpus, interruption_rates, list_offers
 
 log = logging.getLogger(__name__)
 
 NAME = "kubernetes"
 
-# Integration point with the node entry point (issue 11, "nodes that run their own Ray"): the command every
-# RayCluster pod runs. It is empty until that entry point exists; `launch` refuses to start pods without
-# it, and a sweep may set `kubernetes.node_command` meanwhile. The entry point finds KubeRay's `ray start`
-# line in $KUBERAY_GEN_RAY_START_CMD, its role in $SPOTTUNE_NODE_ROLE (head or worker) and its trial in
-# $SPOTTUNE_RUN / $SPOTTUNE_TRIAL / $SPOTTUNE_ATTEMPT; SIGTERM within the grace period is its notice.
-NODE_COMMAND: tuple[str, ...] = ()
+# What every RayCluster pod runs: the node entry point (cluster/node/entry.py), given KubeRay's `ray start` line.
+# The rest of what it reads is the pod's env (see _pod_template).
+NODE_COMMAND = ("bash", "-c", 'SPOTTUNE_RAY_START="$KUBERAY_GEN_RAY_START_CMD" '
+                              'exec spottune node run --payload "$SPOTTUNE_PAYLOAD"')
+SIGKILL_MARGIN_S = 5  # the node's notice deadline comes this long before the grace period's SIGKILL
 
 RAYCLUSTER = {"group": "ray.io", "version": "v1", "plural": "rayclusters"}
 MANAGED_BY = ("app.kubernetes.io/managed-by", "spottune")
-LABEL_RUN, LABEL_TRIAL, LABEL_ATTEMPT, LABEL_NODE = (
-    "spottune.io/run", "spottune.io/trial", "spottune.io/attempt", "spottune.io/node",
+LABEL_RUN, LABEL_TRIAL, LABEL_ATTEMPT, LABEL_NODE, LABEL_NODE_INDEX = (
+    "spottune.io/run", "spottune.io/trial", "spottune.io/attempt", "spottune.io/node", "spottune.io/node-index",
 )
 ANNOTATION_PRICE = "spottune.io/usd-per-gpu-hour"  # on a node (set it on the pool's node template)
 ANNOTATION_OFFER, ANNOTATION_SPEC = "spottune.io/offer", "spottune.io/launch-spec"  # on a RayCluster
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"  # in a pod
 OWNER_ENV = "SPOTTUNE_OWNER_DEPLOYMENT"  # set by the Helm chart: the controller's Deployment
-GPU_RESOURCE = "nvidia.com/gpu"
 POOL_LABELS = ("karpenter.sh/nodepool", "eks.amazonaws.com/nodegroup", "cloud.google.com/gke-nodepool")
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 # (label, value meaning spot, value meaning on-demand); absent GKE label = on-demand
@@ -91,60 +95,6 @@ TERMINATION_TAINTS: dict[str, float | None] = {
 }
 BUILTIN_TAINT_PREFIXES = ("node.kubernetes.io/", "node.cloudprovider.kubernetes.io/", "node-role.kubernetes.io/")
 STOP_WAIT_S = 2.0
-QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DeclaredPool(_Strict):
-    """A GPU node pool that may have no node right now (scale from zero), described by the user."""
-
-    name: str = Field(..., description="Pool name used in offers (the instance_type column).")
-    node_selector: dict[str, str] = Field(..., min_length=1, description="Labels that select the pool's nodes.")
-    gpu: str = Field(..., description="Catalog GPU name, e.g. L4, A100-80GB.")
-    gpus_per_node: int = Field(1, ge=1)
-    market: Literal["spot", "on-demand"] = "spot"
-    usd_per_gpu_hour: float | None = Field(None, gt=0, description="Price; default: the catalog's.")
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
-
-
-class KubernetesSettings(_Strict):
-    """The sweep's `kubernetes:` section."""
-
-    image: str = Field(..., min_length=1, description="Image every RayCluster pod runs (see the Dockerfile).")
-    namespace: str | None = Field(None, description="Default: the controller pod's namespace, or the context's.")
-    kubeconfig: str | None = Field(None, description="Kubeconfig file (outside the cluster); default ~/.kube/config.")
-    context: str | None = Field(None, description="Kubeconfig context; default the current one.")
-    node_command: list[str] = Field(default_factory=lambda: list(NODE_COMMAND),
-                                    description="Command of every pod: the node entry point.")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    ray_version: str | None = Field(None, description="Ray version in the image (KubeRay reads it); default: "
-                                                       "the controller's own Ray, which runs from the same image.")
-    service_account: str | None = Field(None, description="Pods' service account (e.g. IRSA / Workload Identity "
-                                                         "for the run's storage).")
-    secret_env: list[str] = Field(default_factory=list, description="Secrets whose keys become pod env (by name).")
-    env: dict[str, str] = Field(default_factory=dict, description="Plain env for the pods (no secrets here).")
-    head_cpu: str = "1"
-    head_memory: str = "4Gi"
-    head_node_selector: dict[str, str] = Field(default_factory=dict, description="Where the CPU head runs.")
-    worker_cpu: str = "4"
-    worker_memory: str = "16Gi"
-    tolerations: list[dict[str, Any]] = Field(
-        default_factory=lambda: [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
-        description="Tolerations of the GPU workers, added to the pool's own taints.",
-    )
-    termination_grace_s: int = Field(120, ge=1, description="Pod grace period: time to checkpoint on SIGTERM.")
-    pools: list[DeclaredPool] = Field(default_factory=list)
-    watch_timeout_s: int = Field(300, ge=1, description="Each watch request's server-side timeout.")
-
-    @field_validator("head_cpu", "head_memory", "worker_cpu", "worker_memory")
-    @classmethod
-    def _quantity(cls, value: str) -> str:
-        if not QUANTITY.match(value):
-            raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
-        return value
 
 
 @dataclass(frozen=True)
@@ -166,7 +116,7 @@ class _Cluster:
     events: list[NodeEvent] = field(default_factory=list)
     running: bool = False
     noticed: bool = False
-    lost: bool = False
+    lost: bool = False  # lost or exited: the attempt's last event was sent
     terminated: bool = False
 
 
@@ -181,6 +131,32 @@ def cluster_name(spec: LaunchSpec) -> str:
     digest = hashlib.sha1(spec.run_id.encode()).hexdigest()[:6]
     trial = re.sub(r"[^a-z0-9-]", "-", spec.trial_id.lower()).strip("-")[:24].strip("-")
     return f"st-{trial}-a{spec.attempt}-{digest}"
+
+
+def sigterm_grace_s(termination_grace_s: int) -> int:
+    """How long after SIGTERM the node entry point's notice deadline is: before the grace period's SIGKILL."""
+    return max(1, termination_grace_s - SIGKILL_MARGIN_S)
+
+
+def node_of_raycluster(item: dict[str, Any]) -> Node:
+    """The Node `launch` returned for this RayCluster, rebuilt from its annotations (same id, offer and spec)."""
+    annotations = item["metadata"].get("annotations", {})
+    offer_fields = json.loads(annotations[ANNOTATION_OFFER])
+    offer_fields["gpu"] = gpus()[offer_fields["gpu"]]
+    spec_fields = json.loads(annotations[ANNOTATION_SPEC])
+    known = {spec_field.name for spec_field in fields(LaunchSpec)}
+    spec = LaunchSpec(**{key: value for key, value in spec_fields.items() if key in known})
+    created = _timestamp(item["metadata"].get("creationTimestamp")) or time.time()
+    return Node(item["metadata"]["name"], Offer(**offer_fields), spec, created)
+
+
+def _exit_code(pod: Any) -> int | str:
+    """The exit status of the pod's container, or '?' when the status does not say."""
+    for status in (pod.status.container_statuses or []) if pod.status else []:
+        terminated = status.state.terminated if status.state else None
+        if terminated is not None:
+            return terminated.exit_code
+    return "?"
 
 
 def gpu_of_node(labels: dict[str, str]) -> str | None:
@@ -283,10 +259,13 @@ class KubernetesProvider:
     def __init__(self, settings: KubernetesSettings, api_client: Any | None = None) -> None:
         self.settings = settings
         self._api_client = api_client
+        self._core: Any = None
+        self._custom: Any = None
         self._namespace = settings.namespace
         self._owner: dict[str, Any] | None = None
         self._pools: dict[str, _Pool] = {}
         self._clusters: dict[str, _Cluster] = {}
+        self._unclaimed_pods: dict[str, dict[str, tuple[str, Any]]] = {}  # RayCluster -> pod -> last (event, pod)
         self._node_notices: dict[str, tuple[float, str]] = {}  # node name -> (deadline, reason)
         self._lock = threading.Lock()
         self._unrecorded: list[tuple[str, str, str]] = []  # (RayCluster, reason, message) to post as Events
@@ -294,16 +273,19 @@ class KubernetesProvider:
         self._watches: list[Any] = []
         self._threads: list[threading.Thread] = []
 
+    @classmethod
+    def from_settings(cls, settings: KubernetesSettings, context: ProviderContext) -> KubernetesProvider:
+        return cls(settings)
+
     # lifecycle
 
     def start(self) -> None:
         """Connect (in-cluster config inside a pod, else kubeconfig), find the owner object, start the watches."""
-        from kubernetes import client
-
-        if self._api_client is None:
-            self._api_client = self._connect()
-        self._core = client.CoreV1Api(self._api_client)
-        self._custom = client.CustomObjectsApi(self._api_client)
+        if self.settings.pod_image() is None:
+            raise ClusterError(f"provider_settings.kubernetes.image: no image for the trial pods; set it (the image "
+                               f"built from this repository's Dockerfile), or run the controller under the Helm "
+                               f"chart, which sets ${IMAGE_ENV} to its own image")
+        self._api()
         self._owner = self._find_owner()
         self._stopping.clear()
         for target in (self._watch_pods, self._watch_nodes):
@@ -320,6 +302,17 @@ class KubernetesProvider:
         for thread in self._threads:
             thread.join(timeout=STOP_WAIT_S)
         self._threads.clear()
+
+    def _api(self) -> None:
+        """Connect once (offers work before start: `spottune plan` lists the cluster's nodes without watching)."""
+        from kubernetes import client
+
+        if self._core is not None:
+            return
+        if self._api_client is None:
+            self._api_client = self._connect()
+        self._core = client.CoreV1Api(self._api_client)
+        self._custom = client.CustomObjectsApi(self._api_client)
 
     def _connect(self) -> Any:
         from kubernetes import client, config
@@ -339,8 +332,8 @@ class KubernetesProvider:
                     active = next(c for c in contexts if c["name"] == self.settings.context)
                 self._namespace = active["context"].get("namespace", "default")
         except (config.ConfigException, OSError, StopIteration) as error:
-            raise ClusterError(f"kubernetes: cannot load kubeconfig ({error}); set kubernetes.kubeconfig/context "
-                               "or run inside the cluster") from None
+            raise ClusterError(f"kubernetes: cannot load kubeconfig ({error}); set provider_settings.kubernetes."
+                               "kubeconfig/context or run inside the cluster") from None
         return api
 
     def _find_owner(self) -> dict[str, Any] | None:
@@ -363,6 +356,7 @@ class KubernetesProvider:
     def offers(self, requirements: Requirements) -> list[Offer]:
         """One offer per (pool, GPU, count, market, region) among schedulable GPU nodes, plus declared pools."""
         found: dict[str, Offer] = {}
+        self._api()
         with api_errors("cannot list nodes"):
             nodes = self._core.list_node().items
         for node in nodes:
@@ -436,7 +430,7 @@ class KubernetesProvider:
         name = manifest["metadata"]["name"]
         node = Node(name, offer, spec, time.time())
         with self._lock:
-            self._clusters[name] = _Cluster(node, pods_expected=1 + self._workers(offer, spec))
+            self._clusters[name] = _Cluster(node, pods_expected=spec.nodes)
         try:
             with api_errors(f"cannot create RayCluster {self.namespace}/{name}"):
                 self._custom.create_namespaced_custom_object(body=manifest, namespace=self.namespace, **RAYCLUSTER)
@@ -462,33 +456,44 @@ class KubernetesProvider:
                     raise
 
     def list_nodes(self, run_id: str) -> list[Node]:
-        """The run's RayClusters still in the namespace (leftovers at sweep end), rebuilt from their labels."""
+        """The run's RayClusters still in the namespace, rebuilt from their annotations with the id `launch`
+        returned. One this provider did not launch (a previous controller did) is taken under watch: the pods
+        the watches already saw of it are replayed, so `watch` reports its `running`, `notice` or `lost` again."""
+        self._api()
         selector = f"{LABEL_RUN}={label_value(run_id)},{MANAGED_BY[0]}={MANAGED_BY[1]}"
         with api_errors(f"cannot list the RayClusters of run {run_id}"):
             listed = self._custom.list_namespaced_custom_object(namespace=self.namespace, label_selector=selector,
                                                                 **RAYCLUSTER)
         nodes = []
         for item in listed.get("items", []):
-            annotations = item["metadata"].get("annotations", {})
-            offer_fields = json.loads(annotations[ANNOTATION_OFFER])
-            offer_fields["gpu"] = gpus()[offer_fields["gpu"]]
-            created = _timestamp(item["metadata"].get("creationTimestamp")) or time.time()
-            nodes.append(Node(item["metadata"]["name"], Offer(**offer_fields),
-                              LaunchSpec(**json.loads(annotations[ANNOTATION_SPEC])), created))
+            if item["metadata"].get("deletionTimestamp"):
+                continue  # being deleted: terminated already, its pods are going
+            node = node_of_raycluster(item)
+            if node.spec.run_id == run_id:  # label values are cut to 63 characters; the annotation is whole
+                nodes.append(node)
+        with self._lock:
+            for node in nodes:
+                if node.id not in self._clusters:
+                    self._clusters[node.id] = _Cluster(node, pods_expected=node.spec.nodes)
+                    for kind, pod in self._unclaimed_pods.pop(node.id, {}).values():
+                        self._apply_pod(kind, pod)
+        self._record_events()
         return nodes
 
     # the manifest
 
-    def _workers(self, offer: Offer, spec: LaunchSpec) -> int:
-        return -(-spec.gpus // offer.gpus_per_instance)
-
     def raycluster_manifest(self, offer: Offer, spec: LaunchSpec) -> dict[str, Any]:
         """The RayCluster of one trial attempt (ray.io/v1), as `launch` creates it."""
         settings = self.settings
-        if not settings.node_command:
-            raise ClusterError("kubernetes.node_command: no node entry point is set; this build has none yet "
-                               "(it comes with the provider seam / node issues), set it in the sweep's "
-                               "kubernetes: section")
+        image = settings.pod_image()
+        if image is None:
+            raise ClusterError(f"provider_settings.kubernetes.image: no image for the trial pods (nor ${IMAGE_ENV})")
+        if not spec.payload:
+            raise ClusterError(f"kubernetes: attempt {spec.attempt} of trial {spec.trial_id} has no payload URI; the "
+                               "node entry point has nothing to run")
+        if spec.gpus > offer.gpus_per_instance:
+            raise ClusterError(f"kubernetes: {spec.gpus} GPUs per machine do not fit pool {offer.instance_type} "
+                               f"({offer.gpus_per_instance} per node); re-plan")
         pool = self._pools.get(offer.key)
         if pool is None:
             self.offers(Requirements(gpus=spec.gpus, market=offer.market))
@@ -512,60 +517,60 @@ class KubernetesProvider:
         }
         if self._owner is not None:
             metadata["ownerReferences"] = [{**self._owner, "controller": False, "blockOwnerDeletion": False}]
-        gpus_per_worker = min(spec.gpus, offer.gpus_per_instance)
-        workers = self._workers(offer, spec)
-        head = self._pod_template(name, labels, spec, "head", {"cpu": settings.head_cpu,
-                                                                "memory": settings.head_memory},
-                                  dict(settings.head_node_selector), [])
-        worker = self._pod_template(
-            name, labels, spec, "worker",
-            {"cpu": settings.worker_cpu, "memory": settings.worker_memory, GPU_RESOURCE: str(gpus_per_worker)},
-            dict(pool.node_selector), [*pool.tolerations, *settings.tolerations],
-        )
-        return {
-            "apiVersion": f"{RAYCLUSTER['group']}/{RAYCLUSTER['version']}", "kind": "RayCluster",
-            "metadata": metadata,
-            "spec": {
-                "rayVersion": settings.ray_version or _installed_ray_version(),
-                "authOptions": {"mode": "token"},
-                "headGroupSpec": {"rayStartParams": {"num-gpus": "0", "dashboard-host": "127.0.0.1"},
-                                  "template": head},
-                "workerGroupSpecs": [{
-                    "groupName": "gpu", "replicas": workers, "minReplicas": workers, "maxReplicas": workers,
-                    "rayStartParams": {"num-gpus": str(gpus_per_worker)}, "template": worker,
-                }],
-            },
+        start_params = {"num-gpus": str(spec.gpus)}
+        templates = [self._pod_template(name, labels, spec, index, image, pool) for index in range(spec.nodes)]
+        ray_spec: dict[str, Any] = {
+            "rayVersion": settings.ray_version or _installed_ray_version(),
+            "authOptions": {"mode": "token"},
+            "headGroupSpec": {"rayStartParams": {**start_params, "dashboard-host": "127.0.0.1"},
+                              "template": templates[0]},
         }
+        if spec.nodes > 1:
+            ray_spec["workerGroupSpecs"] = [
+                {"groupName": f"node-{index}", "replicas": 1, "minReplicas": 1, "maxReplicas": 1,
+                 "rayStartParams": dict(start_params), "template": templates[index]}
+                for index in range(1, spec.nodes)
+            ]
+        return {"apiVersion": f"{RAYCLUSTER['group']}/{RAYCLUSTER['version']}", "kind": "RayCluster",
+                "metadata": metadata, "spec": ray_spec}
 
-    def _pod_template(self, name: str, labels: dict[str, str], spec: LaunchSpec, role: str,
-                      resources: dict[str, str], node_selector: dict[str, str],
-                      tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+    def _pod_template(self, name: str, labels: dict[str, str], spec: LaunchSpec, index: int, image: str,
+                      pool: _Pool) -> dict[str, Any]:
+        """Machine `index` of the attempt: the Ray head when 0, else a worker; its env is what the node entry
+        point reads (cluster/node/entry.py)."""
         settings = self.settings
-        env = [
-            {"name": "SPOTTUNE_NODE_ROLE", "value": role}, {"name": "SPOTTUNE_RUN", "value": spec.run_id},
-            {"name": "SPOTTUNE_TRIAL", "value": spec.trial_id},
-            {"name": "SPOTTUNE_ATTEMPT", "value": str(spec.attempt)},
-            *({"name": key, "value": value} for key, value in sorted(settings.env.items())),
+        role = "head" if index == 0 else "worker"
+        env: list[dict[str, Any]] = [
+            {"name": "SPOTTUNE_PAYLOAD", "value": spec.payload},
+            {"name": "SPOTTUNE_NODE_ROLE", "value": role},
+            {"name": "SPOTTUNE_NODE_INDEX", "value": str(index)},
+            {"name": "SPOTTUNE_NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "SPOTTUNE_SIGTERM_GRACE_S", "value": str(sigterm_grace_s(settings.termination_grace_s))},
         ]
+        if spec.storage_endpoint:
+            env.append({"name": "SPOTTUNE_STORAGE_ENDPOINT", "value": spec.storage_endpoint})
+        env += [{"name": key, "value": value} for key, value in sorted(settings.env.items())]
+        resources = {"cpu": settings.cpu, "memory": settings.memory, GPU_RESOURCE: str(spec.gpus)}
         container: dict[str, Any] = {
-            "name": f"ray-{role}", "image": settings.image, "imagePullPolicy": settings.image_pull_policy,
-            "command": list(settings.node_command), "env": env,
+            "name": f"ray-{role}", "image": image, "imagePullPolicy": settings.image_pull_policy,
+            "command": list(NODE_COMMAND), "env": env,
             "resources": {"requests": dict(resources), "limits": dict(resources)},
             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         }
         if settings.secret_env:
             container["envFrom"] = [{"secretRef": {"name": secret}} for secret in settings.secret_env]
         pod: dict[str, Any] = {
-            "containers": [container], "terminationGracePeriodSeconds": settings.termination_grace_s,
+            "containers": [container], "restartPolicy": "Never",  # an entry point that ends leaves the pod ended
+            "terminationGracePeriodSeconds": settings.termination_grace_s,
             "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "nodeSelector": dict(pool.node_selector),
         }
         if settings.service_account:
             pod["serviceAccountName"] = settings.service_account
-        if node_selector:
-            pod["nodeSelector"] = node_selector
+        tolerations = [*pool.tolerations, *settings.tolerations]
         if tolerations:
             pod["tolerations"] = tolerations
-        return {"metadata": {"labels": {**labels, LABEL_NODE: name}}, "spec": pod}
+        return {"metadata": {"labels": {**labels, LABEL_NODE: name, LABEL_NODE_INDEX: str(index)}}, "spec": pod}
 
     # events
 
@@ -625,35 +630,49 @@ class KubernetesProvider:
                 self._stopping.wait(1.0)
 
     def _on_pod(self, kind: str, pod: Any) -> None:
-        name = (pod.metadata.labels or {}).get(LABEL_NODE)
         with self._lock:
-            state = self._clusters.get(name)
-            if state is None or state.terminated:
-                return
-            pod_name = pod.metadata.name
-            state.pod_nodes[pod_name] = (pod.spec.node_name or "") if pod.spec else ""
-            phase = pod.status.phase if pod.status else None
-            disruption = next((c for c in (pod.status.conditions or []) if c.type == "DisruptionTarget"
-                               and c.status == "True"), None) if pod.status else None
-            if kind == "DELETED":
-                self._lose(state, f"pod {pod_name} was deleted")
-            elif phase == "Failed":
-                why = " ".join(filter(None, (pod.status.reason, pod.status.message))) or "failed"
-                self._lose(state, f"pod {pod_name} {'evicted' if pod.status.reason == 'Evicted' else 'failed'}: {why}")
-            elif pod.metadata.deletion_timestamp is not None or disruption is not None:
-                deadline = _timestamp(pod.metadata.deletion_timestamp)
-                if deadline is None:
-                    deadline = time.time() + self.settings.termination_grace_s
-                why = f" ({disruption.reason}: {disruption.message})" if disruption is not None else ""
-                self._notice(state, deadline, f"pod {pod_name} is being terminated{why}")
-            elif phase == "Running":
-                state.running_pods.add(pod_name)
-                if not state.running and len(state.running_pods) >= state.pods_expected:
-                    state.running = True
-                    state.events.append(NodeEvent("running", time.time()))
-            node_notice = self._node_notices.get(state.pod_nodes[pod_name])
-            if node_notice is not None:
-                self._notice(state, *node_notice)
+            self._apply_pod(kind, pod)
+
+    def _apply_pod(self, kind: str, pod: Any) -> None:
+        """One pod event, under the lock. A pod of a RayCluster this provider does not hold (yet) is kept, the
+        latest event per pod, until list_nodes takes that RayCluster over."""
+        name = (pod.metadata.labels or {}).get(LABEL_NODE)
+        if name is None:
+            return
+        state = self._clusters.get(name)
+        if state is None:
+            self._unclaimed_pods.setdefault(name, {})[pod.metadata.name] = (kind, pod)
+            return
+        if state.terminated:
+            return
+        pod_name = pod.metadata.name
+        state.pod_nodes[pod_name] = (pod.spec.node_name or "") if pod.spec else ""
+        if pod_name not in state.node.machines:
+            state.node.machines.append(pod_name)
+        phase = pod.status.phase if pod.status else None
+        disruption = next((c for c in (pod.status.conditions or []) if c.type == "DisruptionTarget"
+                           and c.status == "True"), None) if pod.status else None
+        if kind == "DELETED":
+            self._lose(state, f"pod {pod_name} was deleted")
+        elif phase == "Succeeded" or (phase == "Failed" and not pod.status.reason):
+            self._exit(state, f"pod {pod_name}: node entry point exited with status {_exit_code(pod)}")
+        elif phase == "Failed":  # the kubelet ended it (Evicted, node shutdown, ...), not the entry point
+            why = " ".join(filter(None, (pod.status.reason, pod.status.message)))
+            self._lose(state, f"pod {pod_name} {'evicted' if pod.status.reason == 'Evicted' else 'failed'}: {why}")
+        elif pod.metadata.deletion_timestamp is not None or disruption is not None:
+            deadline = _timestamp(pod.metadata.deletion_timestamp)
+            if deadline is None:
+                deadline = time.time() + self.settings.termination_grace_s
+            why = f" ({disruption.reason}: {disruption.message})" if disruption is not None else ""
+            self._notice(state, deadline, f"pod {pod_name} is being terminated{why}")
+        elif phase == "Running":
+            state.running_pods.add(pod_name)
+            if not state.running and len(state.running_pods) >= state.pods_expected:
+                state.running = True
+                state.events.append(NodeEvent("running", time.time()))
+        node_notice = self._node_notices.get(state.pod_nodes[pod_name])
+        if node_notice is not None:
+            self._notice(state, *node_notice)
 
     def _on_node(self, kind: str, node: Any) -> None:
         node_name = node.metadata.name
@@ -688,6 +707,13 @@ class KubernetesProvider:
         state.events.append(NodeEvent("lost", time.time(), reason=reason))
         self._unrecorded.append((state.node.id, "SpottuneLost", reason))
 
+    def _exit(self, state: _Cluster, reason: str) -> None:
+        """A pod's node entry point ended by itself (its pods run with restartPolicy Never)."""
+        if state.lost:
+            return
+        state.lost = True
+        state.events.append(NodeEvent("exited", time.time(), reason=reason))
+
     def _record_events(self) -> None:
         """Post the Kubernetes Events queued under the lock (outside it: each is an API call)."""
         with self._lock:
@@ -711,3 +737,6 @@ class KubernetesProvider:
             self._core.create_namespaced_event(self.namespace, body)
         except ApiException as error:
             log.warning("kubernetes: cannot record event on %s (%s %s)", name, error.status, error.reason)
+
+
+register(ProviderKind(NAME, KubernetesSettings, KubernetesProvider.from_settings))

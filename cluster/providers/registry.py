@@ -21,7 +21,8 @@ from cluster.errors import ClusterError
 from cluster.provider import Provider
 from cost_models.catalog import providers as catalog_providers
 
-MODULES = {"local": "cluster.providers.local"}  # providers that can launch; each registers itself on import
+# providers that can launch; each registers itself on import
+MODULES = {"local": "cluster.providers.local", "kubernetes": "cluster.providers.kubernetes"}
 
 
 @dataclass(frozen=True)

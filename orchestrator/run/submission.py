@@ -56,8 +56,9 @@ def prepare(path: Path) -> Prepared:
     return Prepared(path, spec, trials, plan)
 
 
-def register(prepared: Prepared, state_dir: Path) -> tuple[StateStore, str]:
-    """Record the run and its trials (pending) in the state database; returns the store and the run id."""
+def register(prepared: Prepared, state_dir: Path, run_id: str | None = None) -> tuple[StateStore, str]:
+    """Record the run and its trials (pending) in the state database; returns the store and the run id
+    (`run_id` when given and free, else the sweep's name and the time)."""
     store = StateStore(state_dir)
     steps = {plan.trial_id: plan.steps for plan in prepared.plan.trials}
     trials = [
@@ -65,7 +66,7 @@ def register(prepared: Prepared, state_dir: Path) -> tuple[StateStore, str]:
          "config": trial.config.model_dump(mode="json"), "total_steps": steps[trial.id]}
         for trial in prepared.trials
     ]
-    base = f"{prepared.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = run_id or f"{prepared.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = store.create_run(base, prepared.spec.name, str(prepared.path.resolve()),
                               prepared.spec.model_dump(mode="json"), str(prepared.spec.storage), trials)
     return store, run_id

@@ -17,16 +17,18 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.sweep.spec import load_spec
 from tests.cluster.helm_install import CHART, HelmError, helm_install, helm_lint
 from tests.cluster.k8s_manifests import validate
 
 PROVIDER = Path(__file__).resolve().parents[2] / "cluster" / "providers" / "kubernetes.py"
 
+TRAIN_YAML = "model:\n  name: builtin:tiny-llama\ndata:\n  train: train.jsonl\n"  # the sweep's base, next to it
+TRAIN_ROWS = '{"instruction": "Name a colour.", "input": "", "output": "Blue."}\n'
 SWEEP = {
     "name": "qwen-lora", "base": "train.yaml", "storage": "s3://my-bucket/spottune",
     "resources": {"providers": ["kubernetes"], "market": "spot"},
-    "kubernetes": {"image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/spottune:0.1.0",
-                   "secret_env": ["spottune-storage"]},
+    "provider_settings": {"kubernetes": {"secret_env": ["spottune-storage"]}},  # image: the controller's own
 }
 OVERRIDES = {
     "default": (None, "spottune"),
@@ -34,10 +36,11 @@ OVERRIDES = {
         "image": {"repository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/spottune", "tag": "0.1.0",
                   "pullPolicy": "Always"},
         "sweep": SWEEP,
-        "files": {"train.yaml": "model:\n  name: builtin:tiny-llama\n"},
+        "files": {"train.yaml": TRAIN_YAML, "train.jsonl": TRAIN_ROWS},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/spottune"}},
         "state": {"size": "5Gi", "storageClassName": "gp3"},
         "controller": {"secretEnv": ["spottune-storage"], "nodeSelector": {"karpenter.sh/capacity-type": "on-demand"},
+                       "runId": "qwen-lora-v2",
                        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
                                      "limits": {"cpu": 1, "memory": "2Gi"}}},
     }, "tuning"),
@@ -71,7 +74,7 @@ def test_helm_lint_fails_a_chart_whose_values_break_the_schema(tmp_path):
 
 
 @pytest.mark.parametrize("case", list(OVERRIDES))
-def test_rendered_manifests_validate_and_hold_the_security_settings(case):
+def test_rendered_manifests_validate_and_hold_the_security_settings(case, tmp_path):
     values, release = OVERRIDES[case]
     result, created = helm_install(values, release=release)
     assert result["info"]["status"] == "deployed"
@@ -91,13 +94,24 @@ def test_rendered_manifests_validate_and_hold_the_security_settings(case):
     assert kinds["Deployment"]["spec"]["strategy"] == {"type": "Recreate"}
     claim = deployment["volumes"][0]["persistentVolumeClaim"]["claimName"]
     sweep = yaml.safe_load(kinds["ConfigMap"]["data"]["sweep.yaml"])
+    assert env["SPOTTUNE_IMAGE"] == container["image"]  # the trial pods run the controller's image by default
+    if case != "existing-claim-no-node-reader":  # submit once as a stable run id; resume it after a restart
+        assert container["args"] == ["submit", "/etc/spottune/sweep.yaml", "--run-id", "$(SPOTTUNE_RUN_ID)", "--stay"]
+        assert env["SPOTTUNE_RUN_ID"]  # in the container's env, so Kubernetes expands $(SPOTTUNE_RUN_ID) in args
     if case == "default":
         assert container["image"] == "spottune:0.1.0" and sweep == {}
+        assert env["SPOTTUNE_RUN_ID"] == kinds["Deployment"]["metadata"]["name"]
         assert kinds["PersistentVolumeClaim"]["metadata"]["name"] == claim
         assert "ClusterRole" in kinds
     if case == "eks-irsa":
         assert container["image"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/spottune:0.1.0"
-        assert sweep == SWEEP and kinds["ConfigMap"]["data"]["train.yaml"] == "model:\n  name: builtin:tiny-llama\n"
+        assert sweep == SWEEP and kinds["ConfigMap"]["data"]["train.yaml"] == TRAIN_YAML
+        assert env["SPOTTUNE_RUN_ID"] == "qwen-lora-v2"
+        for name, text in kinds["ConfigMap"]["data"].items():  # /etc/spottune as the controller reads it
+            (tmp_path / name).write_text(text)
+        spec, trials = load_spec(tmp_path / "sweep.yaml")
+        assert spec.resources.providers == ["kubernetes"] and len(trials) == 1
+        assert spec.provider_settings.kubernetes.secret_env == ["spottune-storage"]
         assert container["envFrom"] == [{"secretRef": {"name": "spottune-storage"}}]
         annotations = kinds["ServiceAccount"]["metadata"]["annotations"]
         assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/spottune"
@@ -118,6 +132,7 @@ def test_rendered_manifests_validate_and_hold_the_security_settings(case):
     ({"controller": {"resource": {}}}, "at '/controller': additional properties 'resource' not allowed"),
     ({"image": {"repository": ""}}, "at '/image/repository': minLength: got 0, want 1"),
     ({"image": None}, "at '': missing property 'image'"),
+    ({"controller": {"runId": "../runs"}}, "at '/controller/runId': '../runs' does not match pattern"),
     # Helm names the location of a propertyNames failure unreliably (seen: '/files' and '/imagePullSecrets')
     ({"files": {"sweep.yaml": "x"}}, "invalid propertyName 'sweep.yaml'"),
 ])

@@ -28,7 +28,8 @@ import yaml
 from cluster.errors import ClusterError
 from cluster.provider import LaunchSpec, Requirements
 from cluster.providers.kubernetes import (
-    ANNOTATION_OFFER, LABEL_NODE, KubernetesProvider, KubernetesSettings, cluster_name, offer_from_catalog,
+    ANNOTATION_OFFER, LABEL_NODE, NODE_COMMAND, KubernetesProvider, KubernetesSettings, cluster_name,
+    offer_from_catalog,
 )
 from tests.cluster.k8s_api_server import KubernetesApiServer, status
 from tests.cluster.k8s_manifests import validate
@@ -38,8 +39,7 @@ NODES = json.loads((Path(__file__).resolve().parents[1] / "data" / "k8s" / "node
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 RAYCLUSTERS = f"/apis/ray.io/v1/namespaces/{NAMESPACE}/rayclusters"
 EVENTS = f"/api/v1/namespaces/{NAMESPACE}/events"
-# Stands in for the node entry point that the node issue adds; the provider only places it in the pod spec.
-ENTRY_POINT = ["spottune-node-entry-point-under-test"]
+PAYLOAD = "s3://bucket/runs/{run}/{trial}/attempts/{attempt}/payload.json"
 
 
 @contextmanager
@@ -57,8 +57,18 @@ def started(provider: KubernetesProvider, server: KubernetesApiServer, pods: str
 
 
 def settings(**overrides) -> KubernetesSettings:
-    return KubernetesSettings(image="registry.example/spottune:0.1.0", node_command=ENTRY_POINT,
-                              secret_env=["spottune-storage"], service_account="spottune-node", **overrides)
+    return KubernetesSettings(image="registry.example/spottune:0.1.0", secret_env=["spottune-storage"],
+                              service_account="spottune-node", **overrides)
+
+
+def launch_spec(run: str, trial: str, index: int, attempt: int, **fields) -> LaunchSpec:
+    """A LaunchSpec as the controller makes it: with the attempt's payload URI."""
+    payload = PAYLOAD.format(run=run, trial=trial, attempt=attempt)
+    return LaunchSpec(run, trial, index, attempt, payload=payload, **fields)
+
+
+def env_of(template: dict) -> dict:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in template["spec"]["containers"][0]["env"]}
 
 
 def wait_for(read, count: int, timeout_s: float = 20.0) -> list:
@@ -135,58 +145,85 @@ def test_a_declared_pool_is_offered_without_nodes_and_an_unpriced_gpu_is_refused
     with started(provider, api):
         offer = next(o for o in provider.offers(Requirements(gpu_types=("H100",))) if o.instance_type == "h100-zero")
         assert (offer.gpus_per_instance, offer.usd_per_gpu_hour) == (8, 1.976)  # cheapest catalog H100 spot
-        manifest = provider.raycluster_manifest(offer, LaunchSpec("run-1", "t000-aa", 0, 1, gpus=8))
-        worker = manifest["spec"]["workerGroupSpecs"][0]
-        assert worker["replicas"] == 1
-        assert worker["template"]["spec"]["nodeSelector"] == {"karpenter.sh/nodepool": "h100"}
+        manifest = provider.raycluster_manifest(offer, launch_spec("run-1", "t000-aa", 0, 1, gpus=8))
+        head = manifest["spec"]["headGroupSpec"]
+        assert "workerGroupSpecs" not in manifest["spec"]  # one machine: the head is the whole attempt
+        assert head["rayStartParams"]["num-gpus"] == "8"
+        assert head["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        assert head["template"]["spec"]["nodeSelector"] == {"karpenter.sh/nodepool": "h100"}
         validate(manifest)
         with pytest.raises(ClusterError, match="no spot price for A10.*usd_per_gpu_hour"):
             offer_from_catalog("a10", "A10", 1, "cluster", "spot", None, None)
 
 
-def test_launch_posts_one_valid_raycluster_pinned_to_the_pool(provider, api):
+def test_launch_posts_one_valid_raycluster_whose_pods_run_the_node_entry_point(provider, api):
     offer = offer_of(provider, "gpu-spot/g6.xlarge")
-    spec = LaunchSpec("sweep-20261129", "t001-bdea8d", 1, 2, gpus=2)
+    spec = launch_spec("sweep-20261129", "t001-bdea8d", 1, 2, gpus=1, nodes=3,
+                       storage_endpoint="http://seaweedfs.storage:8333")
     node = provider.launch(offer, spec)
     posted = api.calls("POST", RAYCLUSTERS)[-1].body
     validate(posted)
     assert node.id == posted["metadata"]["name"] == cluster_name(spec)
+    assert node.price_per_hour == pytest.approx(3 * 0.3879)  # three one-GPU machines
     assert posted["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "spottune", "spottune.io/run": "sweep-20261129",
         "spottune.io/trial": "t001-bdea8d", "spottune.io/attempt": "2",
     }
+    assert posted["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
     assert "ownerReferences" not in posted["metadata"]  # outside the cluster there is no controller object
-    head = posted["spec"]["headGroupSpec"]["template"]["spec"]
-    worker_group = posted["spec"]["workerGroupSpecs"][0]
-    worker = worker_group["template"]["spec"]
-    assert worker_group["replicas"] == 2  # 2 GPUs on 1-GPU nodes: two worker pods
-    assert worker["nodeSelector"] == {"karpenter.sh/nodepool": "gpu-spot", "karpenter.sh/capacity-type": "spot",
-                                      "node.kubernetes.io/instance-type": "g6.xlarge"}
+    groups = posted["spec"]["workerGroupSpecs"]
+    assert [(g["groupName"], g["replicas"], g["minReplicas"], g["maxReplicas"]) for g in groups] == [
+        ("node-1", 1, 1, 1), ("node-2", 1, 1, 1)]  # machines 1 and 2, one pod each so each knows its index
+    templates = [posted["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in groups]
     gpu_taint = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-    assert gpu_taint in worker["tolerations"]  # the pool's own taint
-    assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert "nvidia.com/gpu" not in head["containers"][0]["resources"]["limits"]
-    for pod_spec in (head, worker):
+    for index, template in enumerate(templates):
+        pod_spec = template["spec"]
         container = pod_spec["containers"][0]
-        assert container["command"] == ENTRY_POINT and container["image"] == "registry.example/spottune:0.1.0"
-        assert container["envFrom"] == [{"secretRef": {"name": "spottune-storage"}}]  # secrets by reference only
+        assert container["command"] == list(NODE_COMMAND) == [
+            "bash", "-c", 'SPOTTUNE_RAY_START="$KUBERAY_GEN_RAY_START_CMD" '
+                          'exec spottune node run --payload "$SPOTTUNE_PAYLOAD"']
+        assert env_of(template) == {
+            "SPOTTUNE_PAYLOAD": "s3://bucket/runs/sweep-20261129/t001-bdea8d/attempts/2/payload.json",
+            "SPOTTUNE_NODE_ROLE": "head" if index == 0 else "worker", "SPOTTUNE_NODE_INDEX": str(index),
+            "SPOTTUNE_NODE_IP": {"fieldRef": {"fieldPath": "status.podIP"}},
+            "SPOTTUNE_SIGTERM_GRACE_S": "115",  # the notice deadline comes 5 s before the grace period's SIGKILL
+            "SPOTTUNE_STORAGE_ENDPOINT": "http://seaweedfs.storage:8333",
+        }
         assert pod_spec["terminationGracePeriodSeconds"] == 120 and pod_spec["serviceAccountName"] == "spottune-node"
+        assert pod_spec["restartPolicy"] == "Never"  # an entry point that ends is not run again in the same pod
+        assert container["image"] == "registry.example/spottune:0.1.0"
+        assert container["envFrom"] == [{"secretRef": {"name": "spottune-storage"}}]  # secrets by reference only
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert pod_spec["nodeSelector"] == {"karpenter.sh/nodepool": "gpu-spot", "karpenter.sh/capacity-type": "spot",
+                                            "node.kubernetes.io/instance-type": "g6.xlarge"}
+        assert gpu_taint in pod_spec["tolerations"]  # the pool's own taint
+        assert template["metadata"]["labels"]["spottune.io/node-index"] == str(index)
     assert json.loads(posted["metadata"]["annotations"][ANNOTATION_OFFER])["usd_per_gpu_hour"] == 0.3879
     assert posted["spec"]["rayVersion"] == version("ray")  # the controller's Ray: same image as the pods
 
 
-def test_launch_without_a_node_entry_point_fails_in_one_line():
-    provider = KubernetesProvider(KubernetesSettings(image="x"))
-    offer = offer_from_catalog("p", "L4", 1, "cluster", "spot", None, None)
-    with pytest.raises(ClusterError, match="kubernetes.node_command: no node entry point is set"):
-        provider.raycluster_manifest(offer, LaunchSpec("r", "t", 0, 1))
+def test_an_attempt_the_pods_cannot_run_fails_in_one_line(provider, api, monkeypatch):
+    offer = offer_of(provider, "gpu-spot/g6.xlarge")
+    with pytest.raises(ClusterError, match="^kubernetes: attempt 1 of trial t has no payload URI"):
+        provider.launch(offer, LaunchSpec("r", "t", 0, 1))
+    with pytest.raises(ClusterError, match=r"^kubernetes: 2 GPUs per machine do not fit pool gpu-spot/g6.xlarge "
+                                           r"\(1 per node\); re-plan$"):
+        provider.launch(offer, launch_spec("r", "t", 0, 1, gpus=2))
+    assert api.calls("POST", RAYCLUSTERS) == []
+    monkeypatch.delenv("SPOTTUNE_IMAGE", raising=False)
+    with pytest.raises(ClusterError) as no_image:
+        KubernetesProvider(KubernetesSettings()).start()
+    assert str(no_image.value).startswith("provider_settings.kubernetes.image: no image for the trial pods")
+    monkeypatch.setenv("SPOTTUNE_IMAGE", "registry.example/spottune:chart")  # what the Helm chart sets
+    assert KubernetesSettings().pod_image() == "registry.example/spottune:chart"
 
 
 def test_pod_and_node_watch_events_become_running_notice_and_lost(provider, api):
     l4_offer = offer_of(provider, "gpu-spot/g6.xlarge")
-    l4 = provider.launch(l4_offer, LaunchSpec("run-1", "t000-aa", 0, 1))
-    a100 = provider.launch(offer_of(provider, "a100-spot/a2-ultragpu-1g"), LaunchSpec("run-1", "t001-bb", 1, 1))
-    evicted = provider.launch(l4_offer, LaunchSpec("run-1", "t002-cc", 2, 1))
+    l4 = provider.launch(l4_offer, launch_spec("run-1", "t000-aa", 0, 1, nodes=2))
+    a100_offer = offer_of(provider, "a100-spot/a2-ultragpu-1g")
+    a100 = provider.launch(a100_offer, launch_spec("run-1", "t001-bb", 1, 1, nodes=2))
+    evicted = provider.launch(l4_offer, launch_spec("run-1", "t002-cc", 2, 1, nodes=2))
     gpu_node = "ip-10-0-1-12.ec2.internal"
 
     # trial 0: Pending -> Running on a spot L4 node, then the termination handler taints the node
@@ -244,9 +281,40 @@ def test_pod_and_node_watch_events_become_running_notice_and_lost(provider, api)
         validate({"apiVersion": "v1", "kind": "Event", **event})
 
 
+def test_an_entry_point_that_ends_by_itself_is_exited_and_a_node_shutdown_is_lost(provider, api):
+    offer = offer_of(provider, "gpu-spot/g6.xlarge")
+    done, crashed, shut_down = (provider.launch(offer, launch_spec("run-1", f"t00{i}-aa", i, 1)) for i in range(3))
+    gpu_node = "ip-10-0-1-12.ec2.internal"
+
+    def ended(code: int) -> dict:
+        return {"containerStatuses": [{"name": "ray-head", "image": "x", "imageID": "", "ready": False,
+                                       "restartCount": 0, "state": {"terminated": {"exitCode": code}}}]}
+
+    for node in (done, crashed, shut_down):
+        api.push(PODS, "ADDED", pod(node.id, f"{node.id}-head", "Running", gpu_node))
+        assert [e.kind for e in wait_for(lambda: provider.watch(node), 1)] == ["running"]
+    api.push(PODS, "MODIFIED", pod(done.id, f"{done.id}-head", "Succeeded", gpu_node, **ended(0)))
+    api.push(PODS, "MODIFIED", pod(crashed.id, f"{crashed.id}-head", "Failed", gpu_node, **ended(1)))
+    api.push(PODS, "MODIFIED", pod(shut_down.id, f"{shut_down.id}-head", "Failed", gpu_node, reason="Terminated",
+                                   message="Pod was terminated in response to imminent node shutdown.", **ended(143)))
+    assert [(e.kind, e.reason) for e in wait_for(lambda: provider.watch(done), 1)] == [
+        ("exited", f"pod {done.id}-head: node entry point exited with status 0")]
+    assert [(e.kind, e.reason) for e in wait_for(lambda: provider.watch(crashed), 1)] == [
+        ("exited", f"pod {crashed.id}-head: node entry point exited with status 1")]
+    assert [(e.kind, e.reason) for e in wait_for(lambda: provider.watch(shut_down), 1)] == [
+        ("lost", f"pod {shut_down.id}-head failed: Terminated Pod was terminated in response to imminent node "
+                 "shutdown.")]
+    api.push(PODS, "DELETED", pod(done.id, f"{done.id}-head", "Succeeded", gpu_node))  # KubeRay removes it
+    sentinel = provider.launch(offer, launch_spec("run-1", "t009-zz", 9, 1))
+    api.push(PODS, "ADDED", pod(sentinel.id, f"{sentinel.id}-head", "Running", gpu_node))  # after, on one stream
+    assert [e.kind for e in wait_for(lambda: provider.watch(sentinel), 1)] == ["running"]
+    assert provider.watch(done) == []  # one last event per attempt
+    assert done.machines == [f"{done.id}-head"]  # the pods that ran it
+
+
 def test_a_terminated_cluster_reports_nothing_and_an_expired_watch_relists(provider, api):
     offer = offer_of(provider, "gpu-spot/g6.xlarge")
-    node = provider.launch(offer, LaunchSpec("run-1", "t000-aa", 0, 1))
+    node = provider.launch(offer, launch_spec("run-1", "t000-aa", 0, 1))
     api.answer("DELETE", f"{RAYCLUSTERS}/{node.id}", {"kind": "Status", "apiVersion": "v1", "status": "Success"})
     provider.terminate(node)
     api.push(PODS, "MODIFIED", pod(node.id, f"{node.id}-worker", "Failed", "n", reason="Evicted"))
@@ -262,7 +330,7 @@ def test_a_terminated_cluster_reports_nothing_and_an_expired_watch_relists(provi
 
 def test_list_nodes_finds_a_runs_leftovers_by_label(provider, api):
     offer = offer_of(provider, "gpu-spot/g6.xlarge")
-    spec = LaunchSpec("run-1", "t000-aa", 0, 3, gpus=1)
+    spec = launch_spec("run-1", "t000-aa", 0, 3, gpus=1)
     launched = provider.launch(offer, spec)
     created = api.calls("POST", RAYCLUSTERS)[-1].body
     api.answer("GET", RAYCLUSTERS, {"apiVersion": "ray.io/v1", "kind": "RayClusterList", "metadata": {},
@@ -273,6 +341,50 @@ def test_list_nodes_finds_a_runs_leftovers_by_label(provider, api):
     assert (leftover.id, leftover.offer, leftover.spec) == (launched.id, offer, spec)
 
 
+def test_a_restarted_controller_finds_its_rayclusters_and_their_watches_report_again(api, tmp_path):
+    """Controller 1 launches two attempts and dies; controller 2 (a new provider on the same API server) lists
+    the run's RayClusters: same ids as launch returned, and the pods the cluster already runs give `running`
+    again; a later eviction is reported too. A cluster being deleted and another run's cluster are not its."""
+    kubeconfig = str(api.write_kubeconfig(tmp_path / "kc", NAMESPACE))
+    with started(KubernetesProvider(settings(kubeconfig=kubeconfig)), api) as provider:
+        offer = offer_of(provider, "gpu-spot/g6.xlarge")
+        first = provider.launch(offer, launch_spec("run-1", "t000-aa", 0, 1, nodes=2))
+        second = provider.launch(offer, launch_spec("run-1", "t001-bb", 1, 4))
+        other_run = provider.launch(offer, launch_spec("run-2", "t000-aa", 0, 1))
+    created = [call.body for call in api.calls("POST", RAYCLUSTERS)]
+    deleting = copy.deepcopy(created[0])
+    deleting["metadata"].update(name="st-t002-cc-a1-000000", deletionTimestamp="2026-11-29T20:05:00Z")
+    api.answer("GET", RAYCLUSTERS, lambda request: (200, {
+        "apiVersion": "ray.io/v1", "kind": "RayClusterList", "metadata": {"resourceVersion": "400"},
+        "items": [item for item in created + [deleting]
+                  if item["metadata"]["labels"]["spottune.io/run"] in request.query["labelSelector"]]}))
+    gpu_nodes = ("ip-10-0-1-12.ec2.internal", "ip-10-0-1-13.ec2.internal", "ip-10-0-3-3.ec2.internal")
+    running = [pod(first.id, f"{first.id}-head", "Running", gpu_nodes[0]),
+               pod(first.id, f"{first.id}-node-1-x7k2p", "Running", gpu_nodes[1]),
+               pod(second.id, f"{second.id}-head", "Running", gpu_nodes[2]),
+               pod(other_run.id, f"{other_run.id}-head", "Running", gpu_nodes[2])]
+    api.answer("GET", PODS, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "500"},
+                             "items": running})
+    watches_before = len(api.calls("GET", PODS, watch=True))
+    restarted = KubernetesProvider(settings(kubeconfig=kubeconfig))
+    with started(restarted, api):
+        wait_for(lambda: api.calls("GET", PODS, watch=True)[watches_before:], 1)  # it listed the pods, then watches
+        found = restarted.list_nodes("run-1")
+        assert sorted((n.id, n.offer, n.spec) for n in found) == sorted(
+            (n.id, n.offer, n.spec) for n in (first, second))  # what launch returned: the controller matches ids
+        assert all(n.price_per_hour == m.price_per_hour for n, m in zip(sorted(found, key=lambda n: n.id),
+                                                                        sorted((first, second), key=lambda n: n.id)))
+        by_id = {n.id: n for n in found}
+        assert [e.kind for e in wait_for(lambda: restarted.watch(by_id[first.id]), 1)] == ["running"]
+        assert [e.kind for e in wait_for(lambda: restarted.watch(by_id[second.id]), 1)] == ["running"]
+        api.push(PODS, "MODIFIED", pod(second.id, f"{second.id}-head", "Failed", gpu_nodes[2], reason="Evicted"))
+        (lost,) = wait_for(lambda: restarted.watch(by_id[second.id]), 1)
+        assert lost.kind == "lost" and "evicted" in lost.reason
+        assert restarted.watch(by_id[first.id]) == []
+        assert sorted(by_id[first.id].machines) == [f"{first.id}-head", f"{first.id}-node-1-x7k2p"]
+        assert restarted.list_nodes("run-1") and restarted.watch(by_id[first.id]) == []  # adopted once
+
+
 def test_under_the_chart_the_raycluster_is_owned_by_the_controller_deployment(api, tmp_path, monkeypatch):
     monkeypatch.setenv("SPOTTUNE_OWNER_DEPLOYMENT", "spottune")
     api.answer("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/spottune", {
@@ -280,7 +392,7 @@ def test_under_the_chart_the_raycluster_is_owned_by_the_controller_deployment(ap
         "spec": {"selector": {}, "template": {}}})
     provider = KubernetesProvider(settings(kubeconfig=str(api.write_kubeconfig(tmp_path / "kc", NAMESPACE))))
     with started(provider, api):
-        node = provider.launch(offer_of(provider, "gpu-spot/g6.xlarge"), LaunchSpec("r", "t", 0, 1))
+        node = provider.launch(offer_of(provider, "gpu-spot/g6.xlarge"), launch_spec("r", "t", 0, 1))
         posted = api.calls("POST", RAYCLUSTERS)[-1].body
         assert posted["metadata"]["ownerReferences"] == [{"apiVersion": "apps/v1", "kind": "Deployment",
                                                           "name": "spottune", "uid": "deploy-uid",
@@ -292,10 +404,12 @@ def test_under_the_chart_the_raycluster_is_owned_by_the_controller_deployment(ap
 def test_bad_settings_fail_with_the_field_named():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="image\n  Field required"):
-        KubernetesSettings()
-    with pytest.raises(ValidationError, match="worker_memory\n.*'16 GB' is not a Kubernetes quantity"):
-        KubernetesSettings(image="x", worker_memory="16 GB")
+    with pytest.raises(ValidationError, match="image\n  String should have at least 1 character"):
+        KubernetesSettings(image="")
+    with pytest.raises(ValidationError, match="termination_grace_s\n  Input should be greater than or equal to 10"):
+        KubernetesSettings(termination_grace_s=3)
+    with pytest.raises(ValidationError, match="memory\n.*'16 GB' is not a Kubernetes quantity"):
+        KubernetesSettings(image="x", memory="16 GB")
     with pytest.raises(ValidationError, match="nodeSelector\n  Extra inputs are not permitted"):
         KubernetesSettings(image="x", nodeSelector={})
 
@@ -347,7 +461,7 @@ def test_inside_a_pod_the_service_account_config_is_used(tmp_path, monkeypatch):
     monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
     monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(cert_file))
     monkeypatch.setattr(provider_module, "SERVICE_ACCOUNT_NAMESPACE", str(tmp_path / "namespace"))
-    provider = KubernetesProvider(KubernetesSettings(image="x", node_command=ENTRY_POINT))
+    provider = KubernetesProvider(KubernetesSettings(image="x"))
     try:
         with started(provider, server, pods="/api/v1/namespaces/ml-team/pods"):
             assert provider.namespace == "ml-team"
@@ -373,7 +487,7 @@ def test_api_refusals_and_an_unreachable_server_fail_in_one_line(provider, api, 
     forbidden = ('rayclusters.ray.io is forbidden: User "system:serviceaccount:spot:spottune" cannot create '
                  'resource "rayclusters" in API group "ray.io" in the namespace "spot"')
     api.answer("POST", RAYCLUSTERS, status(403, "Forbidden", forbidden), code=403)
-    spec = LaunchSpec("run-1", "t000-aa", 0, 1)
+    spec = launch_spec("run-1", "t000-aa", 0, 1)
     with pytest.raises(ClusterError) as refused:
         provider.launch(offer, spec)
     assert str(refused.value) == (
@@ -435,7 +549,7 @@ def test_every_request_the_provider_sends_is_granted_by_the_chart(api, tmp_path,
         "spec": {"selector": {}, "template": {}}})
     provider = KubernetesProvider(settings(kubeconfig=str(api.write_kubeconfig(tmp_path / "kc", NAMESPACE))))
     with started(provider, api):
-        node = provider.launch(offer_of(provider, "gpu-spot/g6.xlarge"), LaunchSpec("run-1", "t000-aa", 0, 1))
+        node = provider.launch(offer_of(provider, "gpu-spot/g6.xlarge"), launch_spec("run-1", "t000-aa", 0, 1))
         api.push(PODS, "ADDED", pod(node.id, f"{node.id}-worker", "Failed", "n", reason="Evicted"))
         assert [e.kind for e in wait_for(lambda: provider.watch(node), 1)] == ["lost"]
         wait_for(lambda: api.calls("POST", EVENTS), 1)

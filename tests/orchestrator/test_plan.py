@@ -146,13 +146,13 @@ def test_plan_reads_the_data_as_the_trainer_does_instead_of_assuming_full_rows(t
 def test_plan_and_submit_say_the_same_about_providers(tmp_path):
     from cluster.providers.registry import support
 
-    spec = write_spec(tmp_path, resources={"providers": ["kubernetes"]})
+    spec = write_spec(tmp_path, resources={"providers": ["moon"]})
     planned = run_cli("plan", str(spec))
     submitted = run_cli("submit", str(spec), "--state-dir", str(tmp_path / "state"))
     for result in (planned, submitted):
         assert result.returncode == 2
-        assert "provider 'kubernetes' is not available; " + support() in result.stderr, result.stderr
-    assert support().startswith("this build plans aws, ") and support().endswith(" and launches local")
+        assert "provider 'moon' is not available; " + support() in result.stderr, result.stderr
+    assert support().startswith("this build plans aws, ") and support().endswith(" and launches kubernetes, local")
     aws = run_cli("submit", str(write_spec(tmp_path, resources={"providers": ["aws"]}, name="aws.yaml")))
     assert "provider 'aws' can be planned (spottune plan) but not launched by this build; " + support() in aws.stderr
 

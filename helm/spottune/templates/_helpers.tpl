@@ -25,3 +25,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "spottune.stateClaim" -}}
 {{- default (printf "%s-state" (include "spottune.fullname" .)) .Values.state.existingClaim -}}
 {{- end -}}
+
+{{- define "spottune.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
