@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from train_core.store import ObjectStore
 
 POLL_S = 0.25
+NODE_SILENCE_S = 300.0  # a node that beat once (every 5 s) and then stays silent this long is taken for lost
 EXIT_STATE_LOST = 4
 
 
@@ -157,6 +158,7 @@ class Controller:
             self.apply(self.runner.drain())
             self.note_channel_outages()
             self.watch_nodes()
+            self.check_silence()
             self.collect()
             self.handle_cancels()
             self.stop_losers()
@@ -308,6 +310,20 @@ class Controller:
                         outcome = {"ok": False, "error": f"the node stopped before training ended: {event.reason}"}
                     self.finish(active, outcome or {"ok": False, "error": event.reason})
                     break
+
+    def check_silence(self, now: float | None = None) -> None:
+        """Take an attempt whose nodes stopped beating for NODE_SILENCE_S as lost, though its provider still lists
+        them (a hung machine, or pods gone while the controller was down); storage being down is not silence."""
+        now = time.time() if now is None else now
+        for active in list(self.active.values()):
+            last = self.runner.last_heartbeat(active.handle)
+            if active.handle.unreachable is not None or last is None or now - last <= NODE_SILENCE_S:
+                continue
+            reason = f"no heartbeat from the node for {now - last:.0f} s"
+            active.lost_at, active.lost_reason = now, reason
+            self._event(active, NodeLost(reason), now=now)
+            self.trial_log(active.trial_id, active.attempt, f"{reason}: taking it for lost")
+            self.finish(active, {"ok": False, "error": reason})
 
     def noticed(self, active: Active, deadline: float, when: float, reason: str) -> None:
         active.notice_deadline = deadline

@@ -15,6 +15,7 @@ from cluster.node.payload import AttemptPayload
 from cluster.storage import describe_error, open_store, storage_errors
 
 OUTCOME_EVERY_S = 1.0
+HEARTBEAT_EVERY_S = 10.0
 
 
 @dataclass
@@ -23,7 +24,9 @@ class AttemptHandle:
     channel: AttemptChannel
     outcome: dict | None = None
     unreachable: str | None = None  # why the last read of the channel failed; None once it answers
+    heartbeat: float | None = None  # the newest heartbeat of any of its nodes, as last read
     _asked_at: float = field(default=0.0)
+    _beat_read_at: float = field(default=-HEARTBEAT_EVERY_S)
 
 
 class StorageRunner:
@@ -70,6 +73,16 @@ class StorageRunner:
             except storage_errors():
                 return None
         return handle.outcome
+
+    def last_heartbeat(self, handle: AttemptHandle) -> float | None:
+        """When a node of the attempt last beat (read at most every 10 s); None before the first beat."""
+        if time.monotonic() - handle._beat_read_at >= HEARTBEAT_EVERY_S:
+            handle._beat_read_at = time.monotonic()
+            try:
+                handle.heartbeat = handle.channel.last_heartbeat()
+            except storage_errors():
+                pass
+        return handle.heartbeat
 
     def notice_deadline(self, handle: AttemptHandle) -> float | None:
         try:
