@@ -95,11 +95,15 @@ def timed_steps(step: Callable[[int], float], warmup: int, steps: int) -> tuple[
 
 
 def summarise(label: str, seconds: list[float], tokens_per_step: int, extra: dict | None = None) -> dict:
+    """Median step and tokens/s, the steps' spread, peak memory, and whether the allocator used expandable segments."""
     alloc, reserved = peak_gib()
     median = statistics.median(seconds)
     return {
         "run": label, "s_per_step": round(median, 4), "tokens_per_s": round(tokens_per_step / median),
-        "peak_alloc_gib": round(alloc, 2), "peak_reserved_gib": round(reserved, 2), **(extra or {}),
+        "step_spread_pct": round(100 * (max(seconds) - min(seconds)) / median, 1),
+        "peak_alloc_gib": round(alloc, 2), "peak_reserved_gib": round(reserved, 2),
+        "expandable_segments": any(segment.get("is_expandable") for segment in torch.cuda.memory_snapshot()),
+        **(extra or {}),
     }
 
 

@@ -83,22 +83,33 @@ def run_fast(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: in
         return loss
 
     seconds, losses = timed_steps(step, warmup, steps)
-    if run["profile"]:
-        profile_step(lambda: step(warmup + steps), profile_out)
-    extra = {"load_s": round(loaded, 2), "first_step_s": round(first_step[0], 2), "startup_s": round(loaded + first_step[0], 2),
+    profiled = profile_step(lambda: step(warmup + steps), profile_out) if run["profile"] else {}
+    extra = {**profiled, "load_s": round(loaded, 2), "first_step_s": round(first_step[0], 2), "startup_s": round(loaded + first_step[0], 2),
              "losses": [round(l, 4) for l in losses], "engine": engine.description}
     return seconds, extra
 
 
-def profile_step(step, out: Path) -> None:
-    """Append the CUDA-time table of one profiled step to `out`."""
+def profile_step(step, out: Path) -> dict:
+    """Append the CUDA-time table of one profiled step to `out`; return how busy the GPU was during it."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        started = time.perf_counter()
         step()
         torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - started) * 1e6
     with open(out, "a", encoding="utf-8") as handle:
         handle.write(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=60) + "\n")
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
+    busy, end = 0.0, float("-inf")
+    for start, stop in spans:  # union of the GPU's kernel and copy intervals
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return {"profiled_step_s": round(wall_us / 1e6, 4), "gpu_busy_s": round(busy / 1e6, 4),
+            "gpu_busy_pct": round(100 * busy / wall_us, 1)}
 
 
 def main() -> None:
