@@ -39,7 +39,7 @@ class FastEngine:
         self.device = current_cuda_device(device)
         if self.device.type == "cuda":
             prefer_expandable_segments()
-        self.model = load_fast_model(model_path, adapters, self.device, dtype)
+        self.model = load_fast_model(model_path, adapters, self.device, dtype, embed_on_host=checkpointing == "offload")
         self.adapters = adapters.for_model(self.model.spec.model_type)
         self.recompute = Recompute(checkpointing, self.device, host_budget_bytes)
         self.ce_chunk_rows = ce_chunk_rows(self.model.spec.vocab, ce_budget_mib)
@@ -51,6 +51,7 @@ class FastEngine:
             f"fast engine: {spec.model_type} {spec.layers} layers, NF4 base with merged LoRA r={adapters.r}, "
             f"activation checkpointing {checkpointing}, loss chunks of {self.ce_chunk_rows} rows"
             + (f", MLP tiles of {mlp_tile_rows} rows" if mlp_tile_rows else "")
+            + (", input embedding in host memory" if self.model.embed.device != self.device else "")
         )
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
