@@ -27,7 +27,7 @@ for round in "$@"; do
     qwen-fixed) fixed speed 100 --model qwen2-1.5b --runs ${QWEN_FIXED:-$QWEN_LEAN} ;;
     qwen-unsloth) timeout 240 python3 bench/unsloth_speed.py --model qwen2-1.5b --out "$out" $STEPS \
             --runs ${QWEN_UNSLOTH:-unsloth:2x4 unsloth:8x1} >> "$log" 2>&1 ;;
-    llama) speed 300 --model llama-3-8b --runs ${LLAMA_RUNS:-hf:2x4 hf-nockpt:2x4 $LLAMA_LEAN \
+    llama) speed 330 --model llama-3-8b --runs ${LLAMA_RUNS:-hf:2x4 hf-nockpt:2x4 $LLAMA_LEAN \
             fast:8x1:full fast:2x4:none fast:2x4:none:prof} ;;
     llama-fixed) fixed speed 150 --model llama-3-8b --runs ${LLAMA_FIXED:-$LLAMA_LEAN} ;;
     llama-unsloth) timeout 300 python3 bench/unsloth_speed.py --model llama-3-8b --out "$out" $STEPS \
