@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import pickle
+import re
 import sys
 import tempfile
 import time
@@ -158,7 +159,7 @@ def main() -> None:
                 torch.cuda.memory._record_memory_history(max_entries=MEMORY_EVENTS, stacks="python")
             seconds, extra = runner(path, run, args.seq, vocab, args.warmup, args.steps, args.out / "profile.txt")
             if run["memory"]:
-                dump_memory_history(args.out / f"memory-{spec.replace(':', '_')}.pickle.gz")
+                dump_memory_history(args.out / f"memory-{re.sub('[^A-Za-z0-9.-]', '_', spec)}.pickle.gz")
             tokens = run["micro"] * run["accum"] * args.seq
             write_result(args.out, {**summarise(label, seconds, tokens, extra), **env})
         except Exception as error:  # keep measuring the other runs; the failure is recorded
