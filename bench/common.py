@@ -95,12 +95,29 @@ def timed_steps(step: Callable[[int], float], warmup: int, steps: int) -> tuple[
 
 
 def summarise(label: str, seconds: list[float], tokens_per_step: int, extra: dict | None = None) -> dict:
+    """Median step and tokens/s, the steps' spread, peak memory, and whether the allocator used expandable segments."""
     alloc, reserved = peak_gib()
     median = statistics.median(seconds)
     return {
         "run": label, "s_per_step": round(median, 4), "tokens_per_s": round(tokens_per_step / median),
-        "peak_alloc_gib": round(alloc, 2), "peak_reserved_gib": round(reserved, 2), **(extra or {}),
+        "step_spread_pct": round(100 * (max(seconds) - min(seconds)) / median, 1),
+        "peak_alloc_gib": round(alloc, 2), "peak_reserved_gib": round(reserved, 2),
+        **segments_by_stream(),
+        **(extra or {}),
     }
+
+
+def segments_by_stream() -> dict:
+    """What the allocator holds now, per CUDA stream: reserved and allocated GiB (with expandable segments nothing
+    is unmapped before empty_cache, so at the end of a run reserved is its peak)."""
+    streams: dict[str, list[float]] = {}
+    segments = torch.cuda.memory_snapshot()
+    for segment in segments:
+        held = streams.setdefault(str(segment["stream"]), [0.0, 0.0])
+        held[0] += segment["total_size"] / GIB
+        held[1] += segment["allocated_size"] / GIB
+    return {"expandable_segments": any(segment.get("is_expandable") for segment in segments),
+            "held_by_stream_gib": {stream: [round(v, 3) for v in held] for stream, held in streams.items()}}
 
 
 def random_batch(step: int, micro: int, rows: int, seq: int, vocab: int) -> torch.Tensor:

@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
-# One GPU-machine call: the rounds named in $@ (tests, qwen, parity, llama, long), in order.
+# One GPU-machine call: the rounds named in $@, in order. Rounds: tests, qwen, qwen-fixed, qwen-unsloth,
+# llama, llama-fixed, llama-unsloth, parity, long. `-fixed` repeats the lean runs with the allocator's
+# expandable segments off (the engine's default before issue 13) for a before/after in the same call;
+# `-unsloth` runs Unsloth in its own process (`../shared/tools/gpu-wheels --with-unsloth`).
 # Everything is logged to $OUT/session.log, results to $OUT/results.jsonl, profiles to $OUT/profile.txt;
-# a short table is printed last. Run from the repository root.
+# a short table is printed last. A profiled run (`:prof`) goes last in its process: a run of the same kind
+# right after a profiled one ran 31 % slower (2026-11-29; the profiler's CUDA activity tracing may stay on).
+# Run from the repository root.
 set -uo pipefail
 out=${OUT:?set OUT}
 log=$out/session.log
-export TRITON_CACHE_DIR=$(mktemp -d) SPOTTUNE_CACHE=$(mktemp -d) HF_HUB_OFFLINE=1
+export TRITON_CACHE_DIR=$(mktemp -d) SPOTTUNE_CACHE=$(mktemp -d) HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
+STEPS=${STEPS:---warmup 2 --steps 5}
+QWEN_LEAN=${QWEN_LEAN:-fast:2x4:offload:ce=256 fast:4x2:offload:ce=128:tile=4096 fast:8x1:offload:ce=128:tile=2048}
+LLAMA_LEAN=${LLAMA_LEAN:-fast:2x4:offload:ce=256:tile=2048 fast:4x2:offload:ce=256:tile=2048 fast:8x1:offload:ce=256:tile=2048}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee -a "$log"
+speed() { local limit=$1; shift; timeout "$limit" python3 bench/qlora_speed.py --out "$out" $STEPS "$@" >> "$log" 2>&1; }
+fixed() { PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False "$@"; }
 for round in "$@"; do
   started=$(date +%s)
   echo "== round $round" >> "$log"
   case $round in
     tests) timeout 300 python3 -m pytest -q -m cuda tests/kernels tests/fast -p no:cacheprovider 2>&1 | tail -30 | tee -a "$log" ;;
-    qwen) timeout 120 python3 bench/qlora_speed.py --model qwen2-1.5b --out "$out" --runs ${QWEN_RUNS:-hf:2x4 hf-nockpt:2x4 hf:8x1 \
-            fast:2x4:offload:ce=256 fast:4x2:offload:ce=128:tile=4096 fast:8x1:offload:ce=128:tile=2048 \
-            fast:4x2:none:prof fast:8x1:full} >> "$log" 2>&1 ;;
+    qwen) speed 200 --model qwen2-1.5b --runs ${QWEN_RUNS:-hf:2x4 hf-nockpt:2x4 $QWEN_LEAN \
+            fast:8x1:full fast:4x2:none fast:4x2:none:prof} ;;
+    qwen-fixed) fixed speed 100 --model qwen2-1.5b --runs ${QWEN_FIXED:-$QWEN_LEAN} ;;
+    qwen-unsloth) timeout 240 python3 bench/unsloth_speed.py --model qwen2-1.5b --out "$out" $STEPS \
+            --runs ${QWEN_UNSLOTH:-unsloth:2x4 unsloth:8x1} >> "$log" 2>&1 ;;
+    llama) speed 330 --model llama-3-8b --runs ${LLAMA_RUNS:-hf:2x4 hf-nockpt:2x4 $LLAMA_LEAN \
+            fast:8x1:full fast:2x4:none fast:2x4:none:prof} ;;
+    llama-fixed) fixed speed 150 --model llama-3-8b --runs ${LLAMA_FIXED:-$LLAMA_LEAN} ;;
+    llama-unsloth) timeout 300 python3 bench/unsloth_speed.py --model llama-3-8b --out "$out" $STEPS \
+            --runs ${LLAMA_UNSLOTH:-unsloth:2x4 unsloth:8x1} >> "$log" 2>&1 ;;
     parity) timeout 90 python3 bench/qlora_parity.py --model qwen2-1.5b --steps 50 --out "$out" >> "$log" 2>&1 ;;
-    llama) timeout 260 python3 bench/qlora_speed.py --model llama-3-8b --out "$out" --runs ${LLAMA_RUNS:-hf:2x4 hf:8x1 \
-            fast:2x4:offload:ce=256:tile=2048 fast:4x2:offload:ce=256:tile=2048 fast:8x1:full fast:2x4:none} >> "$log" 2>&1 ;;
     long) timeout 110 python3 bench/long_context.py --model llama-3-8b --layers 4 \
             --lengths ${LONG_LENGTHS:-131072 262144 409600} --out "$out" >> "$log" 2>&1 ;;
   esac

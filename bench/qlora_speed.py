@@ -1,16 +1,20 @@
 """Tokens/s and peak memory of the standard HF QLoRA recipe and of the fast engine, in one process.
 
-Each run is `engine:MICROxACCUM[:mode][:ce=MiB][:tile=ROWS]`, e.g. `hf:2x4`, `fast:2x4:offload:ce=256`;
+Each run is `engine:MICROxACCUM[:mode][:ce=MiB][:tile=ROWS][:prof][:mem]`, e.g. `hf:2x4`, `fast:2x4:offload:ce=256`;
 every step holds MICRO*ACCUM sequences of --seq random token ids. Engines: `hf` is the standard recipe
 (train mode, gradient checkpointing on), `hf-nockpt` the same recipe without checkpointing, `fast` ours. The first fast run also reports
 start-up (safetensors load + NF4 quantization + first optimizer step, Triton compilation included,
-with an empty Triton cache).
+with an empty Triton cache). `:prof` profiles one more step (GPU-busy share, CUDA-time table);
+`:mem` saves the allocator's history of the run to memory-<run>.pickle.gz.
 
     python bench/qlora_speed.py --model qwen2-1.5b --runs hf:2x4 hf:8x1 fast:2x4:offload fast:4x2:none --out $OUT
 """
 from __future__ import annotations
 
 import argparse
+import gzip
+import pickle
+import re
 import sys
 import tempfile
 import time
@@ -30,10 +34,13 @@ from bench.common import (  # noqa: E402
 def parse_run(spec: str) -> dict:
     parts = spec.split(":")
     micro, accum = (int(v) for v in parts[1].split("x"))
-    run = {"engine": parts[0], "micro": micro, "accum": accum, "mode": "full", "ce": 512, "tile": None, "profile": False}
+    run = {"engine": parts[0], "micro": micro, "accum": accum, "mode": "full", "ce": 512, "tile": None, "profile": False,
+           "memory": False}
     for part in parts[2:]:
         if part == "prof":
             run["profile"] = True
+        elif part == "mem":
+            run["memory"] = True
         elif part.startswith("ce="):
             run["ce"] = int(part[3:])
         elif part.startswith("tile="):
@@ -83,22 +90,44 @@ def run_fast(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: in
         return loss
 
     seconds, losses = timed_steps(step, warmup, steps)
-    if run["profile"]:
-        profile_step(lambda: step(warmup + steps), profile_out)
-    extra = {"load_s": round(loaded, 2), "first_step_s": round(first_step[0], 2), "startup_s": round(loaded + first_step[0], 2),
+    profiled = profile_step(lambda: step(warmup + steps), profile_out) if run["profile"] else {}
+    extra = {**profiled, "load_s": round(loaded, 2), "first_step_s": round(first_step[0], 2), "startup_s": round(loaded + first_step[0], 2),
              "losses": [round(l, 4) for l in losses], "engine": engine.description}
     return seconds, extra
 
 
-def profile_step(step, out: Path) -> None:
-    """Append the CUDA-time table of one profiled step to `out`."""
+def profile_step(step, out: Path) -> dict:
+    """Append the CUDA-time table of one profiled step to `out`; return how busy the GPU was during it."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        started = time.perf_counter()
         step()
         torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - started) * 1e6
     with open(out, "a", encoding="utf-8") as handle:
         handle.write(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=60) + "\n")
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
+    busy, end = 0.0, float("-inf")
+    for start, stop in spans:  # union of the GPU's kernel and copy intervals
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return {"profiled_step_s": round(wall_us / 1e6, 4), "gpu_busy_s": round(busy / 1e6, 4),
+            "gpu_busy_pct": round(100 * busy / wall_us, 1)}
+
+
+MEMORY_EVENTS = 400_000
+
+
+def dump_memory_history(target: Path) -> None:
+    """Save the allocator's event history and segments (torch.cuda.memory._snapshot) for offline reading."""
+    snapshot = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    with gzip.open(target, "wb") as handle:
+        pickle.dump(snapshot, handle)
 
 
 def main() -> None:
@@ -126,7 +155,11 @@ def main() -> None:
         label = f"{args.model}{'' if args.layers is None else f'-{args.layers}l'} {spec} seq {args.seq}"
         try:
             runner = run_hf if run["engine"] in HF_ENGINES else run_fast
+            if run["memory"]:
+                torch.cuda.memory._record_memory_history(max_entries=MEMORY_EVENTS, stacks="python")
             seconds, extra = runner(path, run, args.seq, vocab, args.warmup, args.steps, args.out / "profile.txt")
+            if run["memory"]:
+                dump_memory_history(args.out / f"memory-{re.sub('[^A-Za-z0-9.-]', '_', spec)}.pickle.gz")
             tokens = run["micro"] * run["accum"] * args.seq
             write_result(args.out, {**summarise(label, seconds, tokens, extra), **env})
         except Exception as error:  # keep measuring the other runs; the failure is recorded

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+BASELINES = ("hf", "unsloth")  # engines whose runs every other run of the same model is compared with
+
 
 def main(path: str) -> None:
     try:
@@ -11,8 +13,8 @@ def main(path: str) -> None:
     except FileNotFoundError:
         print("no results")
         return
-    baselines = {r["run"].split(" hf:")[0] + r["run"].split(" hf:")[1].split(" ")[0]: r for r in records
-                 if " hf:" in r["run"] and "tokens_per_s" in r}
+    baselines = {r["run"].split(" seq ")[0]: r for r in records
+                 if r["run"].split(" ")[1].split(":")[0] in BASELINES and "tokens_per_s" in r}
     for r in records:
         if "error" in r:
             print(f"{r['run']:<48} ERROR {r['error'][:120]}")
@@ -32,8 +34,10 @@ def main(path: str) -> None:
             for key, b in baselines.items() if key.startswith(model) and b is not r
         )
         startup = f" startup {r['startup_s']}s" if "startup_s" in r else ""
-        print(f"{r['run']:<48} {r['tokens_per_s']:>7} tok/s {r['s_per_step']:>7}s/step alloc {r['peak_alloc_gib']:>6} "
-              f"res {r['peak_reserved_gib']:>6} GiB {ratios}{startup}")
+        busy = f" GPU busy {r['gpu_busy_pct']}%" if "gpu_busy_pct" in r else ""
+        print(f"{r['run']:<48} {r['tokens_per_s']:>7} tok/s {r['s_per_step']:>7}s/step ±{r.get('step_spread_pct', '?')}% "
+              f"alloc {r['peak_alloc_gib']:>6} res {r['peak_reserved_gib']:>6} GiB{' exp' if r.get('expandable_segments') else ''} "
+              f"{ratios}{startup}{busy}")
 
 
 if __name__ == "__main__":

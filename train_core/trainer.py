@@ -16,6 +16,7 @@ from train_core.checkpoint import CheckpointManager, TrainerState
 from runspec.config import TrainConfig
 from train_core.data.batching import BatchPlan, MicroBatch
 from train_core.data.dataset import batch_plan, prepare_data
+from train_core.cuda_setup import prefer_expandable_segments
 from train_core.device import DevicePath, choose_device_path
 from train_core.engine import Engine, build_engine
 from train_core.distributed import Distributed
@@ -76,6 +77,7 @@ class Trainer:
 
     def _setup(self) -> None:
         config = self.config
+        prefer_expandable_segments()  # before the model is loaded, so its memory lands in expandable segments
         self.path: DevicePath = choose_device_path(config, workers=self.dist.world_size)
         self.log(f"device path: {self.path.describe()}")
         self.engine: Engine = build_engine(config, self.path)

@@ -88,3 +88,19 @@ def test_matches_transformers_peft_in_bf16(setup):
     expected_loss, expected_grads = hf_loss_and_grads(twin, ids, positions, labels, list(model.adapter_state()))
     assert relative_error(loss, expected_loss) < 5e-3
     assert max(relative_error(g, e) for g, e in zip(grads, expected_grads)) < 5e-2
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-phi3"])
+def test_input_embedding_in_host_memory_gives_the_same_step(name):
+    path = tiny_path(name)
+    adapters = AdapterSpec.from_target_modules(16, 16, "all-linear", seed=1)
+    on_gpu = load_fast_model(path, adapters, CUDA)
+    on_host = load_fast_model(path, adapters, CUDA, embed_on_host=True)
+    assert on_host.embed.device.type == "cpu" and on_host.head.device.type == "cuda"
+    for model in (on_gpu, on_host):
+        randomize_adapters(model, torch.Generator().manual_seed(2))
+    batch = packed_batch([300, 77, 512], on_gpu.spec.vocab, torch.Generator().manual_seed(3))
+    loss_gpu, grads_gpu = run(on_gpu, batch, "full")
+    loss_host, grads_host = run(on_host, batch, "full")
+    assert torch.equal(loss_gpu, loss_host)
+    assert max(relative_error(a, b) for a, b in zip(grads_gpu, grads_host)) < 5e-3

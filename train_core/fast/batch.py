@@ -17,6 +17,7 @@ class PackedBatch:
     lengths: list[int]
     target_rows: torch.Tensor  # (M,) rows whose label is not ignored
     targets: torch.Tensor  # (M,) their labels
+    host_input_ids: torch.Tensor | None = None  # (N,) on the CPU, for an embedding kept in host memory
 
     @property
     def tokens(self) -> int:
@@ -47,4 +48,5 @@ class PackedBatch:
             lengths=lengths,
             target_rows=target_rows.to(**move),
             targets=flat_labels[target_rows].to(**move),
+            host_input_ids=input_ids.reshape(-1).cpu(),
         )

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from runspec.fast_support import DEFAULT_CE_BUDGET_MIB, ce_chunk_rows
+from train_core.cuda_setup import current_cuda_device, prefer_expandable_segments
 from train_core.fast.adapter import load_peft_state, save_peft_adapter
 from train_core.fast.batch import PackedBatch
 from train_core.fast.loading import AdapterSpec, load_fast_model
@@ -35,10 +36,12 @@ class FastEngine:
         host_budget_bytes: int | None = None,
     ) -> None:
         self.model_path = str(model_path)
-        self.device = device
-        self.model = load_fast_model(model_path, adapters, device, dtype)
+        self.device = current_cuda_device(device)
+        if self.device.type == "cuda":
+            prefer_expandable_segments()
+        self.model = load_fast_model(model_path, adapters, self.device, dtype, embed_on_host=checkpointing == "offload")
         self.adapters = adapters.for_model(self.model.spec.model_type)
-        self.recompute = Recompute(checkpointing, device, host_budget_bytes)
+        self.recompute = Recompute(checkpointing, self.device, host_budget_bytes)
         self.ce_chunk_rows = ce_chunk_rows(self.model.spec.vocab, ce_budget_mib)
         self.mlp_tile_rows = mlp_tile_rows
         self.training = True
@@ -48,6 +51,7 @@ class FastEngine:
             f"fast engine: {spec.model_type} {spec.layers} layers, NF4 base with merged LoRA r={adapters.r}, "
             f"activation checkpointing {checkpointing}, loss chunks of {self.ce_chunk_rows} rows"
             + (f", MLP tiles of {mlp_tile_rows} rows" if mlp_tile_rows else "")
+            + (", input embedding in host memory" if self.model.embed.device != self.device else "")
         )
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

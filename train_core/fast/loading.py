@@ -59,6 +59,7 @@ class Checkpoint:
         files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
         self.handles = [safe_open(str(path / name), framework="pt", device=str(device)) for name in files]
         self.where = {key: handle for handle in self.handles for key in handle.keys()}
+        self.where_file = {key: str(path / name) for name, handle in zip(files, self.handles) for key in handle.keys()}
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
@@ -66,12 +67,22 @@ class Checkpoint:
     def get(self, name: str) -> torch.Tensor:
         return self.where[name].get_tensor(name)
 
+    def get_on_host(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(self.where_file[name], framework="pt", device="cpu") as handle:
+            return handle.get_tensor(name)
+
     def shape(self, name: str) -> list[int]:
         return self.where[name].get_slice(name).get_shape()
 
 
-def load_fast_model(path: str | Path, adapters: AdapterSpec, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> FastCausalLM:
-    """Quantize the decoder's linear weights to NF4 on `device` as they are read; add fresh LoRA adapters."""
+def load_fast_model(
+    path: str | Path, adapters: AdapterSpec, device: torch.device, dtype: torch.dtype = torch.bfloat16,
+    embed_on_host: bool = False,
+) -> FastCausalLM:
+    """Quantize the decoder's linear weights to NF4 on `device` as they are read; add fresh LoRA adapters.
+    `embed_on_host` keeps the input embedding in host memory when the model has a separate output head."""
     from transformers import AutoConfig
 
     path = Path(path)
@@ -85,8 +96,10 @@ def load_fast_model(path: str | Path, adapters: AdapterSpec, device: torch.devic
     generator = torch.Generator().manual_seed(adapters.seed)
     rotary = {key: table.to(device) for key, table in rotary_frequencies(config).items()}
     layers = [_load_layer(weights, spec, index, adapters, rotary, generator, device, dtype) for index in range(spec.layers)]
-    embed = weights.get("model.embed_tokens.weight").to(dtype)
-    head = embed if spec.tied or "lm_head.weight" not in weights else weights.get("lm_head.weight").to(dtype)
+    separate_head = not spec.tied and "lm_head.weight" in weights
+    read_embed = weights.get_on_host if embed_on_host and separate_head else weights.get
+    embed = read_embed("model.embed_tokens.weight").to(dtype)
+    head = weights.get("lm_head.weight").to(dtype) if separate_head else embed
     return FastCausalLM(spec=spec, embed=embed, head=head, final_norm=weights.get("model.norm.weight").to(dtype), layers=layers)
 
 

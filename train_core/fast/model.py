@@ -17,7 +17,7 @@ from train_core.kernels.rms_norm import rms_norm
 @dataclass
 class FastCausalLM:
     spec: ArchSpec
-    embed: torch.Tensor  # (vocab, hidden), frozen
+    embed: torch.Tensor  # (vocab, hidden), frozen; in host memory when the run offloads and the head is separate
     head: torch.Tensor  # (vocab, hidden), frozen; the embedding itself when tied
     final_norm: torch.Tensor
     layers: list[DecoderLayer]
@@ -35,15 +35,21 @@ class FastCausalLM:
                 state[f"{prefix}.lora_B.weight"] = b
         return state
 
-    def embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = F.embedding(input_ids, self.embed)
+    def embeddings(self, batch: PackedBatch) -> torch.Tensor:
+        device = batch.input_ids.device
+        if self.embed.device != device:  # gathered on the host into pinned memory, then copied without a sync
+            x = torch.empty((batch.tokens, self.embed.shape[1]), dtype=self.embed.dtype, pin_memory=True)
+            torch.index_select(self.embed, 0, batch.host_input_ids, out=x)
+            x = x.to(device, non_blocking=True)
+        else:
+            x = F.embedding(batch.input_ids, self.embed)
         if self.spec.embed_scale is not None:  # Gemma: times sqrt(hidden) rounded to the model's dtype
             x = x * torch.tensor(self.spec.embed_scale, dtype=x.dtype, device=x.device)
         return x
 
     def hidden_states(self, batch: PackedBatch, recompute: Recompute, mlp_tile_rows: int | None = None) -> torch.Tensor:
         """(tokens, hidden) output of the last decoder layer."""
-        x = self.embeddings(batch.input_ids)
+        x = self.embeddings(batch)
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
 

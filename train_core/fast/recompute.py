@@ -42,20 +42,23 @@ class ActivationOffloader:
         if index in self.ready or index not in self.meta:
             return
         shape, dtype = self.meta[index]
+        compute = torch.cuda.current_stream(self.stream.device)
+        # Allocated from the compute stream's pool, which reuses it once the layer is done; a block taken from the
+        # side stream's own pool would stay there, reserved but idle (0.23-0.39 GiB on 8 layers of Llama-3-8B).
+        x = torch.empty(shape, dtype=dtype, device=self.stream.device)
+        self.stream.wait_stream(compute)  # the block's earlier users on the compute stream finish before it is written
         with torch.cuda.stream(self.stream):
-            x = torch.empty(shape, dtype=dtype, device=self.stream.device)
             for device_piece, host_piece in self.store.pieces(index, x.view(-1)):
                 device_piece.copy_(host_piece, non_blocking=True)
             event = torch.cuda.Event()
             event.record(self.stream)
+        x.record_stream(self.stream)
         self.ready[index] = (x, event)
 
     def take(self, index: int) -> torch.Tensor:
         self.prefetch(index)
         x, event = self.ready.pop(index)
-        current = torch.cuda.current_stream(x.device)
-        current.wait_event(event)
-        x.record_stream(current)
+        torch.cuda.current_stream(x.device).wait_event(event)
         del self.meta[index]
         return x
 

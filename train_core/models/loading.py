@@ -39,7 +39,7 @@ def load_base_model(path: str, settings: ModelSettings, device_path: DevicePath)
         kwargs["dtype"] = device_path.compute_dtype
     else:
         kwargs["dtype"] = torch.bfloat16 if device_path.quantization == "bf16" else torch.float32
-    kwargs["device_map"] = {"": 0} if device_path.device == "cuda" else {"": "cpu"}
+    kwargs["device_map"] = {"": torch.cuda.current_device()} if device_path.device == "cuda" else {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
