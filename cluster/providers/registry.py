@@ -21,8 +21,9 @@ from cluster.errors import ClusterError
 from cluster.provider import Provider
 from cost_models.catalog import providers as catalog_providers
 
-# providers that can launch; each registers itself on import
-MODULES = {"local": "cluster.providers.local", "kubernetes": "cluster.providers.kubernetes"}
+# Providers that can launch; each registers itself on import (aws from its settings module, which needs no boto3).
+MODULES = {"local": "cluster.providers.local", "kubernetes": "cluster.providers.kubernetes",
+           "aws": "cluster.providers.aws_settings"}
 
 
 @dataclass(frozen=True)
