@@ -13,7 +13,7 @@ import boto3
 import pytest
 from pydantic import ValidationError
 
-from cluster.capacity import CapacityError, fallback_order, launch_first_available
+from cluster.capacity import CapacityError, launch_first_available
 from cluster.errors import ClusterError
 from cluster.provider import LaunchSpec, Requirements
 from cluster.providers.aws import TAG_RUN, AwsProvider, AwsSettings, catalog_types, check
@@ -192,17 +192,29 @@ def test_list_nodes_finds_a_runs_instances_by_tag(ec2):
     assert provider.list_nodes("run-a") == [] and provider.list_nodes("run-b") == []
 
 
+def cheapest(offers):
+    return min(offers, key=lambda offer: (offer.usd_per_gpu_hour, offer.key), default=None)
+
+
+def launch_with_fallback(provider, chosen, offers):
+    """launch_first_available as the controller calls it, with the cheapest offer as the planner's choice."""
+    refusals = []
+    launched = launch_first_available(lambda offer: provider.launch(offer, spec()), cheapest, lambda offer: offer,
+                                      chosen, offers, refusals.append)
+    return (launched[1] if launched else None), refusals
+
+
 def test_capacity_refusal_moves_to_another_zone_first(ec2):
     provider = started()
     offers = provider.offers(Requirements(gpu_types=("A10G", "L4")))
     chosen = first(offers, "g5.xlarge")
     ec2.faults.append(Fault("RunInstances", "InsufficientInstanceCapacity",
                             where={"Placement.AvailabilityZone": chosen.zone}))
-    outcome = launch_first_available(provider.launch, chosen, offers, spec())
-    assert [(r.code, r.offer.key) for r in outcome.refusals] == [("InsufficientInstanceCapacity", chosen.key)]
-    assert isinstance(outcome.refusals[0], CapacityError) and "sufficient capacity" in str(outcome.refusals[0])
-    assert outcome.node.offer.instance_type == "g5.xlarge" and outcome.node.offer.zone != chosen.zone
-    provider.terminate(outcome.node)
+    node, refusals = launch_with_fallback(provider, chosen, offers)
+    assert [(r.code, r.offer.key) for r in refusals] == [("InsufficientInstanceCapacity", chosen.key)]
+    assert isinstance(refusals[0], CapacityError) and "sufficient capacity" in refusals[0].message
+    assert node.offer.instance_type == "g5.xlarge" and node.offer.zone != chosen.zone
+    provider.terminate(node)
 
 
 def test_capacity_refusal_in_every_zone_moves_to_the_next_type(ec2):
@@ -211,22 +223,37 @@ def test_capacity_refusal_in_every_zone_moves_to_the_next_type(ec2):
     chosen = first(offers, "g5.xlarge")
     ec2.faults.append(Fault("RunInstances", "Unsupported", where={"InstanceType": "g5.xlarge"},
                             message="The requested configuration is currently not supported."))
-    outcome = launch_first_available(provider.launch, chosen, offers, spec())
-    g5_zones = [o.key for o in fallback_order(chosen, offers) if o.instance_type == "g5.xlarge"]
-    assert [r.offer.key for r in outcome.refusals] == g5_zones, "every zone of the type before another type"
-    assert {r.code for r in outcome.refusals} == {"Unsupported"}
-    assert outcome.node.offer.instance_type == "g6.xlarge"
-    provider.terminate(outcome.node)
+    node, refusals = launch_with_fallback(provider, chosen, offers)
+    g5_spot = sorted((o for o in offers if o.instance_type == "g5.xlarge" and o.market == "spot"),
+                     key=lambda o: (o.usd_per_gpu_hour, o.key))
+    assert [r.offer.key for r in refusals] == [chosen.key] + [o.key for o in g5_spot if o.key != chosen.key], \
+        "every zone of the type, cheapest first, before another type"
+    assert {r.code for r in refusals} == {"Unsupported"}
+    assert node.offer == cheapest([o for o in offers if o.instance_type != "g5.xlarge"])
+    provider.terminate(node)
 
 
-def test_when_no_offer_can_be_rented_the_last_refusal_is_raised(ec2):
+def test_when_no_offer_can_be_rented_every_refusal_is_reported(ec2):
     provider = started()
     offers = [o for o in provider.offers(Requirements(gpu_types=("L4",))) if o.instance_type == "g6.xlarge"][:2]
     ec2.faults.append(Fault("RunInstances", "VcpuLimitExceeded", message="You have requested more vCPU capacity"))
-    with pytest.raises(CapacityError) as refused:
-        launch_first_available(provider.launch, offers[0], offers, spec())
-    assert refused.value.offer == offers[1] and refused.value.code == "VcpuLimitExceeded"
+    node, refusals = launch_with_fallback(provider, offers[0], offers)
+    assert node is None
+    assert [(r.offer, r.code) for r in refusals] == [(offers[0], "VcpuLimitExceeded"), (offers[1], "VcpuLimitExceeded")]
     assert ec2.actions().count("RunInstances") == 2
+
+
+def test_a_refused_offer_is_priced_as_a_wait_until_capacity_retry_s_has_passed(ec2):
+    provider = started(capacity_retry_s=600)
+    offer = first(provider.offers(Requirements(gpu_types=("L4",))), "g6.xlarge")
+    ec2.faults.append(Fault("RunInstances", "InsufficientInstanceCapacity"))
+    with pytest.raises(CapacityError):
+        provider.launch(offer, spec())
+    again = {o.key: o for o in provider.offers(Requirements(gpu_types=("L4",)))}
+    assert 590 < again[offer.key].capacity_wait_s <= 600
+    assert all(o.capacity_wait_s == 0 for key, o in again.items() if key != offer.key)
+    provider.settings.capacity_retry_s = 0
+    assert all(o.capacity_wait_s == 0 for o in provider.offers(Requirements(gpu_types=("L4",))))
 
 
 @pytest.mark.parametrize("code", ["SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "VcpuLimitExceeded"])
