@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import pytest
+
 READY_TIMEOUT_S = 60
 # The HTTP status EC2 answers each error with (server errors are 5xx, the caller's are 4xx).
 ERROR_STATUS = {
@@ -163,3 +165,19 @@ def stop_moto(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def moto_server(tmp_path_factory):
+    """moto's server for one test module (import this fixture into the module)."""
+    server, process = start_moto(tmp_path_factory.mktemp("moto"))
+    yield server
+    stop_moto(process)
+
+
+def moto_s3(server: MotoServer, region: str = "us-east-1"):
+    """An S3 client straight at moto (S3 calls do not go through the EC2 fault proxy)."""
+    import boto3
+
+    return boto3.client("s3", region_name=region, endpoint_url=server.url, aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
