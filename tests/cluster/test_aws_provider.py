@@ -16,50 +16,15 @@ from pydantic import ValidationError
 from cluster.capacity import CapacityError, launch_first_available
 from cluster.errors import ClusterError
 from cluster.provider import LaunchSpec, Requirements
-from cluster.providers.aws import TAG_RUN, AwsProvider, AwsSettings, catalog_types, check
+from cluster.providers.aws import AwsProvider, AwsSettings, catalog_types, check
 from cost_models.catalog import list_offers
-from tests.aws_server import Fault, FaultProxy, start_moto, stop_moto
+from tests.aws_server import MOTO_AMI, PLANTED_SECRET, PLANTED_TOKEN, Fault
 
 REPO = Path(__file__).resolve().parents[2]
-PLANTED_SECRET = "plantedSecretKey0123456789abcdefghijKLMN"
-PLANTED_TOKEN = "plantedSessionTokenFQoGZXIvYXdzEBcaDHhBTEXAMPLE"
-REGIONS = ("us-east-1", "us-west-2")
-# moto ships this public AMI ("Deep Learning AMI Ubuntu Linux - 2.4_Oct2017"); the real default filter names the
-# current Deep Learning AMIs, which moto does not have.
-MOTO_AMI = {"ami_name": "Deep Learning AMI Ubuntu*", "ami_owners": ["898082745236"]}
 
 
 def boot_script(offer, spec) -> str:
     return f"#!/bin/bash\nexport SPOTTUNE_RUN={spec.run_id} SPOTTUNE_TRIAL={spec.trial_id}\necho boot {offer.key}\n"
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server, process = start_moto(tmp_path_factory.mktemp("moto"))
-    yield server
-    stop_moto(process)
-
-
-@pytest.fixture
-def ec2(moto, monkeypatch):
-    """A proxy in front of a freshly reset moto, and the environment that points boto3 at it."""
-    moto.reset()
-    proxy = FaultProxy(moto.url)
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": PLANTED_SECRET,
-        "AWS_SESSION_TOKEN": PLANTED_TOKEN, "AWS_ENDPOINT_URL_EC2": proxy.url, "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE":
-        "/nonexistent", "AWS_PROFILE": "",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE")
-    yield proxy
-    proxy.close()
-    for region in REGIONS:
-        client = boto3.client("ec2", region_name=region, endpoint_url=moto.url)
-        left = client.describe_instances(Filters=[{"Name": "tag-key", "Values": [TAG_RUN]},
-                                                  {"Name": "instance-state-name", "Values": ["pending", "running"]}])
-        assert not left["Reservations"], f"a test left spottune instances running in {region}"
 
 
 def moto_client(region: str = "us-east-1"):

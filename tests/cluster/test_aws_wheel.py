@@ -12,7 +12,7 @@ import pytest
 
 from cluster.errors import ClusterError
 from cluster.providers.aws_wheel import PROJECT_FILES, NodeWheel, build_wheel, source_packages
-from tests.aws_server import moto_s3, moto_server  # noqa: F401  (fixture)
+from tests.aws_server import moto_s3
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,21 +62,21 @@ def test_a_tree_without_pyproject_is_one_line(tmp_path):
     assert "\n" not in str(refused.value)
 
 
-def test_the_wheel_is_uploaded_once_per_run_under_its_node_prefix(tmp_path, moto_server, monkeypatch):  # noqa: F811
-    moto_server.reset()
+def test_the_wheel_is_uploaded_once_per_run_under_its_node_prefix(tmp_path, moto, monkeypatch):
+    moto.reset()
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
-    s3 = moto_s3(moto_server)
+    s3 = moto_s3(moto)
     s3.create_bucket(Bucket="runs")
     wheels = NodeWheel(tmp_path / "cache")
-    uri = wheels.uri("s3://runs/sweeps/run-1", moto_server.url)
+    uri = wheels.uri("s3://runs/sweeps/run-1", moto.url)
     local = build_wheel(tmp_path / "cache")
     assert uri == f"s3://runs/sweeps/run-1/node/{local.name}"
     key = f"sweeps/run-1/node/{local.name}"
     assert s3.get_object(Bucket="runs", Key=key)["Body"].read() == local.read_bytes()
     s3.delete_object(Bucket="runs", Key=key)
-    assert wheels.uri("s3://runs/sweeps/run-1", moto_server.url) == uri
+    assert wheels.uri("s3://runs/sweeps/run-1", moto.url) == uri
     assert "Contents" not in s3.list_objects_v2(Bucket="runs", Prefix="sweeps/run-1/"), "uploaded once per run"
     other = wheels.uri(f"file://{tmp_path}/runs/run-2")
     assert other == f"file://{tmp_path}/runs/run-2/node/{local.name}"
