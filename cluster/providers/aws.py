@@ -3,15 +3,18 @@
 Offers: the catalog's AWS instance types (cost_models/data/offers.csv) whose GPU family is in GPU_BY_FAMILY,
 in every zone of the configured regions that offers the type (describe_instance_type_offerings); GPU count and
 memory from describe_instance_types; spot prices per zone from describe_spot_price_history, cached with the time
-they were read; on-demand prices and interruption buckets from the catalog. When EC2 cannot be reached the offers
-are the catalog's, marked `price_origin="catalog-fallback"`.
-Launch: run_instances, spot one-time with terminate on interruption (or on-demand), IMDSv2 only, tagged
-spottune:run / spottune:trial / spottune:attempt on the instance and its volumes, user-data = the caller's boot
-script (refused if it holds an AWS credential). Capacity refusals raise cluster.capacity.CapacityError; throttling
-is retried by botocore's standard retry mode (exponential backoff with jitter).
-Watch: describe_instances turns into `running` and `lost` (with the StateReason, e.g. Server.SpotInstanceTermination);
-the 2-minute `notice` is read on the node from IMDS (cluster/node/imds.py) and reaches the controller through
-the run's storage, read by the `notice_reader` the caller passes.
+they were read; on-demand prices and interruption buckets from the catalog. When EC2 cannot be reached (or there
+are no credentials, as for `spottune plan` without an AWS account) the offers are the catalog's, marked
+`price_origin="catalog-fallback"`. An offer EC2 refused for capacity lately carries a wait (Offer.capacity_wait_s).
+Launch: one run_instances per attempt for all its nodes (MinCount=MaxCount=spec.nodes), spot one-time with
+terminate on interruption (or on-demand), IMDSv2 only, tagged spottune:run / spottune:trial / spottune:attempt /
+spottune:payload on the instances and their volumes, user-data = the boot script (cluster/providers/aws_node.py:
+install the run's wheel, start the node entry point; refused if it holds an AWS credential). Capacity refusals
+raise cluster.capacity.CapacityError; throttling is retried by botocore's standard retry mode (exponential
+backoff with jitter).
+Watch: describe_instances turns into `running`, `lost` (with the StateReason, e.g. Server.SpotInstanceTermination)
+and `exited` (the instance shut itself down); the 2-minute `notice` is read on the node from IMDS
+(cluster/node/imds.py) and reaches the controller through the attempt's channel in the run's storage.
 Every EC2 action called here is listed in docs/aws-iam-controller.json (a test checks both ways).
 """
 from __future__ import annotations
@@ -57,6 +60,7 @@ TAG_PAYLOAD, TAG_ENDPOINT = "spottune:payload", "spottune:storage-endpoint"  # s
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 USER_DATA_LIMIT = 16 * 1024  # bytes, EC2's limit before base64
+SELF_SHUTDOWN = "Client.InstanceInitiatedShutdown"  # the node shut down on its own (shutdown behaviour: terminate)
 NOT_FOUND_GRACE_S = 120.0  # EC2 is eventually consistent: a fresh instance may be unknown to describe_instances
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 NO_CREDENTIALS = ("aws: no AWS credentials found; set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
@@ -238,11 +242,11 @@ def catalog_types() -> dict[str, dict[str, Offer]]:
 
 class AwsProvider:
     name = NAME
-    accelerator = "cuda"
 
     def __init__(self, settings: AwsSettings, boot_script: BootScript, notice_reader: NoticeReader | None = None,
                  session: boto3.Session | None = None) -> None:
         self.settings = settings
+        self.accelerator = settings.accelerator
         self.boot_script = boot_script
         self.notice_reader = notice_reader
         self.api = AwsApi(settings, session)
@@ -476,7 +480,9 @@ class AwsProvider:
             if instance is not None and instance["State"]["Name"] in GONE_STATES:
                 reported.add("lost")
                 prefix = f"{machine} " if len(machines) > 1 else ""
-                return [NodeEvent("lost", now, reason=prefix + _state_reason(instance))]
+                shut_itself_down = (instance.get("StateReason") or {}).get("Code") == SELF_SHUTDOWN
+                return [NodeEvent("exited" if shut_itself_down else "lost", now,
+                                  reason=prefix + _state_reason(instance))]
         running = len(instances) == len(machines) and all(
             instance["State"]["Name"] == "running" for instance in instances.values())
         if running and "running" not in reported:

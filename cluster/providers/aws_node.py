@@ -8,6 +8,8 @@ notice in the same attempt prefix (cluster/node/channel.py). The controller neve
 from __future__ import annotations
 
 from cluster.errors import ClusterError
+from cluster.node.boot import boot_script, wheel_install
+from cluster.node.channel import AttemptChannel
 from cluster.provider import LaunchSpec, Node
 from cluster.providers.aws_wheel import NodeWheel
 from cluster.storage import open_store
@@ -36,8 +38,9 @@ class WheelBootScript:
         self.wheel = wheel
 
     def __call__(self, offer: Offer, spec: LaunchSpec) -> str:
-        from cluster.node.boot import boot_script, wheel_install
-
+        if not spec.payload.startswith("s3://"):
+            raise ClusterError(f"aws: nodes reach the run's storage over S3; storage must be an s3:// URI, not "
+                               f"{spec.payload.rsplit('/', 5)[0]!r}")
         wheel_uri = self.wheel.uri(run_prefix(spec), spec.storage_endpoint)
         return boot_script(spec.payload, spec.storage_endpoint, wheel_install(wheel_uri))
 
@@ -46,11 +49,9 @@ class ChannelNoticeReader:
     """The earliest deadline any node of an attempt posted in its channel, or None."""
 
     def __init__(self) -> None:
-        self._channels: dict[str, object] = {}
+        self._channels: dict[str, AttemptChannel] = {}
 
     def __call__(self, node: Node) -> float | None:
-        from cluster.node.channel import AttemptChannel
-
         if node.id not in self._channels:
             prefix = attempt_prefix_of(node.spec)
             self._channels[node.id] = AttemptChannel(open_store(prefix, node.spec.storage_endpoint))

@@ -5,6 +5,8 @@ the registry imports this module to learn the settings model, and aws.py only wh
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cluster.provider import Provider
@@ -31,6 +33,9 @@ class AwsSettings(BaseModel):
     spot_price_max_age_s: float = Field(3600.0, gt=0)  # how long a spot price read is reused
     api_max_attempts: int = Field(5, ge=1, le=20)  # per EC2 call: throttling and server errors (5xx) are retried
     capacity_retry_s: float = Field(600.0, ge=0)  # after a capacity refusal, how long the offer is priced as waiting
+    # What the nodes' workers compute on: cuda on GPU instances; cpu where there is no GPU (the end-to-end tests on
+    # moto run each node as a local process on this machine).
+    accelerator: Literal["cuda", "cpu"] = "cuda"
 
     @model_validator(mode="after")
     def _ami_is_regional(self) -> "AwsSettings":
