@@ -14,7 +14,8 @@ raise cluster.capacity.CapacityError; throttling is retried by botocore's standa
 backoff with jitter).
 Watch: describe_instances turns into `running`, `lost` (with the StateReason, e.g. Server.SpotInstanceTermination)
 and `exited` (the instance shut itself down); the 2-minute `notice` is read on the node from IMDS
-(cluster/node/imds.py) and reaches the controller through the attempt's channel in the run's storage.
+(cluster/node/imds.py) and reaches the controller through the attempt's channel in the run's storage (or through
+the `notice_reader` a caller passes).
 Every EC2 action called here is listed in docs/aws-iam-controller.json (a test checks both ways).
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from cluster.capacity import CapacityError
 from cluster.errors import ClusterError
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements
-from cluster.providers.aws_node import ChannelNoticeReader, WheelBootScript
+from cluster.providers.aws_node import WheelBootScript
 from cluster.providers.aws_settings import AwsSettings
 from cluster.providers.aws_wheel import NodeWheel
 from cluster.providers.registry import ProviderContext
@@ -260,9 +261,10 @@ class AwsProvider:
     @classmethod
     def for_run(cls, settings: AwsSettings, context: ProviderContext) -> AwsProvider:
         """The provider a sweep's controller uses: nodes install the run's wheel (built from this source tree,
-        cached under SPOTTUNE_CACHE or the run directory) and post their notices in their attempt channel."""
+        cached under SPOTTUNE_CACHE or the run directory); their notices reach the controller through their
+        attempt channel, which it reads itself."""
         cache = Path(os.environ["SPOTTUNE_CACHE"]) if os.environ.get("SPOTTUNE_CACHE") else context.run_dir
-        return cls(settings, WheelBootScript(NodeWheel(cache)), ChannelNoticeReader())
+        return cls(settings, WheelBootScript(NodeWheel(cache)))
 
     # lifecycle
 
