@@ -304,6 +304,7 @@ class Controller:
                     # The node is gone or its entry point ended: nothing more can reach the channel. An outcome
                     # there says how training ended; without one, a lost node was preempted and an exited one
                     # failed before training could end.
+                    self.read_notice(active)
                     outcome = self.runner.finished(active.handle, now=True)
                     self.apply(self.runner.drain())
                     if outcome is None and event.kind == "lost":
@@ -336,12 +337,16 @@ class Controller:
     def collect(self) -> None:
         """Finish the attempts whose node 0 wrote an outcome; record notices the nodes posted themselves."""
         for active in list(self.active.values()):
+            self.read_notice(active)  # first: a node that saved on a notice writes its outcome right after it
             outcome = self.runner.finished(active.handle)
             if outcome is not None:
                 self.apply(self.runner.drain())
                 self.finish(active, outcome)
-            elif active.notice_deadline is None and (deadline := self.runner.notice_deadline(active.handle)):
-                self.noticed(active, deadline, time.time(), "the node reported a preemption notice")
+
+    def read_notice(self, active: Active) -> None:
+        """Record the notice the attempt's nodes posted in its channel, once."""
+        if active.notice_deadline is None and (deadline := self.runner.notice_deadline(active.handle)):
+            self.noticed(active, deadline, time.time(), "the node reported a preemption notice")
 
     def finish(self, active: Active, outcome: dict) -> None:
         """Decide how the attempt ended, release its node and move the trial on."""
