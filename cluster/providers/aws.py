@@ -34,6 +34,7 @@ from typing import Any, Callable
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.parsers import ResponseParserError
 
 from cluster.capacity import CapacityError
 from cluster.errors import ClusterError
@@ -293,7 +294,7 @@ class AwsProvider:
                 continue
             try:
                 found += self._region_offers(region, types, markets)
-            except (BotoCoreError, ClientError) as error:
+            except (BotoCoreError, ClientError, ResponseParserError) as error:
                 reason = self.api.scrub(str(error))
                 log.warning("aws %s: EC2 cannot be reached (%s); offering catalog prices", region, reason)
                 found += _fallback_offers(region, types, markets, reason)

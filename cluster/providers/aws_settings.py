@@ -9,8 +9,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cluster.errors import ClusterError
 from cluster.provider import Provider
 from cluster.providers.registry import ProviderContext, ProviderKind, register
+from cluster.storage import StorageURI
 
 DEFAULT_AMI_NAME = "Deep Learning OSS Nvidia Driver AMI GPU PyTorch * (Ubuntu 22.04) *"
 DEFAULT_AMI_OWNERS = ["amazon"]
@@ -42,6 +44,16 @@ class AwsSettings(BaseModel):
         if self.ami is not None and len(self.regions) > 1:
             raise ValueError("aws.ami: an AMI id belongs to one region; with several regions use aws.ami_name")
         return self
+
+    def check_launch(self, storage: StorageURI) -> None:
+        """At submit, before anything is launched: nodes reach storage over S3, and every setting exists in EC2
+        (regions, credentials, AMI, subnets, security groups, key pair); ClusterError in one line otherwise."""
+        if storage.scheme != "s3":
+            raise ClusterError(f"storage: aws nodes reach the run's storage over S3; use an s3:// URI, not "
+                               f"{str(storage)!r}")
+        from cluster.providers.aws import check
+
+        check(self)
 
 
 def build(settings: AwsSettings, context: ProviderContext) -> Provider:
