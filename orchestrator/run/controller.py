@@ -304,8 +304,8 @@ class Controller:
                     # The node is gone or its entry point ended: nothing more can reach the channel. An outcome
                     # there says how training ended; without one, a lost node was preempted and an exited one
                     # failed before training could end.
-                    self.read_notice(active)
                     outcome = self.runner.finished(active.handle, now=True)
+                    self.read_notice(active)
                     self.apply(self.runner.drain())
                     if outcome is None and event.kind == "lost":
                         active.lost_at, active.lost_reason = event.time, event.reason
@@ -337,14 +337,15 @@ class Controller:
     def collect(self) -> None:
         """Finish the attempts whose node 0 wrote an outcome; record notices the nodes posted themselves."""
         for active in list(self.active.values()):
-            self.read_notice(active)  # first: a node that saved on a notice writes its outcome right after it
             outcome = self.runner.finished(active.handle)
+            self.read_notice(active)
             if outcome is not None:
                 self.apply(self.runner.drain())
                 self.finish(active, outcome)
 
     def read_notice(self, active: Active) -> None:
-        """Record the notice the attempt's nodes posted in its channel, once."""
+        """Record the notice the attempt's nodes posted in its channel, once. Read after the outcome: a node that
+        saved on a notice posted the notice before it wrote the outcome, so an outcome seen means its notice is."""
         if active.notice_deadline is None and (deadline := self.runner.notice_deadline(active.handle)):
             self.noticed(active, deadline, time.time(), "the node reported a preemption notice")
 
