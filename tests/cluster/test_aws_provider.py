@@ -349,8 +349,32 @@ def test_controller_policy_allows_exactly_the_ec2_calls_the_code_makes():
     policy = _policy_actions("aws-iam-controller.json")
     assert {a for a in policy if a.startswith("ec2:")} == called | {"ec2:CreateTags"}, \
         "CreateTags: what RunInstances' TagSpecifications need, limited to launches in the policy"
-    assert policy - called - {"ec2:CreateTags"} == {"iam:PassRole"}, "PassRole: launching with the instance profile"
+    assert {a for a in policy if not a.startswith(("ec2:", "s3:"))} == {"iam:PassRole"}, \
+        "PassRole: launching with the instance profile"
     assert not any("*" in action for action in policy)
+
+
+S3_ACTION_OF_CALL = {  # boto3 S3 client calls -> the IAM action each needs
+    "get_object": "s3:GetObject", "download_file": "s3:GetObject", "put_object": "s3:PutObject",
+    "upload_file": "s3:PutObject", "delete_object": "s3:DeleteObject", "delete_objects": "s3:DeleteObject",
+    "list_objects_v2": "s3:ListBucket", "head_bucket": "s3:ListBucket",
+}
+
+
+def test_controller_policy_allows_exactly_the_s3_calls_the_runs_storage_makes():
+    source = (REPO / "cluster" / "storage.py").read_text()
+    calls = set(re.findall(r"self\.client\.(\w+)\(", source)) | set(re.findall(r'get_paginator\("(\w+)"\)', source))
+    assert calls - {"get_paginator"} <= set(S3_ACTION_OF_CALL), calls
+    needed = {S3_ACTION_OF_CALL[call] for call in calls if call != "get_paginator"}
+    policy = json.loads((REPO / "docs" / "aws-iam-controller.json").read_text())
+    granted = {}
+    for statement in policy["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for action in (a for a in actions if a.startswith("s3:")):
+            granted[action] = statement["Resource"]
+    assert set(granted) == needed
+    assert granted["s3:ListBucket"] == "arn:aws:s3:::BUCKET"
+    assert all(granted[a] == "arn:aws:s3:::BUCKET/PREFIX/*" for a in needed - {"s3:ListBucket"})
 
 
 def test_node_policy_reaches_only_its_runs_storage_prefix():
