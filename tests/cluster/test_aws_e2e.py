@@ -5,9 +5,10 @@ XML (throttling from the start; InsufficientInstanceCapacity for trial 0's first
 reclaimed). For each instance moto reports running, the VM runner (tests/aws_nodes.py) runs that instance's
 user-data: the boot script downloads the wheel the controller uploaded to the run's S3 prefix, pip-installs it
 into the VM's own directory and starts `spottune node run`, which trains on CPU with its own Ray. Trial 0 gets a
-spot notice on its IMDS mid-training (then its instance is terminated at the deadline); once trial 0 is relaunched,
-trial 1's node vanishes without a word (after a committed checkpoint). Both must finish with the adapter of an uninterrupted run.
-The controller's credentials are planted secrets that must appear nowhere the run writes.
+spot notice on its IMDS mid-training (then its instance is terminated at the deadline); once trial 0 is
+relaunched, trial 1's node vanishes without a word (after a committed checkpoint). Both must finish with the
+adapter of an uninterrupted run. The controller's credentials are planted secrets that must appear nowhere the run
+writes.
 """
 from __future__ import annotations
 
