@@ -34,7 +34,8 @@ def two_runs(moto, tmp_path_factory):
     try:
         for nodes in (2, 1):
             spec = tiny_sweep(directory, f"nodes{nodes}", max_steps=STEPS,
-                              search={"parameters": {"training.seed": [3]}}, storage=f"s3://{BUCKET}/n{nodes}", storage_endpoint=moto.url,
+                              search={"parameters": {"training.seed": [3]}}, storage=f"s3://{BUCKET}/n{nodes}",
+                              storage_endpoint=moto.url,
                               resources={"providers": ["aws"], "gpus_per_trial": 2, "nodes_per_trial": nodes},
                               provider_settings={"aws": {**MOTO_AMI, "accelerator": "cpu"}})
             state_dir = directory / f"state{nodes}"
