@@ -101,6 +101,7 @@ def aws_sweep(moto, tmp_path_factory):
         vms.stop()
         proxy.close()
     assert not vms.errors, vms.errors
+    assert not running_spottune_instances(moto), "no instance is left running"
 
 
 def test_both_trials_finish_on_spot_instances_and_status_and_report_show_types_and_dollars(aws_sweep):
