@@ -10,9 +10,10 @@ import pytest
 
 from orchestrator.run.state import StateStore
 from tests.aws_nodes import VmRunner
-from tests.aws_server import MOTO_AMI, moto_s3, running_spottune_instances
+from tests.aws_server import moto_s3, running_spottune_instances
+from tests.aws_sweeps import aws_tiny_sweep, controller_env
 from tests.orchestrator.sweeps import (
-    adapter_tensors, assert_bit_identical, only_run, spottune, tiny_sweep, wait_for, warm_model_cache,
+    adapter_tensors, assert_bit_identical, only_run, spottune, wait_for, warm_model_cache,
 )
 
 pytestmark = pytest.mark.slow
@@ -27,17 +28,14 @@ def two_runs(moto, tmp_path_factory):
     s3.create_bucket(Bucket=BUCKET)
     directory = tmp_path_factory.mktemp("awsmulti")
     vms = VmRunner(moto.url, directory / "vms", env={"GLOO_SOCKET_IFNAME": "lo"}).start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": moto.url, "AWS_EC2_METADATA_DISABLED": "true"}
+    env = controller_env(moto.url)
     warm_model_cache()
     runs = {}
     try:
         for nodes in (2, 1):
-            spec = tiny_sweep(directory, f"nodes{nodes}", max_steps=STEPS,
-                              search={"parameters": {"training.seed": [3]}}, storage=f"s3://{BUCKET}/n{nodes}",
-                              storage_endpoint=moto.url,
-                              resources={"providers": ["aws"], "gpus_per_trial": 2, "nodes_per_trial": nodes},
-                              provider_settings={"aws": {**MOTO_AMI, "accelerator": "cpu"}})
+            spec = aws_tiny_sweep(directory, f"nodes{nodes}", moto.url, f"s3://{BUCKET}/n{nodes}", STEPS,
+                                  search={"parameters": {"training.seed": [3]}},
+                                  resources={"providers": ["aws"], "gpus_per_trial": 2, "nodes_per_trial": nodes})
             state_dir = directory / f"state{nodes}"
             submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir), env=env)
             assert submitted.returncode == 0, submitted.stderr

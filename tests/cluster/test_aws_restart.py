@@ -7,16 +7,15 @@ import os
 import signal
 
 import pytest
-import yaml
 
 from orchestrator.run.controller import controller_pid
 from orchestrator.run.layout import RunLayout
 from orchestrator.run.state import StateStore
 from tests.aws_nodes import VmRunner
-from tests.aws_server import MOTO_AMI, moto_s3, running_spottune_instances
+from tests.aws_server import moto_s3, running_spottune_instances
+from tests.aws_sweeps import aws_tiny_sweep, controller_env
 from tests.orchestrator.sweeps import (
-    adapter_tensors, assert_bit_identical, only_run, reference_adapter, spottune, tiny_sweep, wait_for,
-    warm_model_cache,
+    adapter_tensors, assert_bit_identical, only_run, reference_adapter, spottune, wait_for, warm_model_cache,
 )
 
 pytestmark = pytest.mark.slow
@@ -31,15 +30,9 @@ def restarted(moto, tmp_path_factory):
     s3.create_bucket(Bucket=BUCKET)
     directory = tmp_path_factory.mktemp("awsrestart")
     vms = VmRunner(moto.url, directory / "vms", env={"GLOO_SOCKET_IFNAME": "lo"}).start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": moto.url, "AWS_EC2_METADATA_DISABLED": "true"}
-    spec = tiny_sweep(directory, "restart", max_steps=STEPS, search={"parameters": {"training.seed": [3]}},
-                      storage=f"s3://{BUCKET}/sweeps", storage_endpoint=moto.url,
-                      checkpoint={"every_steps": 20, "keep": 2}, resources={"providers": ["aws"]},
-                      provider_settings={"aws": {**MOTO_AMI, "accelerator": "cpu"}})
-    document = yaml.safe_load(spec.read_text())
-    document["config"]["training"]["epochs"] = 12
-    spec.write_text(yaml.safe_dump(document, sort_keys=False))
+    env = controller_env(moto.url)
+    spec = aws_tiny_sweep(directory, "restart", moto.url, f"s3://{BUCKET}/sweeps", STEPS, epochs=12,
+                          search={"parameters": {"training.seed": [3]}}, checkpoint={"every_steps": 20, "keep": 2})
     state_dir = directory / "state"
     warm_model_cache()
     try:
