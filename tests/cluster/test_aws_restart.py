@@ -46,8 +46,8 @@ def restarted(moto, tmp_path_factory):
         wait_for(lambda: controller_pid(RunLayout(state_dir, run_id)) is None, 30, "the controller to die")
         instances_at_kill = running_spottune_instances(moto)
         resumed = spottune("resume", run_id, "--state-dir", str(state_dir), "--interval", "30", env=env)
-        yield {"run": run_id, "state": state, "state_dir": state_dir, "resumed": resumed, "instances_at_kill": instances_at_kill,
-               "s3": s3, "vms": vms, "moto": moto}
+        yield {"run": run_id, "state": state, "state_dir": state_dir, "resumed": resumed,
+               "instances_at_kill": instances_at_kill, "s3": s3, "vms": vms, "moto": moto}
     finally:
         vms.stop()
     assert not vms.errors, vms.errors
