@@ -16,17 +16,14 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cluster.storage import open_store
 from orchestrator.run.state import StateStore
 from tests.aws_nodes import VmRunner
-from tests.aws_server import (
-    MOTO_AMI, PLANTED_SECRET, PLANTED_TOKEN, Fault, FaultProxy, moto_s3, running_spottune_instances,
-)
+from tests.aws_server import PLANTED_SECRET, PLANTED_TOKEN, Fault, FaultProxy, moto_s3, running_spottune_instances
+from tests.aws_sweeps import aws_tiny_sweep
 from tests.orchestrator.sweeps import (
-    adapter_tensors, assert_bit_identical, only_run, reference_adapter, spottune, tiny_sweep, wait_for,
-    warm_model_cache,
+    adapter_tensors, assert_bit_identical, only_run, reference_adapter, spottune, wait_for, warm_model_cache,
 )
 
 pytestmark = pytest.mark.slow
@@ -59,14 +56,8 @@ def aws_sweep(moto, tmp_path_factory):
     proxy.faults.append(Fault("RunInstances", "RequestLimitExceeded", times=1, message="Request limit exceeded."))
     vms = VmRunner(moto.url, directory / "vms", env={"GLOO_SOCKET_IFNAME": "lo"}).start()
     env = controller_env(proxy, moto.url)
-    spec = tiny_sweep(
-        directory, "awssweep", max_steps=STEPS, storage=f"s3://{BUCKET}/sweeps", storage_endpoint=moto.url,
-        checkpoint={"every_steps": EVERY, "keep": 2}, resources={"providers": ["aws"]},
-        provider_settings={"aws": {**MOTO_AMI, "accelerator": "cpu", "api_max_attempts": 4}},
-    )
-    document = yaml.safe_load(spec.read_text())
-    document["config"]["training"]["epochs"] = 12
-    spec.write_text(yaml.safe_dump(document, sort_keys=False))
+    spec = aws_tiny_sweep(directory, "awssweep", moto.url, f"s3://{BUCKET}/sweeps", STEPS, epochs=12,
+                          aws={"api_max_attempts": 4}, checkpoint={"every_steps": EVERY, "keep": 2})
     state_dir = directory / "state"
     warm_model_cache()
     try:
