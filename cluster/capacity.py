@@ -2,17 +2,19 @@
 
 A cloud refuses a launch for reasons that say nothing about the job (no capacity in that zone, a spot price
 ceiling, an account quota, a type not offered there). The provider raises CapacityError with the reason; the
-caller tries the next cheapest offer that fits: the same instance type in another zone first (same GPU, same
-price class), then other types, cheapest first. Every refusal is kept so the controller can record it as an event.
+caller chooses again among the offers not refused yet: the same instance type and market in other zones or
+regions first (same GPU, same price class), then every other offer. Each refusal is handed to the caller, which
+records it as an event.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from cluster.errors import ClusterError
-from cluster.provider import LaunchSpec, Node
 from cost_models.catalog import Offer
+
+Choice = TypeVar("Choice")
+Launched = TypeVar("Launched")
 
 
 class CapacityError(ClusterError):
@@ -22,35 +24,34 @@ class CapacityError(ClusterError):
         super().__init__(f"{offer.key}: {code}: {message}")
         self.offer = offer
         self.code = code
+        self.message = message
 
 
-@dataclass(frozen=True)
-class LaunchOutcome:
-    node: Node
-    refusals: tuple[CapacityError, ...]  # the offers tried before it, each with the provider's reason
-
-
-def fallback_order(chosen: Offer, fitting: Sequence[Offer]) -> list[Offer]:
-    """`chosen`, then the same instance type and market in other zones/regions, then every other fitting offer;
-    each group cheapest first."""
-    def same_type(offer: Offer) -> bool:
-        return (offer.provider, offer.instance_type, offer.market) == (chosen.provider, chosen.instance_type,
-                                                                        chosen.market)
-
-    others = [offer for offer in fitting if offer.key != chosen.key]
-    by_price = sorted(others, key=lambda offer: (offer.usd_per_gpu_hour, offer.key))
-    return [chosen] + [o for o in by_price if same_type(o)] + [o for o in by_price if not same_type(o)]
+def same_type(offer: Offer, other: Offer) -> bool:
+    """The same instance type on the same market (it may be in another zone or region)."""
+    return (offer.provider, offer.instance_type, offer.market) == (other.provider, other.instance_type, other.market)
 
 
 def launch_first_available(
-    launch: Callable[[Offer, LaunchSpec], Node], chosen: Offer, fitting: Sequence[Offer], spec: LaunchSpec,
-) -> LaunchOutcome:
-    """Launch `chosen` or, on a CapacityError, the next offer in fallback_order; the last refusal is raised when
-    no offer can be rented."""
-    refusals: list[CapacityError] = []
-    for offer in fallback_order(chosen, fitting):
+    launch: Callable[[Choice], Launched],
+    choose: Callable[[Sequence[Offer]], Choice | None],
+    offer_of: Callable[[Choice], Offer],
+    chosen: Choice,
+    offers: Sequence[Offer],
+    refused: Callable[[CapacityError], None],
+) -> tuple[Choice, Launched] | None:
+    """Launch `chosen` (a choice of offer, e.g. a plan row); after each CapacityError (handed to `refused`) choose
+    again among the offers not refused yet, those of the refused offer's type and market first, then all of them.
+    None when every choice is refused."""
+    refused_keys: set[str] = set()
+    choice: Choice | None = chosen
+    while choice is not None:
+        offer = offer_of(choice)
         try:
-            return LaunchOutcome(launch(offer, spec), tuple(refusals))
+            return choice, launch(choice)
         except CapacityError as refusal:
-            refusals.append(refusal)
-    raise refusals[-1]
+            refused(refusal)
+            refused_keys.add(offer.key)
+            left = [other for other in offers if other.key not in refused_keys]
+            choice = choose([other for other in left if same_type(other, offer)]) or choose(left)
+    return None

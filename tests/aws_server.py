@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import pytest
+
 READY_TIMEOUT_S = 60
 # The HTTP status EC2 answers each error with (server errors are 5xx, the caller's are 4xx).
 ERROR_STATUS = {
@@ -163,3 +165,60 @@ def stop_moto(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+PLANTED_SECRET = "plantedSecretKey0123456789abcdefghijKLMN"
+PLANTED_TOKEN = "plantedSessionTokenFQoGZXIvYXdzEBcaDHhBTEXAMPLE"
+REGIONS = ("us-east-1", "us-west-2")
+# moto ships this public AMI ("Deep Learning AMI Ubuntu Linux - 2.4_Oct2017"); the real default filter names the
+# current Deep Learning AMIs, which moto does not have.
+MOTO_AMI = {"ami_name": "Deep Learning AMI Ubuntu*", "ami_owners": ["898082745236"]}
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """moto's server for one test module (a module imports this fixture, and `ec2` with it)."""
+    server, process = start_moto(tmp_path_factory.mktemp("moto"))
+    yield server
+    stop_moto(process)
+
+
+@pytest.fixture
+def ec2(moto, monkeypatch):
+    """A proxy in front of a freshly reset moto, and the environment that points boto3's EC2 at it, with planted
+    secret credentials (a test looks for them wherever the code writes); after the test, no spottune-tagged
+    instance may be left pending or running."""
+    moto.reset()
+    proxy = FaultProxy(moto.url)
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": PLANTED_SECRET,
+        "AWS_SESSION_TOKEN": PLANTED_TOKEN, "AWS_ENDPOINT_URL_EC2": proxy.url, "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE":
+        "/nonexistent",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    yield proxy
+    proxy.close()
+    for region in REGIONS:
+        left = running_spottune_instances(moto, region)
+        assert not left, f"a test left spottune instances running in {region}: {left}"
+
+
+def running_spottune_instances(server: MotoServer, region: str = "us-east-1") -> list[str]:
+    """Instance ids moto lists as pending or running with a spottune tag (asked of moto directly)."""
+    import boto3
+
+    client = boto3.client("ec2", region_name=region, endpoint_url=server.url, aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+    reply = client.describe_instances(Filters=[{"Name": "tag-key", "Values": ["spottune:run"]},
+                                               {"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    return [i["InstanceId"] for r in reply["Reservations"] for i in r["Instances"]]
+
+
+def moto_s3(server: MotoServer, region: str = "us-east-1"):
+    """An S3 client straight at moto (S3 calls do not go through the EC2 fault proxy)."""
+    import boto3
+
+    return boto3.client("s3", region_name=region, endpoint_url=server.url, aws_access_key_id="testing",
+                        aws_secret_access_key="testing")

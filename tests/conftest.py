@@ -36,3 +36,4 @@ def repo() -> Path:
 
 
 from tests.s3_server import s3_server  # noqa: E402,F401  (session fixture: a real S3 server on 127.0.0.1)
+from tests.aws_server import ec2, moto  # noqa: E402,F401  (moto EC2+S3 per module, a fault proxy per test)

@@ -3,15 +3,19 @@
 Offers: the catalog's AWS instance types (cost_models/data/offers.csv) whose GPU family is in GPU_BY_FAMILY,
 in every zone of the configured regions that offers the type (describe_instance_type_offerings); GPU count and
 memory from describe_instance_types; spot prices per zone from describe_spot_price_history, cached with the time
-they were read; on-demand prices and interruption buckets from the catalog. When EC2 cannot be reached the offers
-are the catalog's, marked `price_origin="catalog-fallback"`.
-Launch: run_instances, spot one-time with terminate on interruption (or on-demand), IMDSv2 only, tagged
-spottune:run / spottune:trial / spottune:attempt on the instance and its volumes, user-data = the caller's boot
-script (refused if it holds an AWS credential). Capacity refusals raise cluster.capacity.CapacityError; throttling
-is retried by botocore's standard retry mode (exponential backoff with jitter).
-Watch: describe_instances turns into `running` and `lost` (with the StateReason, e.g. Server.SpotInstanceTermination);
-the 2-minute `notice` is read on the node from IMDS (cluster/node/imds.py) and reaches the controller through
-the run's storage, read by the `notice_reader` the caller passes.
+they were read; on-demand prices and interruption buckets from the catalog. When EC2 cannot be reached (or there
+are no credentials, as for `spottune plan` without an AWS account) the offers are the catalog's, marked
+`price_origin="catalog-fallback"`. An offer EC2 refused for capacity lately carries a wait (Offer.capacity_wait_s).
+Launch: one run_instances per attempt for all its nodes (MinCount=MaxCount=spec.nodes), spot one-time with
+terminate on interruption (or on-demand), IMDSv2 only, tagged spottune:run / spottune:trial / spottune:attempt /
+spottune:payload on the instances and their volumes, user-data = the boot script (cluster/providers/aws_node.py:
+install the run's wheel, start the node entry point; refused if it holds an AWS credential). Capacity refusals
+raise cluster.capacity.CapacityError; throttling is retried by botocore's standard retry mode (exponential
+backoff with jitter).
+Watch: describe_instances turns into `running`, `lost` (with the StateReason, e.g. Server.SpotInstanceTermination)
+and `exited` (the instance shut itself down); the 2-minute `notice` is read on the node from IMDS
+(cluster/node/imds.py) and reaches the controller through the attempt's channel in the run's storage (or through
+the `notice_reader` a caller passes).
 Every EC2 action called here is listed in docs/aws-iam-controller.json (a test checks both ways).
 """
 from __future__ import annotations
@@ -23,17 +27,22 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from botocore.parsers import ResponseParserError
 
 from cluster.capacity import CapacityError
 from cluster.errors import ClusterError
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements
+from cluster.providers.aws_node import WheelBootScript
+from cluster.providers.aws_settings import AwsSettings
+from cluster.providers.aws_wheel import NodeWheel
+from cluster.providers.registry import ProviderContext
 from cost_models.catalog import Gpu, Offer, gpu as catalog_gpu, interruption_rates, list_offers
 
 log = logging.getLogger("spottune.aws")
@@ -43,17 +52,17 @@ GPU_BY_FAMILY = {
     "g4dn": "T4", "g5": "A10G", "g6": "L4", "g6e": "L40S",
     "p4d": "A100-40GB", "p4de": "A100-80GB", "p5": "H100", "p5en": "H200",
 }
-DEFAULT_AMI_NAME = "Deep Learning OSS Nvidia Driver AMI GPU PyTorch * (Ubuntu 22.04) *"
-DEFAULT_AMI_OWNERS = ["amazon"]
 CAPACITY_CODES = frozenset({
     "InsufficientInstanceCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "VcpuLimitExceeded",
     "Unsupported",
 })
 TAG_RUN, TAG_TRIAL, TAG_TRIAL_INDEX, TAG_ATTEMPT = "spottune:run", "spottune:trial", "spottune:trial-index", \
     "spottune:attempt"
+TAG_PAYLOAD, TAG_ENDPOINT = "spottune:payload", "spottune:storage-endpoint"  # so a restarted controller reattaches
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 USER_DATA_LIMIT = 16 * 1024  # bytes, EC2's limit before base64
+SELF_SHUTDOWN = "Client.InstanceInitiatedShutdown"  # the node shut down on its own (shutdown behaviour: terminate)
 NOT_FOUND_GRACE_S = 120.0  # EC2 is eventually consistent: a fresh instance may be unknown to describe_instances
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 NO_CREDENTIALS = ("aws: no AWS credentials found; set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
@@ -62,30 +71,6 @@ INSTANCE_TYPE = re.compile(r"^([a-z0-9-]+)\.[a-z0-9]+$")
 
 BootScript = Callable[[Offer, LaunchSpec], str]
 NoticeReader = Callable[[Node], "float | None"]
-
-
-class AwsSettings(BaseModel):
-    """The sweep's `aws:` section."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    regions: list[str] = Field(default_factory=lambda: ["us-east-1"], min_length=1)
-    zones: list[str] | None = None  # only these availability zones (None: every zone that offers the type)
-    ami: str | None = None  # an AMI id; AMI ids are regional, so only with a single region
-    ami_name: str = DEFAULT_AMI_NAME  # name filter resolved through describe_images (newest match) when ami is unset
-    ami_owners: list[str] = Field(default_factory=lambda: list(DEFAULT_AMI_OWNERS))
-    subnets: list[str] = Field(default_factory=list)  # subnet ids; when set, only their zones are offered
-    security_groups: list[str] = Field(default_factory=list)  # security group ids
-    key_name: str | None = None  # an EC2 key pair, for ssh; none needed
-    instance_profile: str | None = None  # name or ARN; the node's role (docs/aws-iam-node.json)
-    spot_price_max_age_s: float = Field(3600.0, gt=0)  # how long a spot price read is reused
-    api_max_attempts: int = Field(5, ge=1, le=20)  # per EC2 call: throttling and server errors (5xx) are retried
-
-    @model_validator(mode="after")
-    def _ami_is_regional(self) -> "AwsSettings":
-        if self.ami is not None and len(self.regions) > 1:
-            raise ValueError("aws.ami: an AMI id belongs to one region; with several regions use aws.ami_name")
-        return self
 
 
 def credentials_secrets(session: boto3.Session | None = None) -> list[str]:
@@ -259,11 +244,11 @@ def catalog_types() -> dict[str, dict[str, Offer]]:
 
 class AwsProvider:
     name = NAME
-    accelerator = "cuda"
 
     def __init__(self, settings: AwsSettings, boot_script: BootScript, notice_reader: NoticeReader | None = None,
                  session: boto3.Session | None = None) -> None:
         self.settings = settings
+        self.accelerator = settings.accelerator
         self.boot_script = boot_script
         self.notice_reader = notice_reader
         self.api = AwsApi(settings, session)
@@ -272,6 +257,15 @@ class AwsProvider:
         self._zones: dict[str, dict[str, list[str]]] = {}
         self._spot: dict[str, SpotPrices] = {}
         self._reported: dict[str, set[str]] = {}
+        self._refused: dict[str, float] = {}  # offer key -> when EC2 last refused it for capacity
+
+    @classmethod
+    def for_run(cls, settings: AwsSettings, context: ProviderContext) -> AwsProvider:
+        """The provider a sweep's controller uses: nodes install the run's wheel (built from this source tree,
+        cached under SPOTTUNE_CACHE or the run directory); their notices reach the controller through their
+        attempt channel, which it reads itself."""
+        cache = Path(os.environ["SPOTTUNE_CACHE"]) if os.environ.get("SPOTTUNE_CACHE") else context.run_dir
+        return cls(settings, WheelBootScript(NodeWheel(cache)))
 
     # lifecycle
 
@@ -291,14 +285,27 @@ class AwsProvider:
                  if wanted is None or next(iter(rows.values())).gpu.name in wanted}
         markets = ("spot", "on-demand") if requirements.market == "any" else (requirements.market,)
         found: list[Offer] = []
+        credentials = self.api.session.get_credentials() is not None
+        if not credentials:  # `spottune plan` on a machine without an AWS account
+            log.info("aws: no AWS credentials; offering catalog prices")
         for region in self.settings.regions:
+            if not credentials:
+                found += _fallback_offers(region, types, markets, "no AWS credentials")
+                continue
             try:
                 found += self._region_offers(region, types, markets)
-            except (BotoCoreError, ClientError) as error:
+            except (BotoCoreError, ClientError, ResponseParserError) as error:
                 reason = self.api.scrub(str(error))
                 log.warning("aws %s: EC2 cannot be reached (%s); offering catalog prices", region, reason)
                 found += _fallback_offers(region, types, markets, reason)
-        return sorted(found, key=lambda offer: (offer.usd_per_gpu_hour, offer.key))
+        return sorted((self._with_refusal_wait(offer) for offer in found),
+                      key=lambda offer: (offer.usd_per_gpu_hour, offer.key))
+
+    def _with_refusal_wait(self, offer: Offer) -> Offer:
+        """An offer EC2 refused for capacity lately carries the rest of aws.capacity_retry_s as its wait."""
+        refused = self._refused.get(offer.key)
+        left = 0.0 if refused is None else refused + self.settings.capacity_retry_s - time.time()
+        return dataclasses.replace(offer, capacity_wait_s=left) if left > 0 else offer
 
     def _region_offers(self, region: str, types: dict[str, dict[str, Offer]], markets: tuple[str, ...]) -> list[Offer]:
         infos = self._type_infos(region, list(types))
@@ -415,25 +422,30 @@ class AwsProvider:
             message = scrub(_message(error), secrets)
             if _code(error) in CAPACITY_CODES:
                 log.info("aws: %s refused: %s: %s", offer.key, _code(error), message)
+                self._refused[offer.key] = time.time()
                 raise CapacityError(offer, _code(error), message) from None
             raise ClusterError(f"aws: launching {offer.key} failed: {_code(error)}: {message}") from None
         except BotoCoreError as error:
             raise ClusterError(scrub(f"aws: launching {offer.key} failed: {error}", secrets)) from None
-        instance = reply["Instances"][0]
-        log.info("aws: launched %s as %s for %s/%s attempt %d", offer.key, instance["InstanceId"], spec.run_id,
+        machines = [i["InstanceId"] for i in sorted(reply["Instances"], key=lambda i: i.get("AmiLaunchIndex", 0))]
+        log.info("aws: launched %s as %s for %s/%s attempt %d", offer.key, ", ".join(machines), spec.run_id,
                  spec.trial_id, spec.attempt)
-        return Node(id=instance["InstanceId"], offer=offer, spec=spec, launched_at=time.time(),
-                    env={"SPOTTUNE_INSTANCE_ID": instance["InstanceId"]})
+        return Node(id=machines[0], offer=offer, spec=spec, launched_at=time.time(),
+                    env={"SPOTTUNE_INSTANCE_ID": machines[0]}, machines=machines)
 
     def _run_parameters(self, region: _Region, offer: Offer, spec: LaunchSpec, user_data: str) -> dict:
         tags = [
             {"Key": TAG_RUN, "Value": spec.run_id}, {"Key": TAG_TRIAL, "Value": spec.trial_id},
             {"Key": TAG_TRIAL_INDEX, "Value": str(spec.trial_index)}, {"Key": TAG_ATTEMPT, "Value": str(spec.attempt)},
             {"Key": "Name", "Value": f"spottune-{spec.run_id}-{spec.trial_id}-a{spec.attempt}"},
+            {"Key": TAG_PAYLOAD, "Value": spec.payload},
         ]
+        if spec.storage_endpoint:
+            tags.append({"Key": TAG_ENDPOINT, "Value": spec.storage_endpoint})
         token = hashlib.sha256(f"{spec.run_id}|{spec.trial_id}|{spec.attempt}|{offer.key}".encode()).hexdigest()[:48]
         parameters: dict[str, Any] = dict(
-            ImageId=region.ami_id, InstanceType=offer.instance_type, MinCount=1, MaxCount=1, UserData=user_data,
+            ImageId=region.ami_id, InstanceType=offer.instance_type, MinCount=spec.nodes, MaxCount=spec.nodes,
+            UserData=user_data,
             ClientToken=token, InstanceInitiatedShutdownBehavior="terminate",
             MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
             TagSpecifications=[{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
@@ -455,21 +467,28 @@ class AwsProvider:
         return parameters
 
     def watch(self, node: Node) -> list[NodeEvent]:
+        """`lost` when any instance of the attempt is gone (or still unknown after NOT_FOUND_GRACE_S), `running`
+        once all run, `notice` once a node posted one in its attempt channel."""
         reported = self._reported.setdefault(node.id, set())
         if "lost" in reported:
             return []
         now, events = time.time(), []
-        instance = self._describe(node)
-        if instance is None:
-            if now - node.launched_at > NOT_FOUND_GRACE_S:
+        machines = _machines(node)
+        instances = self._describe(node)
+        for machine in machines:
+            instance = instances.get(machine)
+            if instance is None and now - node.launched_at > NOT_FOUND_GRACE_S:
                 reported.add("lost")
-                events.append(NodeEvent("lost", now, reason="instance not found"))
-            return events
-        state = instance["State"]["Name"]
-        if state in GONE_STATES:
-            reported.add("lost")
-            return [NodeEvent("lost", now, reason=_state_reason(instance))]
-        if state == "running" and "running" not in reported:
+                return [NodeEvent("lost", now, reason=f"instance {machine} not found")]
+            if instance is not None and instance["State"]["Name"] in GONE_STATES:
+                reported.add("lost")
+                prefix = f"{machine} " if len(machines) > 1 else ""
+                shut_itself_down = (instance.get("StateReason") or {}).get("Code") == SELF_SHUTDOWN
+                return [NodeEvent("exited" if shut_itself_down else "lost", now,
+                                  reason=prefix + _state_reason(instance))]
+        running = len(instances) == len(machines) and all(
+            instance["State"]["Name"] == "running" for instance in instances.values())
+        if running and "running" not in reported:
             reported.add("running")
             events.append(NodeEvent("running", now))
         deadline = self.notice_reader(node) if self.notice_reader is not None else None
@@ -478,40 +497,57 @@ class AwsProvider:
             events.append(NodeEvent("notice", now, deadline=deadline, reason="spot instance-action"))
         return events
 
-    def _describe(self, node: Node) -> dict | None:
+    def _describe(self, node: Node) -> dict[str, dict]:
+        """The attempt's instances EC2 knows, by id."""
+        client = self._region(node.offer.region).client
         try:
-            reservations = self._region(node.offer.region).client.describe_instances(InstanceIds=[node.id])
-        except ClientError as error:
-            if _code(error) == "InvalidInstanceID.NotFound":
-                return None
-            raise ClusterError(self.api.scrub(f"aws: describing {node.id}: {_code(error)}: {_message(error)}")) \
-                from None
-        instances = [i for r in reservations["Reservations"] for i in r["Instances"]]
-        return instances[0] if instances else None
-
-    def terminate(self, node: Node) -> None:
-        try:
-            self._region(node.offer.region).client.terminate_instances(InstanceIds=[node.id])
+            reservations = client.describe_instances(InstanceIds=_machines(node))["Reservations"]
         except ClientError as error:
             if _code(error) != "InvalidInstanceID.NotFound":
                 raise ClusterError(self.api.scrub(
-                    f"aws: terminating {node.id}: {_code(error)}: {_message(error)}")) from None
-        log.info("aws: terminated %s", node.id)
+                    f"aws: describing {node.id}: {_code(error)}: {_message(error)}")) from None
+            reservations = []
+            for machine in _machines(node):  # one unknown id fails the whole call: ask for each
+                try:
+                    reservations += client.describe_instances(InstanceIds=[machine])["Reservations"]
+                except ClientError as one:
+                    if _code(one) != "InvalidInstanceID.NotFound":
+                        raise ClusterError(self.api.scrub(
+                            f"aws: describing {machine}: {_code(one)}: {_message(one)}")) from None
+        return {i["InstanceId"]: i for r in reservations for i in r["Instances"]}
+
+    def terminate(self, node: Node) -> None:
+        client = self._region(node.offer.region).client
+        for machine in _machines(node):
+            try:
+                client.terminate_instances(InstanceIds=[machine])
+            except ClientError as error:
+                if _code(error) != "InvalidInstanceID.NotFound":
+                    raise ClusterError(self.api.scrub(
+                        f"aws: terminating {machine}: {_code(error)}: {_message(error)}")) from None
+        log.info("aws: terminated %s", ", ".join(_machines(node)))
 
     def list_nodes(self, run_id: str) -> list[Node]:
+        """The run's live instances, one Node per attempt (its instances in launch-index order)."""
         nodes = []
         for name in self.settings.regions:
+            groups: dict[tuple[str, str], list[dict]] = {}
             pages = self._region(name).client.get_paginator("describe_instances").paginate(Filters=[
                 {"Name": f"tag:{TAG_RUN}", "Values": [run_id]},
                 {"Name": "instance-state-name", "Values": LIVE_STATES},
             ])
             for page in pages:
                 for reservation in page["Reservations"]:
-                    nodes += [self._node_of(instance, name, run_id) for instance in reservation["Instances"]]
+                    for instance in reservation["Instances"]:
+                        tags = _tags(instance)
+                        groups.setdefault((tags.get(TAG_TRIAL, ""), tags.get(TAG_ATTEMPT, "")), []).append(instance)
+            nodes += [self._node_of(sorted(group, key=lambda i: i.get("AmiLaunchIndex", 0)), name, run_id)
+                      for group in groups.values()]
         return nodes
 
-    def _node_of(self, instance: dict, region: str, run_id: str) -> Node:
-        tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
+    def _node_of(self, instances: list[dict], region: str, run_id: str) -> Node:
+        instance = instances[0]
+        tags = _tags(instance)
         market = "spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand"
         rows = catalog_types().get(instance["InstanceType"], {})
         template = rows.get(market) or next(iter(rows.values()), None)
@@ -525,14 +561,24 @@ class AwsProvider:
             offer = dataclasses.replace(template, region=region, zone=zone, market=market)
         spec = LaunchSpec(run_id=run_id, trial_id=tags.get(TAG_TRIAL, ""),
                           trial_index=int(tags.get(TAG_TRIAL_INDEX, "0")), attempt=int(tags.get(TAG_ATTEMPT, "0")),
-                          gpus=offer.gpus_per_instance)
-        return Node(id=instance["InstanceId"], offer=offer, spec=spec, launched_at=instance["LaunchTime"].timestamp(),
-                    env={"SPOTTUNE_INSTANCE_ID": instance["InstanceId"]})
+                          gpus=offer.gpus_per_instance, nodes=len(instances), payload=tags.get(TAG_PAYLOAD, ""),
+                          storage_endpoint=tags.get(TAG_ENDPOINT))
+        machines = [one["InstanceId"] for one in instances]
+        return Node(id=machines[0], offer=offer, spec=spec, launched_at=instance["LaunchTime"].timestamp(),
+                    env={"SPOTTUNE_INSTANCE_ID": machines[0]}, machines=machines)
 
     def _region(self, name: str) -> _Region:
         if name not in self._regions:
             raise ClusterError(f"aws: region {name!r} is not started; configured: {', '.join(self.settings.regions)}")
         return self._regions[name]
+
+
+def _machines(node: Node) -> list[str]:
+    return node.machines or [node.id]
+
+
+def _tags(instance: dict) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
 
 
 def _state_reason(instance: dict) -> str:

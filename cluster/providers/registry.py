@@ -5,7 +5,8 @@ registry imports a module only when its provider is named, so `spottune plan` lo
 Clouds this build can only price (the catalog's aws, gcp, ...) are plan-only providers (catalog_only.py).
 A sweep names its providers in `resources.providers` and their settings in `provider_settings.<name>`, each
 validated by the provider's own pydantic model (settings_model() collects them into one spec section). A
-settings model may define `unknown_trials(trial_ids) -> str` to name trials it refers to that the sweep lacks.
+settings model may define `unknown_trials(trial_ids) -> str` to name trials it refers to that the sweep lacks, and
+`check_launch(storage)` to check, at submit, what launching needs (credentials, cloud resources), raising ClusterError.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from cluster.errors import ClusterError
 from cluster.provider import Provider
 from cost_models.catalog import providers as catalog_providers
 
-# providers that can launch; each registers itself on import
-MODULES = {"local": "cluster.providers.local", "kubernetes": "cluster.providers.kubernetes"}
+# Providers that can launch; each registers itself on import (aws from its settings module, which needs no boto3).
+MODULES = {"local": "cluster.providers.local", "kubernetes": "cluster.providers.kubernetes",
+           "aws": "cluster.providers.aws_settings"}
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,11 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cluster.capacity import launch_first_available
 from cluster.node.channel import PAYLOAD, AttemptChannel, attempt_prefix
 from cluster.node.payload import AttemptPayload
 from cluster.node.preemption import PreemptionCause, interruption
@@ -35,8 +37,9 @@ from cluster.provider import LaunchSpec, Node, describe_offer
 from cluster.storage import Backoff, describe_error, open_store, storage_errors
 from orchestrator.run.attempt import attempt_config, planned_settings
 from orchestrator.run.events import (
-    Budget, Checkpoint, CheckpointSkipped, Error, EventDetail, EventKind, Launch, Lost, NodeLost, Notice,
-    OrphanTerminated, Preempted, Stopped, StorageRestored, StorageUnavailable, Succeeded, Training, WorkersStarted, Waiting,
+    Budget, CapacityRefused, Checkpoint, CheckpointSkipped, Error, EventDetail, EventKind, Launch, Lost, NodeLost,
+    Notice, OrphanTerminated, Preempted, Stopped, StorageRestored, StorageUnavailable, Succeeded, Training,
+    WorkersStarted, Waiting,
 )
 from orchestrator.run.layout import RunLayout
 from orchestrator.run.ledger import compute_ledger, spent_usd
@@ -302,6 +305,7 @@ class Controller:
                     # there says how training ended; without one, a lost node was preempted and an exited one
                     # failed before training could end.
                     outcome = self.runner.finished(active.handle, now=True)
+                    self.read_notice(active)
                     self.apply(self.runner.drain())
                     if outcome is None and event.kind == "lost":
                         active.lost_at, active.lost_reason = event.time, event.reason
@@ -334,11 +338,16 @@ class Controller:
         """Finish the attempts whose node 0 wrote an outcome; record notices the nodes posted themselves."""
         for active in list(self.active.values()):
             outcome = self.runner.finished(active.handle)
+            self.read_notice(active)
             if outcome is not None:
                 self.apply(self.runner.drain())
                 self.finish(active, outcome)
-            elif active.notice_deadline is None and (deadline := self.runner.notice_deadline(active.handle)):
-                self.noticed(active, deadline, time.time(), "the node reported a preemption notice")
+
+    def read_notice(self, active: Active) -> None:
+        """Record the notice the attempt's nodes posted in its channel, once. Read after the outcome: a node that
+        saved on a notice posted the notice before it wrote the outcome, so an outcome seen means its notice is."""
+        if active.notice_deadline is None and (deadline := self.runner.notice_deadline(active.handle)):
+            self.noticed(active, deadline, time.time(), "the node reported a preemption notice")
 
     def finish(self, active: Active, outcome: dict) -> None:
         """Decide how the attempt ended, release its node and move the trial on."""
@@ -432,9 +441,10 @@ class Controller:
             config = TrainConfig.model_validate(trial.config)
             trial_spec = TrialSpec(id=trial.id, index=trial.idx, params=trial.params, config=config)
             every = self.spec.checkpoint.every_steps
-            choice = choose_offer(trial_spec, self.provider.offers(requirements(self.spec.resources)),
-                                  self.spec.resources, steps_done=resume, storage=self.storage,
-                                  every_steps=every if isinstance(every, int) else None)
+            offers = self.provider.offers(requirements(self.spec.resources))
+            choose = partial(choose_offer, trial_spec, resources=self.spec.resources, steps_done=resume,
+                             storage=self.storage, every_steps=every if isinstance(every, int) else None)
+            choice = choose(offers)
             if choice is None:
                 if trial.id not in self._waiting:
                     self._waiting.add(trial.id)
@@ -443,23 +453,16 @@ class Controller:
             self._waiting.discard(trial.id)
             attempt = trial.attempts + 1
             resources = self.spec.resources
-            accelerator = self.provider.accelerator_of(choice.offer)
-            settings = planned_settings(choice, config, self.spec, accelerator)
-            config = attempt_config(config, settings, str(self.storage.child(self.run_id, trial.id)))
-            channel = attempt_prefix(self.storage, self.run_id, trial.id, attempt)
-            payload = AttemptPayload(
-                self.run_id, trial.id, attempt, choice.offer.provider, config, str(channel),
-                self.spec.storage_endpoint, resources.nodes_per_trial, resources.gpus_per_node,
-                use_gpu=accelerator == "cuda",
-                ray_token=secrets.token_hex(32) if resources.nodes_per_trial > 1 else None,
-            )
             try:
-                handle = self.runner.prepare(payload)
+                launched = launch_first_available(
+                    partial(self._start_attempt, trial, config, attempt), choose, lambda row: row.offer, choice,
+                    offers, lambda refusal: self.state.record(self.run_id, trial.id, CapacityRefused(
+                        refusal.offer.key, refusal.code, refusal.message), attempt=attempt))
             except storage_errors():
                 continue  # storage went down since storage_ready: try again next round
-            spec = LaunchSpec(self.run_id, trial.id, trial.idx, attempt, resources.gpus_per_node,
-                              resources.nodes_per_trial, str(channel.child(PAYLOAD)), self.spec.storage_endpoint)
-            node = self.provider.launch(choice.offer, spec)
+            if launched is None:  # every choice was refused; each refused offer is priced as a wait now
+                continue
+            choice, (node, handle, config, settings) = launched
             self.active[trial.id] = Active(trial.id, attempt, node, resume, config, handle)
             label = describe_offer(choice.offer, resources.gpus_per_node) + \
                 (f" x{resources.nodes_per_trial} nodes" if resources.nodes_per_trial > 1 else "")
@@ -472,6 +475,24 @@ class Controller:
                 step=resume, count="attempts",
             )
             self.trial_log(trial.id, attempt, f"== attempt {attempt} on {node.id} ({label}), from step {resume}")
+
+    def _start_attempt(self, trial, config: TrainConfig, attempt: int, choice):
+        """Write the attempt's payload for this choice of offer, then launch its nodes."""
+        resources = self.spec.resources
+        accelerator = self.provider.accelerator_of(choice.offer)
+        settings = planned_settings(choice, config, self.spec, accelerator)
+        config = attempt_config(config, settings, str(self.storage.child(self.run_id, trial.id)))
+        channel = attempt_prefix(self.storage, self.run_id, trial.id, attempt)
+        payload = AttemptPayload(
+            self.run_id, trial.id, attempt, choice.offer.provider, config, str(channel),
+            self.spec.storage_endpoint, resources.nodes_per_trial, resources.gpus_per_node,
+            use_gpu=accelerator == "cuda",
+            ray_token=secrets.token_hex(32) if resources.nodes_per_trial > 1 else None,
+        )
+        handle = self.runner.prepare(payload)
+        spec = LaunchSpec(self.run_id, trial.id, trial.idx, attempt, resources.gpus_per_node,
+                          resources.nodes_per_trial, str(channel.child(PAYLOAD)), self.spec.storage_endpoint)
+        return self.provider.launch(choice.offer, spec), handle, config, settings
 
     def sample_params(self, trial):
         """Draw an Optuna-search trial's parameters (TPE over the trials so far) and write them into its config."""

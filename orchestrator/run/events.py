@@ -36,6 +36,7 @@ class EventKind(StrEnum):
     RETRY = "retry"
     TERMINATED = "terminated"
     ORPHAN_TERMINATED = "orphan_terminated"  # a node still rented for the run at its end, released
+    CAPACITY_REFUSED = "capacity_refused"  # the provider could not rent the chosen offer; the next one is tried
 
 
 def parse_kind(text: str) -> EventKind | str:
@@ -163,6 +164,14 @@ class NodeLost(EventDetail):
 @dataclass(frozen=True)
 class OrphanTerminated(EventDetail):
     offer: str
+
+
+@detail_of(EventKind.CAPACITY_REFUSED)
+@dataclass(frozen=True)
+class CapacityRefused(EventDetail):
+    offer: str  # Offer.key, e.g. 'aws:g5.xlarge:us-east-1/us-east-1a:spot'
+    code: str  # the provider's reason, e.g. InsufficientInstanceCapacity
+    message: str
 
 
 @detail_of(EventKind.PREEMPTED)

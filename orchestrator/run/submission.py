@@ -34,6 +34,14 @@ def prepare(path: Path) -> Prepared:
                 setattr(trial.config.data, field, str(Path(value).resolve()))
     check_trial_data(trials, source)
     spec = spec.model_copy(update={"storage": spec.storage.absolute(Path.cwd())})
+    for name in dict.fromkeys(spec.resources.providers):  # what launching needs exists (aws: region, AMI, ...)
+        check_launch = getattr(getattr(spec.provider_settings, name), "check_launch", None)
+        if check_launch is None:
+            continue
+        try:
+            check_launch(spec.storage)
+        except ClusterError as error:
+            raise SpecError(f"{source}: {error}") from None
     try:
         plan = plan_sweep(spec, trials, offers_for(spec.resources, spec.provider_settings))
     except EstimateError as error:

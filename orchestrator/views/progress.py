@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 from orchestrator.run.controller import controller_pid
 from orchestrator.run.events import (
-    Budget, CheckpointSkipped, Error, EventKind, Launch, Lost, Notice, Preempted, Retry, Stopped, StorageUnavailable,
-    Succeeded, Waiting,
+    Budget, CapacityRefused, CheckpointSkipped, Error, EventKind, Launch, Lost, Notice, Preempted, Retry, Stopped,
+    StorageUnavailable, Succeeded, Waiting,
 )
 from orchestrator.run.layout import RunLayout
 from orchestrator.run.ledger import compute_ledger
@@ -18,6 +18,7 @@ SHOWN_EVENTS = {
     EventKind.LAUNCH, EventKind.NOTICE, EventKind.PREEMPTED, EventKind.LOST, EventKind.ERROR, EventKind.SUCCEEDED,
     EventKind.CANCELLED, EventKind.BUDGET, EventKind.WAITING, EventKind.TRAINING, EventKind.CHECKPOINT_SKIPPED,
     EventKind.STORAGE_UNAVAILABLE, EventKind.STORAGE_RESTORED, EventKind.RETRY, EventKind.STOPPED,
+    EventKind.CAPACITY_REFUSED,
 }
 
 
@@ -101,6 +102,8 @@ def _describe(event: Event) -> str:
             return f"failed: budget exhausted (${data.spent or 0:.4f} of ${data.budget})"
         case Waiting():
             return f"waiting: {data.reason}"
+        case CapacityRefused():
+            return f"capacity refused: {data.offer}: {data.code}"
         case Stopped():
             return (f"stopped early at step {data.reached_step} (eval loss {_number(data.eval_loss)}), "
                     f"${data.saved_usd or 0:.6f} saved")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cluster.node.preemption import PreemptionCause
 from cluster.storage import parse_uri
-from orchestrator.run.events import EventKind, Lost, Preempted, Stopped, Training
+from orchestrator.run.events import CapacityRefused, EventKind, Lost, Preempted, Stopped, Training
 from orchestrator.run.ledger import compute_ledger
 from orchestrator.export.model_export import export_command
 from orchestrator.run.state import Event, StateStore
@@ -114,6 +114,8 @@ def build_report(state: StateStore, run_id: str) -> dict:
         "nodes": [{**asdict(node), "usd": node.usd(now), "seconds": node.seconds(now)}
                   for cost in ledger.trials.values() for node in cost.nodes],
         "resume_latency": [asdict(sample) for sample in latencies],
+        "capacity_refusals": [{"trial_id": e.trial_id, "attempt": e.attempt, "time": e.time, **e.data.to_json()}
+                              for e in events if isinstance(e.data, CapacityRefused)],
     }
 
 
@@ -143,6 +145,7 @@ def render_text(report: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     out += ["", "cost ledger (from events; waste = work after the last checkpoint + restart overhead):"]
     out += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    out += _nodes_text(report["nodes"]) + _refusals_text(report["capacity_refusals"])
     latency = report["resume_latency"]
     if latency:
         out += ["", "resume latency (interruption -> training again), seconds:"]
@@ -155,6 +158,28 @@ def render_text(report: dict) -> str:
         out.append("  ".join(["mean".ljust(11), "".ljust(7), "".ljust(21), *[f"{mean[p]:.1f}".ljust(len(p))
                                                                            for p in parts]]))
     return "\n".join(out)
+
+
+def _nodes_text(nodes: list[dict]) -> list[str]:
+    """One line per rented node: which instance, for which attempt, how long, what it cost and how it ended."""
+    if not nodes:
+        return []
+    rows = [("TRIAL", "ATTEMPT", "NODE", "OFFER", "$/H", "SECONDS", "$", "OUTCOME")]
+    rows += [(n["trial_id"], str(n["attempt"]), n["node"], n["offer"], f"{n['price_per_hour']:.4f}",
+              f"{n['seconds']:.0f}", f"{n['usd']:.6f}", n["outcome"]) for n in nodes]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["", "nodes:"] + ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def _refusals_text(refusals: list[dict]) -> list[str]:
+    """How often each offer was refused for capacity, and why (the next offer was tried each time)."""
+    if not refusals:
+        return []
+    counts: dict[tuple[str, str], int] = {}
+    for refusal in refusals:
+        counts[(refusal["offer"], refusal["code"])] = counts.get((refusal["offer"], refusal["code"]), 0) + 1
+    lines = ["", f"capacity refusals ({len(refusals)}; the next fitting offer was tried each time):"]
+    return lines + [f"  {offer}: {code} x{count}" for (offer, code), count in sorted(counts.items())]
 
 
 def _value_per_step(rows: list[tuple[int, int, float, float]]) -> dict[int, float]:

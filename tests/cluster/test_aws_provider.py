@@ -13,53 +13,18 @@ import boto3
 import pytest
 from pydantic import ValidationError
 
-from cluster.capacity import CapacityError, fallback_order, launch_first_available
+from cluster.capacity import CapacityError, launch_first_available
 from cluster.errors import ClusterError
 from cluster.provider import LaunchSpec, Requirements
-from cluster.providers.aws import TAG_RUN, AwsProvider, AwsSettings, catalog_types, check
+from cluster.providers.aws import AwsProvider, AwsSettings, catalog_types, check
 from cost_models.catalog import list_offers
-from tests.aws_server import Fault, FaultProxy, start_moto, stop_moto
+from tests.aws_server import MOTO_AMI, PLANTED_SECRET, PLANTED_TOKEN, Fault
 
 REPO = Path(__file__).resolve().parents[2]
-PLANTED_SECRET = "plantedSecretKey0123456789abcdefghijKLMN"
-PLANTED_TOKEN = "plantedSessionTokenFQoGZXIvYXdzEBcaDHhBTEXAMPLE"
-REGIONS = ("us-east-1", "us-west-2")
-# moto ships this public AMI ("Deep Learning AMI Ubuntu Linux - 2.4_Oct2017"); the real default filter names the
-# current Deep Learning AMIs, which moto does not have.
-MOTO_AMI = {"ami_name": "Deep Learning AMI Ubuntu*", "ami_owners": ["898082745236"]}
 
 
 def boot_script(offer, spec) -> str:
     return f"#!/bin/bash\nexport SPOTTUNE_RUN={spec.run_id} SPOTTUNE_TRIAL={spec.trial_id}\necho boot {offer.key}\n"
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server, process = start_moto(tmp_path_factory.mktemp("moto"))
-    yield server
-    stop_moto(process)
-
-
-@pytest.fixture
-def ec2(moto, monkeypatch):
-    """A proxy in front of a freshly reset moto, and the environment that points boto3 at it."""
-    moto.reset()
-    proxy = FaultProxy(moto.url)
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": PLANTED_SECRET,
-        "AWS_SESSION_TOKEN": PLANTED_TOKEN, "AWS_ENDPOINT_URL_EC2": proxy.url, "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE":
-        "/nonexistent", "AWS_PROFILE": "",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE")
-    yield proxy
-    proxy.close()
-    for region in REGIONS:
-        client = boto3.client("ec2", region_name=region, endpoint_url=moto.url)
-        left = client.describe_instances(Filters=[{"Name": "tag-key", "Values": [TAG_RUN]},
-                                                  {"Name": "instance-state-name", "Values": ["pending", "running"]}])
-        assert not left["Reservations"], f"a test left spottune instances running in {region}"
 
 
 def moto_client(region: str = "us-east-1"):
@@ -192,17 +157,29 @@ def test_list_nodes_finds_a_runs_instances_by_tag(ec2):
     assert provider.list_nodes("run-a") == [] and provider.list_nodes("run-b") == []
 
 
+def cheapest(offers):
+    return min(offers, key=lambda offer: (offer.usd_per_gpu_hour, offer.key), default=None)
+
+
+def launch_with_fallback(provider, chosen, offers):
+    """launch_first_available as the controller calls it, with the cheapest offer as the planner's choice."""
+    refusals = []
+    launched = launch_first_available(lambda offer: provider.launch(offer, spec()), cheapest, lambda offer: offer,
+                                      chosen, offers, refusals.append)
+    return (launched[1] if launched else None), refusals
+
+
 def test_capacity_refusal_moves_to_another_zone_first(ec2):
     provider = started()
     offers = provider.offers(Requirements(gpu_types=("A10G", "L4")))
     chosen = first(offers, "g5.xlarge")
     ec2.faults.append(Fault("RunInstances", "InsufficientInstanceCapacity",
                             where={"Placement.AvailabilityZone": chosen.zone}))
-    outcome = launch_first_available(provider.launch, chosen, offers, spec())
-    assert [(r.code, r.offer.key) for r in outcome.refusals] == [("InsufficientInstanceCapacity", chosen.key)]
-    assert isinstance(outcome.refusals[0], CapacityError) and "sufficient capacity" in str(outcome.refusals[0])
-    assert outcome.node.offer.instance_type == "g5.xlarge" and outcome.node.offer.zone != chosen.zone
-    provider.terminate(outcome.node)
+    node, refusals = launch_with_fallback(provider, chosen, offers)
+    assert [(r.code, r.offer.key) for r in refusals] == [("InsufficientInstanceCapacity", chosen.key)]
+    assert isinstance(refusals[0], CapacityError) and "sufficient capacity" in refusals[0].message
+    assert node.offer.instance_type == "g5.xlarge" and node.offer.zone != chosen.zone
+    provider.terminate(node)
 
 
 def test_capacity_refusal_in_every_zone_moves_to_the_next_type(ec2):
@@ -211,22 +188,37 @@ def test_capacity_refusal_in_every_zone_moves_to_the_next_type(ec2):
     chosen = first(offers, "g5.xlarge")
     ec2.faults.append(Fault("RunInstances", "Unsupported", where={"InstanceType": "g5.xlarge"},
                             message="The requested configuration is currently not supported."))
-    outcome = launch_first_available(provider.launch, chosen, offers, spec())
-    g5_zones = [o.key for o in fallback_order(chosen, offers) if o.instance_type == "g5.xlarge"]
-    assert [r.offer.key for r in outcome.refusals] == g5_zones, "every zone of the type before another type"
-    assert {r.code for r in outcome.refusals} == {"Unsupported"}
-    assert outcome.node.offer.instance_type == "g6.xlarge"
-    provider.terminate(outcome.node)
+    node, refusals = launch_with_fallback(provider, chosen, offers)
+    g5_spot = sorted((o for o in offers if o.instance_type == "g5.xlarge" and o.market == "spot"),
+                     key=lambda o: (o.usd_per_gpu_hour, o.key))
+    assert [r.offer.key for r in refusals] == [chosen.key] + [o.key for o in g5_spot if o.key != chosen.key], \
+        "every zone of the type, cheapest first, before another type"
+    assert {r.code for r in refusals} == {"Unsupported"}
+    assert node.offer == cheapest([o for o in offers if o.instance_type != "g5.xlarge"])
+    provider.terminate(node)
 
 
-def test_when_no_offer_can_be_rented_the_last_refusal_is_raised(ec2):
+def test_when_no_offer_can_be_rented_every_refusal_is_reported(ec2):
     provider = started()
     offers = [o for o in provider.offers(Requirements(gpu_types=("L4",))) if o.instance_type == "g6.xlarge"][:2]
     ec2.faults.append(Fault("RunInstances", "VcpuLimitExceeded", message="You have requested more vCPU capacity"))
-    with pytest.raises(CapacityError) as refused:
-        launch_first_available(provider.launch, offers[0], offers, spec())
-    assert refused.value.offer == offers[1] and refused.value.code == "VcpuLimitExceeded"
+    node, refusals = launch_with_fallback(provider, offers[0], offers)
+    assert node is None
+    assert [(r.offer, r.code) for r in refusals] == [(offers[0], "VcpuLimitExceeded"), (offers[1], "VcpuLimitExceeded")]
     assert ec2.actions().count("RunInstances") == 2
+
+
+def test_a_refused_offer_is_priced_as_a_wait_until_capacity_retry_s_has_passed(ec2):
+    provider = started(capacity_retry_s=600)
+    offer = first(provider.offers(Requirements(gpu_types=("L4",))), "g6.xlarge")
+    ec2.faults.append(Fault("RunInstances", "InsufficientInstanceCapacity"))
+    with pytest.raises(CapacityError):
+        provider.launch(offer, spec())
+    again = {o.key: o for o in provider.offers(Requirements(gpu_types=("L4",)))}
+    assert 590 < again[offer.key].capacity_wait_s <= 600
+    assert all(o.capacity_wait_s == 0 for key, o in again.items() if key != offer.key)
+    provider.settings.capacity_retry_s = 0
+    assert all(o.capacity_wait_s == 0 for o in provider.offers(Requirements(gpu_types=("L4",))))
 
 
 @pytest.mark.parametrize("code", ["SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "VcpuLimitExceeded"])
@@ -357,8 +349,32 @@ def test_controller_policy_allows_exactly_the_ec2_calls_the_code_makes():
     policy = _policy_actions("aws-iam-controller.json")
     assert {a for a in policy if a.startswith("ec2:")} == called | {"ec2:CreateTags"}, \
         "CreateTags: what RunInstances' TagSpecifications need, limited to launches in the policy"
-    assert policy - called - {"ec2:CreateTags"} == {"iam:PassRole"}, "PassRole: launching with the instance profile"
+    assert {a for a in policy if not a.startswith(("ec2:", "s3:"))} == {"iam:PassRole"}, \
+        "PassRole: launching with the instance profile"
     assert not any("*" in action for action in policy)
+
+
+S3_ACTION_OF_CALL = {  # boto3 S3 client calls -> the IAM action each needs
+    "get_object": "s3:GetObject", "download_file": "s3:GetObject", "put_object": "s3:PutObject",
+    "upload_file": "s3:PutObject", "delete_object": "s3:DeleteObject", "delete_objects": "s3:DeleteObject",
+    "list_objects_v2": "s3:ListBucket", "head_bucket": "s3:ListBucket",
+}
+
+
+def test_controller_policy_allows_exactly_the_s3_calls_the_runs_storage_makes():
+    source = (REPO / "cluster" / "storage.py").read_text()
+    calls = set(re.findall(r"self\.client\.(\w+)\(", source)) | set(re.findall(r'get_paginator\("(\w+)"\)', source))
+    assert calls - {"get_paginator"} <= set(S3_ACTION_OF_CALL), calls
+    needed = {S3_ACTION_OF_CALL[call] for call in calls if call != "get_paginator"}
+    policy = json.loads((REPO / "docs" / "aws-iam-controller.json").read_text())
+    granted = {}
+    for statement in policy["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for action in (a for a in actions if a.startswith("s3:")):
+            granted[action] = statement["Resource"]
+    assert set(granted) == needed
+    assert granted["s3:ListBucket"] == "arn:aws:s3:::BUCKET"
+    assert all(granted[a] == "arn:aws:s3:::BUCKET/PREFIX/*" for a in needed - {"s3:ListBucket"})
 
 
 def test_node_policy_reaches_only_its_runs_storage_prefix():

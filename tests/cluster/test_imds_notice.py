@@ -1,66 +1,11 @@
-"""The node's IMDSv2 notice watcher against a local HTTP server that speaks IMDSv2 as EC2 does: a token from PUT,
-401 for a GET without a valid token, 404 until a document exists."""
+"""The node's IMDSv2 notice watcher against a local HTTP server that speaks IMDSv2 as EC2 does (tests/aws_nodes.py's
+FakeImds): a token from PUT, 401 for a GET without a valid token, 404 until a document exists."""
 from __future__ import annotations
-
-import secrets
-import threading
-from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from cluster.node.imds import INSTANCE_ACTION_PATH, REBALANCE_PATH, ImdsNoticeWatcher
-
-
-class FakeImds:
-    """IMDSv2 on 127.0.0.1: `documents` maps a path to the body served there; `revoke()` expires every token."""
-
-    def __init__(self) -> None:
-        self.documents: dict[str, str] = {}
-        self.tokens: set[str] = set()
-        self.requests: list[tuple[str, str, bool]] = []  # method, path, had a valid token
-        imds = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:
-                if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-                    self._send(400, "")
-                    return
-                token = secrets.token_hex(16)
-                imds.tokens.add(token)
-                imds.requests.append(("PUT", self.path, True))
-                self._send(200, token)
-
-            def do_GET(self) -> None:
-                valid = self.headers.get("X-aws-ec2-metadata-token") in imds.tokens
-                imds.requests.append(("GET", self.path, valid))
-                if not valid:
-                    self._send(401, "")
-                elif self.path in imds.documents:
-                    self._send(200, imds.documents[self.path])
-                else:
-                    self._send(404, "")
-
-            def _send(self, status: int, body: str) -> None:
-                data = body.encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                """Quiet."""
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def revoke(self) -> None:
-        self.tokens.clear()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from tests.aws_nodes import FakeImds, imds_time
 
 
 @pytest.fixture
@@ -70,15 +15,11 @@ def imds():
     server.close()
 
 
-def _stamp(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def test_no_notice_until_ec2_posts_an_instance_action(imds):
     watcher = ImdsNoticeWatcher(imds.url)
     watcher.poll_once()
     assert watcher.notice_deadline() is None and watcher.rebalance_at() is None
-    imds.documents[INSTANCE_ACTION_PATH] = f'{{"action": "terminate", "time": "{_stamp(1_900_000_120)}"}}'
+    imds.documents[INSTANCE_ACTION_PATH] = f'{{"action": "terminate", "time": "{imds_time(1_900_000_120)}"}}'
     watcher.poll_once()
     assert watcher.notice_deadline() == 1_900_000_120
     assert watcher.action == "terminate"
@@ -98,14 +39,14 @@ def test_an_expired_token_is_renewed(imds):
     watcher = ImdsNoticeWatcher(imds.url)
     watcher.poll_once()
     imds.revoke()
-    imds.documents[INSTANCE_ACTION_PATH] = f'{{"action": "stop", "time": "{_stamp(1_900_000_000)}"}}'
+    imds.documents[INSTANCE_ACTION_PATH] = f'{{"action": "stop", "time": "{imds_time(1_900_000_000)}"}}'
     watcher.poll_once()
     assert watcher.notice_deadline() == 1_900_000_000 and watcher.action == "stop"
     assert [method for method, _, _ in imds.requests].count("PUT") == 2
 
 
 def test_rebalance_recommendation_has_no_deadline(imds):
-    imds.documents[REBALANCE_PATH] = f'{{"noticeTime": "{_stamp(1_900_000_050)}"}}'
+    imds.documents[REBALANCE_PATH] = f'{{"noticeTime": "{imds_time(1_900_000_050)}"}}'
     watcher = ImdsNoticeWatcher(imds.url)
     watcher.poll_once()
     assert watcher.rebalance_at() == 1_900_000_050
@@ -121,7 +62,7 @@ def test_unreachable_imds_is_no_notice():
 def test_background_polling_sees_the_notice_and_stops(imds):
     watcher = ImdsNoticeWatcher(imds.url, interval_s=0.05)
     watcher.start()
-    imds.documents[INSTANCE_ACTION_PATH] = f'{{"action": "terminate", "time": "{_stamp(1_900_000_120)}"}}'
+    imds.documents[INSTANCE_ACTION_PATH] = f'{{"action": "terminate", "time": "{imds_time(1_900_000_120)}"}}'
     watcher._thread.join(timeout=30)
     assert not watcher._thread.is_alive(), "the watcher stops polling once it has the notice"
     assert watcher.notice_deadline() == 1_900_000_120

@@ -38,15 +38,15 @@ def test_settings_are_validated_by_the_providers_own_model(tmp_path):
 
 
 def test_a_plan_only_provider_offers_the_catalog_and_refuses_launch_in_one_line(tmp_path):
-    assert not registry.kind("aws").launches and registry.kind("local").launches
-    aws = registry.build("aws", registry.settings_model()().aws, ProviderContext(tmp_path))
-    offers = aws.offers(Requirements(market="any"))
-    assert offers == list_offers(["aws"], "any")
+    assert not registry.kind("gcp").launches and registry.kind("local").launches and registry.kind("aws").launches
+    gcp = registry.build("gcp", registry.settings_model()().gcp, ProviderContext(tmp_path))
+    offers = gcp.offers(Requirements(market="any"))
+    assert offers == list_offers(["gcp"], "any")
     with pytest.raises(ClusterError) as raised:
-        aws.launch(offers[0], LaunchSpec("run", "t000-a", 0, 1))
-    assert str(raised.value) == ("provider 'aws' can be planned (spottune plan) but not launched by this build; "
+        gcp.launch(offers[0], LaunchSpec("run", "t000-a", 0, 1))
+    assert str(raised.value) == ("provider 'gcp' can be planned (spottune plan) but not launched by this build; "
                                  + registry.support())
-    assert aws.list_nodes("run") == []
+    assert gcp.list_nodes("run") == []
     with pytest.raises(ClusterError, match="^provider 'gcp' can be planned"):
         registry.check(["local", "gcp"], launch=True)
     registry.check(["local", "gcp"], launch=False)

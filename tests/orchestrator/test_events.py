@@ -8,12 +8,12 @@ import pytest
 
 from cluster.node.preemption import PreemptionCause
 from orchestrator.run.events import (
-    DETAILS, Budget, Checkpoint, CheckpointSkipped, Error, EventKind, Launch, Lost, NodeLost, Notice, OrphanTerminated,
-    Preempted, Retry, Stopped, StorageRestored, StorageUnavailable, Succeeded, Training, Waiting, WorkersStarted,
+    DETAILS, Budget, CapacityRefused, Checkpoint, CheckpointSkipped, Error, EventKind, Launch, Lost, NodeLost, Notice,
+    OrphanTerminated, Preempted, Retry, Stopped, StorageRestored, StorageUnavailable, Succeeded, Training, Waiting, WorkersStarted,
 )
 from orchestrator.run.ledger import compute_ledger
 from orchestrator.views.progress import describe_event
-from orchestrator.views.report import resume_latencies
+from orchestrator.views.report import build_report, render_text, resume_latencies
 from orchestrator.run.state import StateStore
 from orchestrator.run.tracking import trial_summary
 
@@ -38,6 +38,8 @@ EXAMPLES = [
     Succeeded(train_loss=1.25, eval_loss=1.5),
     Stopped(eval_loss=2.5, reached_step=4, total_steps=10, saved_usd=0.002, pruner="median"),
     Retry(errors=3),
+    CapacityRefused("aws:g5.xlarge:us-east-1/us-east-1a:spot", "InsufficientInstanceCapacity",
+                    "We currently do not have sufficient g5.xlarge capacity in the Availability Zone you requested."),
 ]
 
 
@@ -139,3 +141,25 @@ def test_a_preempted_attempt_reads_back_in_ledger_progress_and_report(tmp_path):
     assert (summary["final"]["predicted_usd"], summary["final"]["predicted_vram_gib"],
             summary["final"]["predicted_step_seconds"]) == (0.5, 3.0, 0.25)
     assert summary["final"]["preemptions"] == 1.0
+
+
+def test_capacity_refusals_show_in_status_lines_and_the_report(tmp_path):
+    store = _store(tmp_path)
+    first, second = "aws:g5.xlarge:us-east-1/us-east-1a:spot", "aws:g5.xlarge:us-east-1/us-east-1b:spot"
+    for offer in (first, second, first):
+        store.record("r1", TRIAL, CapacityRefused(offer, "InsufficientInstanceCapacity", "no capacity"), attempt=1)
+    launch = Launch("L4", "spot", "1xL4 spot aws/us-east-1 $0.8000/h", 0, 0.5, 3.0, 0.25, {})
+    store.record("r1", TRIAL, launch, "provisioning", attempt=1, node="i-0abc", offer="aws:g6.xlarge:us-east-1/"
+                 "us-east-1a:spot", price=0.8, count="attempts", step=0)
+    lines = [describe_event(event).split(" ", 2)[2] for event in store.events("r1")]
+    assert f"capacity refused: {first}: InsufficientInstanceCapacity" in lines
+    assert store.trial("r1", TRIAL).offer == "aws:g6.xlarge:us-east-1/us-east-1a:spot", "a refusal is not the offer"
+    report = build_report(store, "r1")
+    assert [(r["offer"], r["code"], r["attempt"]) for r in report["capacity_refusals"]] == [
+        (first, "InsufficientInstanceCapacity", 1), (second, "InsufficientInstanceCapacity", 1),
+        (first, "InsufficientInstanceCapacity", 1)]
+    text = render_text(report)
+    assert f"  {first}: InsufficientInstanceCapacity x2" in text
+    assert f"  {second}: InsufficientInstanceCapacity x1" in text
+    node_line = next(line for line in text.splitlines() if line.startswith(TRIAL) and "i-0abc" in line)
+    assert "aws:g6.xlarge:us-east-1/us-east-1a:spot" in node_line and "0.8000" in node_line

@@ -152,9 +152,9 @@ def test_plan_and_submit_say_the_same_about_providers(tmp_path):
     for result in (planned, submitted):
         assert result.returncode == 2
         assert "provider 'moon' is not available; " + support() in result.stderr, result.stderr
-    assert support().startswith("this build plans aws, ") and support().endswith(" and launches kubernetes, local")
-    aws = run_cli("submit", str(write_spec(tmp_path, resources={"providers": ["aws"]}, name="aws.yaml")))
-    assert "provider 'aws' can be planned (spottune plan) but not launched by this build; " + support() in aws.stderr
+    assert support().startswith("this build plans aws, ") and support().endswith(" and launches aws, kubernetes, local")
+    gcp = run_cli("submit", str(write_spec(tmp_path, resources={"providers": ["gcp"]}, name="gcp.yaml")))
+    assert "provider 'gcp' can be planned (spottune plan) but not launched by this build; " + support() in gcp.stderr
 
 
 def test_plot_labels_do_not_overlap(repo):
