@@ -17,8 +17,10 @@ HEADER = "#!/bin/bash\n# spottune node boot script\nset -euo pipefail\n"
 ENTRY = 'exec "$SPOTTUNE_PYTHON" -m orchestrator.cli node run --payload "$SPOTTUNE_PAYLOAD"\n'
 
 # `$SPOTTUNE_PYTHON` and `$SPOTTUNE_PIP_OPTIONS` are the image's to set (the AMI's Python by default); a wheel is
-# fetched with boto3, which finds the instance profile's credentials and honours AWS_ENDPOINT_URL.
+# fetched with boto3 (installed first where the image lacks it), which finds the instance profile's credentials and
+# honours AWS_ENDPOINT_URL; the node needs the `train` extra (torch, transformers, peft) and the `cluster` one (Ray).
 WHEEL_INSTALL = """SPOTTUNE_PYTHON="${{SPOTTUNE_PYTHON:-python3}}"
+"$SPOTTUNE_PYTHON" -c "import boto3" 2>/dev/null || "$SPOTTUNE_PYTHON" -m pip install --quiet boto3
 wheel_dir="$(mktemp -d)"
 "$SPOTTUNE_PYTHON" - "$wheel_dir" {wheel} <<'FETCH'
 import sys, boto3
@@ -26,7 +28,7 @@ target, uri = sys.argv[1], sys.argv[2]
 bucket, _, key = uri[len("s3://"):].partition("/")
 boto3.client("s3").download_file(bucket, key, f"{{target}}/{{key.rsplit('/', 1)[-1]}}")
 FETCH
-"$SPOTTUNE_PYTHON" -m pip install --quiet ${{SPOTTUNE_PIP_OPTIONS:-}} "$(ls "$wheel_dir"/*.whl)[train]"
+"$SPOTTUNE_PYTHON" -m pip install --quiet ${{SPOTTUNE_PIP_OPTIONS:-}} "$(ls "$wheel_dir"/*.whl)[train,cluster]"
 """
 
 
