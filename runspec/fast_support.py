@@ -19,6 +19,12 @@ SPLIT_GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_u
 FUSED_GROUPS = {"qkv": ("qkv_proj",), "o": ("o_proj",), "gate_up": ("gate_up_proj",), "down": ("down_proj",)}
 
 
+def input_embedding_on_host(checkpointing: str, tied: bool) -> bool:
+    """The fast engine keeps the input embedding in host memory when it offloads activations and the model has a
+    separate output head (a tied one is the head, which must stay on the GPU)."""
+    return checkpointing == "offload" and not tied
+
+
 def projection_groups(model_type: str) -> dict[str, tuple[str, ...]]:
     """The layer's linears by fused group (q|k|v, o, gate|up, down), in the model's module order."""
     return FUSED_GROUPS if model_type in FUSED_MODEL_TYPES else SPLIT_GROUPS

@@ -95,7 +95,7 @@ def test_input_embedding_in_host_memory_gives_the_same_step(name):
     path = tiny_path(name)
     adapters = AdapterSpec.from_target_modules(16, 16, "all-linear", seed=1)
     on_gpu = load_fast_model(path, adapters, CUDA)
-    on_host = load_fast_model(path, adapters, CUDA, embed_on_host=True)
+    on_host = load_fast_model(path, adapters, CUDA, checkpointing="offload")
     assert on_host.embed.device.type == "cpu" and on_host.head.device.type == "cuda"
     for model in (on_gpu, on_host):
         randomize_adapters(model, torch.Generator().manual_seed(2))

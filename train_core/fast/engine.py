@@ -39,7 +39,7 @@ class FastEngine:
         self.device = current_cuda_device(device)
         if self.device.type == "cuda":
             prefer_expandable_segments()
-        self.model = load_fast_model(model_path, adapters, self.device, dtype, embed_on_host=checkpointing == "offload")
+        self.model = load_fast_model(model_path, adapters, self.device, dtype, checkpointing)
         self.adapters = adapters.for_model(self.model.spec.model_type)
         self.recompute = Recompute(checkpointing, self.device, host_budget_bytes)
         self.ce_chunk_rows = ce_chunk_rows(self.model.spec.vocab, ce_budget_mib)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from runspec.fast_support import input_embedding_on_host
 from train_core.fast.arch import ArchSpec, arch_spec
 from train_core.fast.attention import AttentionShape
 from train_core.fast.layer import DecoderLayer, module_path
@@ -79,10 +80,10 @@ class Checkpoint:
 
 def load_fast_model(
     path: str | Path, adapters: AdapterSpec, device: torch.device, dtype: torch.dtype = torch.bfloat16,
-    embed_on_host: bool = False,
+    checkpointing: str = "none",
 ) -> FastCausalLM:
     """Quantize the decoder's linear weights to NF4 on `device` as they are read; add fresh LoRA adapters.
-    `embed_on_host` keeps the input embedding in host memory when the model has a separate output head."""
+    The input embedding stays in host memory where runspec.fast_support.input_embedding_on_host says so."""
     from transformers import AutoConfig
 
     path = Path(path)
@@ -97,7 +98,7 @@ def load_fast_model(
     rotary = {key: table.to(device) for key, table in rotary_frequencies(config).items()}
     layers = [_load_layer(weights, spec, index, adapters, rotary, generator, device, dtype) for index in range(spec.layers)]
     separate_head = not spec.tied and "lm_head.weight" in weights
-    read_embed = weights.get_on_host if embed_on_host and separate_head else weights.get
+    read_embed = weights.get_on_host if input_embedding_on_host(checkpointing, tied=not separate_head) else weights.get
     embed = read_embed("model.embed_tokens.weight").to(dtype)
     head = weights.get("lm_head.weight").to(dtype) if separate_head else embed
     return FastCausalLM(spec=spec, embed=embed, head=head, final_norm=weights.get("model.norm.weight").to(dtype), layers=layers)
