@@ -6,7 +6,8 @@
     exec "$SPOTTUNE_PYTHON" -m orchestrator.cli node run --payload ...
 
 `local` uses the controller's own interpreter; `aws` downloads the wheel the controller uploaded to the run's
-storage and pip-installs it (credentials from the instance profile); a Kubernetes pod's image already has it.
+storage and pip-installs it (credentials from the instance profile); a Kubernetes pod's image already has it
+(the pod runs this script after exporting KubeRay's `ray start` line).
 A boot script never holds a credential: everything secret reaches the node through its role and storage.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ each with LaunchSpec.gpus GPUs and pinned to the offer's pool by nodeSelector; m
 i > 0 is worker group `node-i` (one replica each, so every pod knows its index). The RayCluster is labelled with
 run/trial/attempt and owned by the controller's Deployment when the controller runs in the cluster (so
 `helm uninstall` leaves nothing behind). Every pod runs the node entry point, `spottune node run --payload URI`
-(NODE_COMMAND), with KubeRay's own `ray start` line in $SPOTTUNE_RAY_START (KubeRay leaves it in
+(node_command), with KubeRay's own `ray start` line in $SPOTTUNE_RAY_START (KubeRay leaves it in
 $KUBERAY_GEN_RAY_START_CMD because the RayCluster carries `ray.io/overwrite-container-cmd: "true"`); SIGTERM is
 the pod's notice, $SPOTTUNE_SIGTERM_GRACE_S seconds before the grace period's SIGKILL.
 
@@ -40,6 +40,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterator, Literal
 
 from cluster.errors import ClusterError
+from cluster.node.boot import IMAGE_INSTALL, boot_script
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements
 from cluster.providers.kubernetes_settings import GPU_RESOURCE, IMAGE_ENV, KubernetesSettings
 from cluster.providers.registry import ProviderContext, ProviderKind, register
@@ -49,10 +50,15 @@ log = logging.getLogger(__name__)
 
 NAME = "kubernetes"
 
-# What every RayCluster pod runs: the node entry point (cluster/node/entry.py), given KubeRay's `ray start` line.
-# The rest of what it reads is the pod's env (see _pod_template).
-NODE_COMMAND = ("bash", "-c", 'SPOTTUNE_RAY_START="$KUBERAY_GEN_RAY_START_CMD" '
-                              'exec spottune node run --payload "$SPOTTUNE_PAYLOAD"')
+# What every RayCluster pod runs: the boot script every provider uses (cluster/node/boot.py; the image has spottune),
+# given KubeRay's `ray start` line. The rest of what the node entry point reads is the pod's env (_pod_template).
+RAY_START_LINE = 'export SPOTTUNE_RAY_START="$KUBERAY_GEN_RAY_START_CMD"\n'
+
+
+def node_command(spec: LaunchSpec) -> list[str]:
+    """The container command of every pod of the attempt: the boot script for its payload."""
+    return ["bash", "-c", RAY_START_LINE + boot_script(spec.payload, spec.storage_endpoint, IMAGE_INSTALL)]
+
 SIGKILL_MARGIN_S = 5  # the node's notice deadline comes this long before the grace period's SIGKILL
 
 RAYCLUSTER = {"group": "ray.io", "version": "v1", "plural": "rayclusters"}
@@ -553,7 +559,7 @@ class KubernetesProvider:
         resources = {"cpu": settings.cpu, "memory": settings.memory, GPU_RESOURCE: str(spec.gpus)}
         container: dict[str, Any] = {
             "name": f"ray-{role}", "image": image, "imagePullPolicy": settings.image_pull_policy,
-            "command": list(NODE_COMMAND), "env": env,
+            "command": node_command(spec), "env": env,
             "resources": {"requests": dict(resources), "limits": dict(resources)},
             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         }

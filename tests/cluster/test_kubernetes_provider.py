@@ -26,9 +26,10 @@ import pytest
 import yaml
 
 from cluster.errors import ClusterError
+from cluster.node.boot import IMAGE_INSTALL, boot_script
 from cluster.provider import LaunchSpec, Requirements
 from cluster.providers.kubernetes import (
-    ANNOTATION_OFFER, LABEL_NODE, NODE_COMMAND, KubernetesProvider, KubernetesSettings, cluster_name,
+    ANNOTATION_OFFER, LABEL_NODE, KubernetesProvider, KubernetesSettings, cluster_name,
     offer_from_catalog,
 )
 from tests.cluster.k8s_api_server import KubernetesApiServer, status
@@ -179,9 +180,11 @@ def test_launch_posts_one_valid_raycluster_whose_pods_run_the_node_entry_point(p
     for index, template in enumerate(templates):
         pod_spec = template["spec"]
         container = pod_spec["containers"][0]
-        assert container["command"] == list(NODE_COMMAND) == [
-            "bash", "-c", 'SPOTTUNE_RAY_START="$KUBERAY_GEN_RAY_START_CMD" '
-                          'exec spottune node run --payload "$SPOTTUNE_PAYLOAD"']
+        shell, flag, script = container["command"]
+        assert (shell, flag) == ("bash", "-c")
+        assert script == 'export SPOTTUNE_RAY_START="$KUBERAY_GEN_RAY_START_CMD"\n' + boot_script(
+            "s3://bucket/runs/sweep-20261129/t001-bdea8d/attempts/2/payload.json", "http://seaweedfs.storage:8333",
+            IMAGE_INSTALL), "the same boot script as every provider's, spottune from the image"
         assert env_of(template) == {
             "SPOTTUNE_PAYLOAD": "s3://bucket/runs/sweep-20261129/t001-bdea8d/attempts/2/payload.json",
             "SPOTTUNE_NODE_ROLE": "head" if index == 0 else "worker", "SPOTTUNE_NODE_INDEX": str(index),
