@@ -35,7 +35,7 @@ def planned_offers(prepared) -> set[tuple[str, str]]:
 def test_kubernetes_is_a_launching_provider_whose_settings_load_without_the_client():
     assert registry.kind("kubernetes").launches
     registry.check(["kubernetes"], launch=True)
-    assert "launches kubernetes, local" in registry.support()
+    assert "launches aws, kubernetes, local" in registry.support()
 
 
 def test_submit_plans_on_the_clusters_nodes_through_a_kubeconfig(tmp_path):
