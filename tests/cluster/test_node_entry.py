@@ -17,11 +17,12 @@ from cluster.errors import ClusterError
 from cluster.node.agent import LocalNodeAgent, post_notice
 from cluster.node.boot import boot_script, local_install, wheel_install
 from cluster.node.channel import AttemptChannel, attempt_prefix
-from cluster.node.entry import payload_location
+from cluster.node.entry import identify, payload_location
 from cluster.node.notices import NodeNotices
 from cluster.node.payload import AttemptPayload
 from cluster.storage import open_store, parse_uri
 from runspec.config import TrainConfig
+from tests.aws_nodes import FakeImds
 from tests.orchestrator.sweeps import EVAL_DATA, REPO, TRAIN_DATA, warm_model_cache
 
 SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")
@@ -122,3 +123,20 @@ def test_node_run_with_the_platform_s_ray_start_line_trains_and_reports_through_
     kinds = [record["kind"] for record in channel.new_records()]
     assert kinds[0] == "started" and kinds[-1] == "finished" and "checkpoint" in kinds
     assert (tmp_path / "store" / "run1" / "t000-x" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_an_ec2_node_learns_its_index_and_address_from_imdsv2_and_the_environment_wins(tmp_path):
+    """Machine 1 of a two-instance attempt: ami-launch-index 1 and its private address, read with an IMDSv2 token;
+    the multi-node mechanics after that are the local provider's (tests/orchestrator/test_multi_node.py)."""
+    imds = FakeImds(launch_index=1, local_ipv4="10.0.3.17")
+    try:
+        node = identify("aws", {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url, "SPOTTUNE_NODE_DIR": str(tmp_path)})
+        assert (node.index, node.address, node.imds_url, node.node_dir) == (1, "10.0.3.17", imds.url, tmp_path)
+        assert imds.requests and all(valid for _, _, valid in imds.requests), "every GET carried a token"
+        given = identify("aws", {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url, "SPOTTUNE_NODE_INDEX": "0",
+                                 "SPOTTUNE_NODE_IP": "10.0.3.18", "SPOTTUNE_NODE_DIR": str(tmp_path)})
+        assert (given.index, given.address) == (0, "10.0.3.18")
+    finally:
+        imds.close()
+    local = identify("local", {"SPOTTUNE_NODE_DIR": str(tmp_path)})
+    assert (local.index, local.address, local.imds_url) == (0, "127.0.0.1", None)
