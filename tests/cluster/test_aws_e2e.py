@@ -70,8 +70,10 @@ def aws_sweep(moto, tmp_path_factory):
         wait_for(lambda: any(e.kind == "training" for e in state.events(run_id, first)), 600, "trial 0 to train")
         reclaimed = first_launch(state, run_id, first, 1)
         reclaimed_type = reclaimed.offer.split(":")[1]
+        # Trial 0's launches of that type only (its trial tag is the instance's second tag): trial 1, relaunched
+        # after it vanishes, may come first, and its launch must not be what meets the refusals.
         proxy.faults.append(Fault("RunInstances", "InsufficientInstanceCapacity",
-                                  where={"InstanceType": reclaimed_type}))
+                                  where={"InstanceType": reclaimed_type, "TagSpecification.1.Tag.2.Value": first}))
         deadline = vms.reclaim(reclaimed.node, NOTICE_S)
 
         wait_for(lambda: any(e.kind == "checkpoint" and e.attempt == 1 for e in state.events(run_id, second)), 600,
