@@ -5,8 +5,9 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.run.state import StateStore
 from tests.aws_server import MOTO_AMI
-from tests.orchestrator.sweeps import tiny_sweep
+from tests.orchestrator.sweeps import only_run, spottune, tiny_sweep, warm_model_cache
 
 
 def controller_env(moto_url: str) -> dict[str, str]:
@@ -26,3 +27,12 @@ def aws_tiny_sweep(directory: Path, name: str, moto_url: str, storage: str, max_
     document["config"]["training"]["epochs"] = epochs
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+def submit_aws(spec: Path, state_dir: Path, env: dict[str, str]) -> tuple[str, StateStore]:
+    """`spottune submit --detach` of an aws sweep with the controller's environment: its run id and state store."""
+    warm_model_cache()
+    submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir), env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = only_run(state_dir)
+    return run_id, StateStore(state_dir)

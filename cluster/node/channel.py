@@ -91,20 +91,18 @@ class AttemptChannel:
 
     def notice_deadline(self) -> float | None:
         """The earliest deadline any node of the attempt posted, or None."""
-        deadlines = []
-        for name in self.store.list_dir(NOTICE):
-            if name.endswith(".json") and name[0] != ".":
-                text = self.store.read_text(f"{NOTICE}/{name}")
-                if text is not None:
-                    deadlines.append(float(json.loads(text)["deadline"]))
-        return min(deadlines, default=None)
+        return min((float(document["deadline"]) for document in self._per_node(NOTICE)), default=None)
 
     def last_heartbeat(self) -> float | None:
         """The newest heartbeat time of any node, or None before the first."""
-        times = []
-        for name in self.store.list_dir(HEARTBEAT):
+        return max((float(document["time"]) for document in self._per_node(HEARTBEAT)), default=None)
+
+    def _per_node(self, directory: str) -> list[dict[str, Any]]:
+        """The documents the nodes wrote under `directory`, one per node."""
+        documents = []
+        for name in self.store.list_dir(directory):
             if name.endswith(".json") and name[0] != ".":
-                text = self.store.read_text(f"{HEARTBEAT}/{name}")
+                text = self.store.read_text(f"{directory}/{name}")
                 if text is not None:
-                    times.append(float(json.loads(text)["time"]))
-        return max(times, default=None)
+                    documents.append(json.loads(text))
+        return documents

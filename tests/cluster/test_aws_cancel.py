@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.run.state import StateStore
 from tests.aws_nodes import VmRunner
 from tests.aws_server import moto_s3, running_spottune_instances
-from tests.aws_sweeps import aws_tiny_sweep, controller_env
-from tests.orchestrator.sweeps import only_run, spottune, wait_for, warm_model_cache
+from tests.aws_sweeps import aws_tiny_sweep, controller_env, submit_aws
+from tests.orchestrator.sweeps import spottune, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -20,12 +19,8 @@ def test_cancel_mid_training_terminates_every_instance(moto, tmp_path):
     env = controller_env(moto.url)
     spec = aws_tiny_sweep(tmp_path, "cancel", moto.url, "s3://cancel/sweeps", 300, epochs=12)
     state_dir = tmp_path / "state"
-    warm_model_cache()
     try:
-        submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir), env=env)
-        assert submitted.returncode == 0, submitted.stderr
-        run_id = only_run(state_dir)
-        state = StateStore(state_dir)
+        run_id, state = submit_aws(spec, state_dir, env)
         wait_for(lambda: {e.trial_id for e in state.events(run_id) if e.kind == "training"} == {
             t.id for t in state.trials(run_id)}, 600, "both trials to train")
         assert len(running_spottune_instances(moto)) == 2

@@ -21,9 +21,9 @@ from cluster.storage import open_store
 from orchestrator.run.state import StateStore
 from tests.aws_nodes import VmRunner
 from tests.aws_server import PLANTED_SECRET, PLANTED_TOKEN, Fault, FaultProxy, moto_s3, running_spottune_instances
-from tests.aws_sweeps import aws_tiny_sweep
+from tests.aws_sweeps import aws_tiny_sweep, submit_aws
 from tests.orchestrator.sweeps import (
-    adapter_tensors, assert_bit_identical, only_run, reference_adapter, spottune, wait_for, warm_model_cache,
+    adapter_tensors, assert_bit_identical, reference_adapter, spottune, wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -59,12 +59,8 @@ def aws_sweep(moto, tmp_path_factory):
     spec = aws_tiny_sweep(directory, "awssweep", moto.url, f"s3://{BUCKET}/sweeps", STEPS, epochs=12,
                           aws={"api_max_attempts": 4}, checkpoint={"every_steps": EVERY, "keep": 2})
     state_dir = directory / "state"
-    warm_model_cache()
     try:
-        submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir), env=env)
-        assert submitted.returncode == 0, submitted.stderr
-        run_id = only_run(state_dir)
-        state = StateStore(state_dir)
+        run_id, state = submit_aws(spec, state_dir, env)
         first, second = (trial.id for trial in state.trials(run_id))
 
         wait_for(lambda: any(e.kind == "training" for e in state.events(run_id, first)), 600, "trial 0 to train")

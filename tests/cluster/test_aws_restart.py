@@ -10,12 +10,11 @@ import pytest
 
 from orchestrator.run.controller import controller_pid
 from orchestrator.run.layout import RunLayout
-from orchestrator.run.state import StateStore
 from tests.aws_nodes import VmRunner
 from tests.aws_server import moto_s3, running_spottune_instances
-from tests.aws_sweeps import aws_tiny_sweep, controller_env
+from tests.aws_sweeps import aws_tiny_sweep, controller_env, submit_aws
 from tests.orchestrator.sweeps import (
-    adapter_tensors, assert_bit_identical, only_run, reference_adapter, spottune, wait_for, warm_model_cache,
+    adapter_tensors, assert_bit_identical, reference_adapter, spottune, wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -34,12 +33,8 @@ def restarted(moto, tmp_path_factory):
     spec = aws_tiny_sweep(directory, "restart", moto.url, f"s3://{BUCKET}/sweeps", STEPS, epochs=12,
                           search={"parameters": {"training.seed": [3]}}, checkpoint={"every_steps": 20, "keep": 2})
     state_dir = directory / "state"
-    warm_model_cache()
     try:
-        submitted = spottune("submit", str(spec), "--detach", "--state-dir", str(state_dir), env=env)
-        assert submitted.returncode == 0, submitted.stderr
-        run_id = only_run(state_dir)
-        state = StateStore(state_dir)
+        run_id, state = submit_aws(spec, state_dir, env)
         wait_for(lambda: any(e.kind == "training" for e in state.events(run_id)), 600, "the trial to train")
         pid = controller_pid(RunLayout(state_dir, run_id))
         os.kill(pid, signal.SIGKILL)
