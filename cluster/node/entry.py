@@ -83,8 +83,7 @@ def run_node(payload_uri: str, environ: Mapping[str, str]) -> int:
     os.environ[NODE_DIR_ENV] = str(node.node_dir)
     notices = start_notices(payload, node, AttemptChannel(raw), environ)
     given = environ.get(RAY_START_ENV) or None
-    temp_dir = prepare_environment(payload.ray_token, single_node=payload.nodes == 1 and given is None,
-                                   manage_auth=given is None)
+    temp_dir = prepare_environment(payload.ray_token, single_node=payload.nodes == 1, manage_auth=given is None)
     cpus = payload.gpus_per_node if not payload.use_gpu else (os.cpu_count() or 1)
     gpus = payload.gpus_per_node if payload.use_gpu else 0
     ray_node = RayNode(node.address, cpus, gpus, temp_dir)

@@ -110,9 +110,9 @@ def test_node_run_with_the_platform_s_ray_start_line_trains_and_reports_through_
     AttemptChannel(open_store(prefix)).write_payload(payload.to_dict())
     ray = Path(sys.executable).with_name("ray")
     port = 36000 + os.getpid() % 2000
-    given = (f"{ray} start --head --block --node-ip-address=127.0.0.2 --port={port} --num-cpus=1 --num-gpus=0 "
+    given = (f"{ray} start --head --block --node-ip-address=127.0.0.1 --port={port} --num-cpus=1 --num-gpus=0 "
              "--include-dashboard=false --disable-usage-stats")
-    env = {**os.environ, "SPOTTUNE_RAY_START": given, "SPOTTUNE_NODE_IP": "127.0.0.2", "SPOTTUNE_NODE_ROLE": "head",
+    env = {**os.environ, "SPOTTUNE_RAY_START": given, "SPOTTUNE_NODE_IP": "127.0.0.1", "SPOTTUNE_NODE_ROLE": "head",
            "SPOTTUNE_NODE_DIR": str(tmp_path / "node"), "GLOO_SOCKET_IFNAME": "lo"}
     result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "node", "run", "--payload",
                              str(prefix.child("payload.json"))], cwd=REPO, env=env, capture_output=True, text=True,
