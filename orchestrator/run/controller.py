@@ -406,6 +406,8 @@ class Controller:
                 continue  # storage is down: stop once it answers and shows the judged step committed
             if committed < active.stop_at:
                 continue  # the checkpoint of the judged step is not committed yet
+            if self.runner.finished(active.handle, now=True) is not None:
+                continue  # it ended before the stop could land: collect() records how
             self.provider.terminate(active.node)
             now = time.time()
             node = compute_ledger(self.state.events(self.run_id, trial.id), now).trials[trial.id].nodes[-1]

@@ -2,7 +2,8 @@
 losing trials stopped early with the dollars saved and the same best trial.
 
 The same 4-trial tiny-model sweep runs twice, with and without early stopping (Optuna's successive halving,
-judged at every checkpoint); two learning rates are far too small to learn anything in 12 steps.
+judged at every checkpoint); two learning rates are far too small to learn anything in 24 steps (long enough for
+a stop to land mid-training on a loaded host: the controller hears of each evaluation through storage).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.orchestrator.sweeps import only_run, spottune, tiny_sweep, warm_model
 
 pytestmark = pytest.mark.slow
 
-STEPS = 12
+STEPS = 24
 GOOD, WORSE, BAD, WORST = 3.0e-3, 1.0e-3, 1.0e-7, 1.0e-8
 
 
