@@ -110,3 +110,23 @@ def session_members(leader: ProcessRecord) -> list[ProcessRecord]:
         if ticks is not None and ticks >= leader.ticks and session_id(pid) == leader.pid:
             members.append(ProcessRecord(pid, ticks))
     return members
+
+
+def processes_with_environment(name: str, value: str) -> list[ProcessRecord]:
+    """This user's processes (other than this one) whose environment has `name` set to `value` or below it (a path
+    prefix): the processes that inherited it, whatever session they are in (Ray starts its daemons in new ones)."""
+    exact, below = f"{name}={value}".encode(), f"{name}={value.rstrip('/')}/".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            variables = (entry / "environ").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if exact in variables or any(variable.startswith(below) for variable in variables):
+            pid = int(entry.name)
+            ticks = start_ticks(pid)
+            if ticks is not None:
+                found.append(ProcessRecord(pid, ticks))
+    return found

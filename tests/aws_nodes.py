@@ -29,6 +29,8 @@ from pathlib import Path
 
 import boto3
 
+from cluster.processes import processes_with_environment
+
 TOKEN_PATH = "/latest/api/token"
 META = "/latest/meta-data"
 INSTANCE_ACTION = f"{META}/spot/instance-action"
@@ -119,7 +121,8 @@ class Vm:
     killed: bool = False
 
     def kill(self) -> None:
-        """SIGKILL the whole process group (the VM is gone: nothing on it gets to clean up)."""
+        """SIGKILL everything the VM runs (the VM is gone: nothing on it gets to clean up): its process group and
+        whatever left it (Ray starts daemons in sessions of their own), found by the VM's own IMDS address."""
         if not self.killed:
             self.killed = True
             try:
@@ -127,6 +130,8 @@ class Vm:
             except ProcessLookupError:
                 pass
             self.process.wait()
+            for process in processes_with_environment("AWS_EC2_METADATA_SERVICE_ENDPOINT", self.imds.url):
+                process.kill()
 
     def log(self) -> str:
         return (self.directory / "console.log").read_text(errors="replace")

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from cluster.errors import ClusterError
+from cluster.processes import processes_with_environment
 
 # Read by Ray when it is imported: set before the first `import ray` of the process (and inherited by Ray's own).
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps a 127.0.0.1 node IP from being replaced by the machine's outward
@@ -162,4 +163,6 @@ class RayNode:
                 os.killpg(self._daemon.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for process in processes_with_environment("RAY_TMPDIR", str(self.temp_dir)):
+            process.kill()  # Ray's daemons run in sessions of their own; they all carry this node's temp dir
         shutil.rmtree(self.temp_dir.parent, ignore_errors=True)

@@ -33,7 +33,7 @@ from cluster.node.agent import NODE_DIR_ENV, PIDS_DIR, RECLAIMED_FILE, LocalNode
 from cluster.node.boot import boot_script, local_install
 from cluster.node.entry import ADDRESS_ENV, INDEX_ENV
 from cluster.node.worker import STORAGE_FAULT_ENV
-from cluster.processes import ProcessRecord, session_members, start_ticks
+from cluster.processes import ProcessRecord, processes_with_environment, session_members, start_ticks
 from cluster.provider import LaunchSpec, Node, NodeEvent, Requirements
 from cluster.providers.local_market import PreemptionPlan, SimulatedMarket, plan_preemption, storage_fault, \
     unknown_trial_refs
@@ -217,8 +217,8 @@ class LocalProvider:
 
     @staticmethod
     def _kill(state: _NodeState) -> None:
-        """Mark the node reclaimed, then SIGKILL every process of its machines' sessions and every process
-        registered on it (see LocalNodeAgent.register)."""
+        """Mark the node reclaimed, then SIGKILL every process of its machines' sessions, every process registered
+        on it (see LocalNodeAgent.register) and every process that inherited its directory."""
         write_atomic(state.directory / RECLAIMED_FILE, "")
         for process, leader in zip(state.processes, state.leaders):
             for member in session_members(leader):
@@ -230,6 +230,8 @@ class LocalProvider:
         for entry in sorted(pids.iterdir()):
             if not entry.name.startswith("."):
                 ProcessRecord.parse(entry.read_text(encoding="utf-8")).kill()
+        for process in processes_with_environment(NODE_DIR_ENV, str(state.directory)):
+            process.kill()  # what the machines started in sessions of its own (`ray start`'s daemons)
         for record in state.directory.glob(MACHINE_FILE.format(index="*")):
             record.unlink()
 

@@ -20,6 +20,7 @@ from cluster.node.channel import AttemptChannel, attempt_prefix
 from cluster.node.entry import identify, payload_location
 from cluster.node.notices import NodeNotices
 from cluster.node.payload import AttemptPayload
+from cluster.processes import processes_with_environment
 from cluster.storage import open_store, parse_uri
 from runspec.config import TrainConfig
 from tests.aws_nodes import FakeImds
@@ -114,10 +115,16 @@ def test_node_run_with_the_platform_s_ray_start_line_trains_and_reports_through_
              "--include-dashboard=false --disable-usage-stats")
     env = {**os.environ, "SPOTTUNE_RAY_START": given, "SPOTTUNE_NODE_IP": "127.0.0.1", "SPOTTUNE_NODE_ROLE": "head",
            "SPOTTUNE_NODE_DIR": str(tmp_path / "node"), "GLOO_SOCKET_IFNAME": "lo"}
-    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "node", "run", "--payload",
-                             str(prefix.child("payload.json"))], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300, start_new_session=True)
+    try:
+        result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "node", "run", "--payload",
+                                 str(prefix.child("payload.json"))], cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=300, start_new_session=True)
+    finally:
+        left = processes_with_environment("SPOTTUNE_NODE_DIR", str(tmp_path / "node"))
+        for process in left:
+            process.kill()
     assert result.returncode == 0, result.stderr[-3000:]
+    assert left == [], "the entry point stopped Ray's daemons, though they run in sessions of their own"
     channel = AttemptChannel(open_store(prefix))
     assert channel.read_outcome() == {"ok": True, "error": None}
     kinds = [record["kind"] for record in channel.new_records()]

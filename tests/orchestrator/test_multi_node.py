@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.orchestrator.sweeps import (
-    adapter_tensors, assert_bit_identical, only_run, spottune, tiny_sweep, wait_for, warm_model_cache,
+    adapter_tensors, assert_bit_identical, node_processes, only_run, spottune, tiny_sweep, wait_for, warm_model_cache,
 )
 from orchestrator.run.state import StateStore
 
@@ -49,6 +49,8 @@ def test_two_nodes_form_one_ray_cluster_and_train_one_trial(two_runs):
     assert head.startswith("127.0.0.2:"), "node 0 leads on its own address; node 1 (127.0.0.3) joined it"
     assert sorted(path.name for path in (channel / "heartbeat").iterdir()) == ["0.json", "1.json"]
     assert json.loads((channel / "outcome.json").read_text()) == {"ok": True, "error": None}
+    wait_for(lambda: not node_processes(state_dir / run_id), timeout=60,
+             what="every process of both machines, Ray's daemons in their own sessions included, to be gone")
 
 
 def test_two_nodes_give_the_adapter_of_one_node_with_two_workers(two_runs):
