@@ -111,7 +111,32 @@ class RayNode:
         self._daemon = subprocess.Popen(["bash", "-c", command], stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         if head:
-            self._connect("auto")
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            # `ray start` turns token auth on when RAY_AUTH_MODE is unset; a driver given an explicit address does
+            # not, so it follows Ray's own rule for a cluster it found by itself.
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+            self._connect(self._given_head_address())
+
+    def _given_head_address(self, timeout_s: float = 120) -> str:
+        """The address the platform's `ray start --head` recorded in this node's temp dir.
+
+        Not `address="auto"`: that takes any Ray cluster running on the host when this one has not written its
+        address yet (found when a test's head met another test's cluster on the same machine).
+        """
+        from ray._common.utils import get_ray_address_file
+
+        recorded = Path(get_ray_address_file(None))
+        deadline = time.monotonic() + timeout_s
+        while not recorded.exists() or not recorded.read_text().strip():
+            if self._daemon.poll() is not None:
+                raise ClusterError(f"ray start exited with {self._daemon.returncode}; see {self.temp_dir}/ray-start.log")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"ray start recorded no address in {timeout_s:g} s; see {self.temp_dir}/ray-start.log")
+            time.sleep(0.5)
+        return recorded.read_text().strip()
 
     def _ray_start(self, arguments: list[str]) -> subprocess.Popen:
         ray = Path(sys.executable).with_name("ray")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from cluster.node.channel import AttemptChannel, attempt_prefix
 from cluster.node.entry import identify, payload_location
 from cluster.node.notices import NodeNotices
 from cluster.node.payload import AttemptPayload
+from cluster.node.ray_node import free_port
 from cluster.processes import processes_with_environment
 from cluster.storage import open_store, parse_uri
 from runspec.config import TrainConfig
@@ -27,6 +30,39 @@ from tests.aws_nodes import FakeImds
 from tests.orchestrator.sweeps import EVAL_DATA, REPO, TRAIN_DATA, warm_model_cache
 
 SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")
+
+
+RAY = Path(sys.executable).with_name("ray")
+
+
+def kuberay_token_env() -> dict[str, str]:
+    """What KubeRay puts in every pod of a RayCluster with `authOptions: {mode: token}`."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+SILENT_GCS = """
+import socket, sys, time
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1].rpartition(":")[2])))
+held = []
+while True:
+    held.append(listener.accept())
+"""
+
+
+def start_silent_raylet() -> subprocess.Popen:
+    """A process that Ray's `address="auto"` takes for another cluster's raylet on this host, whose GCS accepts
+    connections and never answers (as a cluster going down did in CI)."""
+    gcs = f"127.0.0.1:{free_port('127.0.0.1')}"
+    raylet = subprocess.Popen(["bash", "-c", f'exec -a raylet {sys.executable} -c "$0" --gcs-address={gcs}', SILENT_GCS],
+                              start_new_session=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(gcs.split(":"), timeout=1).close()
+            return raylet
+        except OSError:
+            assert raylet.poll() is None and time.monotonic() < deadline, "the silent raylet did not start"
+            time.sleep(0.1)
 
 
 def test_the_boot_script_is_the_same_text_for_every_provider_apart_from_the_install_lines():
@@ -95,7 +131,9 @@ def test_the_local_market_s_notice_reaches_the_controller_through_the_channel(tm
 
 def test_node_run_with_the_platform_s_ray_start_line_trains_and_reports_through_storage(tmp_path):
     """What a KubeRay pod runs, on CPU: the entry point starts the given `ray start --head ... --block` line, joins
-    it as the driver and trains; everything the controller needs is then in the attempt's channel."""
+    it as the driver and trains; everything the controller needs is then in the attempt's channel. What looks like
+    another Ray cluster runs on the same host, and the driver must not take it for the platform's, though the
+    platform's line takes a while to come up."""
     warm_model_cache()
     storage = parse_uri(f"file://{tmp_path / 'store'}")
     prefix = attempt_prefix(storage, "run1", "t000-x", 1)
@@ -109,12 +147,11 @@ def test_node_run_with_the_platform_s_ray_start_line_trains_and_reports_through_
     payload = AttemptPayload("run1", "t000-x", 1, "kubernetes", config, str(prefix), None, nodes=1, gpus_per_node=1,
                              use_gpu=False)
     AttemptChannel(open_store(prefix)).write_payload(payload.to_dict())
-    ray = Path(sys.executable).with_name("ray")
-    port = 36000 + os.getpid() % 2000
-    given = (f"{ray} start --head --block --node-ip-address=127.0.0.1 --port={port} --num-cpus=1 --num-gpus=0 "
-             "--include-dashboard=false --disable-usage-stats")
-    env = {**os.environ, "SPOTTUNE_RAY_START": given, "SPOTTUNE_NODE_IP": "127.0.0.1", "SPOTTUNE_NODE_ROLE": "head",
-           "SPOTTUNE_NODE_DIR": str(tmp_path / "node"), "GLOO_SOCKET_IFNAME": "lo"}
+    decoy = start_silent_raylet()
+    given = (f"sleep 3 && {RAY} start --head --block --node-ip-address=127.0.0.1 --port={free_port('127.0.0.1')} --num-cpus=1 "
+             "--num-gpus=0 --include-dashboard=false --disable-usage-stats")
+    env = {**os.environ, **kuberay_token_env(), "SPOTTUNE_RAY_START": given, "SPOTTUNE_NODE_IP": "127.0.0.1",
+           "SPOTTUNE_NODE_ROLE": "head", "SPOTTUNE_NODE_DIR": str(tmp_path / "node"), "GLOO_SOCKET_IFNAME": "lo"}
     try:
         result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "node", "run", "--payload",
                                  str(prefix.child("payload.json"))], cwd=REPO, env=env, capture_output=True, text=True,
@@ -123,6 +160,7 @@ def test_node_run_with_the_platform_s_ray_start_line_trains_and_reports_through_
         left = processes_with_environment("SPOTTUNE_NODE_DIR", str(tmp_path / "node"))
         for process in left:
             process.kill()
+        decoy.kill()
     assert result.returncode == 0, result.stderr[-3000:]
     assert left == [], "the entry point stopped Ray's daemons, though they run in sessions of their own"
     channel = AttemptChannel(open_store(prefix))
