@@ -198,7 +198,6 @@ class Bench:
         from runspec.config import TrainConfig
         from train_core.device import choose_device_path
         from train_core.engine import build_engine
-        from train_core.optim import build_optimizer, build_scheduler
         from train_core.trainer import Trainer
 
         self.device = device
@@ -219,9 +218,8 @@ class Bench:
         trainer.tokenizer = trainer.engine.tokenizer
         trainer.engine.train()
         trainer.trainable = trainer.engine.trainable_parameters()
-        trainer.optimizer = build_optimizer(trainer.trainable, self.config.training, trainer.path.optimizer)
-        trainer.scheduler = build_scheduler(trainer.optimizer, self.config.training, 10**6)
         trainer.total_steps = 10**6
+        trainer.setup_optimizer()
         self.engine_name = ENGINE_NAMES.get(type(trainer.engine).__name__, type(trainer.engine).__name__)
         self.lora_params = sum(parameter.numel() for parameter in trainer.trainable)
         self.weights_gib = self._allocated_gib()
@@ -307,7 +305,7 @@ class Bench:
         return size / 2**20, seconds
 
     def close(self) -> None:
-        for name in ("engine", "optimizer", "scheduler", "trainable", "plan"):
+        for name in ("engine", "optimizer", "scheduler", "flat", "trainable", "plan"):
             if hasattr(self.trainer, name):
                 delattr(self.trainer, name)
         gc.collect()
@@ -366,7 +364,7 @@ def measure_group(group: Group, bench: Bench, context: dict, args: argparse.Name
         try:
             result = bench.measure(point, args.warmup, args.timed)
         except torch.cuda.OutOfMemoryError:
-            bench.trainer.optimizer.zero_grad(set_to_none=True)
+            bench.trainer.flat.drop_grads()
             gc.collect()
             torch.cuda.empty_cache()
             result = {"status": "oom"}

@@ -169,7 +169,7 @@ def hf_step(model, optimizer, batches: list[torch.Tensor]) -> float:
     return float(total)
 
 
-def fast_step(engine, optimizer, batches: list[torch.Tensor]) -> float:
+def fast_step(engine, optimizer: "AdapterOptimizer", batches: list[torch.Tensor]) -> float:
     """One optimizer step of the fast engine: summed token loss over the step's targets, normalised once."""
     labels = [shifted_labels(ids) for ids in batches]
     targets = sum(int((l != -100).sum()) for l in labels)
@@ -180,7 +180,6 @@ def fast_step(engine, optimizer, batches: list[torch.Tensor]) -> float:
         loss.backward()
         total += loss.detach()
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
     return float(total)
 
 
@@ -188,6 +187,23 @@ def adamw_8bit(parameters, lr: float = 2e-4):
     import bitsandbytes as bnb
 
     return bnb.optim.AdamW8bit(parameters, lr=lr)
+
+
+class AdapterOptimizer:
+    """8-bit AdamW over the fast engine's adapters as the Trainer steps them, from one flat buffer; `per_tensor`
+    keeps one state per adapter tensor instead (the engine before the flat buffer)."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter], per_tensor: bool = False) -> None:
+        from train_core.flat_params import FlatParameters
+
+        self.flat = None if per_tensor else FlatParameters(parameters)
+        self.optimizer = adamw_8bit(parameters if per_tensor else [self.flat.parameter])
+
+    def step(self) -> None:
+        if self.flat is not None:
+            self.flat.gather_grads()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def write_result(out: Path, record: dict) -> None:

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ARCHITECTURES, GIB, adamw_8bit, build_model, environment, fast_step, release, write_result  # noqa: E402
+from bench.common import ARCHITECTURES, GIB, AdapterOptimizer, build_model, environment, fast_step, release, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
         ce_budget_mib=args.ce, mlp_tile_rows=args.tile,
         host_budget_bytes=None if args.host_budget_gib is None else int(args.host_budget_gib * GIB),
     )
-    optimizer = adamw_8bit(engine.trainable_parameters())
+    optimizer = AdapterOptimizer(engine.trainable_parameters())
     store = engine.recompute.offloader.store
     host = {"host_available_gib": round(available_host_bytes() / GIB, 1), "host_budget_gib": round(store.budget_bytes / GIB, 1)}
     first = engine.model.layers[0]

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    adamw_8bit, build_model, environment, fast_step, hf_step, load_hf_recipe, release, shifted_labels, write_result,
+    AdapterOptimizer, adamw_8bit, build_model, environment, fast_step, hf_step, load_hf_recipe, release, shifted_labels, write_result,
 )
 
 
@@ -58,7 +58,7 @@ def main() -> None:
 
     fast = FastEngine(path, AdapterSpec.from_target_modules(16, 16, "all-linear", seed=0), torch.device("cuda"), args.mode)
     fast.load_adapter_state(initial)
-    optimizer = adamw_8bit(fast.trainable_parameters())
+    optimizer = AdapterOptimizer(fast.trainable_parameters())
     fast_losses = [fast_step(fast, optimizer, step) for step in batches]
 
     relative = [abs(f - h) / abs(h) for f, h in zip(fast_losses, hf_losses)]

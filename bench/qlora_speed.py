@@ -1,11 +1,12 @@
 """Tokens/s and peak memory of the standard HF QLoRA recipe and of the fast engine, in one process.
 
-Each run is `engine:MICROxACCUM[:mode][:ce=MiB][:tile=ROWS][:prof][:mem]`, e.g. `hf:2x4`, `fast:2x4:offload:ce=256`;
+Each run is `engine:MICROxACCUM[:mode][:ce=MiB][:tile=ROWS][:tensors][:prof][:mem]`, e.g. `hf:2x4`, `fast:2x4:offload:ce=256`;
 every step holds MICRO*ACCUM sequences of --seq random token ids. Engines: `hf` is the standard recipe
 (train mode, gradient checkpointing on), `hf-nockpt` the same recipe without checkpointing, `fast` ours. The first fast run also reports
 start-up (safetensors load + NF4 quantization + first optimizer step, Triton compilation included,
 with an empty Triton cache). `:prof` profiles one more step (GPU-busy share, CUDA-time table);
-`:mem` saves the allocator's history of the run to memory-<run>.pickle.gz.
+`:mem` saves the allocator's history of the run to memory-<run>.pickle.gz; `:tensors` steps the fast engine's
+optimizer per adapter tensor instead of over the one flat buffer the Trainer uses.
 
     python bench/qlora_speed.py --model qwen2-1.5b --runs hf:2x4 hf:8x1 fast:2x4:offload fast:4x2:none --out $OUT
 """
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    adamw_8bit, build_model, environment, fast_step, hf_step, load_hf_recipe, random_batch, release, summarise,
+    AdapterOptimizer, adamw_8bit, build_model, environment, fast_step, hf_step, load_hf_recipe, random_batch, release, summarise,
     timed_steps, write_result,
 )
 
@@ -35,9 +36,11 @@ def parse_run(spec: str) -> dict:
     parts = spec.split(":")
     micro, accum = (int(v) for v in parts[1].split("x"))
     run = {"engine": parts[0], "micro": micro, "accum": accum, "mode": "full", "ce": 512, "tile": None, "profile": False,
-           "memory": False}
+           "memory": False, "per_tensor": False}
     for part in parts[2:]:
-        if part == "prof":
+        if part == "tensors":
+            run["per_tensor"] = True
+        elif part == "prof":
             run["profile"] = True
         elif part == "mem":
             run["memory"] = True
@@ -78,7 +81,7 @@ def run_fast(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: in
     )
     torch.cuda.synchronize()
     loaded = time.perf_counter() - started
-    optimizer = adamw_8bit(engine.trainable_parameters())
+    optimizer = AdapterOptimizer(engine.trainable_parameters(), per_tensor=run["per_tensor"])
     first_step: list[float] = []
 
     def step(index: int) -> float:

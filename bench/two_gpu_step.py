@@ -1,5 +1,6 @@
 """One trial's optimizer step on 1 or N GPUs of one host: train_core's Trainer step with its own gradient all-reduce
-(train_core.distributed over NCCL), and that all-reduce timed alone over several gradient sizes.
+(the flat gradient, train_core.distributed over NCCL), and that all-reduce timed alone over several gradient sizes
+(the job's, with the gather of its per-tensor gradients into the flat buffer; synthetic ones without).
 
 Start one process per GPU with torchrun (Ray is not needed):
 
@@ -45,14 +46,12 @@ def timed(function, repeats: int, cuda: bool) -> list[float]:
 
 
 def allreduce_seconds(dist, elements: int, device: str, repeats: int) -> float:
-    """Median seconds of Distributed.all_reduce_grads over 16 fp32 tensors holding `elements` in all."""
+    """Median seconds of Distributed.all_reduce_in_place over a flat fp32 gradient of `elements`."""
     import torch
 
-    parameters = [torch.nn.Parameter(torch.zeros(elements // 16, device=device)) for _ in range(16)]
-    for parameter in parameters:
-        parameter.grad = torch.randn_like(parameter)
-    dist.all_reduce_grads(parameters)  # warm-up: NCCL sets up its channels on the first call
-    return statistics.median(timed(lambda: dist.all_reduce_grads(parameters), repeats, device == "cuda"))
+    gradient = torch.randn(elements, device=device)
+    dist.all_reduce_in_place(gradient)  # warm-up: NCCL sets up its channels on the first call
+    return statistics.median(timed(lambda: dist.all_reduce_in_place(gradient), repeats, device == "cuda"))
 
 
 def main() -> int:
@@ -102,7 +101,14 @@ def main() -> int:
     trainer.micro_batch = args.micro_batch
     state = TrainerState(step=0, epoch=0, cursor=0, tokens_seen=0, config_fingerprint="multi-gpu", world_size=world)
     step_times = [trainer._optimizer_step(state)["step_seconds"] for _ in range(steps)][args.warmup:]
-    grads = timed(lambda: trainer.dist.all_reduce_grads(trainer.trainable), args.steps, cuda)
+    flat = trainer.flat
+
+    def gather_and_reduce() -> None:
+        for tensor in flat.tensors:  # what backward leaves: one gradient per adapter tensor
+            tensor.grad = torch.ones_like(tensor)
+        trainer.dist.all_reduce_in_place(flat.gather_grads())
+
+    grads = timed(gather_and_reduce, args.steps, cuda)
     synthetic = {n: allreduce_seconds(trainer.dist, n, args.device, args.steps) for n in SYNTHETIC_GRAD_ELEMENTS}
     if rank == 0:
         base = {

@@ -44,18 +44,11 @@ class Distributed:
         dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
         return on_device.to(tensor.device)
 
-    def all_reduce_grads(self, parameters: list[torch.nn.Parameter]) -> None:
-        """Sum gradients over workers (the loss is already divided by the global target count)."""
-        if not self.active:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-        flat = torch.cat([grad.reshape(-1) for grad in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for parameter, grad in zip(parameters, grads):
-            count = grad.numel()
-            parameter.grad = flat[offset : offset + count].view_as(grad).clone()
-            offset += count
+    def all_reduce_in_place(self, tensor: torch.Tensor) -> None:
+        """Sum `tensor` (the flat gradient) over workers in place; the loss is already divided by the global target
+        count."""
+        if self.active:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
     def any_true(self, flag: bool) -> bool:
         if not self.active:

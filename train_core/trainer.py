@@ -23,6 +23,7 @@ from train_core.distributed import Distributed
 from runspec.errors import ConfigError
 from train_core.errors import TrainingDiverged
 from train_core.metrics import MetricsLog, peak_memory_gib
+from train_core.flat_params import FlatParameters
 from train_core.optim import build_optimizer, build_scheduler
 from train_core.rng import capture_rng, restore_rng
 from train_core.store import LocalStore, ObjectStore
@@ -91,8 +92,13 @@ class Trainer:
         self.plan: BatchPlan = batch_plan(self.data.train, config.data, config.training.seed, config.training.batch_size)
         self.total_steps = self.plan.total_steps(config.training.epochs, config.training.max_steps)
         self.micro_batch = self.path.micro_batch
-        self.optimizer = build_optimizer(self.trainable, config.training, self.path.optimizer)
-        self.scheduler = build_scheduler(self.optimizer, config.training, self.total_steps)
+        self.setup_optimizer()
+
+    def setup_optimizer(self) -> None:
+        """The adapters in one flat buffer, and the optimizer and learning-rate schedule over it."""
+        self.flat = FlatParameters(self.trainable)
+        self.optimizer = build_optimizer([self.flat.parameter], self.config.training, self.path.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, self.config.training, self.total_steps)
 
     def _refuse_silent_overwrite(self, resume: bool) -> None:
         latest = self.checkpoints.newest_step()
@@ -127,7 +133,7 @@ class Trainer:
 
         device = self.path.device
         self.engine.load_adapter_state(load_file(str(local / "adapter_model.safetensors"), device=device))
-        self.optimizer.load_state_dict(torch.load(local / "optimizer.pt", map_location=device, weights_only=True))
+        self._load_optimizer_state(torch.load(local / "optimizer.pt", map_location=device, weights_only=True), where)
         self.scheduler.load_state_dict(torch.load(local / "scheduler.pt", weights_only=True))
         if state.world_size == self.dist.world_size and len(state.rng) == self.dist.world_size:
             restore_rng(state.rng[self.dist.rank])
@@ -136,6 +142,16 @@ class Trainer:
         shutil.rmtree(local, ignore_errors=True)
         self.log(f"resumed from step {latest} ({where})")
         return state
+
+    def _load_optimizer_state(self, state: dict, where: str) -> None:
+        try:
+            self.optimizer.load_state_dict(state)
+        except ValueError:
+            raise ConfigError(
+                f"output_dir: the checkpoint at {where} holds optimizer state for "
+                f"{len(state['param_groups'][0]['params'])} separate tensors, written by a spottune that did not yet keep "
+                "the adapters in one flat buffer; resume it with that version, or use another output_dir"
+            ) from None
 
     def _refuse_non_finite(self, what: str, value: float | None = None) -> None:
         """Stop training before a NaN/inf reaches the optimizer, a checkpoint or the adapter."""
@@ -150,7 +166,7 @@ class Trainer:
         )
 
     def _check_weights_finite(self, when: str) -> None:
-        if not all(bool(torch.isfinite(parameter).all()) for parameter in self.trainable):
+        if not bool(torch.isfinite(self.flat.parameter).all()):
             self._refuse_non_finite(f"the adapter weights hold NaN or inf {when}")
 
     def _save(self, state: TrainerState) -> None:
@@ -186,12 +202,12 @@ class Trainer:
         for batch in micro_batches:
             loss_sum += self._micro_step(batch, normaliser).double().cpu()
             tokens += batch.input_ids.numel()
-        self.dist.all_reduce_grads(self.trainable)
+        self.dist.all_reduce_in_place(self.flat.gather_grads())
         totals = self.dist.all_reduce_sum(torch.tensor([loss_sum.item(), float(tokens)], dtype=torch.float64))
         self._refuse_non_finite(f"the loss of step {state.step + 1}", float(totals[0]) / normaliser)
         grad_norm = None
         if self.config.training.max_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.training.max_grad_norm))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_([self.flat.parameter], self.config.training.max_grad_norm))
             self._refuse_non_finite(f"the gradient norm of step {state.step + 1}", grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()

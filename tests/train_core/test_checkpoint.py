@@ -1,9 +1,11 @@
 """Checkpoints are committed by `latest` only; interrupted saves are never read and are cleaned up."""
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from train_core.checkpoint import REQUIRED_FILES, CheckpointManager, step_key
+from train_core.checkpoint import MANIFEST_FILE, REQUIRED_FILES, CheckpointManager, build_manifest, step_key
 from runspec.config import load_config
 from runspec.errors import ConfigError
 from train_core.store import LocalStore
@@ -59,3 +61,19 @@ def test_resume_refuses_a_checkpoint_of_another_config(config_factory):
         train(changed, resume=True)
     with pytest.raises(ConfigError, match="pass --resume"):
         train(first)
+
+
+def test_resume_refuses_per_tensor_optimizer_state_in_one_line_and_keeps_the_checkpoint(config_factory, tmp_path):
+    """A checkpoint from before the flat adapter buffer held one optimizer state per adapter tensor."""
+
+    config = load_config(config_factory({"training": {"max_steps": 2}}))
+    train(config)
+    latest = tmp_path / "run" / step_key(2)
+    saved = torch.load(latest / "optimizer.pt", weights_only=True)
+    per_tensor = {"state": {}, "param_groups": [{**saved["param_groups"][0], "params": list(range(12))}]}
+    torch.save(per_tensor, latest / "optimizer.pt")
+    (latest / MANIFEST_FILE).write_text(json.dumps(build_manifest(latest)))
+    with pytest.raises(ConfigError, match=r"optimizer state for 12 separate tensors.*resume it with that version") as caught:
+        train(config, resume=True)
+    assert "\n" not in str(caught.value)
+    assert torch.load(latest / "optimizer.pt", weights_only=True) == per_tensor, "the checkpoint is left as it was"
