@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU-machine call: the rounds named in $@, in order. Rounds: tests, qwen, qwen-fixed, qwen-unsloth,
-# llama, llama-fixed, llama-unsloth, parity, long. `-fixed` repeats the lean runs with the allocator's
+# llama, llama-fixed, llama-unsloth, parity, long, two-gpu. `-fixed` repeats the lean runs with the allocator's
 # expandable segments off (the engine's default before issue 13) for a before/after in the same call;
 # `-unsloth` runs Unsloth in its own process (`../shared/tools/gpu-wheels --with-unsloth`).
 # Everything is logged to $OUT/session.log, results to $OUT/results.jsonl, profiles to $OUT/profile.txt;
@@ -11,6 +11,7 @@ set -uo pipefail
 out=${OUT:?set OUT}
 log=$out/session.log
 export TRITON_CACHE_DIR=$(mktemp -d) SPOTTUNE_CACHE=$(mktemp -d) HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 STEPS=${STEPS:---warmup 2 --steps 5}
 QWEN_LEAN=${QWEN_LEAN:-fast:2x4:offload:ce=256 fast:4x2:offload:ce=128:tile=4096 fast:8x1:offload:ce=128:tile=2048}
 LLAMA_LEAN=${LLAMA_LEAN:-fast:2x4:offload:ce=256:tile=2048 fast:4x2:offload:ce=256:tile=2048 fast:8x1:offload:ce=256:tile=2048}
@@ -33,6 +34,8 @@ for round in "$@"; do
     llama-unsloth) timeout 300 python3 bench/unsloth_speed.py --model llama-3-8b --out "$out" $STEPS \
             --runs ${LLAMA_UNSLOTH:-unsloth:2x4 unsloth:8x1} >> "$log" 2>&1 ;;
     parity) timeout 90 python3 bench/qlora_parity.py --model qwen2-1.5b --steps 50 --out "$out" >> "$log" 2>&1 ;;
+    two-gpu) for gpus in 2 1; do timeout 200 python3 -m torch.distributed.run --standalone --nproc_per_node $gpus \
+            bench/two_gpu_step.py --steps 5 --warmup 2 --out "$out/multi_gpu.jsonl"; done >> "$log" 2>&1 ;;
     long) timeout 110 python3 bench/long_context.py --model llama-3-8b --layers 4 \
             --lengths ${LONG_LENGTHS:-131072 262144 409600} --out "$out" >> "$log" 2>&1 ;;
   esac
