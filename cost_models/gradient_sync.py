@@ -1,9 +1,11 @@
 """What data parallelism adds to a step on several GPUs of one host, from measurements (data/multi_gpu.csv).
 
-train_core.distributed sums the LoRA gradients once per optimizer step: it concatenates every gradient into
-one fp32 vector, all-reduces it over NCCL and copies each slice back. Its time, fitted on 2 H200s over NVLink:
-a fixed latency, fp32 gradient bytes at a rate, and a host cost per gradient tensor (the concatenation and
-the copies back are one kernel each). On top, the measured 2-GPU step was slower than the 1-GPU step by more
+train_core sums the LoRA gradients once per optimizer step: one NCCL all-reduce of the flat fp32 gradient
+(train_core/flat_params.py gathers the per-tensor gradients into it with one copy, on one GPU as on several, so
+the gather is not part of the sync). The measurements were taken before the flat buffer, when train_core
+concatenated the gradients and copied each slice back; the fit therefore has three terms: a fixed latency,
+fp32 gradient bytes at a rate, and that implementation's host cost per gradient tensor, which the plan no
+longer counts. On top, the measured 2-GPU step was slower than the 1-GPU step by more
 than the all-reduce: that remainder, as a share of the 1-GPU step, is `slowdown` (one measured point;
 cause not isolated: the two workers' steps also varied more, 0.49-0.59 s against 0.41-0.48 s).
 More than 2 GPUs: a ring moves 2(n-1)/n of the bytes and takes n-1 latency steps (not measured).
@@ -48,8 +50,9 @@ def load_sync_measurements(path: Path = MEASUREMENTS) -> list[SyncMeasurement]:
         ]
 
 
-def allreduce_seconds(c: SyncCoefficients, gpus: int, elements: float, tensors: int) -> float:
-    """One all_reduce_grads call over `gpus` workers; 0 on one."""
+def allreduce_seconds(c: SyncCoefficients, gpus: int, elements: float, tensors: int = 0) -> float:
+    """One all-reduce of `elements` fp32 gradients over `gpus` workers; 0 on one. `tensors` adds the per-tensor
+    copies of the implementation the measurements were taken with (before the flat buffer)."""
     if gpus <= 1:
         return 0.0
     ring = 2 * (gpus - 1) / gpus  # share of the bytes each worker sends, relative to 1 at 2 GPUs

@@ -58,7 +58,7 @@ def work(shape: JobShape) -> dict[str, float]:
         "float_base": 1.0 if shape.float_base else 0.0,
         "grad_accum": float(shape.grad_accum),
         "lora_tensors": float(shape.lora_tensors),
-        "gradient_sync": allreduce_seconds(sync, shape.gpus, shape.lora_params, shape.lora_tensors),
+        "gradient_sync": allreduce_seconds(sync, shape.gpus, shape.lora_params),
         "data_parallel": sync.slowdown if shape.gpus > 1 else 0.0,
         "tokens_per_step": shape.grad_accum * tokens * shape.gpus,
     }

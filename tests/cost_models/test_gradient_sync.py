@@ -51,14 +51,16 @@ def test_one_gpu_has_no_sync_and_more_gpus_or_gradients_cost_more():
     assert allreduce_seconds(c, 2, 1e7, 500) < allreduce_seconds(c, 2, 1e8, 500)
 
 
-def test_the_2_gpu_step_adds_what_was_measured_to_the_1_gpu_step():
-    """The model's 2-GPU step over its 1-GPU step is the measured ratio. The steps themselves are the fitted
-    model's at the calibrated machines' mean host speed (this job is host-bound there: 0.53 s predicted, 0.42 s
-    measured on the 2-GPU machine's faster host; cost_models/README.md)."""
+def test_the_2_gpu_step_adds_what_was_measured_to_the_1_gpu_step_less_the_copies_the_flat_buffer_removed():
+    """The model's 2-GPU step over its 1-GPU step is the measured ratio once the measured implementation's
+    per-tensor copies are taken out. The steps themselves are the fitted model's at the calibrated machines' mean
+    host speed (this job is host-bound there: 0.53 s predicted, 0.42 s measured on the 2-GPU machine's faster host;
+    cost_models/README.md)."""
     steps = {p.gpus: p.seconds for p in MEASURED if p.measurement == "step"}
     time, h200 = load_calibration(FAST_ENGINE).time, gpus()["H200"]
     one, two = (estimate_step_time(measured_job(n), h200, time) for n in (1, 2))
     assert one.gradient_sync == 0 and two.gradient_sync > 0
     assert two.tokens_per_step == 2 * one.tokens_per_step
-    assert two.step / one.step == pytest.approx(steps[2] / steps[1], rel=0.03)
+    copies = measured_job(2).lora_tensors * sync_coefficients().per_tensor_s
+    assert two.step / one.step == pytest.approx((steps[2] - copies) / steps[1], rel=0.03)
 
