@@ -5,7 +5,8 @@ spans nodes runs `ray start --head` on node 0, which publishes its address in th
 nodes run `ray start --address` against it. Where the platform starts Ray its own way (KubeRay gives each pod its
 `ray start` line), that line runs instead, and its authentication is the platform's. Every Ray process uses token authentication: the payload's token when
 the cluster spans nodes (the controller made it; it travels in storage, never in a boot script), otherwise a fresh
-one. No dashboard. Ray's temp dir is a short private directory (Ray's socket paths must stay under 108 bytes).
+one. No dashboard. Ray's temp dir is a short private directory (Ray's socket paths must stay under 108 bytes);
+a node killed with SIGKILL cannot remove it, so each node first sweeps those whose owner process is gone.
 On a node IP of 127.0.0.1 Ray listens on loopback only; with another address it listens on every interface
 (Ray's own behaviour): the security group (aws) or the pod network (kubernetes) must keep it private.
 """
@@ -38,6 +39,8 @@ RAY_ENV = {
 }
 SINGLE_NODE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 OBJECT_STORE_BYTES = 200 * 2**20
+TEMP_PREFIX = "spottune-ray-"
+OWNER_FILE = "owner.pid"  # the node entry point's pid: its directory is abandoned once that process is gone
 HEAD_WAIT_S = 600.0
 
 
@@ -46,7 +49,9 @@ def prepare_environment(token: str | None, single_node: bool, manage_auth: bool 
 
     Ray makes its temp dir 0777 (again and again), so it lives inside a private (0700) directory with the token.
     """
-    private = Path(tempfile.mkdtemp(prefix="spottune-ray-"))
+    sweep_abandoned_temp_dirs()
+    private = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    (private / OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
     temp_dir = private / "r"
     temp_dir.mkdir()
     os.environ.update({name: value for name, value in RAY_ENV.items() if manage_auth or name != "RAY_AUTH_MODE"})
@@ -64,6 +69,37 @@ def prepare_environment(token: str | None, single_node: bool, manage_auth: bool 
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
     os.environ.pop("RAY_AUTH_TOKEN", None)
     return temp_dir
+
+
+def sweep_abandoned_temp_dirs(older_than_s: float = 86400.0) -> list[Path]:
+    """Remove this user's node temp dirs whose owner process is gone (a node killed with SIGKILL never cleans up),
+    and, from before owners were recorded, those untouched for `older_than_s`; returns what was removed."""
+    removed = []
+    for private in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        try:
+            if private.stat().st_uid != os.getuid():
+                continue
+            owner = private / OWNER_FILE
+            if owner.exists():
+                abandoned = not _alive(int(owner.read_text(encoding="utf-8")))
+            else:
+                abandoned = time.time() - private.stat().st_mtime > older_than_s
+        except (OSError, ValueError):
+            continue
+        if abandoned:
+            shutil.rmtree(private, ignore_errors=True)
+            removed.append(private)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def free_port(address: str) -> int:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from cluster.node.channel import AttemptChannel, attempt_prefix
 from cluster.node.entry import identify, payload_location
 from cluster.node.notices import NodeNotices
 from cluster.node.payload import AttemptPayload
-from cluster.node.ray_node import free_port
+from cluster.node.ray_node import OWNER_FILE, TEMP_PREFIX, free_port, sweep_abandoned_temp_dirs
 from cluster.processes import processes_with_environment
 from cluster.storage import open_store, parse_uri
 from runspec.config import TrainConfig
@@ -185,3 +186,19 @@ def test_an_ec2_node_learns_its_index_and_address_from_imdsv2_and_the_environmen
         imds.close()
     local = identify("local", {"SPOTTUNE_NODE_DIR": str(tmp_path)})
     assert (local.index, local.address, local.imds_url) == (0, "127.0.0.1", None)
+
+
+def test_a_node_sweeps_the_ray_temp_dirs_of_nodes_that_died_without_cleaning_up(tmp_path, monkeypatch):
+    """A node killed with SIGKILL leaves its Ray temp dir behind; the next node on the machine removes it, and
+    never one whose owner still runs or that another node has only just made."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive, legacy_old, legacy_new = (tmp_path / f"{TEMP_PREFIX}{name}" for name in ("dead", "alive", "old", "new"))
+    for private in (dead, alive, legacy_old, legacy_new):
+        (private / "r" / "session").mkdir(parents=True)
+    (dead / OWNER_FILE).write_text(finished.stdout.strip())
+    (alive / OWNER_FILE).write_text(str(os.getpid()))
+    os.utime(legacy_old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    (tmp_path / "unrelated").mkdir()
+    assert sorted(sweep_abandoned_temp_dirs()) == sorted([dead, legacy_old])
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([alive.name, legacy_new.name, "unrelated"])
