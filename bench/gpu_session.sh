@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine call: the rounds named in $@, in order. Rounds: tests, qwen, qwen-fixed, qwen-unsloth,
-# llama, llama-fixed, llama-unsloth, parity, long, two-gpu. `-fixed` repeats the lean runs with the allocator's
+# llama, llama-fixed, llama-unsloth, parity, long, two-gpu, ray-two-gpu (needs bench/ray_site.sh's tarballs
+# unpacked onto PYTHONPATH as well). `-fixed` repeats the lean runs with the allocator's
 # expandable segments off (the engine's default before issue 13) for a before/after in the same call;
 # `-unsloth` runs Unsloth in its own process (`../shared/tools/gpu-wheels --with-unsloth`).
 # Everything is logged to $OUT/session.log, results to $OUT/results.jsonl, profiles to $OUT/profile.txt;
@@ -36,6 +37,7 @@ for round in "$@"; do
     parity) timeout 90 python3 bench/qlora_parity.py --model qwen2-1.5b --steps 50 --out "$out" >> "$log" 2>&1 ;;
     two-gpu) for gpus in 2 1; do timeout 200 python3 -m torch.distributed.run --standalone --nproc_per_node $gpus \
             bench/two_gpu_step.py --steps 5 --warmup 2 --out "$out/multi_gpu.jsonl"; done >> "$log" 2>&1 ;;
+    ray-two-gpu) timeout 560 python3 bench/ray_two_gpu.py --out "$out" >> "$log" 2>&1 ;;
     long) timeout 110 python3 bench/long_context.py --model llama-3-8b --layers 4 \
             --lengths ${LONG_LENGTHS:-131072 262144 409600} --out "$out" >> "$log" 2>&1 ;;
   esac
