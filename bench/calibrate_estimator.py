@@ -50,6 +50,7 @@ COLUMNS = [
     "checkpointing", "seq_len", "micro_batch", "grad_accum", "samples_per_row", "tokens_per_micro_batch",
     "targets_per_micro_batch", "status", "peak_allocated_gib", "peak_reserved_gib", "step_s", "step_s_min",
     "weights_gib", "lora_params", "context_gib", "timed_steps", "checkpoint_mb", "checkpoint_s", "split",
+    "input_embedding",
 ]
 
 
@@ -232,14 +233,23 @@ class Bench:
         torch.cuda.synchronize()
         return torch.cuda.memory_allocated() / 2**30
 
+    def input_embedding_placement(self) -> str:
+        """"host" or "gpu": where the loaded engine keeps the input embedding now (a calibration.csv column)."""
+        embed = getattr(self.trainer.engine.model, "embed", None)
+        return "host" if embed is not None and embed.device.type == "cpu" else "gpu"
+
     def set_checkpointing(self, mode: str) -> None:
         """Switch the loaded engine's activation checkpointing without reloading the model."""
         engine = self.trainer.engine
         self.trainer.path = dataclasses.replace(self.trainer.path, activation_checkpointing=mode)
         if self.engine_name == "train_core-fast":
+            from runspec.fast_support import input_embedding_on_host
             from train_core.fast.recompute import Recompute
 
             engine.recompute = Recompute(mode, engine.device)
+            model = engine.model
+            if model.head is not model.embed:  # where the engine would have loaded it for this mode
+                model.embed = model.embed.to("cpu" if input_embedding_on_host(mode, tied=False) else engine.device)
             return
         if mode == "none":
             engine.model.gradient_checkpointing_disable()
@@ -372,6 +382,7 @@ def measure_group(group: Group, bench: Bench, context: dict, args: argparse.Name
             checkpoint = bench.checkpoint_cost()  # after a step, so the optimizer state is in it
         if checkpoint is not None:
             row.update(checkpoint_mb=checkpoint[0], checkpoint_s=checkpoint[1])
+        row["input_embedding"] = bench.input_embedding_placement()  # measure() set the point's mode
         allocator = result.pop("allocator", None)
         write_row(Path(args.out), {**row, **result})
         if args.stats_out:

@@ -194,6 +194,7 @@ def measurement_from_row(row: dict[str, str], source: str) -> Measurement:
         checkpointing=row["checkpointing"],
         rows=RowStats(tokens / micro_batch, seq_len, float(row["samples_per_row"]), targets / tokens, 0, source),
         engine=LEGACY_ENGINE_NAMES.get(row["engine"], row["engine"]),
+        embedding_measured_on_gpu=(row.get("input_embedding") or "gpu") == "gpu",
     )
     return Measurement(
         shape=shape, gpu=card, run=row["run"], status=row["status"],

@@ -185,7 +185,8 @@ def static_bytes(shape: JobShape) -> dict[str, float]:
     return {
         "weights": arch.linear_params * BYTES_PER_PARAM[shape.quantization],
         "dequant_buffers": buffers,  # the fast engine's two reused bf16 buffers for merged weights
-        "embeddings_and_norms": arch.other_params * other_bytes,
+        "embeddings_and_norms": (arch.other_params - (arch.vocab * arch.hidden if shape.input_embedding_on_host else 0))
+        * other_bytes,
         "lora_params_grads": 8.0 * lora,  # fp32 adapters and their fp32 gradients
         "optimizer_state": optimizer,
     }

@@ -6,6 +6,7 @@ from functools import cached_property
 
 from cost_models.architectures import Architecture
 from cost_models.errors import EstimateError
+from runspec.fast_support import input_embedding_on_host
 
 QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "bf16", "fp32")
 CHECKPOINTING = ("none", "full", "offload")
@@ -47,6 +48,8 @@ class JobShape:
     engine: str = HF_ENGINE
     gpus: int = 1
     compute_dtype: str = "bf16"  # "fp32" doubles activations and runs matmuls at the TF32 rate (uncalibrated)
+    embedding_measured_on_gpu: bool = False  # a calibration row taken before the fast engine's offload mode kept
+    # the input embedding in host memory (runspec.fast_support.input_embedding_on_host, 2026-11-29)
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
@@ -73,6 +76,12 @@ class JobShape:
 
     def with_(self, **changes) -> "JobShape":
         return replace(self, **changes)
+
+    @property
+    def input_embedding_on_host(self) -> bool:
+        """Whether the engine keeps the input embedding in host memory for this job (the rule the engine follows)."""
+        return (self.engine == FAST_ENGINE and not self.embedding_measured_on_gpu
+                and input_embedding_on_host(self.checkpointing, self.arch.tied))
 
     @property
     def tokens_per_micro_batch(self) -> float:

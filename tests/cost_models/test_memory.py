@@ -115,3 +115,17 @@ def test_softcapped_logits_keep_one_more_fp32_chunk_on_the_plain_path():
     counted = 4 * min(gemma.targets(gemma.max_tokens_per_micro_batch), 1024) * gemma.arch.vocab / 2**30
     as_if_uncapped = COEFFICIENTS.logits * min(gemma.targets(gemma.max_tokens_per_micro_batch), 1024) * gemma.arch.vocab
     assert plain.logits_loss == pytest.approx(as_if_uncapped / 2**30 + counted)
+
+
+def test_offload_counts_a_separate_models_input_embedding_in_host_memory_as_the_fast_engine_keeps_it():
+    """runspec.fast_support.input_embedding_on_host decides for the engine and the estimate alike; calibration rows
+    measured before the engine moved it keep it on the GPU."""
+    llama = fast(model="llama-3-8b", checkpointing="offload")
+    arch = llama.arch
+    on_host = static_bytes(llama)["embeddings_and_norms"]
+    assert static_bytes(llama.with_(checkpointing="full"))["embeddings_and_norms"] - on_host == 2.0 * arch.vocab * arch.hidden
+    assert static_bytes(llama.with_(embedding_measured_on_gpu=True))["embeddings_and_norms"] == (
+        static_bytes(llama.with_(checkpointing="full"))["embeddings_and_norms"])
+    tied = fast(model="qwen2-1.5b", checkpointing="offload")
+    assert tied.arch.tied and not tied.input_embedding_on_host
+    assert not shape(model="llama-3-8b", checkpointing="offload").input_embedding_on_host, "transformers + PEFT"
