@@ -27,25 +27,21 @@ class FlatParameters:
         dtype, device = kinds.pop()
         self.tensors = list(parameters)
         self.offsets: list[int] = []
+        zeros = torch.zeros(align, dtype=dtype, device=device)
+        self._gaps: list[torch.Tensor | None] = []  # the zeros after each tensor up to the next aligned slice
         total = 0
         for tensor in self.tensors:
             self.offsets.append(total)
-            total += padded(tensor.numel(), align)
+            size = padded(tensor.numel(), align)
+            self._gaps.append(zeros[: size - tensor.numel()] if size > tensor.numel() else None)
+            total += size
         self.parameter = torch.nn.Parameter(torch.zeros(total, dtype=dtype, device=device))
-        self._gaps = self._padding(total)
         with torch.no_grad():
             for tensor, offset in zip(self.tensors, self.offsets):
                 view = self.parameter.data[offset : offset + tensor.numel()].view_as(tensor)
                 view.copy_(tensor.data)
                 tensor.data = view
         self._grad = torch.zeros_like(self.parameter.data)
-
-    def _padding(self, total: int) -> list[torch.Tensor | None]:
-        """A zero tensor after each parameter that does not end on the alignment (None where it does)."""
-        ends = [offset + tensor.numel() for tensor, offset in zip(self.tensors, self.offsets)]
-        starts = self.offsets[1:] + [total]
-        return [torch.zeros(start - end, dtype=self.parameter.dtype, device=self.parameter.device) if start > end else None
-                for end, start in zip(ends, starts)]
 
     def gather_grads(self) -> torch.Tensor:
         """Move every tensor's gradient into the flat gradient (one copy; a tensor without one counts as zero),

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from cluster.errors import ClusterError
-from cluster.processes import processes_with_environment
+from cluster.processes import ProcessRecord, processes_with_environment
 
 # Read by Ray when it is imported: set before the first `import ray` of the process (and inherited by Ray's own).
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps a 127.0.0.1 node IP from being replaced by the machine's outward
@@ -40,7 +40,7 @@ RAY_ENV = {
 SINGLE_NODE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 OBJECT_STORE_BYTES = 200 * 2**20
 TEMP_PREFIX = "spottune-ray-"
-OWNER_FILE = "owner.pid"  # the node entry point's pid: its directory is abandoned once that process is gone
+OWNER_FILE = "owner.json"  # the node entry point's ProcessRecord: its directory is abandoned once that process is gone
 HEAD_WAIT_S = 600.0
 
 
@@ -51,7 +51,7 @@ def prepare_environment(token: str | None, single_node: bool, manage_auth: bool 
     """
     sweep_abandoned_temp_dirs()
     private = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
-    (private / OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
+    (private / OWNER_FILE).write_text(ProcessRecord.current().dump(), encoding="utf-8")
     temp_dir = private / "r"
     temp_dir.mkdir()
     os.environ.update({name: value for name, value in RAY_ENV.items() if manage_auth or name != "RAY_AUTH_MODE"})
@@ -81,25 +81,15 @@ def sweep_abandoned_temp_dirs(older_than_s: float = 86400.0) -> list[Path]:
                 continue
             owner = private / OWNER_FILE
             if owner.exists():
-                abandoned = not _alive(int(owner.read_text(encoding="utf-8")))
+                abandoned = not ProcessRecord.parse(owner.read_text(encoding="utf-8")).alive()
             else:
                 abandoned = time.time() - private.stat().st_mtime > older_than_s
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError):
             continue
         if abandoned:
             shutil.rmtree(private, ignore_errors=True)
             removed.append(private)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def free_port(address: str) -> int:

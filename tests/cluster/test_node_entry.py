@@ -24,7 +24,7 @@ from cluster.node.entry import identify, payload_location
 from cluster.node.notices import NodeNotices
 from cluster.node.payload import AttemptPayload
 from cluster.node.ray_node import OWNER_FILE, TEMP_PREFIX, free_port, sweep_abandoned_temp_dirs
-from cluster.processes import processes_with_environment
+from cluster.processes import ProcessRecord, processes_with_environment
 from cluster.storage import open_store, parse_uri
 from runspec.config import TrainConfig
 from tests.aws_nodes import FakeImds
@@ -196,8 +196,8 @@ def test_a_node_sweeps_the_ray_temp_dirs_of_nodes_that_died_without_cleaning_up(
     dead, alive, legacy_old, legacy_new = (tmp_path / f"{TEMP_PREFIX}{name}" for name in ("dead", "alive", "old", "new"))
     for private in (dead, alive, legacy_old, legacy_new):
         (private / "r" / "session").mkdir(parents=True)
-    (dead / OWNER_FILE).write_text(finished.stdout.strip())
-    (alive / OWNER_FILE).write_text(str(os.getpid()))
+    (dead / OWNER_FILE).write_text(ProcessRecord(int(finished.stdout), 0).dump())
+    (alive / OWNER_FILE).write_text(ProcessRecord.current().dump())
     os.utime(legacy_old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
     (tmp_path / "unrelated").mkdir()
     assert sorted(sweep_abandoned_temp_dirs()) == sorted([dead, legacy_old])
