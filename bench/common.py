@@ -205,6 +205,13 @@ class AdapterOptimizer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def drop_grads(self) -> None:
+        """Forget the gradients of a step that did not finish (out of memory)."""
+        if self.flat is not None:
+            self.flat.drop_grads()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+
 
 def write_result(out: Path, record: dict) -> None:
     with open(out / "results.jsonl", "a", encoding="utf-8") as handle:

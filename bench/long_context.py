@@ -94,7 +94,7 @@ def main() -> None:
         except torch.cuda.OutOfMemoryError as error:
             record.update(tokens=length, error=f"OOM: {str(error).splitlines()[0][:200]}")
         write_result(args.out, {**record, **environment()})
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.drop_grads()
         release()
         if "error" in record:
             break

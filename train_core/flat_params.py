@@ -41,21 +41,20 @@ class FlatParameters:
                 view = self.parameter.data[offset : offset + tensor.numel()].view_as(tensor)
                 view.copy_(tensor.data)
                 tensor.data = view
-        self._grad = torch.zeros_like(self.parameter.data)
 
     def gather_grads(self) -> torch.Tensor:
         """Move every tensor's gradient into the flat gradient (one copy; a tensor without one counts as zero),
-        leave the tensors without gradients, and return the flat gradient."""
+        leave the tensors without gradients, and return the flat gradient. It is made here, not kept between steps,
+        so backward's peak holds one copy of the gradients, as before the flat buffer."""
         pieces: list[torch.Tensor] = []
         for tensor, gap in zip(self.tensors, self._gaps):
             pieces.append(tensor.grad.reshape(-1) if tensor.grad is not None else torch.zeros_like(tensor).reshape(-1))
             if gap is not None:
                 pieces.append(gap)
-        torch.cat(pieces, out=self._grad)
+        self.parameter.grad = torch.cat(pieces)
         for tensor in self.tensors:
             tensor.grad = None
-        self.parameter.grad = self._grad
-        return self._grad
+        return self.parameter.grad
 
     def drop_grads(self) -> None:
         """Forget every gradient (after a failed step)."""
