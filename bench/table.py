@@ -9,10 +9,11 @@ BASELINES = ("hf", "unsloth")  # engines whose runs every other run of the same 
 
 def main(path: str) -> None:
     try:
-        records = [json.loads(line) for line in open(path, encoding="utf-8")]
+        lines = [json.loads(line) for line in open(path, encoding="utf-8")]
     except FileNotFoundError:
         print("no results")
         return
+    records = [r for r in lines if "run" in r]  # bench/ray_two_gpu.py's records (keyed by "kind") print their own table
     baselines = {r["run"].split(" seq ")[0]: r for r in records
                  if r["run"].split(" ")[1].split(":")[0] in BASELINES and "tokens_per_s" in r}
     for r in records:

@@ -96,3 +96,17 @@ def test_a_template_that_fails_on_a_conversation_is_one_data_error(tokenizer):
             tokenize_dataset(tokenizer, [CONVERSATION], 128, "assistant")
     finally:
         tokenizer.chat_template = original
+
+
+def test_a_plain_tokenizer_json_beside_a_qwen2_config_encodes_as_saved(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoConfig, PreTrainedTokenizerFast
+
+    AutoConfig.for_model("qwen2", vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=32).save_pretrained(tmp_path)
+    core = Tokenizer(models.WordLevel({"<unk>": 0, "<|im_end|>": 1, "w1": 2, "w2": 3}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>").save_pretrained(tmp_path)
+    tokenizer = load_tokenizer(str(tmp_path))
+    assert tokenizer("w1 w2 w1")["input_ids"] == [2, 3, 2]
+    assert tokenizer.pad_token == "<|im_end|>"

@@ -1,7 +1,9 @@
 """Load the base model in the chosen weight format and wrap it with PEFT LoRA adapters."""
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -13,10 +15,32 @@ from train_core.errors import ModelSourceError
 from train_core.models.sources import resolve_model
 
 
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+
+def declared_tokenizer_class(path: str) -> str | None:
+    """The tokenizer_class a local model directory's tokenizer_config.json names, if any."""
+    config = Path(path) / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+    except (ValueError, AttributeError):
+        return None
+
+
+def load_tokenizer(path: str):
+    """The directory's tokenizer; one saved as a plain tokenizer.json is loaded as exactly that.
+
+    AutoTokenizer maps a generic tokenizer class to the model type's own (Qwen2Tokenizer for a qwen2 config), which
+    rebuilds a byte-level BPE from the file and encodes a WordLevel or other non-BPE tokenizer.json to nothing.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if declared_tokenizer_class(path) in GENERIC_TOKENIZER_CLASSES:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
