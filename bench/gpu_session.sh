@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine call: the rounds named in $@, in order. Rounds: tests, qwen, qwen-fixed, qwen-unsloth,
-# llama, llama-fixed, llama-unsloth, parity, long, two-gpu, ray-two-gpu (needs bench/ray_site.sh's tarballs
+# llama, llama-fixed, llama-unsloth, parity, long, two-gpu, two-gpu-diag (2-GPU step
+# with and without each rank pinned to its own cores, and two 1-GPU runs at once), ray-two-gpu (needs bench/ray_site.sh's tarballs
 # unpacked onto PYTHONPATH as well). `-fixed` repeats the lean runs with the allocator's
 # expandable segments off (the engine's default before issue 13) for a before/after in the same call;
 # `-unsloth` runs Unsloth in its own process (`../shared/tools/gpu-wheels --with-unsloth`).
@@ -37,6 +38,14 @@ for round in "$@"; do
     parity) timeout 90 python3 bench/qlora_parity.py --model qwen2-1.5b --steps 50 --out "$out" >> "$log" 2>&1 ;;
     two-gpu) for gpus in 2 1; do timeout 200 python3 -m torch.distributed.run --standalone --nproc_per_node $gpus \
             bench/two_gpu_step.py --steps 5 --warmup 2 --out "$out/multi_gpu.jsonl"; done >> "$log" 2>&1 ;;
+    two-gpu-diag) lscpu | grep -E "Model name|Thread|Core|Socket|NUMA" >> "$log"
+            step="timeout 150 python3 -m torch.distributed.run --standalone"
+            args="bench/two_gpu_step.py --steps 5 --warmup 2 --out $out/multi_gpu.jsonl"
+            { $step --nproc_per_node 2 $args --label default
+              $step --nproc_per_node 2 $args --label pinned --pin
+              CUDA_VISIBLE_DEVICES=0 $step --nproc_per_node 1 $args --label concurrent --work /tmp/mg0 &
+              CUDA_VISIBLE_DEVICES=1 $step --nproc_per_node 1 $args --label concurrent --work /tmp/mg1; wait
+              $step --nproc_per_node 1 $args --label alone; } >> "$log" 2>&1 ;;
     ray-two-gpu) timeout 560 python3 bench/ray_two_gpu.py --out "$out" >> "$log" 2>&1 ;;
     long) timeout 110 python3 bench/long_context.py --model llama-3-8b --layers 4 \
             --lengths ${LONG_LENGTHS:-131072 262144 409600} --out "$out" >> "$log" 2>&1 ;;

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.calibrate_estimator import Bench, Group, Point, build_model_dir, synthetic_samples, versions  # noqa: E402
 from cost_models.architectures import resolve_architecture  # noqa: E402
+from train_core.affinity import pin_to_core_share  # noqa: E402
 
 SYNTHETIC_GRAD_ELEMENTS = (1_000_000, 4_000_000, 16_000_000, 64_000_000, 128_000_000)
 
@@ -67,7 +68,11 @@ def main() -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--work", default="/tmp/spottune-multi-gpu")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--pin", action="store_true", help="pin each rank to its own physical cores (train_core.affinity)")
+    parser.add_argument("--label", default="", help="recorded with the results (e.g. which variant of a comparison)")
     args = parser.parse_args()
+    pinned = pin_to_core_share(int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) \
+        if args.pin else None
 
     cuda = args.device == "cuda"
     if cuda:  # one visible GPU per worker, as Ray Train gives each of its workers
@@ -117,7 +122,8 @@ def main() -> int:
             "gpus": world, "arch": arch.name, "engine": bench.engine_name, "lora_rank": args.rank,
             "lora_params": bench.lora_params, "checkpointing": args.checkpointing, "seq_len": args.seq_len,
             "micro_batch": args.micro_batch, "grad_accum": args.grad_accum,
-            "nccl_nvls_enable": os.environ.get("NCCL_NVLS_ENABLE"),
+            "nccl_nvls_enable": os.environ.get("NCCL_NVLS_ENABLE"), "label": args.label,
+            "pinned_cpus": sorted(pinned) if pinned else None, "host_cpus": os.cpu_count(),
         }
         with open(args.out, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({**base, "kind": "step", "step_s": statistics.median(step_times),
@@ -127,7 +133,7 @@ def main() -> int:
             for elements, seconds in synthetic.items():
                 handle.write(json.dumps({**base, "kind": "allreduce", "grad_elements": elements,
                                          "seconds": seconds, "synthetic": True}) + "\n")
-        print(json.dumps({"gpus": world, "step_s": statistics.median(step_times),
+        print(json.dumps({"gpus": world, "label": args.label, "step_s": statistics.median(step_times),
                           "allreduce_s": statistics.median(grads), "synthetic": synthetic}), flush=True)
     bench.close()
     torch_dist.destroy_process_group()

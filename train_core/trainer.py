@@ -197,13 +197,13 @@ class Trainer:
         rows = self.plan.step_rows(state.epoch, state.cursor)
         normaliser = self.plan.target_count(rows)
         micro_batches = self.plan.micro_batches(rows, self.micro_batch, self.dist.rank, self.dist.world_size)
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        loss_sum: torch.Tensor | float = 0.0  # summed on the device: a host copy per micro-batch would wait for it
         tokens = 0
         for batch in micro_batches:
-            loss_sum += self._micro_step(batch, normaliser).double().cpu()
+            loss_sum = loss_sum + self._micro_step(batch, normaliser).double()
             tokens += batch.input_ids.numel()
         self.dist.all_reduce_in_place(self.flat.gather_grads())
-        totals = self.dist.all_reduce_sum(torch.tensor([loss_sum.item(), float(tokens)], dtype=torch.float64))
+        totals = self.dist.all_reduce_sum(torch.tensor([float(loss_sum), float(tokens)], dtype=torch.float64))
         self._refuse_non_finite(f"the loss of step {state.step + 1}", float(totals[0]) / normaliser)
         grad_norm = None
         if self.config.training.max_grad_norm is not None:

@@ -104,3 +104,22 @@ def test_input_embedding_in_host_memory_gives_the_same_step(name):
     loss_host, grads_host = run(on_host, batch, "full")
     assert torch.equal(loss_gpu, loss_host)
     assert max(relative_error(a, b) for a, b in zip(grads_gpu, grads_host)) < 5e-3
+
+
+def test_a_warm_training_micro_step_never_waits_for_the_gpu():
+    """No host-device synchronisation from building the batch to the end of backward: one would drain the queue of
+    launched kernels at every micro-batch (a host-bound engine's only slack)."""
+    from train_core.fast.batch import PackedBatch
+
+    model = load_fast_model(tiny_path("tiny-llama"), AdapterSpec.from_target_modules(16, 16, "all-linear", seed=1), CUDA)
+    tensors = packed_batch([300, 77, 512, 135], model.spec.vocab, torch.Generator().manual_seed(2))
+    recompute = Recompute("none", CUDA)
+    run(model, tensors, "none", recompute)  # the first call probes attention and tunes kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = model.loss_sum(PackedBatch.build(*tensors, CUDA), recompute, ce_chunk_rows=256)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss)

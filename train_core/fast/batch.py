@@ -8,6 +8,14 @@ import torch
 IGNORE_INDEX = -100
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the device without waiting for the GPU: CUDA copies from pageable memory first synchronise
+    the stream, so the tensor goes through (cached) pinned memory."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass
 class PackedBatch:
     input_ids: torch.Tensor  # (N,) on the device
@@ -39,14 +47,13 @@ class PackedBatch:
         cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
         flat_labels = labels.reshape(-1).cpu() if labels is not None else torch.full((total,), IGNORE_INDEX)
         target_rows = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
-        move = dict(device=device, non_blocking=True)
         return cls(
-            input_ids=input_ids.reshape(-1).to(**move),
-            positions=position_ids.reshape(-1).to(dtype=torch.int32).to(**move),
-            cu_seqlens=cu_seqlens.to(**move),
+            input_ids=to_device(input_ids.reshape(-1), device),
+            positions=to_device(position_ids.reshape(-1).to(dtype=torch.int32), device),
+            cu_seqlens=to_device(cu_seqlens, device),
             max_length=max(lengths),
             lengths=lengths,
-            target_rows=target_rows.to(**move),
-            targets=flat_labels[target_rows].to(**move),
+            target_rows=to_device(target_rows, device),
+            targets=to_device(flat_labels[target_rows], device),
             host_input_ids=input_ids.reshape(-1).cpu(),
         )
