@@ -87,10 +87,12 @@ def train_worker(payload: AttemptPayload) -> None:
 
     from cluster.faults import FlakyStore
     from cluster.storage import RetryingStore, open_store
+    from train_core.affinity import pin_to_core_share
     from train_core.trainer import Trainer, TrainHooks
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    pinned = pin_to_core_share(context.get_local_rank(), context.get_local_world_size())
     agent = agent_from_env(os.environ)
     if agent is not None:
         agent.register(f"rank-{rank}")
@@ -105,6 +107,8 @@ def train_worker(payload: AttemptPayload) -> None:
         send(RecordKind.LOG, urgent=False, line=line)
 
     send(RecordKind.STARTED, world_size=context.get_world_size())
+    if pinned is not None:
+        log(f"rank {rank}: pinned to {len(pinned)} of the node's CPUs, apart from its other workers")
 
     def on_outage(error: str | None) -> None:
         send(RecordKind.STORAGE_OUTAGE, error=error)

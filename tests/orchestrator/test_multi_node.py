@@ -5,6 +5,7 @@ workers: the same world size, the same all-reduce, only the machines differ."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -61,3 +62,12 @@ def test_two_nodes_give_the_adapter_of_one_node_with_two_workers(two_runs):
         assert trial.state == "succeeded"
         adapters.append(adapter_tensors(state_dir.parent / "store" / run_id / trial.id / "adapter"))
     assert_bit_identical(*adapters)
+
+
+def test_workers_sharing_a_node_are_pinned_to_their_own_cores(two_runs):
+    logs = {}
+    for nodes in (2, 1):
+        state_dir, run_id, state = two_runs[nodes]
+        logs[nodes] = (state_dir / run_id / "logs" / f"{state.trials(run_id)[0].id}.log").read_text()
+    assert re.search(r"rank 0: pinned to \d+ of the node's CPUs, apart from its other workers", logs[1])
+    assert "pinned to" not in logs[2], "one worker per machine has its machine's CPUs to itself"
