@@ -59,4 +59,4 @@ def test_a_killed_and_resumed_cuda_run_ends_where_an_uninterrupted_one_does(tmp_
     noise, resume = differences("again"), differences("resumed")
     print(f"run to run: losses {noise[0]:.2e}, adapter {noise[1]:.2e}; resumed: {resume[0]:.2e}, {resume[1]:.2e}")
     assert [entry["step"] for entry in runs["resumed"][0]] == list(range(1, 25))
-    assert resume[0] <= 3 * noise[0] + 1e-4 and resume[1] <= 3 * noise[1] + 1e-3
+    assert resume[0] <= 3 * noise[0] and resume[1] <= 3 * noise[1]  # both 0 on an H200 (2026-11-30)
