@@ -140,6 +140,8 @@ class Attempts:
             stop_node(node, node_dir)
             print(f"  {payload.name}: {time.monotonic() - started:.0f} s, exit {node.returncode}", flush=True)
         records += channel.new_records()
+        with open(log, "a", encoding="utf-8") as handle:  # rank 0's log lines (device path, pinning) beside the node's
+            handle.writelines(f"record: {record['line']}\n" for record in records if record["kind"] == "log")
         if node.returncode != 0 or not any(record["kind"] == "finished" for record in records):
             tail = log.read_text(errors="replace").strip().splitlines()[-5:]
             raise RuntimeError(f"{payload.name}: exit {node.returncode}, outcome {channel.read_outcome()}; "

@@ -25,20 +25,24 @@ def physical_cores(allowed: set[int], topology: Path = CPU_TOPOLOGY) -> list[lis
     return sorted(cores.values())
 
 
-def core_share(local_rank: int, local_world_size: int, allowed: set[int], topology: Path = CPU_TOPOLOGY) -> set[int]:
-    """Local rank r's logical CPUs: the r-th of local_world_size equal runs of whole physical cores (all of
-    `allowed` when there are fewer cores than ranks)."""
+MIN_SHARE_CPUS = 2  # the launch thread and the process's helper threads (data, NCCL proxy, Ray) each need one
+
+
+def core_share(local_rank: int, local_world_size: int, allowed: set[int], topology: Path = CPU_TOPOLOGY) -> set[int] | None:
+    """Local rank r's logical CPUs: the r-th of local_world_size equal runs of whole physical cores; None when a
+    share would have fewer than MIN_SHARE_CPUS (one CPU starves the process's own helper threads, and a gloo
+    process group on one CPU aborts at exit: 'terminate called without an active exception', torch 2.13)."""
     cores = physical_cores(allowed, topology)
     per_rank = len(cores) // local_world_size
-    if per_rank == 0:
-        return set(allowed)
-    return {cpu for core in cores[local_rank * per_rank:(local_rank + 1) * per_rank] for cpu in core}
+    share = {cpu for core in cores[local_rank * per_rank:(local_rank + 1) * per_rank] for cpu in core}
+    return share if len(share) >= MIN_SHARE_CPUS else None
 
 
 def pin_to_core_share(local_rank: int, local_world_size: int) -> set[int] | None:
-    """Pin this thread (and the threads it starts later) to its core share; None when there is nothing to share."""
+    """Pin this thread (and the threads it starts later) to its core share; None when it stays unpinned."""
     if local_world_size <= 1 or not hasattr(os, "sched_setaffinity"):
         return None
     share = core_share(local_rank, local_world_size, os.sched_getaffinity(0))
-    os.sched_setaffinity(0, share)
+    if share is not None:
+        os.sched_setaffinity(0, share)
     return share
