@@ -46,7 +46,7 @@ for round in "$@"; do
               CUDA_VISIBLE_DEVICES=0 $step --nproc_per_node 1 $args --label concurrent --work /tmp/mg0 &
               CUDA_VISIBLE_DEVICES=1 $step --nproc_per_node 1 $args --label concurrent --work /tmp/mg1; wait
               $step --nproc_per_node 1 $args --label alone; } >> "$log" 2>&1 ;;
-    ray-two-gpu) timeout 560 python3 bench/ray_two_gpu.py --out "$out" >> "$log" 2>&1 ;;
+    ray-two-gpu) timeout 590 python3 bench/ray_two_gpu.py --out "$out" >> "$log" 2>&1 ;;
     long) timeout 110 python3 bench/long_context.py --model llama-3-8b --layers 4 \
             --lengths ${LONG_LENGTHS:-131072 262144 409600} --out "$out" >> "$log" 2>&1 ;;
   esac
