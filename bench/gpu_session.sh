@@ -37,7 +37,7 @@ for round in "$@"; do
             --runs ${LLAMA_UNSLOTH:-unsloth:2x4 unsloth:8x1} >> "$log" 2>&1 ;;
     parity) timeout 90 python3 bench/qlora_parity.py --model qwen2-1.5b --steps 50 --out "$out" >> "$log" 2>&1 ;;
     two-gpu) for gpus in 2 1; do timeout 200 python3 -m torch.distributed.run --standalone --nproc_per_node $gpus \
-            bench/two_gpu_step.py --steps 5 --warmup 2 --out "$out/multi_gpu.jsonl"; done >> "$log" 2>&1 ;;
+            bench/two_gpu_step.py --steps 5 --warmup 2 --pin --label pinned --out "$out/multi_gpu.jsonl"; done >> "$log" 2>&1 ;;
     two-gpu-diag) lscpu | grep -E "Model name|Thread|Core|Socket|NUMA" >> "$log"
             step="timeout 150 python3 -m torch.distributed.run --standalone"
             args="bench/two_gpu_step.py --steps 5 --warmup 2 --out $out/multi_gpu.jsonl"
