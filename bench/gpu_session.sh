@@ -15,7 +15,7 @@ log=$out/session.log
 export TRITON_CACHE_DIR=$(mktemp -d) SPOTTUNE_CACHE=$(mktemp -d) HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 STEPS=${STEPS:---warmup 2 --steps 5}
-QWEN_LEAN=${QWEN_LEAN:-fast:2x4:offload:ce=256 fast:4x2:offload:ce=128:tile=4096 fast:8x1:offload:ce=128:tile=2048}
+QWEN_LEAN=${QWEN_LEAN:-fast:2x4:offload:ce=256 fast:4x2:offload:ce=128:tile=2048 fast:4x2:offload:ce=128:tile=4096 fast:8x1:offload:ce=128:tile=2048}
 LLAMA_LEAN=${LLAMA_LEAN:-fast:2x4:offload:ce=256:tile=2048 fast:4x2:offload:ce=256:tile=2048 fast:8x1:offload:ce=256:tile=2048}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee -a "$log"
 speed() { local limit=$1; shift; timeout "$limit" python3 bench/qlora_speed.py --out "$out" $STEPS "$@" >> "$log" 2>&1; }
