@@ -123,3 +123,18 @@ def test_a_warm_training_micro_step_never_waits_for_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss)
+
+
+def test_adapter_gradient_products_are_fp32_products_of_the_bf16_operands():
+    from train_core.fast.lora import fp32_output_gemm, scaled_fp32_product
+
+    generator = torch.Generator(device=CUDA).manual_seed(3)
+    grad = torch.randn(512, 96, device=CUDA, generator=generator).bfloat16()
+    xa = torch.randn(512, 48, device=CUDA, generator=generator).bfloat16()
+    left = grad[:, 32:64].t()  # a column block of dY, transposed: what adapter_grads passes
+    product = scaled_fp32_product(left, xa[:, 16:32], 0.5)
+    reference = 0.5 * (left.double() @ xa[:, 16:32].double())
+    assert product.dtype == torch.float32 and product.shape == (32, 16)
+    bf16_rounding = (0.5 * (left @ xa[:, 16:32]).double() - reference).abs().max()
+    print(f"one-GEMM fp32 path: {fp32_output_gemm(CUDA, torch.bfloat16)}")
+    assert (product.double() - reference).abs().max() <= bf16_rounding + 1e-6

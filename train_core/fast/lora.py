@@ -7,6 +7,7 @@ base: xa = x @ A^T and u = dY @ B (rank-wide), then dA = s * u^T @ x and dB = s 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -95,11 +96,11 @@ class LoRAGroup:
         slices = [s for s, adapted in zip(self._row_slices(), self.adapted) if adapted]
         grads: list[torch.Tensor] = []
         u = torch.cat([grad[:, rows] @ b.to(grad.dtype) for rows, (_, b) in zip(slices, pairs)], dim=1)
-        grad_a = (u.t() @ x).float().mul_(self.scale)  # (k*r, in)
+        grad_a = scaled_fp32_product(u.t(), x, self.scale)  # (k*r, in)
         for index, (rows, _) in enumerate(zip(slices, pairs)):
             block = slice(index * rank, (index + 1) * rank)
             grads.append(grad_a[block])
-            grads.append((grad[:, rows].t() @ xa[:, block]).float().mul_(self.scale))
+            grads.append(scaled_fp32_product(grad[:, rows].t(), xa[:, block], self.scale))
         return grads
 
     def _row_slices(self) -> list[slice]:
@@ -108,6 +109,32 @@ class LoRAGroup:
             slices.append(slice(row, row + width))
             row += width
         return slices
+
+
+def scaled_fp32_product(left: torch.Tensor, right: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * left @ right in fp32: where the build has it, one GEMM that accumulates and writes fp32 from bf16
+    operands, instead of a bf16 product, an fp32 copy and a scaling pass."""
+    if left.dtype != torch.float32 and fp32_output_gemm(left.device, left.dtype):
+        out = torch.empty(left.shape[0], right.shape[1], dtype=torch.float32, device=left.device)
+        return torch.addmm(out, left, right, out_dtype=torch.float32, beta=0, alpha=scale, out=out)
+    return (left @ right).float().mul_(scale)
+
+
+@functools.lru_cache(maxsize=None)
+def fp32_output_gemm(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether addmm takes `out_dtype=float32` for `dtype` operands on this device (CUDA builds of recent torch) and
+    agrees with an fp32 product; probed once."""
+    if device.type != "cuda":
+        return False
+    generator = torch.Generator(device=device).manual_seed(0)
+    left = torch.randn(96, 48, device=device, generator=generator).to(dtype).t()  # transposed, as adapter_grads passes it
+    right = torch.randn(96, 40, device=device, generator=generator).to(dtype)
+    out = torch.empty(48, 40, dtype=torch.float32, device=device)
+    try:
+        torch.addmm(out, left, right, out_dtype=torch.float32, beta=0, alpha=0.5, out=out)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return bool(torch.allclose(out, 0.5 * (left.float() @ right.float()), rtol=1e-3, atol=1e-3))
 
 
 def _pairs(params: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
