@@ -138,3 +138,39 @@ def test_adapter_gradient_products_are_fp32_products_of_the_bf16_operands():
     bf16_rounding = (0.5 * (left @ xa[:, 16:32]).double() - reference).abs().max()
     print(f"one-GEMM fp32 path: {fp32_output_gemm(CUDA, torch.bfloat16)}")
     assert (product.double() - reference).abs().max() <= bf16_rounding + 1e-6
+
+
+def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gradients():
+    """Two optimizer steps of two micro-batches each (same shape, other tokens), the adapters changed in place
+    between them as the optimizer changes them: the graphs' losses and summed gradients are the eager ones."""
+    from train_core.fast.batch import PackedBatch
+    from train_core.fast.graphs import GraphedLayers
+    from train_core.flat_params import FlatParameters
+
+    path = tiny_path("tiny-llama")
+    results = []
+    for graphed in (False, True):
+        model = load_fast_model(path, AdapterSpec.from_target_modules(16, 16, "all-linear", seed=1), CUDA)
+        randomize_adapters(model, torch.Generator().manual_seed(2))
+        flat = FlatParameters(model.parameters())
+        graphs = GraphedLayers(model.layers, model.spec, None) if graphed else None
+        recompute = Recompute("none", CUDA)
+        generator = torch.Generator().manual_seed(5)
+        batches = [packed_batch([300, 77, 512, 135], model.spec.vocab, generator) for _ in range(2)]
+        losses, gradients = [], []
+        for _ in range(2):
+            for tensors in batches:
+                loss = model.loss_sum(PackedBatch.build(*tensors, CUDA), recompute, ce_chunk_rows=256, graphs=graphs)
+                loss.backward()
+                losses.append(loss.detach())
+            gradients.append(flat.gather_grads().clone())
+            with torch.no_grad():
+                flat.parameter.sub_(1e-2 * flat.parameter.grad.sign())
+            flat.parameter.grad = None
+        results.append((torch.stack(losses), gradients))
+        if graphs is not None:
+            assert graphs.shape is not None and len(graphs.callables) == len(model.layers)
+    (eager_losses, eager_grads), (graph_losses, graph_grads) = results
+    assert relative_error(graph_losses, eager_losses) < 2e-3
+    for graph_grad, eager_grad in zip(graph_grads, eager_grads):
+        assert relative_error(graph_grad, eager_grad) < 3e-2

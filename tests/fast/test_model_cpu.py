@@ -155,3 +155,10 @@ def test_unsupported_reasons():
         {**config.to_dict(), "mlp_bias": True}))
     with pytest.raises(ValueError, match="target_modules"):
         AdapterSpec.from_target_modules(8, 16, ["q_proj", "lm_head"], seed=0)
+
+
+def test_cuda_graphs_are_refused_off_cuda_and_with_recomputing_modes():
+    adapters = AdapterSpec.from_target_modules(8, 16, "all-linear", seed=0)
+    for mode in ("none", "full"):
+        with pytest.raises(ValueError, match="CUDA graphs need a CUDA device and activation checkpointing none"):
+            FastEngine(tiny_path("tiny-llama"), adapters, CPU, mode, dtype=torch.float32, cuda_graphs=True)

@@ -9,6 +9,7 @@ from runspec.fast_support import DEFAULT_CE_BUDGET_MIB, ce_chunk_rows
 from train_core.cuda_setup import current_cuda_device, prefer_expandable_segments
 from train_core.fast.adapter import load_peft_state, save_peft_adapter
 from train_core.fast.batch import PackedBatch
+from train_core.fast.graphs import GraphedLayers
 from train_core.fast.loading import AdapterSpec, load_fast_model
 from train_core.fast.recompute import Recompute
 
@@ -33,16 +34,20 @@ class FastEngine:
     def __init__(
         self, model_path: str | Path, adapters: AdapterSpec, device: torch.device, checkpointing: str = "full",
         ce_budget_mib: int = DEFAULT_CE_BUDGET_MIB, mlp_tile_rows: int | None = None, dtype: torch.dtype = torch.bfloat16,
-        host_budget_bytes: int | None = None,
+        host_budget_bytes: int | None = None, cuda_graphs: bool = False,
     ) -> None:
+        """`cuda_graphs` replays the decoder layers as CUDA graphs (train_core/fast/graphs.py; checkpointing none)."""
         self.model_path = str(model_path)
         self.device = current_cuda_device(device)
+        if cuda_graphs and (checkpointing != "none" or self.device.type != "cuda"):
+            raise ValueError("CUDA graphs need a CUDA device and activation checkpointing none")
         if self.device.type == "cuda":
             prefer_expandable_segments()
         self.model = load_fast_model(model_path, adapters, self.device, dtype, checkpointing)
         self.adapters = adapters.for_model(self.model.spec.model_type)
         self.recompute = Recompute(checkpointing, self.device, host_budget_bytes)
         self.ce_chunk_rows = ce_chunk_rows(self.model.spec.vocab, ce_budget_mib)
+        self.graphs = GraphedLayers(self.model.layers, self.model.spec, mlp_tile_rows) if cuda_graphs else None
         self.mlp_tile_rows = mlp_tile_rows
         self.training = True
         self.tokenizer = None
@@ -52,6 +57,7 @@ class FastEngine:
             f"activation checkpointing {checkpointing}, loss chunks of {self.ce_chunk_rows} rows"
             + (f", MLP tiles of {mlp_tile_rows} rows" if mlp_tile_rows else "")
             + (", input embedding in host memory" if self.model.embed.device != self.device else "")
+            + (", layers as CUDA graphs" if cuda_graphs else "")
         )
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -60,7 +66,8 @@ class FastEngine:
     def loss_sum(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
         """Sum of token cross-entropies over labels != -100 (fp32 scalar, graph attached when grad is enabled)."""
         batch = PackedBatch.build(input_ids, position_ids, labels, self.device)
-        return self.model.loss_sum(batch, self.recompute, self.ce_chunk_rows, self.mlp_tile_rows)
+        graphs = self.graphs if self.training else None
+        return self.model.loss_sum(batch, self.recompute, self.ce_chunk_rows, self.mlp_tile_rows, graphs)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """PEFT-named adapter tensors (base_model.model.<module>.lora_A.weight ...)."""

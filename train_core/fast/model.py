@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from train_core.fast.arch import ArchSpec
 from train_core.fast.batch import PackedBatch
+from train_core.fast.graphs import GraphedLayers
 from train_core.fast.layer import DecoderLayer, module_path
 from train_core.fast.recompute import Recompute
 from train_core.kernels.cross_entropy import linear_cross_entropy
@@ -47,9 +48,13 @@ class FastCausalLM:
             x = x * torch.tensor(self.spec.embed_scale, dtype=x.dtype, device=x.device)
         return x
 
-    def hidden_states(self, batch: PackedBatch, recompute: Recompute, mlp_tile_rows: int | None = None) -> torch.Tensor:
-        """(tokens, hidden) output of the last decoder layer."""
+    def hidden_states(
+        self, batch: PackedBatch, recompute: Recompute, mlp_tile_rows: int | None = None, graphs: GraphedLayers | None = None,
+    ) -> torch.Tensor:
+        """(tokens, hidden) output of the last decoder layer; through the CUDA graphs when given and they fit."""
         x = self.embeddings(batch)
+        if graphs is not None and torch.is_grad_enabled() and graphs.matches(batch):
+            return graphs.run(x, batch)
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
 
@@ -60,10 +65,11 @@ class FastCausalLM:
         return x
 
     def loss_sum(
-        self, batch: PackedBatch, recompute: Recompute, ce_chunk_rows: int, mlp_tile_rows: int | None = None
+        self, batch: PackedBatch, recompute: Recompute, ce_chunk_rows: int, mlp_tile_rows: int | None = None,
+        graphs: GraphedLayers | None = None,
     ) -> torch.Tensor:
         """Sum of token cross-entropies over the batch's targets (fp32 scalar, graph attached)."""
-        hidden = self.hidden_states(batch, recompute, mlp_tile_rows)
+        hidden = self.hidden_states(batch, recompute, mlp_tile_rows, graphs)
         if batch.targets.numel() == 0:
             return hidden[:0].float().sum()
         selected = rms_norm(hidden.index_select(0, batch.target_rows), self.final_norm, self.spec.eps, self.spec.gemma)
