@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from train_core.kernels.nf4_dequant import BLOCKSIZE, NESTED_BLOCKSIZE, NF4_CODE, dequantize
+from train_core.kernels.nf4_dequant import BLOCKSIZE, DEFAULT_TILES, NESTED_BLOCKSIZE, NF4_CODE, DequantTiles, dequantize
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,9 +55,12 @@ class NF4Weight:
     shape: tuple[int, int]
 
     def dequantize_into(
-        self, out: torch.Tensor, lora_a: torch.Tensor | None = None, lora_b: torch.Tensor | None = None, scale: float = 0.0
+        self, out: torch.Tensor, lora_a: torch.Tensor | None = None, lora_b: torch.Tensor | None = None, scale: float = 0.0,
+        tiles: DequantTiles = DEFAULT_TILES,
     ) -> torch.Tensor:
-        return dequantize(self.packed, self.absmax_q, self.absmax2, self.code2, self.offset, out, lora_a, lora_b, scale)
+        return dequantize(
+            self.packed, self.absmax_q, self.absmax2, self.code2, self.offset, out, lora_a, lora_b, scale, tiles
+        )
 
     def dequantize(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         return self.dequantize_into(torch.empty(self.shape, dtype=dtype, device=self.packed.device))
