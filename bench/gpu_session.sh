@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU-machine call: the rounds named in $@, in order. Rounds: tests, qwen, qwen-fixed, qwen-unsloth,
 # llama, llama-fixed, llama-unsloth, parity, long, two-gpu, two-gpu-diag (2-GPU step
-# with and without each rank pinned to its own cores, and two 1-GPU runs at once), ray-two-gpu (needs bench/ray_site.sh's tarballs
-# unpacked onto PYTHONPATH as well). `-fixed` repeats the lean runs with the allocator's
+# with and without each rank pinned to its own cores, and two 1-GPU runs at once), ray-two-gpu and ray-two-gpu-none
+# (activation checkpointing none, throughput only; both need bench/ray_site.sh's tarballs unpacked onto PYTHONPATH
+# as well). `-fixed` repeats the lean runs with the allocator's
 # expandable segments off (the engine's default before issue 13) for a before/after in the same call;
 # `-unsloth` runs Unsloth in its own process (`../shared/tools/gpu-wheels --with-unsloth`).
 # Everything is logged to $OUT/session.log, results to $OUT/results.jsonl, profiles to $OUT/profile.txt;
@@ -47,6 +48,8 @@ for round in "$@"; do
               CUDA_VISIBLE_DEVICES=1 $step --nproc_per_node 1 $args --label concurrent --work /tmp/mg1; wait
               $step --nproc_per_node 1 $args --label alone; } >> "$log" 2>&1 ;;
     ray-two-gpu) timeout 590 python3 bench/ray_two_gpu.py --out "$out" >> "$log" 2>&1 ;;
+    ray-two-gpu-none) timeout 200 python3 bench/ray_two_gpu.py --checkpointing none --steps 16 --resume-steps 0 \
+            --deadline 190 --out "$out/none" >> "$log" 2>&1 ;;
     long) timeout 110 python3 bench/long_context.py --model llama-3-8b --layers 4 \
             --lengths ${LONG_LENGTHS:-131072 262144 409600} --out "$out" >> "$log" 2>&1 ;;
   esac
