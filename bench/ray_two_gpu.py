@@ -254,6 +254,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--resume-steps", type=int, default=6, help="R: steps of the resume runs, killed at R/2 "
                         "(0: no resume runs)")
+    parser.add_argument("--resume-only", action="store_true", help="skip the throughput runs")
     parser.add_argument("--deadline", type=float, default=500.0, help="seconds for all attempts together")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -279,8 +280,8 @@ def main() -> int:
                 "batch": args.batch, "micro_batch": args.micro_batch, "words": words, "path": "ray-train node"}
         attempts = Attempts(args, work, model_dir, data, out)
         results: list[dict] = []
-        parts = [("1 GPU", lambda: throughput(attempts, 1, base)),
-                 (f"{args.gpus} GPUs", lambda: throughput(attempts, args.gpus, base))]
+        parts = [] if args.resume_only else [("1 GPU", lambda: throughput(attempts, 1, base)),
+                                             (f"{args.gpus} GPUs", lambda: throughput(attempts, args.gpus, base))]
         if args.resume_steps:
             parts.append(("resume", lambda: resume(attempts, args.gpus, base)))
         for part, measure in parts:
