@@ -104,7 +104,8 @@ class Attempts:
             "data": {"train": str(self.data), "format": "text", "max_seq_length": args.seq_len},
             "lora": {"r": args.rank, "alpha": 2 * args.rank, "target_modules": "all-linear"},
             "training": {"max_steps": steps, "batch_size": args.batch, "micro_batch_size": args.micro_batch,
-                         "learning_rate": 1e-4, "seed": 1, "activation_checkpointing": args.checkpointing},
+                         "learning_rate": 1e-4, "seed": 1, "activation_checkpointing": args.checkpointing,
+                         "cuda_graphs": args.cuda_graphs},
             "checkpoint": {"every_steps": every},
             "output_dir": str(self.storage.child(RUN_ID, trial)),
         })
@@ -244,6 +245,7 @@ def main() -> int:
     parser.add_argument("--quantization", default=None, help="default: nf4 on cuda, fp32 on cpu")
     parser.add_argument("--rank", type=int, default=64, help="LoRA rank (all-linear)")
     parser.add_argument("--checkpointing", default="full")
+    parser.add_argument("--cuda-graphs", action="store_true", help="training.cuda_graphs (with --checkpointing none)")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=8, help="sequences per optimizer step, over all workers")
     parser.add_argument("--micro-batch", type=int, default=2)
@@ -252,6 +254,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--resume-steps", type=int, default=6, help="R: steps of the resume runs, killed at R/2 "
                         "(0: no resume runs)")
+    parser.add_argument("--resume-only", action="store_true", help="skip the throughput runs")
     parser.add_argument("--deadline", type=float, default=500.0, help="seconds for all attempts together")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -272,12 +275,13 @@ def main() -> int:
         else:
             context = {"gpu": "cpu", "date": time.strftime("%Y-%m-%d")}
         base = {**context, "versions": versions(), "arch": args.arch, "quantization": args.quantization,
-                "lora_rank": args.rank, "checkpointing": args.checkpointing, "seq_len": args.seq_len,
+                "lora_rank": args.rank, "checkpointing": args.checkpointing, "cuda_graphs": args.cuda_graphs,
+                "seq_len": args.seq_len,
                 "batch": args.batch, "micro_batch": args.micro_batch, "words": words, "path": "ray-train node"}
         attempts = Attempts(args, work, model_dir, data, out)
         results: list[dict] = []
-        parts = [("1 GPU", lambda: throughput(attempts, 1, base)),
-                 (f"{args.gpus} GPUs", lambda: throughput(attempts, args.gpus, base))]
+        parts = [] if args.resume_only else [("1 GPU", lambda: throughput(attempts, 1, base)),
+                                             (f"{args.gpus} GPUs", lambda: throughput(attempts, args.gpus, base))]
         if args.resume_steps:
             parts.append(("resume", lambda: resume(attempts, args.gpus, base)))
         for part, measure in parts:

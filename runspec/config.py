@@ -133,6 +133,11 @@ class TrainingSettings(StrictModel):
         "(offload), or keep them (none). auto = on CUDA the fastest mode that fits the GPU by the planner's "
         "memory model (sized with the micro-batch), none on CPU."
     )
+    cuda_graphs: bool = Field(
+        False, description="Replay the decoder layers as CUDA graphs, each micro-batch padded to one shape: faster "
+        "where the host CPU bounds the step (small models). Needs the fast engine on CUDA with activation "
+        "checkpointing none; elsewhere it is off and the device path says so."
+    )
     eval_every: Integer | None = Field(
         None, ge=1, le=MAX_STEPS, description="Eval-loss interval in steps (and at the end)."
     )
@@ -174,7 +179,7 @@ class TrainConfig(StrictModel):
         """Hash of what defines the trained weights; checkpoints carry it to refuse resuming a different job.
 
         Settings that only change how the same math is scheduled or measured (micro-batch, activation
-        checkpointing, engine, logging, eval size, checkpoint cadence) are left out, so a re-planned trial may
+        checkpointing, CUDA graphs, engine, logging, eval size, checkpoint cadence) are left out, so a re-planned trial may
         change them on resume.
         """
         significant = self.model_dump(mode="json", exclude={"output_dir", "checkpoint"})
@@ -183,7 +188,7 @@ class TrainConfig(StrictModel):
         for name, default in (("train_split", "train"), ("eval_split", "test"), ("columns", None)):
             if significant["data"][name] == default:  # fingerprints of runs from before these fields stay valid
                 significant["data"].pop(name)
-        for name in ("micro_batch_size", "activation_checkpointing", "log_every", "eval_every"):
+        for name in ("micro_batch_size", "activation_checkpointing", "log_every", "eval_every", "cuda_graphs"):
             significant["training"].pop(name)
         return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:16]
 

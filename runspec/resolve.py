@@ -59,6 +59,7 @@ class Run:
     micro_batch: int | None
     checkpointing: str | None  # none | full | offload
     reason: str  # why this device path
+    cuda_graphs: bool = False  # decoder layers replayed as CUDA graphs (decided with the checkpointing)
 
 
 class Sizer(Protocol):
@@ -113,6 +114,8 @@ def settle(config: "TrainConfig", device: Device, model: Callable[[], ModelFacts
         if note is not None and config.model.engine == "fast":
             raise ConfigError(f"model.engine: fast is not possible for this run ({note}); accepted: auto, hf")
     engine = "hf" if config.model.engine == "hf" or note is not None else "fast"
+    if config.training.cuda_graphs and checkpointing in ("full", "offload"):
+        raise ConfigError(f"training.cuda_graphs: needs activation_checkpointing none (or auto); got {checkpointing}")
     micro_batch = config.training.micro_batch_size
     return Run(device.kind, quantization, compute, optimizer, engine, note,
                micro_batch if isinstance(micro_batch, int) else None, checkpointing, reason)
@@ -132,12 +135,13 @@ def resolve(
     run = settle(config, device, model)
     if device.kind == "cpu":
         return replace(run, micro_batch=run.micro_batch or cpu_micro_batch(config, device.workers))
-    if run.micro_batch is not None and run.checkpointing is not None:
-        return run
-    if sizer is None:
-        raise ValueError("resolve: sizing auto micro-batch or checkpointing on CUDA needs a sizer")
-    micro_batch, checkpointing = sizer(config, run, device)
-    return replace(run, micro_batch=micro_batch, checkpointing=checkpointing)
+    if run.micro_batch is None or run.checkpointing is None:
+        if sizer is None:
+            raise ValueError("resolve: sizing auto micro-batch or checkpointing on CUDA needs a sizer")
+        micro_batch, checkpointing = sizer(config, run, device)
+        run = replace(run, micro_batch=micro_batch, checkpointing=checkpointing)
+    graphs = config.training.cuda_graphs and run.engine == "fast" and run.checkpointing == "none"
+    return replace(run, cuda_graphs=graphs)
 
 
 def run_steps(rows_per_epoch: Sequence[int], batch_size: int, max_steps: int | None) -> int:

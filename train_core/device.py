@@ -30,13 +30,15 @@ class DevicePath:
     engine: str = "hf"  # "fast" | "hf"
     micro_batch: int = 1  # sequences per forward/backward on one worker
     engine_note: str | None = None  # why not the fast engine
+    cuda_graphs: bool = False  # decoder layers replayed as CUDA graphs
 
     def describe(self) -> str:
         dtype = str(self.compute_dtype).removeprefix("torch.")
         return (
             f"{self.device}: base weights {self.quantization}, compute {dtype}, optimizer {self.optimizer}, "
             f"activation checkpointing {self.activation_checkpointing}, micro-batch {self.micro_batch}, "
-            f"attention {self.attention} ({self.attention_reason}) ({self.reason})"
+            + ("layers as CUDA graphs, " if self.cuda_graphs else "")
+            + f"attention {self.attention} ({self.attention_reason}) ({self.reason})"
         )
 
 
@@ -108,4 +110,4 @@ def choose_device_path(
     run = resolve(config, device, lambda: model_facts(model_config(config.model.name)), sizer)
     reason = run.reason if device.kind == "cpu" else f"{run.reason}: {device.describe()}"
     return DevicePath(run.device, run.quantization, DTYPES[run.compute_dtype], run.optimizer, run.checkpointing,
-                      reason, *attention, run.engine, run.micro_batch, run.engine_note)
+                      reason, *attention, run.engine, run.micro_batch, run.engine_note, run.cuda_graphs)

@@ -37,6 +37,9 @@ class Engine(Protocol):
 
     def eval(self) -> None: ...
 
+    def run_summary(self) -> str | None:
+        """What the engine did worth a log line at the end of training (None: nothing)."""
+
 
 class HFEngine:
     """A Hugging Face causal LM with PEFT LoRA adapters (the reference path; the only one on CPU)."""
@@ -87,6 +90,9 @@ class HFEngine:
 
     def eval(self) -> None:
         self.model.eval()
+
+    def run_summary(self) -> str | None:
+        return None
 
 
 def build_engine(config: TrainConfig, path: DevicePath) -> Engine:

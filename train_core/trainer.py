@@ -301,6 +301,9 @@ class Trainer:
                 self.log(f"adapter: {location}")
         finally:
             metrics.close()
+        summary = self.engine.run_summary()
+        if summary is not None:
+            self.log(summary)
         losses = [entry["loss"] for entry in state.loss_history]
         return TrainResult(
             status=status, step=state.step, total_steps=self.total_steps,

@@ -140,11 +140,21 @@ def test_adapter_gradient_products_are_fp32_products_of_the_bf16_operands():
     assert (product.double() - reference).abs().max() <= bf16_rounding + 1e-6
 
 
-def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gradients():
-    """Two optimizer steps of two micro-batches each (same shape, other tokens), the adapters changed in place
-    between them as the optimizer changes them: the graphs' losses and summed gradients are the eager ones."""
+GRAPHED_BATCHES = {  # sample lengths of each micro-batch; graphs bound a micro-batch at 1100 rows, samples at 512
+    "one shape": [[300, 77, 512, 135], [135, 512, 77, 300]],
+    "two shapes": [[300, 77, 512, 135], [512, 400, 11]],
+    # 40 samples need a second capture; a 600-row sample and 1224 rows run eagerly
+    "every case": [[300, 77, 512, 135], [512, 400, 11], [20] * 40, [600, 100], [512, 512, 200]],
+}
+
+
+@pytest.mark.parametrize("case", GRAPHED_BATCHES)
+def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gradients(case):
+    """Two optimizer steps over packed micro-batches (padded to the captured shape with filler samples), the
+    adapters changed in place between the steps as the optimizer changes them: the losses and summed gradients
+    are the eager ones."""
     from train_core.fast.batch import PackedBatch
-    from train_core.fast.graphs import GraphedLayers
+    from train_core.fast.graphs import GraphedLayers, GraphShape
     from train_core.flat_params import FlatParameters
 
     path = tiny_path("tiny-llama")
@@ -153,10 +163,10 @@ def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gr
         model = load_fast_model(path, AdapterSpec.from_target_modules(16, 16, "all-linear", seed=1), CUDA)
         randomize_adapters(model, torch.Generator().manual_seed(2))
         flat = FlatParameters(model.parameters())
-        graphs = GraphedLayers(model.layers, model.spec, None) if graphed else None
+        graphs = GraphedLayers(model.layers, model.spec, None, 1100, 512) if graphed else None
         recompute = Recompute("none", CUDA)
         generator = torch.Generator().manual_seed(5)
-        batches = [packed_batch([300, 77, 512, 135], model.spec.vocab, generator) for _ in range(2)]
+        batches = [packed_batch(lengths, model.spec.vocab, generator) for lengths in GRAPHED_BATCHES[case]]
         losses, gradients = [], []
         for _ in range(2):
             for tensors in batches:
@@ -169,8 +179,11 @@ def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gr
             flat.parameter.grad = None
         results.append((torch.stack(losses), gradients))
         if graphs is not None:
-            assert graphs.shape is not None and len(graphs.callables) == len(model.layers)
+            print(graphs.describe())
+            assert graphs.eager == (4 if case == "every case" else 0)
+            if case == "every case":
+                assert (graphs.replayed, graphs.captures, graphs.shape) == (6, 2, GraphShape(1164, 64, 512))
     (eager_losses, eager_grads), (graph_losses, graph_grads) = results
     assert relative_error(graph_losses, eager_losses) < 2e-3
-    for graph_grad, eager_grad in zip(graph_grads, eager_grads):
-        assert relative_error(graph_grad, eager_grad) < 3e-2
+    for step, (graph_grad, eager_grad) in enumerate(zip(graph_grads, eager_grads)):
+        assert relative_error(graph_grad, eager_grad) < 3e-2, f"step {step + 1}"

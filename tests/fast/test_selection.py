@@ -46,3 +46,24 @@ def test_auto_sizing_a_run_the_memory_model_cannot_describe_asks_for_explicit_va
     config = load_config(write_config(tmp_path, {"lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "lm_head"]}}))
     with pytest.raises(ConfigError, match="cannot be sized on cuda H200 .*lm_head.*set both explicitly"):
         choose_device_path(config, device=H200)
+
+
+def test_cuda_graphs_go_with_the_fast_engine_and_no_recomputation(tmp_path):
+    def path_for(training: dict, engine: str = "auto"):
+        overrides = {"model": {"name": "builtin:tiny-llama", "engine": engine},
+                     "training": {"micro_batch_size": 2, "cuda_graphs": True, **training}}
+        return choose_device_path(load_config(write_config(tmp_path, overrides)), device=H200)
+
+    graphed = path_for({"activation_checkpointing": "none"})
+    assert graphed.cuda_graphs and "layers as CUDA graphs" in graphed.describe()
+    assert not path_for({"activation_checkpointing": "none"}, engine="hf").cuda_graphs
+    assert not path_for({"activation_checkpointing": "none", "cuda_graphs": False}).cuda_graphs
+    with pytest.raises(ConfigError, match="training.cuda_graphs: needs activation_checkpointing none \\(or auto\\); "
+                                          "got offload"):
+        path_for({"activation_checkpointing": "offload"})
+
+
+def test_cuda_graphs_leave_the_checkpoint_fingerprint_alone(tmp_path):
+    plain = load_config(write_config(tmp_path))
+    graphed = load_config(write_config(tmp_path, {"training": {"cuda_graphs": True}}))
+    assert plain.fingerprint() == graphed.fingerprint()

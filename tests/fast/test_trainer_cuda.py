@@ -1,6 +1,8 @@
 """The training loop on CUDA with the fast engine tracks the transformers + PEFT engine."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -60,3 +62,29 @@ def test_a_killed_and_resumed_cuda_run_ends_where_an_uninterrupted_one_does(tmp_
     print(f"run to run: losses {noise[0]:.2e}, adapter {noise[1]:.2e}; resumed: {resume[0]:.2e}, {resume[1]:.2e}")
     assert [entry["step"] for entry in runs["resumed"][0]] == list(range(1, 25))
     assert resume[0] <= 3 * noise[0] and resume[1] <= 3 * noise[1]  # both 0 on an H200 (2026-11-30)
+
+
+def test_cuda_graphs_train_packed_data_as_the_eager_layers_do(tmp_path):
+    """The Trainer with training.cuda_graphs on packed samples of many lengths: every micro-batch replays the
+    graphs (padded to micro-batch x max_seq_length rows), and the losses are the eager run's."""
+    from train_core.trainer import Trainer
+
+    results, logs = {}, {}
+    for graphs in (False, True):
+        directory = tmp_path / f"graphs-{graphs}"
+        directory.mkdir()
+        config = load_config(write_config(directory, {
+            "model": {"name": "builtin:tiny-llama", "engine": "fast"},
+            "training": {"max_steps": 6, "batch_size": 4, "micro_batch_size": 2, "activation_checkpointing": "none",
+                         "cuda_graphs": graphs}}))
+        logs[graphs] = []
+        results[graphs] = Trainer(config, log=logs[graphs].append).run()
+    assert len(results[True].losses) == 6
+    for graphed, eager in zip(results[True].losses, results[False].losses):
+        assert graphed == pytest.approx(eager, rel=2e-2)
+    assert results[True].eval_loss == pytest.approx(results[False].eval_loss, rel=2e-2)
+    assert "layers as CUDA graphs" in results[True].device_path
+    summary = [line for line in logs[True] if line.startswith("CUDA graphs:")]
+    print(summary)
+    assert len(summary) == 1 and re.match(r"CUDA graphs: \d+ micro-batches replayed, 0 eager", summary[0])
+    assert not any(line.startswith("CUDA graphs") for line in logs[False])

@@ -9,7 +9,7 @@ from runspec.fast_support import DEFAULT_CE_BUDGET_MIB, ce_chunk_rows
 from train_core.cuda_setup import current_cuda_device, prefer_expandable_segments
 from train_core.fast.adapter import load_peft_state, save_peft_adapter
 from train_core.fast.batch import PackedBatch
-from train_core.fast.graphs import GraphedLayers
+from train_core.fast.graphs import GraphedLayers, graphs_unsupported
 from train_core.fast.loading import AdapterSpec, load_fast_model
 from train_core.fast.recompute import Recompute
 
@@ -22,7 +22,9 @@ def build_fast_engine(config, path) -> "FastEngine":
     resolved = resolve_model(config.model.name)
     lora = config.lora
     adapters = AdapterSpec.from_target_modules(lora.r, lora.alpha, lora.target_modules, config.training.seed)
-    engine = FastEngine(resolved.path, adapters, torch.device("cuda"), path.activation_checkpointing)
+    length = config.data.max_seq_length
+    engine = FastEngine(resolved.path, adapters, torch.device("cuda"), path.activation_checkpointing,
+                        cuda_graphs=path.cuda_graphs, graph_bounds=(path.micro_batch * length, length))
     engine.tokenizer = load_tokenizer(resolved.path)
     engine.description = f"{resolved.description}; {engine.description}"
     return engine
@@ -34,20 +36,23 @@ class FastEngine:
     def __init__(
         self, model_path: str | Path, adapters: AdapterSpec, device: torch.device, checkpointing: str = "full",
         ce_budget_mib: int = DEFAULT_CE_BUDGET_MIB, mlp_tile_rows: int | None = None, dtype: torch.dtype = torch.bfloat16,
-        host_budget_bytes: int | None = None, cuda_graphs: bool = False,
+        host_budget_bytes: int | None = None, cuda_graphs: bool = False, graph_bounds: tuple[int, int] | None = None,
     ) -> None:
-        """`cuda_graphs` replays the decoder layers as CUDA graphs (train_core/fast/graphs.py; checkpointing none)."""
+        """`cuda_graphs` replays the decoder layers as CUDA graphs (train_core/fast/graphs.py; checkpointing none),
+        captured for `graph_bounds` = (rows, longest sample) of a micro-batch, else for the first micro-batch's."""
         self.model_path = str(model_path)
         self.device = current_cuda_device(device)
-        if cuda_graphs and (checkpointing != "none" or self.device.type != "cuda"):
-            raise ValueError("CUDA graphs need a CUDA device and activation checkpointing none")
+        if cuda_graphs and checkpointing != "none":
+            raise ValueError("CUDA graphs need activation checkpointing none")
         if self.device.type == "cuda":
             prefer_expandable_segments()
         self.model = load_fast_model(model_path, adapters, self.device, dtype, checkpointing)
         self.adapters = adapters.for_model(self.model.spec.model_type)
         self.recompute = Recompute(checkpointing, self.device, host_budget_bytes)
         self.ce_chunk_rows = ce_chunk_rows(self.model.spec.vocab, ce_budget_mib)
-        self.graphs = GraphedLayers(self.model.layers, self.model.spec, mlp_tile_rows) if cuda_graphs else None
+        unsupported = graphs_unsupported(self.model.spec, self.device) if cuda_graphs else None
+        self.graphs = GraphedLayers(self.model.layers, self.model.spec, mlp_tile_rows, *(graph_bounds or ())) \
+            if cuda_graphs and unsupported is None else None
         self.mlp_tile_rows = mlp_tile_rows
         self.training = True
         self.tokenizer = None
@@ -57,7 +62,8 @@ class FastEngine:
             f"activation checkpointing {checkpointing}, loss chunks of {self.ce_chunk_rows} rows"
             + (f", MLP tiles of {mlp_tile_rows} rows" if mlp_tile_rows else "")
             + (", input embedding in host memory" if self.model.embed.device != self.device else "")
-            + (", layers as CUDA graphs" if cuda_graphs else "")
+            + (", layers as CUDA graphs" if self.graphs else "")
+            + (f", layers eager ({unsupported})" if unsupported else "")
         )
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -84,3 +90,6 @@ class FastEngine:
 
     def eval(self) -> None:
         self.training = False
+
+    def run_summary(self) -> str | None:
+        return self.graphs.describe() if self.graphs is not None else None

@@ -3,19 +3,51 @@ shape, so a training micro-batch launches one graph per layer and direction inst
 (and their Python) that the layer's fused Functions launch one by one. The engine is host-bound on fast GPUs
 (issue 13: the GPU was busy 82 % of a Qwen2-1.5B step), and this is the host time it removes.
 
-Only activation checkpointing `none` is graphed: the other modes recompute inside backward and offload through
-host copies. One shape is kept (tokens, samples, longest sample): a micro-batch of another shape, and every
-forward without gradients, runs the layers eagerly.
+Packed micro-batches differ in tokens and samples, so each is padded to one captured shape: `sequences` samples
+(a power of two) over `tokens` rows (a micro-batch's capacity, micro-batch x max sequence length, plus one row
+per sample, so that filler samples of 1 to `max_length` rows always fill what the real ones leave). The filler
+rows never reach the loss, and a filler sample attends only to itself. A micro-batch with more samples than the
+capture holds is captured again at the next power of two; one with more rows than the capacity, or with a sample
+longer than `max_length`, runs eagerly.
+
+Only activation checkpointing `none` is graphed (the other modes recompute inside backward and offload through
+host copies), only with varlen flash attention (per-sample attention is shaped by the host's list of lengths), and
+only in training: a forward without gradients runs the layers eagerly.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
 from train_core.fast.arch import ArchSpec
-from train_core.fast.batch import PackedBatch
+from train_core.fast.attention import varlen_backend
+from train_core.fast.batch import PackedBatch, to_device
 from train_core.fast.layer import DecoderLayer
+
+
+def graphs_unsupported(spec: ArchSpec, device: torch.device) -> str | None:
+    """Why this model's layers cannot be captured on `device`, or None when they can."""
+    if device.type != "cuda":
+        return "CUDA graphs need a CUDA device"  # checked first: the attention probe below runs on the device
+    varlen = varlen_backend(device)
+    if varlen is None:
+        return "CUDA graphs need torch's varlen flash attention, which this torch build lacks"
+    if spec.attention_softcap is not None:
+        return "CUDA graphs need flash attention, which has no soft-capped scores (Gemma 2)"
+    if spec.sliding_window is not None and not varlen.windows:
+        return "CUDA graphs need flash attention with sliding windows, which this torch build lacks"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphShape:
+    """What a capture is specialised to: rows, samples (real and filler) and the longest sample."""
+
+    tokens: int
+    sequences: int
+    max_length: int
 
 
 class LayerModule(torch.nn.Module):
@@ -31,56 +63,97 @@ class LayerModule(torch.nn.Module):
         return self.layer.forward(x, batch, self.spec, self.mlp_tile_rows)
 
 
-def shape_of(batch: PackedBatch) -> tuple[int, int, int]:
-    return batch.tokens, batch.cu_seqlens.numel(), batch.max_length
-
-
 class GraphedLayers:
-    """The model's layers captured for the first micro-batch shape they are asked to run."""
+    """The model's layers captured for one padded micro-batch shape.
 
-    def __init__(self, layers: list[DecoderLayer], spec: ArchSpec, mlp_tile_rows: int | None) -> None:
+    `max_tokens` and `max_length` bound a micro-batch that replays (the Trainer passes micro-batch x max sequence
+    length and the max sequence length); left out, the first micro-batch's own sizes are taken.
+    """
+
+    def __init__(
+        self, layers: list[DecoderLayer], spec: ArchSpec, mlp_tile_rows: int | None, max_tokens: int | None = None,
+        max_length: int | None = None,
+    ) -> None:
         self.layers, self.spec, self.mlp_tile_rows = layers, spec, mlp_tile_rows
-        self.shape: tuple[int, int, int] | None = None
+        self.max_tokens, self.max_length = max_tokens, max_length
+        self.shape: GraphShape | None = None
+        self.positions = self.cu_seqlens = torch.zeros(0)  # the graphs' static inputs, set by capture
         self.callables: tuple = ()
-        self.positions = self.cu_seqlens = None
         self.addresses: list[int] = []
         self.hooks: list = []
+        self.replayed = self.eager = self.captures = 0
 
-    def matches(self, batch: PackedBatch) -> bool:
-        """Whether this batch can replay the graphs; they are captured for the first shape asked, and again when
-        the adapters have moved (the optimizer's flat buffer re-homes them)."""
-        if self.shape is None or self.addresses != self._parameter_addresses():
+    def run(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor | None:
+        """The last layer's output for `batch` (the input embeddings `x`), or None when it must run eagerly."""
+        self.max_tokens = self.max_tokens or batch.tokens
+        self.max_length = self.max_length or batch.max_length
+        if batch.tokens > self.max_tokens or batch.max_length > self.max_length or self.max_length < 2:
+            self.eager += 1
+            return None
+        sequences = self.shape.sequences if self.shape else 1
+        while not self._fits(batch, sequences):
+            sequences *= 2
+        if self.shape is None or sequences != self.shape.sequences or self.addresses != self._parameter_addresses():
             self.release()
-            self.capture(batch)
-        return self.shape == shape_of(batch)
-
-    def run(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        """The last layer's output; it lives in the graphs' memory until the next micro-batch's forward."""
-        self.positions.copy_(batch.positions)
-        self.cu_seqlens.copy_(batch.cu_seqlens)
+            self.capture(GraphShape(self.max_tokens + sequences, sequences, self.max_length), x, batch)
+        positions, cu_seqlens = self._padded_boundaries(batch)
+        self.positions.copy_(positions)
+        self.cu_seqlens.copy_(cu_seqlens)
+        hidden = F.pad(x, (0, 0, 0, self.shape.tokens - batch.tokens))
         for layer in self.callables:
-            x = layer(x, self.positions, self.cu_seqlens)
-        return x
+            hidden = layer(hidden, self.positions, self.cu_seqlens)
+        self.replayed += 1
+        return hidden[: batch.tokens]
 
-    def capture(self, batch: PackedBatch) -> None:
+    def _fits(self, batch: PackedBatch, sequences: int) -> bool:
+        """Whether the rows left after `batch` split into the samples left, each of 1 to max_length rows."""
+        fillers = sequences - len(batch.lengths)
+        return fillers >= 1 and self.max_tokens + sequences - batch.tokens <= fillers * self.max_length
+
+    def _padded_boundaries(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions, sample boundaries) on the device: the batch's samples, then filler samples of near-equal
+        lengths over the remaining rows. No sample is empty: flash attention's backward is not trusted with empty
+        samples, and there are always at least as many remaining rows as filler samples."""
+        pad, fillers = self.shape.tokens - batch.tokens, self.shape.sequences - len(batch.lengths)
+        longer = pad % fillers
+        lengths = [pad // fillers + 1] * longer + [pad // fillers] * (fillers - longer)
+        boundaries = torch.tensor([0, *batch.lengths, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        starts = boundaries[len(batch.lengths) : -1] - batch.tokens
+        filler_positions = torch.arange(pad, dtype=torch.int32) - torch.repeat_interleave(
+            starts, torch.tensor(lengths), output_size=pad)
         device = batch.positions.device
-        self.shape = shape_of(batch)
-        self.positions, self.cu_seqlens = batch.positions.clone(), batch.cu_seqlens.clone()
-        static = dataclasses.replace(batch, positions=self.positions, cu_seqlens=self.cu_seqlens)
+        return torch.cat([batch.positions, to_device(filler_positions, device)]), to_device(boundaries, device)
+
+    def capture(self, shape: GraphShape, x: torch.Tensor, batch: PackedBatch) -> None:
+        """Capture every layer for `shape`, warming up on `batch`'s boundaries."""
+        device = x.device
+        self.shape = shape
+        self.positions, self.cu_seqlens = self._padded_boundaries(batch)
+        static = PackedBatch(
+            input_ids=torch.zeros(shape.tokens, dtype=torch.long, device=device), positions=self.positions,
+            cu_seqlens=self.cu_seqlens, max_length=shape.max_length, lengths=[shape.tokens],
+            target_rows=torch.zeros(0, dtype=torch.long, device=device),
+            targets=torch.zeros(0, dtype=torch.long, device=device),
+        )
         modules = tuple(LayerModule(layer, self.spec, static, self.mlp_tile_rows) for layer in self.layers)
-        hidden = self.spec.hidden
-        dtype = self.layers[0].input_norm.dtype
         sample_args = tuple(
-            (torch.zeros(batch.tokens, hidden, dtype=dtype, device=device).requires_grad_(index > 0),
+            (torch.zeros(shape.tokens, x.shape[1], dtype=x.dtype, device=device).requires_grad_(index > 0),
              self.positions, self.cu_seqlens)
             for index in range(len(modules))
         )
         self.callables = torch.cuda.make_graphed_callables(modules, sample_args, num_warmup_iters=3)
         self.addresses = self._parameter_addresses()
+        self.captures += 1
         for parameter in (p for layer in self.layers for p in layer.parameters()):
             # A graph's gradient output is overwritten at its next replay; autograd would keep it as .grad
             # (and add the next micro-batch's gradient to itself), so it gets a copy.
             self.hooks.append(parameter.register_hook(torch.Tensor.clone))
+
+    def describe(self) -> str:
+        shape = f"{self.shape.tokens} rows, {self.shape.sequences} samples, longest {self.shape.max_length}" \
+            if self.shape else "nothing captured"
+        return (f"CUDA graphs: {self.replayed} micro-batches replayed, {self.eager} eager, {self.captures} captures "
+                f"({shape})")
 
     def _parameter_addresses(self) -> list[int]:
         return [p.data_ptr() for layer in self.layers for p in layer.parameters()]

@@ -51,10 +51,12 @@ class FastCausalLM:
     def hidden_states(
         self, batch: PackedBatch, recompute: Recompute, mlp_tile_rows: int | None = None, graphs: GraphedLayers | None = None,
     ) -> torch.Tensor:
-        """(tokens, hidden) output of the last decoder layer; through the CUDA graphs when given and they fit."""
+        """(tokens, hidden) output of the last decoder layer; through the CUDA graphs when given and the batch fits."""
         x = self.embeddings(batch)
-        if graphs is not None and torch.is_grad_enabled() and graphs.matches(batch):
-            return graphs.run(x, batch)
+        if graphs is not None and torch.is_grad_enabled():
+            replayed = graphs.run(x, batch)
+            if replayed is not None:
+                return replayed
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
 
