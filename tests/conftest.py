@@ -5,12 +5,19 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SPOTTUNE_CACHE", str(REPO / ".cache" / "spottune"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLCONFIGDIR", str(REPO / ".cache" / "matplotlib"))
+
+# Property tests draw the same examples on every run, so a clean clone's result does not depend on luck;
+# HYPOTHESIS_PROFILE=explore draws new ones (run it while working on input handling).
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def _cuda_available() -> bool:
