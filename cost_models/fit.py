@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from cost_models.calibration import (
     FIT, MEASUREMENTS, Calibration, Measurement, MemoryCoefficients, TimeCoefficients, load_measurements, sha256,
 )
-from cost_models.memory import GIB, estimate_memory, memory_features, reserved_upper_gib, static_bytes
+from cost_models.memory import GIB, counted_peak_bytes, estimate_memory, memory_features, reserved_upper_gib, static_bytes
 from cost_models.shape import FAST_ENGINE
 from cost_models.step_time import estimate_step_time, host_ahead, step_from_features, time_features
 
@@ -97,7 +97,8 @@ def fit_memory(points: Sequence[Measurement], time: TimeCoefficients) -> MemoryC
     for p in points:
         features, ahead = memory_features(p.shape), point_host_ahead(p, time)
         rows.append([features[name] * (ahead if name == "offload_pending" else 1.0) for name in names])
-    targets = [p.job_reserved_gib * GIB - sum(static_bytes(p.shape).values()) for p in points]
+    targets = [p.job_reserved_gib * GIB - sum(static_bytes(p.shape).values()) - counted_peak_bytes(p.shape)
+               for p in points]
     weights = [1.0 / (p.job_reserved_gib * GIB) for p in points]
     values = nonnegative_least_squares(rows, targets, weights)
     context = sum(p.context_gib for p in points) / len(points)

@@ -44,6 +44,7 @@ class MemoryBreakdown:
     embeddings_and_norms: float
     lora_params_grads: float
     optimizer_state: float
+    cuda_graph_buffers: float
     activations: float
     layer_recompute: float
     attention_mask: float
@@ -159,6 +160,21 @@ def _fast_features(shape: JobShape) -> dict[str, float]:
     }
 
 
+def attention_score_bytes(shape: JobShape) -> tuple[float, float]:
+    """The fast engine's soft-capped attention (Gemma 2), counted from its code and added unscaled: (bytes the
+    layers keep for backward, bytes one layer's backward or recompute holds on top). Every layer keeps its
+    scores without checkpointing; with it, only the layer being recomputed does."""
+    if shape.engine != FAST_ENGINE:
+        return 0.0, 0.0
+    arch, tokens = shape.arch, shape.max_tokens_per_micro_batch
+    sample = shape.rows.max_tokens / max(1.0, shape.rows.mean_samples)  # the scores grow with the sample length
+    kept = tokens * fast_engine.softcap_saved_bytes_per_token(arch, sample)
+    in_flight = tokens * fast_engine.SCORE_BACKWARD_BYTES * fast_engine.score_entries_per_token(arch, sample)
+    if shape.checkpointing == "none":
+        return arch.layers * kept, in_flight
+    return 0.0, kept + in_flight
+
+
 def softcap_bytes(shape: JobShape) -> float:
     """transformers + PEFT with final-logit softcapping (Gemma 2): the fp32 tanh of one loss chunk's logits,
     saved for backward on top of the logits the fitted term counts (train_core.loss._chunk_loss_sum)."""
@@ -167,9 +183,15 @@ def softcap_bytes(shape: JobShape) -> float:
     return 4.0 * min(shape.targets(shape.max_tokens_per_micro_batch), LOSS_CHUNK_ROWS) * shape.arch.vocab
 
 
+def counted_peak_bytes(shape: JobShape) -> float:
+    """The peak's counted terms beyond static_bytes (the fit subtracts them before solving for its scales)."""
+    return softcap_bytes(shape) + sum(attention_score_bytes(shape))
+
+
 @lru_cache(maxsize=4096)
 def static_bytes(shape: JobShape) -> dict[str, float]:
-    """Weights, adapters, optimizer state and the fast engine's dequantization buffers: counted exactly."""
+    """Weights, adapters, optimizer state, the fast engine's dequantization buffers and its CUDA graphs' static
+    tensors: counted exactly."""
     arch = shape.arch
     other_bytes = 4.0 if shape.quantization == "fp32" else 2.0
     lora = shape.lora_params
@@ -182,6 +204,7 @@ def static_bytes(shape: JobShape) -> dict[str, float]:
                 per = 2.0 + 8.0 / 256 if numel >= EIGHT_BIT_MIN_ELEMENTS else 8.0
                 optimizer += arch.layers * numel * per
     buffers = sum(fast_engine.dequant_buffer_elements(arch)) * 2.0 if shape.engine == FAST_ENGINE else 0.0
+    graphs = fast_engine.graph_buffer_bytes(arch, shape.graphed_tokens) if shape.graphed else 0.0
     return {
         "weights": arch.linear_params * BYTES_PER_PARAM[shape.quantization],
         "dequant_buffers": buffers,  # the fast engine's two reused bf16 buffers for merged weights
@@ -189,6 +212,7 @@ def static_bytes(shape: JobShape) -> dict[str, float]:
         * other_bytes,
         "lora_params_grads": 8.0 * lora,  # fp32 adapters and their fp32 gradients
         "optimizer_state": optimizer,
+        "cuda_graph_buffers": graphs,
     }
 
 
@@ -202,6 +226,9 @@ def estimate_memory(shape: JobShape, coefficients: MemoryCoefficients, host_ahea
         share = host_ahead if name == "offload_pending" else 1.0
         fitted[COMPONENTS[name]] += getattr(coefficients, name) * count * share / GIB
     fitted["logits_loss"] += softcap_bytes(shape) / GIB
+    kept, in_flight = attention_score_bytes(shape)
+    fitted["activations"] += kept / GIB
+    fitted["layer_recompute"] += in_flight / GIB
     return MemoryBreakdown(
         **{name: value / GIB for name, value in static.items()}, **fitted, cuda_context=coefficients.cuda_context_gib,
     )

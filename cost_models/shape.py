@@ -1,6 +1,7 @@
 """JobShape: the plain description of one training job that every estimator takes (no train_core types)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -50,6 +51,7 @@ class JobShape:
     compute_dtype: str = "bf16"  # "fp32" doubles activations and runs matmuls at the TF32 rate (uncalibrated)
     embedding_measured_on_gpu: bool = False  # a calibration row taken before the fast engine's offload mode kept
     # the input embedding in host memory (runspec.fast_support.input_embedding_on_host, 2026-11-29)
+    cuda_graphs: bool = False  # training.cuda_graphs asked for; it applies where `graphed` says
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
@@ -82,6 +84,18 @@ class JobShape:
         """Whether the engine keeps the input embedding in host memory for this job (the rule the engine follows)."""
         return (self.engine == FAST_ENGINE and not self.embedding_measured_on_gpu
                 and input_embedding_on_host(self.checkpointing, self.arch.tied))
+
+    @property
+    def graphed(self) -> bool:
+        """Whether the engine replays the layers as CUDA graphs for this job (runspec.resolve's rule)."""
+        return self.cuda_graphs and self.engine == FAST_ENGINE and self.checkpointing == "none"
+
+    @property
+    def graphed_tokens(self) -> int:
+        """Rows of the captured micro-batch shape: the micro-batch's capacity plus one row per sample slot, the
+        slots a power of two above the micro-batch's samples (train_core.fast.graphs.GraphedLayers)."""
+        samples = math.ceil(self.micro_batch * max(1.0, self.rows.mean_samples))
+        return self.max_tokens_per_micro_batch + 2 ** math.ceil(math.log2(samples + 1))
 
     @property
     def tokens_per_micro_batch(self) -> float:

@@ -50,9 +50,11 @@ def work(shape: JobShape) -> dict[str, float]:
     passes = shape.passes
     sync = sync_coefficients()
     engine = _fast_work(shape) if shape.engine == FAST_ENGINE else _hf_work(shape)
+    if shape.graphed:  # the layers' kernels, adapter gradients included, replay from CUDA graphs: no host work
+        engine["target_passes"] = 0.0
     return {
         **engine,
-        "layer_passes": float(arch.layers * passes),
+        "layer_passes": 0.0 if shape.graphed else float(arch.layers * passes),
         "tokens": tokens,
         "activation_bytes": passes * tokens * arch.layers * layer_bytes_per_token(shape) * shape.activation_scale,
         "float_base": 1.0 if shape.float_base else 0.0,
@@ -82,6 +84,7 @@ def _hf_work(shape: JobShape) -> dict[str, float]:
         "masked_attention": attention if shape.masked else 0.0,
         "causal_attention": 0.0 if shape.masked else attention / 2,
         "weight_bytes": weight_bytes,
+        "score_bytes": 0.0,  # the dense mask path's scores are inside masked_attention's fitted efficiency
         "offload_bytes": 4.0 * tokens * arch.layers * arch.hidden if shape.checkpointing == "offload" else 0.0,
     }
 
@@ -102,6 +105,10 @@ def _fast_work(shape: JobShape) -> dict[str, float]:
         gemm += 2 * (linear - fast_engine.down_params(arch)) * tokens
         dequantized += fast_engine.attention_params(arch)
     attention = 4 * tokens * shape.mean_sample_tokens * arch.q_dim * arch.layers * (shape.passes - 1 + 2.5) / 2
+    entries = tokens * arch.layers * fast_engine.score_entries_per_token(arch, shape.mean_sample_tokens)
+    if entries:  # soft-capped scores: plain matmuls over every key (no causal skipping), then elementwise steps
+        attention *= 2
+    score_traffic = fast_engine.SCORE_FORWARD_TRAFFIC * (shape.passes - 1) + fast_engine.SCORE_BACKWARD_TRAFFIC
     return {
         "target_passes": float(arch.layers * len(shape.lora_targets)),  # adapter gradients: backward only
         "loss_chunks": float(fast_engine.loss_chunks(arch.vocab, targets)),
@@ -109,6 +116,7 @@ def _fast_work(shape: JobShape) -> dict[str, float]:
         "masked_attention": 0.0,
         "causal_attention": attention,
         "weight_bytes": dequantized * (BYTES_PER_PARAM["nf4"] + 4.0),  # read NF4, write and re-read bf16
+        "score_bytes": entries * score_traffic,
         "offload_bytes": 4.0 * tokens * (arch.layers - 1) * arch.hidden if shape.checkpointing == "offload" else 0.0,
     }
 
@@ -129,7 +137,7 @@ def time_features(shape: JobShape, gpu: Gpu, reference: Gpu | None = None) -> di
     peak, bandwidth = gemm_peak(gpu, reference), gpu.mem_bw_gbs * 1e9
     for name in ("gemm", "masked_attention", "causal_attention"):
         features[name] /= peak
-    for name in ("weight_bytes", "activation_bytes"):
+    for name in ("weight_bytes", "activation_bytes", "score_bytes"):
         features[name] /= bandwidth
     return features
 
@@ -146,7 +154,7 @@ def step_from_features(f: dict[str, float], c: TimeCoefficients, host_speed: flo
     attention = f["causal_attention"] / c.causal_attention_efficiency
     if f["masked_attention"]:
         attention += f["masked_attention"] / c.masked_attention_efficiency
-    traffic = f["weight_bytes"] + c.elementwise_traffic * f["activation_bytes"]
+    traffic = f["weight_bytes"] + c.elementwise_traffic * f["activation_bytes"] + f["score_bytes"]
     gpu_seconds = gemm + attention + traffic
     micro = (host**c.overlap + gpu_seconds**c.overlap) ** (1 / c.overlap)
     copies = f["offload_bytes"] / (c.offload_gbs * 1e9)

@@ -129,3 +129,26 @@ def test_offload_counts_a_separate_models_input_embedding_in_host_memory_as_the_
     tied = fast(model="qwen2-1.5b", checkpointing="offload")
     assert tied.arch.tied and not tied.input_embedding_on_host
     assert not shape(model="llama-3-8b", checkpointing="offload").input_embedding_on_host, "transformers + PEFT"
+
+
+def test_cuda_graphs_hold_three_static_tensors_per_layer_only_where_the_engine_graphs():
+    graphed = fast(checkpointing="none", micro_batch=4, samples=1.0).with_(cuda_graphs=True)
+    arch = graphed.arch
+    assert graphed.graphed_tokens == 4 * 2048 + 8  # 4 samples and at least one filler: 8 sample slots
+    counted = estimate_memory(graphed, FAST).cuda_graph_buffers * 2**30
+    assert counted == 3 * arch.layers * (4 * 2048 + 8) * arch.hidden * 2
+    assert estimate_memory(graphed.with_(cuda_graphs=False), FAST).cuda_graph_buffers == 0
+    assert estimate_memory(graphed.with_(checkpointing="full"), FAST).cuda_graph_buffers == 0  # graphs are off
+    assert estimate_memory(shape(checkpointing="none").with_(cuda_graphs=True), COEFFICIENTS).cuda_graph_buffers == 0
+
+
+@pytest.mark.parametrize("model, micro_batch, eager_gib, graphed_gib", [
+    ("qwen2-1.5b", 4, 13.81, 15.62),  # docs/BENCHMARKS.md round 12, fast:4x2:none vs :graphs, H200
+    ("qwen2-1.5b", 4, 14.01, 15.56),  # round 13, the padded form
+    ("llama-3-8b", 2, 20.31, 22.95),  # round 12, fast:2x4:none vs :graphs
+])
+def test_the_counted_graph_buffers_cover_what_graphs_added_to_the_measured_peak(model, micro_batch, eager_gib,
+                                                                                graphed_gib):
+    job = fast(model=model, checkpointing="none", micro_batch=micro_batch, samples=1.0).with_(cuda_graphs=True)
+    counted = estimate_memory(job, FAST).cuda_graph_buffers
+    assert graphed_gib - eager_gib <= counted <= 1.3 * (graphed_gib - eager_gib)

@@ -97,3 +97,15 @@ def test_a_measured_gemm_rate_moves_the_transfer_and_a_datasheet_alone_does_not(
     slow = estimate_step_time(job.with_(engine=FAST_ENGINE), measured_l4, coefficients, reference=h200)
     plain = estimate_step_time(job.with_(engine=FAST_ENGINE), l4, coefficients, reference=h200)
     assert slow.gemm == pytest.approx(2 * plain.gemm)
+
+
+def test_cuda_graphs_take_the_layers_host_work_off_the_step():
+    eager = shape(model="qwen2-1.5b", micro_batch=4, grad_accum=2, checkpointing="none").with_(engine=FAST_ENGINE)
+    coefficients = load_calibration(FAST_ENGINE).time
+    before = estimate_step_time(eager, gpu("H200"), coefficients)
+    after = estimate_step_time(eager.with_(cuda_graphs=True), gpu("H200"), coefficients)
+    assert after.host < before.host / 3 and after.step < before.step
+    assert (after.gemm, after.attention, after.memory_traffic) == (before.gemm, before.attention, before.memory_traffic)
+    checkpointed = eager.with_(checkpointing="full")
+    assert estimate_step_time(checkpointed.with_(cuda_graphs=True), gpu("H200"), coefficients) == \
+        estimate_step_time(checkpointed, gpu("H200"), coefficients)  # graphs are off with recomputation
