@@ -11,7 +11,8 @@ changes how it uses memory or time, then refit with `python -m cost_models.fit`.
     python bench/calibrate_estimator.py --matrix heldout --split heldout --out ... --stats-out stats.jsonl
 
 --split marks the rows: `fit` rows are fitted, `heldout` rows are only scored against the fit (accuracy on
-points it never saw). --stats-out adds the caching allocator's pool statistics per point (where reserved
+points it never saw). When an engine change moves its memory or time, mark that engine's older runs `superseded`
+in the CSV by hand: they stay as history and are neither fitted nor scored. --stats-out adds the caching allocator's pool statistics per point (where reserved
 memory goes beyond allocated).
 
 --engine is train_core's model.engine: auto (default) measures what train_core picks per group (the fast

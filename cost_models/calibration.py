@@ -151,10 +151,10 @@ class Measurement:
     peak_allocated_gib: float
     step_s: float
     context_gib: float
-    weights_gib: float  # allocated after loading the model and adding the adapters
+    weights_gib: float  # allocated after loading the model (input embedding on the GPU) and adding the adapters
     checkpoint_mb: float | None
     checkpoint_s: float | None
-    split: str = "fit"  # "heldout": scored against the fit, never fitted
+    split: str = "fit"  # "heldout": scored against the fit, never fitted; "superseded": the engine has changed since
     held_buffers: tuple[int, int] = (0, 0)  # fast-engine dequantization buffer elements the process held at load
 
     @property
