@@ -140,6 +140,8 @@ def test_cuda_graphs_hold_three_static_tensors_per_layer_only_where_the_engine_g
     assert estimate_memory(graphed.with_(cuda_graphs=False), FAST).cuda_graph_buffers == 0
     assert estimate_memory(graphed.with_(checkpointing="full"), FAST).cuda_graph_buffers == 0  # graphs are off
     assert estimate_memory(shape(checkpointing="none").with_(cuda_graphs=True), COEFFICIENTS).cuda_graph_buffers == 0
+    gemma2 = fast(model="gemma-2-2b", checkpointing="none").with_(cuda_graphs=True)  # soft-capped: runs eagerly
+    assert estimate_memory(gemma2, FAST).cuda_graph_buffers == 0
 
 
 @pytest.mark.parametrize("model, micro_batch, eager_gib, graphed_gib", [
