@@ -7,8 +7,7 @@ from functools import cached_property
 
 from cost_models.architectures import Architecture
 from cost_models.errors import EstimateError
-from cost_models.fast_engine import SOFTCAPPED_ATTENTION
-from runspec.fast_support import input_embedding_on_host
+from runspec.fast_support import input_embedding_on_host, layers_graphed
 
 QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "bf16", "fp32")
 CHECKPOINTING = ("none", "full", "offload")
@@ -88,10 +87,8 @@ class JobShape:
 
     @property
     def graphed(self) -> bool:
-        """Whether the engine replays the layers as CUDA graphs for this job: runspec.resolve's rule, less
-        soft-capped attention, which has no flash kernel to capture (train_core.fast.graphs.graphs_unsupported)."""
-        return (self.cuda_graphs and self.engine == FAST_ENGINE and self.checkpointing == "none"
-                and self.arch.model_type not in SOFTCAPPED_ATTENTION)
+        """Whether the engine replays the layers as CUDA graphs for this job (runspec.resolve's rule)."""
+        return layers_graphed(self.cuda_graphs, self.engine == FAST_ENGINE, self.checkpointing, self.arch.model_type)
 
     @property
     def graphed_tokens(self) -> int:

@@ -136,7 +136,8 @@ class TrainingSettings(StrictModel):
     cuda_graphs: bool = Field(
         False, description="Replay the decoder layers as CUDA graphs, each micro-batch padded to one shape: faster "
         "where the host CPU bounds the step (small models). Needs the fast engine on CUDA with activation "
-        "checkpointing none; elsewhere it is off and the device path says so."
+        "checkpointing none, and flash attention (not Gemma 2's soft-capped scores); elsewhere it is off and the "
+        "device path says so."
     )
     eval_every: Integer | None = Field(
         None, ge=1, le=MAX_STEPS, description="Eval-loss interval in steps (and at the end)."

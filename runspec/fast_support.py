@@ -25,6 +25,15 @@ def input_embedding_on_host(checkpointing: str, tied: bool) -> bool:
     return checkpointing == "offload" and not tied
 
 
+EAGER_LAYER_MODEL_TYPES = {"gemma2": "soft-capped attention has no flash kernel to capture"}
+
+
+def layers_graphed(cuda_graphs: bool, engine_is_fast: bool, checkpointing: str, model_type: str) -> bool:
+    """Whether the fast engine replays the decoder layers as CUDA graphs (training.cuda_graphs): only without
+    recomputation and where attention runs on flash kernels; train_core checks the device on top."""
+    return cuda_graphs and engine_is_fast and checkpointing == "none" and model_type not in EAGER_LAYER_MODEL_TYPES
+
+
 def projection_groups(model_type: str) -> dict[str, tuple[str, ...]]:
     """The layer's linears by fused group (q|k|v, o, gate|up, down), in the model's module order."""
     return FUSED_GROUPS if model_type in FUSED_MODEL_TYPES else SPLIT_GROUPS

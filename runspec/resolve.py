@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence
 
 from runspec.errors import ConfigError
-from runspec.fast_support import ModelFacts, run_unsupported
+from runspec.fast_support import ModelFacts, layers_graphed, run_unsupported
 
 if TYPE_CHECKING:
     from runspec.config import TrainConfig
@@ -140,7 +140,8 @@ def resolve(
             raise ValueError("resolve: sizing auto micro-batch or checkpointing on CUDA needs a sizer")
         micro_batch, checkpointing = sizer(config, run, device)
         run = replace(run, micro_batch=micro_batch, checkpointing=checkpointing)
-    graphs = config.training.cuda_graphs and run.engine == "fast" and run.checkpointing == "none"
+    graphs = config.training.cuda_graphs and layers_graphed(True, run.engine == "fast", run.checkpointing,
+                                                            model().model_type)
     return replace(run, cuda_graphs=graphs)
 
 

@@ -58,6 +58,9 @@ def test_cuda_graphs_go_with_the_fast_engine_and_no_recomputation(tmp_path):
     assert graphed.cuda_graphs and "layers as CUDA graphs" in graphed.describe()
     assert not path_for({"activation_checkpointing": "none"}, engine="hf").cuda_graphs
     assert not path_for({"activation_checkpointing": "none", "cuda_graphs": False}).cuda_graphs
+    gemma2 = load_config(write_config(tmp_path, {"model": {"name": "builtin:tiny-gemma2"}, "training": {
+        "micro_batch_size": 2, "activation_checkpointing": "none", "cuda_graphs": True}}))
+    assert not choose_device_path(gemma2, device=H200).cuda_graphs  # soft-capped attention: no flash kernel
     with pytest.raises(ConfigError, match="training.cuda_graphs: needs activation_checkpointing none \\(or auto\\); "
                                           "got offload"):
         path_for({"activation_checkpointing": "offload"})
