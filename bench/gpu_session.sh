@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One GPU-machine call: the rounds named in $@, in order. Rounds: tests, qwen, qwen-fixed, qwen-unsloth,
 # llama, llama-fixed, llama-unsloth, parity, long, two-gpu, two-gpu-diag (2-GPU step
-# with and without each rank pinned to its own cores, and two 1-GPU runs at once), ray-two-gpu and ray-two-gpu-none
-# (activation checkpointing none, throughput only; both need bench/ray_site.sh's tarballs unpacked onto PYTHONPATH
-# as well). `-fixed` repeats the lean runs with the allocator's
+# with and without each rank pinned to its own cores, and two 1-GPU runs at once), ray-two-gpu, ray-two-gpu-none
+# (activation checkpointing none, throughput only), ray-two-gpu-graphs (the same with training.cuda_graphs) and
+# ray-resume-graphs (its killed-and-resumed run; the ray rounds need bench/ray_site.sh's tarballs unpacked onto
+# PYTHONPATH as well), calibrate (the estimator's default matrix, 2 min) and calibrate-heldout (its held-out and
+# offload matrices, 6 min; cost_models/README.md says how the rows are merged). `-fixed` repeats the lean runs with the allocator's
 # expandable segments off (the engine's default before issue 13) for a before/after in the same call;
 # `-unsloth` runs Unsloth in its own process (`../shared/tools/gpu-wheels --with-unsloth`).
 # Everything is logged to $OUT/session.log, results to $OUT/results.jsonl, profiles to $OUT/profile.txt;
@@ -50,6 +52,15 @@ for round in "$@"; do
     ray-two-gpu) timeout 590 python3 bench/ray_two_gpu.py --out "$out" >> "$log" 2>&1 ;;
     ray-two-gpu-none) timeout 200 python3 bench/ray_two_gpu.py --checkpointing none --steps 16 --resume-steps 0 \
             --deadline 190 --out "$out/none" >> "$log" 2>&1 ;;
+    ray-two-gpu-graphs) timeout 200 python3 bench/ray_two_gpu.py --checkpointing none --cuda-graphs --steps 16 \
+            --resume-steps 0 --deadline 190 --out "$out/graphs" >> "$log" 2>&1 ;;
+    ray-resume-graphs) timeout 300 python3 bench/ray_two_gpu.py --checkpointing none --cuda-graphs --resume-only \
+            --resume-steps 6 --deadline 290 --out "$out/graphs-resume" >> "$log" 2>&1 ;;
+    calibrate) timeout 200 python3 bench/calibrate_estimator.py --engine auto --out "$out/calibration.csv" \
+            --deadline 190 >> "$log" 2>&1 ;;
+    calibrate-heldout) for m in "heldout 160" "heldout2 135" "fitoffload 50"; do set -- $m
+            timeout $(( $2 + 25 )) python3 bench/calibrate_estimator.py --matrix $1 --out "$out/$1.csv" \
+            --stats-out "$out/$1_stats.jsonl" --deadline $2; done >> "$log" 2>&1 ;;
     long) timeout 110 python3 bench/long_context.py --model llama-3-8b --layers 4 \
             --lengths ${LONG_LENGTHS:-131072 262144 409600} --out "$out" >> "$log" 2>&1 ;;
   esac
