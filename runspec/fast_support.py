@@ -31,7 +31,16 @@ EAGER_LAYER_MODEL_TYPES = {"gemma2": "soft-capped attention has no flash kernel 
 def layers_graphed(cuda_graphs: bool, engine_is_fast: bool, checkpointing: str, model_type: str) -> bool:
     """Whether the fast engine replays the decoder layers as CUDA graphs (training.cuda_graphs): only without
     recomputation and where attention runs on flash kernels; train_core checks the device on top."""
-    return cuda_graphs and engine_is_fast and checkpointing == "none" and model_type not in EAGER_LAYER_MODEL_TYPES
+    return cuda_graphs and graphs_off_reason(engine_is_fast, checkpointing, model_type) is None
+
+
+def graphs_off_reason(engine_is_fast: bool, checkpointing: str, model_type: str) -> str | None:
+    """Why a run that asks for CUDA graphs runs its layers eagerly, or None when they are graphed."""
+    if not engine_is_fast:
+        return "needs the fast engine"
+    if checkpointing != "none":
+        return f"needs activation checkpointing none, and {checkpointing} was chosen"
+    return EAGER_LAYER_MODEL_TYPES.get(model_type)
 
 
 def projection_groups(model_type: str) -> dict[str, tuple[str, ...]]:

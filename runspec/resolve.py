@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence
 
 from runspec.errors import ConfigError
-from runspec.fast_support import ModelFacts, layers_graphed, run_unsupported
+from runspec.fast_support import ModelFacts, graphs_off_reason, run_unsupported
 
 if TYPE_CHECKING:
     from runspec.config import TrainConfig
@@ -60,6 +60,7 @@ class Run:
     checkpointing: str | None  # none | full | offload
     reason: str  # why this device path
     cuda_graphs: bool = False  # decoder layers replayed as CUDA graphs (decided with the checkpointing)
+    graphs_note: str | None = None  # why not, when training.cuda_graphs asks for them
 
 
 class Sizer(Protocol):
@@ -134,15 +135,17 @@ def resolve(
     """The run this config trains on this device, every `auto` decided; on CUDA `sizer` sizes what is auto."""
     run = settle(config, device, model)
     if device.kind == "cpu":
-        return replace(run, micro_batch=run.micro_batch or cpu_micro_batch(config, device.workers))
+        note = "needs a CUDA GPU" if config.training.cuda_graphs else None
+        return replace(run, micro_batch=run.micro_batch or cpu_micro_batch(config, device.workers), graphs_note=note)
     if run.micro_batch is None or run.checkpointing is None:
         if sizer is None:
             raise ValueError("resolve: sizing auto micro-batch or checkpointing on CUDA needs a sizer")
         micro_batch, checkpointing = sizer(config, run, device)
         run = replace(run, micro_batch=micro_batch, checkpointing=checkpointing)
-    graphs = config.training.cuda_graphs and layers_graphed(True, run.engine == "fast", run.checkpointing,
-                                                            model().model_type)
-    return replace(run, cuda_graphs=graphs)
+    if not config.training.cuda_graphs:
+        return run
+    note = graphs_off_reason(run.engine == "fast", run.checkpointing, model().model_type)
+    return replace(run, cuda_graphs=note is None, graphs_note=note)
 
 
 def run_steps(rows_per_epoch: Sequence[int], batch_size: int, max_steps: int | None) -> int:

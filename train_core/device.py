@@ -31,6 +31,7 @@ class DevicePath:
     micro_batch: int = 1  # sequences per forward/backward on one worker
     engine_note: str | None = None  # why not the fast engine
     cuda_graphs: bool = False  # decoder layers replayed as CUDA graphs
+    graphs_note: str | None = None  # why not, when training.cuda_graphs asks for them
 
     def describe(self) -> str:
         dtype = str(self.compute_dtype).removeprefix("torch.")
@@ -38,6 +39,7 @@ class DevicePath:
             f"{self.device}: base weights {self.quantization}, compute {dtype}, optimizer {self.optimizer}, "
             f"activation checkpointing {self.activation_checkpointing}, micro-batch {self.micro_batch}, "
             + ("layers as CUDA graphs, " if self.cuda_graphs else "")
+            + (f"layers eager (training.cuda_graphs {self.graphs_note}), " if self.graphs_note else "")
             + f"attention {self.attention} ({self.attention_reason}) ({self.reason})"
         )
 
@@ -110,4 +112,4 @@ def choose_device_path(
     run = resolve(config, device, lambda: model_facts(model_config(config.model.name)), sizer)
     reason = run.reason if device.kind == "cpu" else f"{run.reason}: {device.describe()}"
     return DevicePath(run.device, run.quantization, DTYPES[run.compute_dtype], run.optimizer, run.checkpointing,
-                      reason, *attention, run.engine, run.micro_batch, run.engine_note, run.cuda_graphs)
+                      reason, *attention, run.engine, run.micro_batch, run.engine_note, run.cuda_graphs, run.graphs_note)

@@ -56,11 +56,18 @@ def test_cuda_graphs_go_with_the_fast_engine_and_no_recomputation(tmp_path):
 
     graphed = path_for({"activation_checkpointing": "none"})
     assert graphed.cuda_graphs and "layers as CUDA graphs" in graphed.describe()
-    assert not path_for({"activation_checkpointing": "none"}, engine="hf").cuda_graphs
-    assert not path_for({"activation_checkpointing": "none", "cuda_graphs": False}).cuda_graphs
+    assert graphed.graphs_note is None and "layers eager" not in graphed.describe()
+    plain = path_for({"activation_checkpointing": "none"}, engine="hf")
+    assert not plain.cuda_graphs and "layers eager (training.cuda_graphs needs the fast engine)" in plain.describe()
+    unasked = path_for({"activation_checkpointing": "none", "cuda_graphs": False})
+    assert not unasked.cuda_graphs and unasked.graphs_note is None
     gemma2 = load_config(write_config(tmp_path, {"model": {"name": "builtin:tiny-gemma2"}, "training": {
         "micro_batch_size": 2, "activation_checkpointing": "none", "cuda_graphs": True}}))
-    assert not choose_device_path(gemma2, device=H200).cuda_graphs  # soft-capped attention: no flash kernel
+    assert "soft-capped attention has no flash kernel" in choose_device_path(gemma2, device=H200).describe()
+    sized = load_config(write_config(tmp_path, {"model": {"name": "builtin:tiny-llama"}, "training": {"cuda_graphs": True}}))
+    full = choose_device_path(sized, device=H200, sizer=lambda config, run, device: (2, "full"))
+    assert not full.cuda_graphs and full.graphs_note == "needs activation checkpointing none, and full was chosen"
+    assert choose_device_path(sized, force_cpu=True).graphs_note == "needs a CUDA GPU"
     with pytest.raises(ConfigError, match="training.cuda_graphs: needs activation_checkpointing none \\(or auto\\); "
                                           "got offload"):
         path_for({"activation_checkpointing": "offload"})
