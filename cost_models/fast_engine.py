@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from cost_models.architectures import Architecture
-from runspec.fast_support import ce_chunk_rows
+from runspec.fast_support import SOFTCAPPED_ATTENTION, ce_chunk_rows
 
 
 def loss_chunks(vocab: int, targets: float) -> int:
@@ -25,7 +25,6 @@ def dequant_buffer_elements(arch: Architecture) -> tuple[int, int]:
     return max((q + 2 * kv) * h, h * q, 2 * f * h), f * h
 
 
-SOFTCAPPED_ATTENTION = {"gemma2"}  # attn_logit_softcapping: no flash kernel, scores materialized
 SCORE_SAVED_BYTES = 10  # per score entry kept for backward: fp32 tanh and softmax outputs, their bf16 copy
 SCORE_BACKWARD_BYTES = 12  # per score entry a layer's attention backward has in flight on top of what it saved
 SCORE_FORWARD_TRAFFIC, SCORE_BACKWARD_TRAFFIC = 68, 77  # bytes read and written per entry: the forward's nine

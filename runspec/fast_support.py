@@ -25,7 +25,7 @@ def input_embedding_on_host(checkpointing: str, tied: bool) -> bool:
     return checkpointing == "offload" and not tied
 
 
-EAGER_LAYER_MODEL_TYPES = {"gemma2": "soft-capped attention has no flash kernel to capture"}
+SOFTCAPPED_ATTENTION = ("gemma2",)  # attn_logit_softcapping: no flash kernel, the fast engine materializes the scores
 
 
 def layers_graphed(cuda_graphs: bool, engine_is_fast: bool, checkpointing: str, model_type: str) -> bool:
@@ -40,7 +40,7 @@ def graphs_off_reason(engine_is_fast: bool, checkpointing: str, model_type: str)
         return "needs the fast engine"
     if checkpointing != "none":
         return f"needs activation checkpointing none, and {checkpointing} was chosen"
-    return EAGER_LAYER_MODEL_TYPES.get(model_type)
+    return "soft-capped attention has no flash kernel to capture" if model_type in SOFTCAPPED_ATTENTION else None
 
 
 def projection_groups(model_type: str) -> dict[str, tuple[str, ...]]:
