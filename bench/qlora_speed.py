@@ -4,7 +4,7 @@ Each run is `engine:MICROxACCUM[:mode][:ce=MiB][:tile=ROWS][:tensors][:graphs][:
 every step holds MICRO*ACCUM sequences of --seq random token ids. Engines: `hf` is the standard recipe
 (train mode, gradient checkpointing on), `hf-nockpt` the same recipe without checkpointing, `fast` ours. The first fast run also reports
 start-up (safetensors load + NF4 quantization + first optimizer step, Triton compilation included,
-with an empty Triton cache). `:prof` profiles one more step (GPU-busy share, CUDA-time table);
+with an empty Triton cache). `:prof` profiles one more step (GPU-busy share, CUDA-time table, trace-<run>.json.gz);
 `:mem` saves the allocator's history of the run to memory-<run>.pickle.gz; `:tensors` steps the fast engine's
 optimizer per adapter tensor instead of over the one flat buffer the Trainer uses; `:graphs` replays the decoder
 layers as CUDA graphs (mode `none` only; captured at the first step, so inside the warm-up).
@@ -96,14 +96,15 @@ def run_fast(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: in
         return loss
 
     seconds, losses = timed_steps(step, warmup, steps)
-    profiled = profile_step(lambda: step(warmup + steps), profile_out) if run["profile"] else {}
+    profiled = profile_step(lambda: step(warmup + steps), profile_out, run["slug"]) if run["profile"] else {}
     extra = {**profiled, "load_s": round(loaded, 2), "first_step_s": round(first_step[0], 2), "startup_s": round(loaded + first_step[0], 2),
              "losses": [round(l, 4) for l in losses], "engine": engine.description}
     return seconds, extra
 
 
-def profile_step(step, out: Path) -> dict:
-    """Append the CUDA-time table of one profiled step to `out`; return how busy the GPU was during it."""
+def profile_step(step, out: Path, slug: str) -> dict:
+    """Append the CUDA-time table of one profiled step to `out` and save its timeline beside it (a gzipped Chrome
+    trace, to find where the GPU waits); return how busy the GPU was during it."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -115,6 +116,11 @@ def profile_step(step, out: Path) -> dict:
         wall_us = (time.perf_counter() - started) * 1e6
     with open(out, "a", encoding="utf-8") as handle:
         handle.write(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=60) + "\n")
+    trace = out.with_name(f"trace-{slug}.json")
+    prof.export_chrome_trace(str(trace))
+    with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
+        packed.write(raw.read())
+    trace.unlink()
     spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
     busy, end = 0.0, float("-inf")
     for start, stop in spans:  # union of the GPU's kernel and copy intervals
@@ -156,7 +162,7 @@ def main() -> None:
 
     vocab = AutoConfig.from_pretrained(path).vocab_size
     for spec in args.runs:
-        run = parse_run(spec)
+        run = {**parse_run(spec), "slug": re.sub('[^A-Za-z0-9.-]', '_', spec)}
         release()
         label = f"{args.model}{'' if args.layers is None else f'-{args.layers}l'} {spec} seq {args.seq}"
         try:
@@ -165,7 +171,7 @@ def main() -> None:
                 torch.cuda.memory._record_memory_history(max_entries=MEMORY_EVENTS, stacks="python")
             seconds, extra = runner(path, run, args.seq, vocab, args.warmup, args.steps, args.out / "profile.txt")
             if run["memory"]:
-                dump_memory_history(args.out / f"memory-{re.sub('[^A-Za-z0-9.-]', '_', spec)}.pickle.gz")
+                dump_memory_history(args.out / f"memory-{run['slug']}.pickle.gz")
             tokens = run["micro"] * run["accum"] * args.seq
             write_result(args.out, {**summarise(label, seconds, tokens, extra), **env})
         except Exception as error:  # keep measuring the other runs; the failure is recorded
