@@ -180,6 +180,7 @@ def fast_step(engine, optimizer: "AdapterOptimizer", batches: list[torch.Tensor]
         loss.backward()
         total += loss.detach()
     optimizer.step()
+    engine.parameters_changed()
     return float(total)
 
 

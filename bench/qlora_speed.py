@@ -1,13 +1,14 @@
 """Tokens/s and peak memory of the standard HF QLoRA recipe and of the fast engine, in one process.
 
-Each run is `engine:MICROxACCUM[:mode][:ce=MiB][:tile=ROWS][:tensors][:graphs][:prof][:mem]`, e.g. `hf:2x4`, `fast:2x4:offload:ce=256`;
+Each run is `engine:MICROxACCUM[:mode][:ce=MiB][:tile=ROWS][:tensors][:graphs][:kept][:prof][:mem]`, e.g. `hf:2x4`, `fast:2x4:offload:ce=256`;
 every step holds MICRO*ACCUM sequences of --seq random token ids. Engines: `hf` is the standard recipe
 (train mode, gradient checkpointing on), `hf-nockpt` the same recipe without checkpointing, `fast` ours. The first fast run also reports
 start-up (safetensors load + NF4 quantization + first optimizer step, Triton compilation included,
 with an empty Triton cache). `:prof` profiles one more step (GPU-busy share, CUDA-time table, trace-<run>.json.gz);
 `:mem` saves the allocator's history of the run to memory-<run>.pickle.gz; `:tensors` steps the fast engine's
 optimizer per adapter tensor instead of over the one flat buffer the Trainer uses; `:graphs` replays the decoder
-layers as CUDA graphs (mode `none` only; captured at the first step, so inside the warm-up).
+layers as CUDA graphs (mode `none` only; captured at the first step, so inside the warm-up); `:kept` keeps the
+merged weights between optimizer steps (one dequantization pass a step, for every linear weight in bf16).
 
     python bench/qlora_speed.py --model qwen2-1.5b --runs hf:2x4 hf:8x1 fast:2x4:offload fast:4x2:none --out $OUT
 """
@@ -37,12 +38,14 @@ def parse_run(spec: str) -> dict:
     parts = spec.split(":")
     micro, accum = (int(v) for v in parts[1].split("x"))
     run = {"engine": parts[0], "micro": micro, "accum": accum, "mode": "full", "ce": 512, "tile": None, "profile": False,
-           "memory": False, "per_tensor": False, "graphs": False}
+           "memory": False, "per_tensor": False, "graphs": False, "kept": False}
     for part in parts[2:]:
         if part == "tensors":
             run["per_tensor"] = True
         elif part == "graphs":
             run["graphs"] = True
+        elif part == "kept":
+            run["kept"] = True
         elif part == "prof":
             run["profile"] = True
         elif part == "mem":
@@ -80,7 +83,7 @@ def run_fast(path: Path, run: dict, seq: int, vocab: int, warmup: int, steps: in
     started = time.perf_counter()
     engine = FastEngine(
         path, AdapterSpec.from_target_modules(16, 16, "all-linear", seed=0), torch.device("cuda"), run["mode"],
-        ce_budget_mib=run["ce"], mlp_tile_rows=run["tile"], cuda_graphs=run["graphs"],
+        ce_budget_mib=run["ce"], mlp_tile_rows=run["tile"], cuda_graphs=run["graphs"], merged_weights=run["kept"],
     )
     torch.cuda.synchronize()
     loaded = time.perf_counter() - started

@@ -40,6 +40,9 @@ class Engine(Protocol):
     def run_summary(self) -> str | None:
         """What the engine did worth a log line at the end of training (None: nothing)."""
 
+    def parameters_changed(self) -> None:
+        """The trainable parameters were updated in place (the optimizer step): drop what was derived from them."""
+
 
 class HFEngine:
     """A Hugging Face causal LM with PEFT LoRA adapters (the reference path; the only one on CPU)."""
@@ -93,6 +96,9 @@ class HFEngine:
 
     def run_summary(self) -> str | None:
         return None
+
+    def parameters_changed(self) -> None:
+        """PEFT reads the adapters on every forward: nothing derived to drop."""
 
 
 def build_engine(config: TrainConfig, path: DevicePath) -> Engine:

@@ -211,6 +211,7 @@ class Trainer:
             self._refuse_non_finite(f"the gradient norm of step {state.step + 1}", grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
+        self.engine.parameters_changed()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.path.device == "cuda":

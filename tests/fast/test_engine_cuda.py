@@ -187,3 +187,39 @@ def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gr
     assert relative_error(graph_losses, eager_losses) < 2e-3
     for step, (graph_grad, eager_grad) in enumerate(zip(graph_grads, eager_grads)):
         assert relative_error(graph_grad, eager_grad) < 3e-2, f"step {step + 1}"
+
+def test_kept_merged_weights_train_as_fresh_ones_eagerly_and_as_cuda_graphs():
+    """Two optimizer steps over packed micro-batches with the merged weights kept between steps (refreshed after
+    each step), eagerly and with the layers as CUDA graphs reading the kept weights, against fresh dequantization."""
+    from train_core.fast.engine import FastEngine
+    from train_core.flat_params import FlatParameters
+
+    path = tiny_path("tiny-llama")
+    results = {}
+    for name, options in {"fresh": {}, "kept": {"merged_weights": True},
+                          "kept, graphed": {"merged_weights": True, "cuda_graphs": True, "graph_bounds": (1100, 512)}}.items():
+        engine = FastEngine(path, AdapterSpec.from_target_modules(16, 16, "all-linear", seed=1), CUDA, "none", **options)
+        randomize_adapters(engine.model, torch.Generator().manual_seed(2))
+        flat = FlatParameters(engine.trainable_parameters())
+        generator = torch.Generator().manual_seed(5)
+        batches = [packed_batch(lengths, engine.model.spec.vocab, generator) for lengths in GRAPHED_BATCHES["two shapes"]]
+        losses, gradients = [], []
+        for _ in range(2):
+            for tensors in batches:
+                loss = engine.loss_sum(*tensors)
+                loss.backward()
+                losses.append(loss.detach())
+            gradients.append(flat.gather_grads().clone())
+            with torch.no_grad():
+                flat.parameter.sub_(1e-2 * flat.parameter.grad.sign())
+            flat.parameter.grad = None
+            engine.parameters_changed()
+        results[name] = (torch.stack(losses), gradients)
+        print(name, engine.run_summary())
+    fresh_losses, fresh_grads = results["fresh"]
+    assert torch.equal(results["kept"][0], fresh_losses)  # the same kernels write the same merged weights
+    assert all(torch.equal(kept, fresh) for kept, fresh in zip(results["kept"][1], fresh_grads))
+    graph_losses, graph_grads = results["kept, graphed"]
+    assert relative_error(graph_losses, fresh_losses) < 2e-3
+    for step, (graph_grad, fresh_grad) in enumerate(zip(graph_grads, fresh_grads)):
+        assert relative_error(graph_grad, fresh_grad) < 3e-2, f"step {step + 1}"

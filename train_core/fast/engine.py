@@ -11,6 +11,7 @@ from train_core.fast.adapter import load_peft_state, save_peft_adapter
 from train_core.fast.batch import PackedBatch
 from train_core.fast.graphs import GraphedLayers, graphs_unsupported
 from train_core.fast.loading import AdapterSpec, load_fast_model
+from train_core.fast.merged_weights import MergedWeights
 from train_core.fast.recompute import Recompute
 
 
@@ -37,9 +38,11 @@ class FastEngine:
         self, model_path: str | Path, adapters: AdapterSpec, device: torch.device, checkpointing: str = "full",
         ce_budget_mib: int = DEFAULT_CE_BUDGET_MIB, mlp_tile_rows: int | None = None, dtype: torch.dtype = torch.bfloat16,
         host_budget_bytes: int | None = None, cuda_graphs: bool = False, graph_bounds: tuple[int, int] | None = None,
+        merged_weights: bool = False,
     ) -> None:
         """`cuda_graphs` replays the decoder layers as CUDA graphs (train_core/fast/graphs.py; checkpointing none),
-        captured for `graph_bounds` = (rows, longest sample) of a micro-batch, else for the first micro-batch's."""
+        captured for `graph_bounds` = (rows, longest sample) of a micro-batch, else for the first micro-batch's.
+        `merged_weights` keeps every group's merged weight between optimizer steps (train_core/fast/merged_weights.py)."""
         self.model_path = str(model_path)
         self.device = current_cuda_device(device)
         if cuda_graphs and checkpointing != "none":
@@ -53,6 +56,7 @@ class FastEngine:
         unsupported = graphs_unsupported(self.model.spec, self.device) if cuda_graphs else None
         self.graphs = GraphedLayers(self.model.layers, self.model.spec, mlp_tile_rows, *(graph_bounds or ())) \
             if cuda_graphs and unsupported is None else None
+        self.merged = MergedWeights(self.model.layers) if merged_weights else None
         self.mlp_tile_rows = mlp_tile_rows
         self.training = True
         self.tokenizer = None
@@ -63,6 +67,8 @@ class FastEngine:
             + (f", MLP tiles of {mlp_tile_rows} rows" if mlp_tile_rows else "")
             + (", input embedding in host memory" if self.model.embed.device != self.device else "")
             + (", layers as CUDA graphs" if self.graphs else "")
+            + (f", merged weights kept between optimizer steps ({self.merged.nbytes() / 2**30:.2f} GiB)"
+               if self.merged else "")
             + (f", layers eager ({unsupported})" if unsupported else "")
         )
 
@@ -72,6 +78,8 @@ class FastEngine:
     def loss_sum(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
         """Sum of token cross-entropies over labels != -100 (fp32 scalar, graph attached when grad is enabled)."""
         batch = PackedBatch.build(input_ids, position_ids, labels, self.device)
+        if self.merged is not None:
+            self.merged.use() if self.training else self.merged.release()
         graphs = self.graphs if self.training else None
         return self.model.loss_sum(batch, self.recompute, self.ce_chunk_rows, self.mlp_tile_rows, graphs)
 
@@ -84,6 +92,11 @@ class FastEngine:
 
     def load_adapter_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         load_peft_state(self.model.adapter_state(), state_dict)
+        self.parameters_changed()
+
+    def parameters_changed(self) -> None:
+        if self.merged is not None:
+            self.merged.mark_stale()
 
     def train(self) -> None:
         self.training = True
@@ -92,4 +105,7 @@ class FastEngine:
         self.training = False
 
     def run_summary(self) -> str | None:
-        return self.graphs.describe() if self.graphs is not None else None
+        parts = [self.graphs.describe()] if self.graphs is not None else []
+        if self.merged is not None:
+            parts.append(f"merged weights refreshed {self.merged.refreshes} times")
+        return "; ".join(parts) or None

@@ -46,6 +46,7 @@ class LoRAGroup:
     scale: float
     bias: torch.Tensor | None = None  # concatenated output bias, frozen
     dtype: torch.dtype = torch.bfloat16
+    kept: torch.Tensor | None = None  # the merged weight kept between optimizer steps (train_core.fast.merged_weights)
     out_features: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -56,9 +57,14 @@ class LoRAGroup:
         return sum(self.out_features), self.bases[0].shape[1]
 
     def merged_weight(self, params: tuple[torch.Tensor, ...], slot: int) -> torch.Tensor:
-        """W + s * B @ A for every projection, stacked, in the reused buffer `slot` (valid until it is reused)."""
-        device = self.bases[0].packed.device
-        out = BUFFERS.get(device, slot, self.shape, self.dtype)
+        """W + s * B @ A for every projection, stacked: the kept one when there is one, else dequantized into the
+        reused buffer `slot` (valid until it is reused)."""
+        if self.kept is not None:
+            return self.kept
+        return self.merge_into(BUFFERS.get(self.bases[0].packed.device, slot, self.shape, self.dtype), params)
+
+    def merge_into(self, out: torch.Tensor, params: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Dequantize every projection with its adapter merged into `out` (shape `self.shape`)."""
         row, pair = 0, iter(_pairs(params))
         for base, adapted in zip(self.bases, self.adapted):
             a, b = next(pair) if adapted else (None, None)

@@ -1,0 +1,50 @@
+"""Merged weights kept from one optimizer step to the next.
+
+The adapters change only at the optimizer step, yet each micro-batch dequantizes every projection group with its
+adapter merged in for the forward and again for the backward (a third time when a checkpointed layer is
+recomputed). Keeping each group's merged bf16 weight turns that into one dequantization pass per optimizer step,
+for the bf16 size of every adapted model's linear weights on the GPU. The kept tensors never move, so CUDA graphs
+captured over them read the refreshed values.
+
+The weights go stale when the adapters change: the Trainer says so after each optimizer step
+(`Engine.parameters_changed`), loading an adapter state marks them stale, and the next training forward refreshes
+them. A forward outside training (eval) dequantizes as usual, so it never sees stale weights.
+"""
+from __future__ import annotations
+
+import torch
+
+from train_core.fast.layer import DecoderLayer
+
+
+class MergedWeights:
+    """Every layer's groups, each with a kept merged weight that is refreshed once after the adapters change."""
+
+    def __init__(self, layers: list[DecoderLayer]) -> None:
+        self.groups = [(group, layer, name) for layer in layers for name, group in layer.groups.items()]
+        self.tensors = [torch.empty(group.shape, dtype=group.dtype, device=group.bases[0].packed.device)
+                        for group, _, _ in self.groups]
+        self.stale = True
+        self.refreshes = 0
+
+    def mark_stale(self) -> None:
+        self.stale = True
+
+    def use(self) -> None:
+        """The groups read their kept weights, refreshed first if the adapters changed since."""
+        if self.stale:
+            with torch.no_grad():
+                for (group, layer, name), tensor in zip(self.groups, self.tensors):
+                    group.merge_into(tensor, layer.params(name))
+            self.stale = False
+            self.refreshes += 1
+        for (group, _, _), tensor in zip(self.groups, self.tensors):
+            group.kept = tensor
+
+    def release(self) -> None:
+        """The groups dequantize on every use again (eval; the kept tensors stay allocated)."""
+        for group, _, _ in self.groups:
+            group.kept = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors)
