@@ -140,6 +140,23 @@ def test_adapter_gradient_products_are_fp32_products_of_the_bf16_operands():
     assert (product.double() - reference).abs().max() <= bf16_rounding + 1e-6
 
 
+def two_sign_steps(loss_of, flat, batches, after_step=lambda: None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(every micro-batch's loss, each step's summed gradient) of two optimizer steps over `batches`, the flat
+    adapter buffer changed in place between them as an optimizer changes it (a signed step of 1e-2)."""
+    losses, gradients = [], []
+    for _ in range(2):
+        for tensors in batches:
+            loss = loss_of(tensors)
+            loss.backward()
+            losses.append(loss.detach())
+        gradients.append(flat.gather_grads().clone())
+        with torch.no_grad():
+            flat.parameter.sub_(1e-2 * flat.parameter.grad.sign())
+        flat.parameter.grad = None
+        after_step()
+    return torch.stack(losses), gradients
+
+
 GRAPHED_BATCHES = {  # sample lengths of each micro-batch; graphs bound a micro-batch at 1100 rows, samples at 512
     "one shape": [[300, 77, 512, 135], [135, 512, 77, 300]],
     "two shapes": [[300, 77, 512, 135], [512, 400, 11]],
@@ -167,17 +184,9 @@ def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gr
         recompute = Recompute("none", CUDA)
         generator = torch.Generator().manual_seed(5)
         batches = [packed_batch(lengths, model.spec.vocab, generator) for lengths in GRAPHED_BATCHES[case]]
-        losses, gradients = [], []
-        for _ in range(2):
-            for tensors in batches:
-                loss = model.loss_sum(PackedBatch.build(*tensors, CUDA), recompute, ce_chunk_rows=256, graphs=graphs)
-                loss.backward()
-                losses.append(loss.detach())
-            gradients.append(flat.gather_grads().clone())
-            with torch.no_grad():
-                flat.parameter.sub_(1e-2 * flat.parameter.grad.sign())
-            flat.parameter.grad = None
-        results.append((torch.stack(losses), gradients))
+        loss_of = lambda tensors: model.loss_sum(  # noqa: E731
+            PackedBatch.build(*tensors, CUDA), recompute, ce_chunk_rows=256, graphs=graphs)
+        results.append(two_sign_steps(loss_of, flat, batches))
         if graphs is not None:
             print(graphs.describe())
             assert graphs.eager == (4 if case == "every case" else 0)
@@ -187,6 +196,7 @@ def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gr
     assert relative_error(graph_losses, eager_losses) < 2e-3
     for step, (graph_grad, eager_grad) in enumerate(zip(graph_grads, eager_grads)):
         assert relative_error(graph_grad, eager_grad) < 3e-2, f"step {step + 1}"
+
 
 def test_kept_merged_weights_train_as_fresh_ones_eagerly_and_as_cuda_graphs():
     """Two optimizer steps over packed micro-batches with the merged weights kept between steps (refreshed after
@@ -203,18 +213,8 @@ def test_kept_merged_weights_train_as_fresh_ones_eagerly_and_as_cuda_graphs():
         flat = FlatParameters(engine.trainable_parameters())
         generator = torch.Generator().manual_seed(5)
         batches = [packed_batch(lengths, engine.model.spec.vocab, generator) for lengths in GRAPHED_BATCHES["two shapes"]]
-        losses, gradients = [], []
-        for _ in range(2):
-            for tensors in batches:
-                loss = engine.loss_sum(*tensors)
-                loss.backward()
-                losses.append(loss.detach())
-            gradients.append(flat.gather_grads().clone())
-            with torch.no_grad():
-                flat.parameter.sub_(1e-2 * flat.parameter.grad.sign())
-            flat.parameter.grad = None
-            engine.parameters_changed()
-        results[name] = (torch.stack(losses), gradients)
+        results[name] = two_sign_steps(lambda tensors: engine.loss_sum(*tensors), flat, batches,
+                                       engine.parameters_changed)
         print(name, engine.run_summary())
     fresh_losses, fresh_grads = results["fresh"]
     assert torch.equal(results["kept"][0], fresh_losses)  # the same kernels write the same merged weights
