@@ -45,6 +45,7 @@ class MemoryBreakdown:
     lora_params_grads: float
     optimizer_state: float
     cuda_graph_buffers: float
+    merged_weights: float
     activations: float
     layer_recompute: float
     attention_mask: float
@@ -190,8 +191,8 @@ def counted_peak_bytes(shape: JobShape) -> float:
 
 @lru_cache(maxsize=4096)
 def static_bytes(shape: JobShape) -> dict[str, float]:
-    """Weights, adapters, optimizer state, the fast engine's dequantization buffers and its CUDA graphs' static
-    tensors: counted exactly."""
+    """Weights, adapters, optimizer state, the fast engine's dequantization buffers, its CUDA graphs' static
+    tensors and its kept merged weights: counted exactly."""
     arch = shape.arch
     other_bytes = 4.0 if shape.quantization == "fp32" else 2.0
     lora = shape.lora_params
@@ -205,6 +206,7 @@ def static_bytes(shape: JobShape) -> dict[str, float]:
                 optimizer += arch.layers * numel * per
     buffers = sum(fast_engine.dequant_buffer_elements(arch)) * 2.0 if shape.engine == FAST_ENGINE else 0.0
     graphs = fast_engine.graph_buffer_bytes(arch, shape.graphed_tokens) if shape.graphed else 0.0
+    merged = 2.0 * arch.linear_params if shape.merged_kept else 0.0  # every group's bf16 weight, adapters merged
     return {
         "weights": arch.linear_params * BYTES_PER_PARAM[shape.quantization],
         "dequant_buffers": buffers,  # the fast engine's two reused bf16 buffers for merged weights
@@ -213,6 +215,7 @@ def static_bytes(shape: JobShape) -> dict[str, float]:
         "lora_params_grads": 8.0 * lora,  # fp32 adapters and their fp32 gradients
         "optimizer_state": optimizer,
         "cuda_graph_buffers": graphs,
+        "merged_weights": merged,
     }
 
 

@@ -52,6 +52,7 @@ class JobShape:
     embedding_measured_on_gpu: bool = False  # a calibration row taken before the fast engine's offload mode kept
     # the input embedding in host memory (runspec.fast_support.input_embedding_on_host, 2026-11-29)
     cuda_graphs: bool = False  # training.cuda_graphs asked for; it applies where `graphed` says
+    keep_merged_weights: bool = False  # training.keep_merged_weights asked for; the fast engine's `merged_kept`
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
@@ -89,6 +90,11 @@ class JobShape:
     def graphed(self) -> bool:
         """Whether the engine replays the layers as CUDA graphs for this job (runspec.resolve's rule)."""
         return layers_graphed(self.cuda_graphs, self.engine == FAST_ENGINE, self.checkpointing, self.arch.model_type)
+
+    @property
+    def merged_kept(self) -> bool:
+        """Whether the engine keeps every group's merged weight between optimizer steps for this job."""
+        return self.keep_merged_weights and self.engine == FAST_ENGINE
 
     @property
     def graphed_tokens(self) -> int:

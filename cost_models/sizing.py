@@ -80,7 +80,7 @@ def sizing_job(config: "TrainConfig", run: Run, arch: Architecture, rows: RowSta
         seq_len=config.data.max_seq_length, micro_batch=micro_batch,
         grad_accum=max(1, per_worker // micro_batch), checkpointing=run.checkpointing or "full", rows=rows,
         optimizer=run.optimizer, engine=ENGINE_PROFILES[run.engine], gpus=workers, compute_dtype=run.compute_dtype,
-        cuda_graphs=config.training.cuda_graphs,
+        cuda_graphs=config.training.cuda_graphs, keep_merged_weights=config.training.keep_merged_weights,
     )
     return SizingJob(shape, per_worker, run.micro_batch, run.checkpointing)
 

@@ -100,10 +100,11 @@ def _fast_work(shape: JobShape) -> dict[str, float]:
     gemm = 4 * linear * tokens  # forward and input gradient through the merged weights
     gemm += 4 * shape.lora_params * tokens  # adapter weight gradients: x·Aᵀ, dY·B, then dA and dB
     gemm += 4 * arch.hidden * arch.vocab * targets  # logits and their input gradient, once per chunk
-    dequantized = 2 * linear  # every group for the forward and again for its input gradient
+    used = 2 * linear  # every group for the forward and again for its input gradient
     if recompute:
         gemm += 2 * (linear - fast_engine.down_params(arch)) * tokens
-        dequantized += fast_engine.attention_params(arch)
+        used += fast_engine.attention_params(arch)
+    dequantized = linear / shape.grad_accum if shape.merged_kept else used  # kept: one pass a step, shared
     attention = 4 * tokens * shape.mean_sample_tokens * arch.q_dim * arch.layers * (shape.passes - 1 + 2.5) / 2
     entries = tokens * arch.layers * fast_engine.score_entries_per_token(arch, shape.mean_sample_tokens)
     if entries:  # soft-capped scores: plain matmuls over every key (no causal skipping), then elementwise steps
@@ -115,7 +116,7 @@ def _fast_work(shape: JobShape) -> dict[str, float]:
         "gemm": gemm,
         "masked_attention": 0.0,
         "causal_attention": attention,
-        "weight_bytes": dequantized * (BYTES_PER_PARAM["nf4"] + 4.0),  # read NF4, write and re-read bf16
+        "weight_bytes": dequantized * (BYTES_PER_PARAM["nf4"] + 2.0) + used * 2.0,  # NF4 to bf16, bf16 read per use
         "score_bytes": entries * score_traffic,
         "offload_bytes": 4.0 * tokens * (arch.layers - 1) * arch.hidden if shape.checkpointing == "offload" else 0.0,
     }

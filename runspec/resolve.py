@@ -61,6 +61,7 @@ class Run:
     reason: str  # why this device path
     cuda_graphs: bool = False  # decoder layers replayed as CUDA graphs (decided with the checkpointing)
     graphs_note: str | None = None  # why not, when training.cuda_graphs asks for them
+    merged_weights_kept: bool = False  # training.keep_merged_weights, where the fast engine runs
 
 
 class Sizer(Protocol):
@@ -119,7 +120,8 @@ def settle(config: "TrainConfig", device: Device, model: Callable[[], ModelFacts
         raise ConfigError(f"training.cuda_graphs: needs activation_checkpointing none (or auto); got {checkpointing}")
     micro_batch = config.training.micro_batch_size
     return Run(device.kind, quantization, compute, optimizer, engine, note,
-               micro_batch if isinstance(micro_batch, int) else None, checkpointing, reason)
+               micro_batch if isinstance(micro_batch, int) else None, checkpointing, reason,
+               merged_weights_kept=config.training.keep_merged_weights and engine == "fast")
 
 
 def cpu_micro_batch(config: "TrainConfig", workers: int) -> int:

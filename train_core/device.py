@@ -9,7 +9,7 @@ import torch
 
 from runspec.config import TrainConfig
 from runspec.fast_support import model_facts
-from runspec.resolve import Device, Sizer, resolve
+from runspec.resolve import Device, Run, Sizer, resolve
 from train_core.bitsandbytes_cpu import DESCRIPTIONS, GENERIC, choose_bitsandbytes_cpu_path
 from train_core.cache import cache_root
 from train_core.models.attention import choose_attention
@@ -32,6 +32,8 @@ class DevicePath:
     engine_note: str | None = None  # why not the fast engine
     cuda_graphs: bool = False  # decoder layers replayed as CUDA graphs
     graphs_note: str | None = None  # why not, when training.cuda_graphs asks for them
+    merged_weights_kept: bool = False  # merged weights kept between optimizer steps (training.keep_merged_weights)
+    merged_weights_note: str | None = None  # why not, when the config asks for it
 
     def describe(self) -> str:
         dtype = str(self.compute_dtype).removeprefix("torch.")
@@ -40,6 +42,9 @@ class DevicePath:
             f"activation checkpointing {self.activation_checkpointing}, micro-batch {self.micro_batch}, "
             + ("layers as CUDA graphs, " if self.cuda_graphs else "")
             + (f"layers eager (training.cuda_graphs {self.graphs_note}), " if self.graphs_note else "")
+            + ("merged weights kept between optimizer steps, " if self.merged_weights_kept else "")
+            + (f"merged weights not kept (training.keep_merged_weights {self.merged_weights_note}), "
+               if self.merged_weights_note else "")
             + f"attention {self.attention} ({self.attention_reason}) ({self.reason})"
         )
 
@@ -94,6 +99,13 @@ def model_config(name: str):  # type: ignore[no-untyped-def]
     return AutoConfig.from_pretrained(resolve_model(name).path)
 
 
+def merged_weights_note(config: TrainConfig, run: Run) -> str | None:
+    """Why a run that asks to keep its merged weights does not (they are a fast-engine buffer)."""
+    if not config.training.keep_merged_weights or run.merged_weights_kept:
+        return None
+    return f"needs the fast engine: {run.engine_note}" if run.engine_note else "needs the fast engine"
+
+
 def choose_device_path(
     config: TrainConfig, force_cpu: bool = False, workers: int = 1, device: Device | None = None,
     sizer: Sizer | None = None,
@@ -112,4 +124,5 @@ def choose_device_path(
     run = resolve(config, device, lambda: model_facts(model_config(config.model.name)), sizer)
     reason = run.reason if device.kind == "cpu" else f"{run.reason}: {device.describe()}"
     return DevicePath(run.device, run.quantization, DTYPES[run.compute_dtype], run.optimizer, run.checkpointing,
-                      reason, *attention, run.engine, run.micro_batch, run.engine_note, run.cuda_graphs, run.graphs_note)
+                      reason, *attention, run.engine, run.micro_batch, run.engine_note, run.cuda_graphs, run.graphs_note,
+                      run.merged_weights_kept, merged_weights_note(config, run))

@@ -15,6 +15,7 @@ MEMORY_TERMS = (  # breakdown field, label, what it is
     ("lora_params_grads", "LoRA params + grads", "fp32, counted"),
     ("optimizer_state", "optimizer state", "AdamW state of the adapters, counted"),
     ("cuda_graph_buffers", "CUDA graph buffers", "fast engine, training.cuda_graphs: static layer tensors, counted"),
+    ("merged_weights", "kept merged weights", "fast engine, training.keep_merged_weights: bf16 linears, counted"),
     ("activations", "activations", "saved per layer for backward (fitted scale)"),
     ("layer_recompute", "layer working set", "one layer's backward / recompute (fitted scale)"),
     ("attention_mask", "attention mask", "dense mask of packed micro-batches, plain path (fitted scale)"),

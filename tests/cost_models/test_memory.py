@@ -154,3 +154,10 @@ def test_the_counted_graph_buffers_cover_what_graphs_added_to_the_measured_peak(
     job = fast(model=model, checkpointing="none", micro_batch=micro_batch, samples=1.0).with_(cuda_graphs=True)
     counted = estimate_memory(job, FAST).cuda_graph_buffers
     assert graphed_gib - eager_gib <= counted <= 1.3 * (graphed_gib - eager_gib)
+
+
+def test_kept_merged_weights_hold_every_linear_in_bf16_on_the_fast_engine_only():
+    job = fast(checkpointing="full").with_(keep_merged_weights=True)
+    assert estimate_memory(job, FAST).merged_weights * 2**30 == 2 * job.arch.linear_params
+    assert estimate_memory(job.with_(keep_merged_weights=False), FAST).merged_weights == 0
+    assert estimate_memory(shape().with_(keep_merged_weights=True), COEFFICIENTS).merged_weights == 0

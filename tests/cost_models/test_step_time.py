@@ -109,3 +109,14 @@ def test_cuda_graphs_take_the_layers_host_work_off_the_step():
     checkpointed = eager.with_(checkpointing="full")
     assert estimate_step_time(checkpointed.with_(cuda_graphs=True), gpu("H200"), coefficients) == \
         estimate_step_time(checkpointed, gpu("H200"), coefficients)  # graphs are off with recomputation
+
+
+def test_kept_merged_weights_dequantize_once_a_step():
+    job = shape(model="qwen2-1.5b", micro_batch=2, grad_accum=4, checkpointing="full").with_(engine=FAST_ENGINE)
+    work_of = lambda kept: time_features(job.with_(keep_merged_weights=kept), gpu("H200"))["weight_bytes"]  # noqa: E731
+    linear, nf4 = job.arch.linear_params, 0.5 + 1 / 64 + 4 / (64 * 256)
+    uses = 2 * linear + (job.arch.layers * ((job.arch.q_dim + 2 * job.arch.kv_dim) * job.arch.hidden
+                                            + job.arch.q_dim * job.arch.hidden))
+    bandwidth = gpu("H200").mem_bw_gbs * 1e9
+    assert work_of(False) * bandwidth == pytest.approx(uses * (nf4 + 4))
+    assert work_of(True) * bandwidth == pytest.approx(linear / 4 * (nf4 + 2) + uses * 2)

@@ -77,3 +77,19 @@ def test_cuda_graphs_leave_the_checkpoint_fingerprint_alone(tmp_path):
     plain = load_config(write_config(tmp_path))
     graphed = load_config(write_config(tmp_path, {"training": {"cuda_graphs": True}}))
     assert plain.fingerprint() == graphed.fingerprint()
+
+
+def test_kept_merged_weights_go_with_the_fast_engine_and_leave_the_fingerprint_alone(tmp_path):
+    def path_for(engine: str, keep: bool = True):
+        overrides = {"model": {"name": "builtin:tiny-llama", "engine": engine},
+                     "training": {"micro_batch_size": 2, "activation_checkpointing": "full", "keep_merged_weights": keep}}
+        return choose_device_path(load_config(write_config(tmp_path, overrides)), device=H200)
+
+    kept = path_for("auto")
+    assert kept.merged_weights_kept and "merged weights kept between optimizer steps" in kept.describe()
+    plain = path_for("hf")
+    assert not plain.merged_weights_kept
+    assert "merged weights not kept (training.keep_merged_weights needs the fast engine" in plain.describe()
+    assert path_for("auto", keep=False).merged_weights_note is None
+    assert load_config(write_config(tmp_path)).fingerprint() == load_config(
+        write_config(tmp_path, {"training": {"keep_merged_weights": True}})).fingerprint()

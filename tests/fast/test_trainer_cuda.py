@@ -64,21 +64,27 @@ def test_a_killed_and_resumed_cuda_run_ends_where_an_uninterrupted_one_does(tmp_
     assert resume[0] <= 3 * noise[0] and resume[1] <= 3 * noise[1]  # both 0 on an H200 (2026-11-30)
 
 
-def test_cuda_graphs_train_packed_data_as_the_eager_layers_do(tmp_path):
-    """The Trainer with training.cuda_graphs on packed samples of many lengths: every micro-batch replays the
-    graphs (padded to micro-batch x max_seq_length rows), and the losses are the eager run's."""
+def train_with_and_without(tmp_path, setting: str, training: dict) -> tuple[dict, dict]:
+    """({False: result, True: result}, their log lines): tiny-llama on the fast engine, batch 4 in micro-batches of 2,
+    trained with the boolean training `setting` off and on."""
     from train_core.trainer import Trainer
 
     results, logs = {}, {}
-    for graphs in (False, True):
-        directory = tmp_path / f"graphs-{graphs}"
+    for on in (False, True):
+        directory = tmp_path / f"{setting}-{on}"
         directory.mkdir()
         config = load_config(write_config(directory, {
             "model": {"name": "builtin:tiny-llama", "engine": "fast"},
-            "training": {"max_steps": 6, "batch_size": 4, "micro_batch_size": 2, "activation_checkpointing": "none",
-                         "cuda_graphs": graphs}}))
-        logs[graphs] = []
-        results[graphs] = Trainer(config, log=logs[graphs].append).run()
+            "training": {"batch_size": 4, "micro_batch_size": 2, **training, setting: on}}))
+        logs[on] = []
+        results[on] = Trainer(config, log=logs[on].append).run()
+    return results, logs
+
+
+def test_cuda_graphs_train_packed_data_as_the_eager_layers_do(tmp_path):
+    """The Trainer with training.cuda_graphs on packed samples of many lengths: every micro-batch replays the
+    graphs (padded to micro-batch x max_seq_length rows), and the losses are the eager run's."""
+    results, logs = train_with_and_without(tmp_path, "cuda_graphs", {"max_steps": 6, "activation_checkpointing": "none"})
     assert len(results[True].losses) == 6
     for graphed, eager in zip(results[True].losses, results[False].losses):
         assert graphed == pytest.approx(eager, rel=2e-2)
@@ -88,3 +94,14 @@ def test_cuda_graphs_train_packed_data_as_the_eager_layers_do(tmp_path):
     print(summary)
     assert len(summary) == 1 and re.match(r"CUDA graphs: \d+ micro-batches replayed, 0 eager", summary[0])
     assert not any(line.startswith("CUDA graphs") for line in logs[False])
+
+
+def test_kept_merged_weights_train_as_the_trainer_does_without_them(tmp_path):
+    """training.keep_merged_weights: the same losses and eval loss as dequantizing on every use (the
+    Trainer refreshes the kept weights after each optimizer step), one refresh per step."""
+    results, logs = train_with_and_without(tmp_path, "keep_merged_weights",
+                                           {"max_steps": 4, "activation_checkpointing": "full"})
+    assert results[True].losses == results[False].losses
+    assert results[True].eval_loss == results[False].eval_loss
+    assert "merged weights kept between optimizer steps" in results[True].device_path
+    assert "merged weights refreshed 4 times" in logs[True]

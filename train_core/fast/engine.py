@@ -25,7 +25,8 @@ def build_fast_engine(config, path) -> "FastEngine":
     adapters = AdapterSpec.from_target_modules(lora.r, lora.alpha, lora.target_modules, config.training.seed)
     length = config.data.max_seq_length
     engine = FastEngine(resolved.path, adapters, torch.device("cuda"), path.activation_checkpointing,
-                        cuda_graphs=path.cuda_graphs, graph_bounds=(path.micro_batch * length, length))
+                        cuda_graphs=path.cuda_graphs, graph_bounds=(path.micro_batch * length, length),
+                        merged_weights=path.merged_weights_kept)
     engine.tokenizer = load_tokenizer(resolved.path)
     engine.description = f"{resolved.description}; {engine.description}"
     return engine
