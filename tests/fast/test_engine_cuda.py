@@ -33,6 +33,17 @@ def test_varlen_attention_backend_is_found():
     assert varlen_backend(CUDA) is not None
 
 
+def test_varlen_attention_backend_is_found_from_a_forward_without_grad():
+    """A checkpointed layer's first forward runs without grad; the probe's backward must still run (it failed
+    there once, and every checkpointed run fell back to attention per sample)."""
+    varlen_backend.cache_clear()
+    with torch.no_grad():
+        assert varlen_backend(CUDA) is not None
+    with torch.inference_mode():
+        varlen_backend.cache_clear()
+        assert varlen_backend(CUDA) is not None
+
+
 def test_triton_path_matches_reference_path(setup, monkeypatch):
     _, model, batch = setup
     monkeypatch.setenv("SPOTTUNE_KERNELS", "reference")

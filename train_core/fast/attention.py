@@ -3,9 +3,10 @@
 q is (tokens, heads, head_dim) and k, v are (tokens, kv_heads, head_dim), exactly as the fused QKV
 projection lays them out, so no transposes or copies are needed on the varlen path. The first CUDA
 call probes which form of varlen attention this torch build accepts (native grouped-query heads, or
-K/V repeated to the query heads) and keeps it; without one, each sample goes through SDPA. A sliding
-window lets a query see its `window` latest keys (itself included), as Hugging Face's sliding masks do.
-Soft-capped scores (Gemma 2) have no flash kernel here: those layers compute their scores per sample.
+K/V repeated to the query heads), forward and backward against SDPA, and keeps it; without one, each
+sample goes through SDPA. A sliding window lets a query see its `window` latest keys (itself included),
+as Hugging Face's sliding masks do. Soft-capped scores (Gemma 2) have no flash kernel here: those layers
+compute their scores per sample.
 """
 from __future__ import annotations
 
@@ -127,16 +128,28 @@ def varlen_backend(device: torch.device) -> Varlen | None:
 
 
 def _probe(candidate: Varlen, device: torch.device, shape: AttentionShape) -> bool:
+    """Whether `candidate` runs forward and backward on two samples and matches SDPA in float32 on both."""
     generator = torch.Generator(device=device).manual_seed(0)
     lengths = [48, 80]
-    q = torch.randn(128, 4, 64, device=device, dtype=torch.bfloat16, generator=generator).requires_grad_()
-    k = torch.randn(128, 2, 64, device=device, dtype=torch.bfloat16, generator=generator).requires_grad_()
-    v = torch.randn(128, 2, 64, device=device, dtype=torch.bfloat16, generator=generator).requires_grad_()
+
+    def leaf(heads: int) -> torch.Tensor:
+        return torch.randn(128, heads, 64, device=device, dtype=torch.bfloat16, generator=generator).requires_grad_()
+
+    q, k, v = leaf(4), leaf(2), leaf(2)
+    weights = torch.randn(128, 4, 64, device=device, generator=generator)
     cu = torch.tensor([0, 48, 128], dtype=torch.int32, device=device)
-    try:
-        out = candidate(q, k, v, cu, max(lengths), shape.window, shape.scale)
-        out.float().square().sum().backward()
-    except (RuntimeError, ValueError, TypeError, NotImplementedError):
-        return False
-    reference = sdpa_per_sample(q.detach().float(), k.detach().float(), v.detach().float(), lengths, shape)
-    return bool(torch.allclose(out.float(), reference, atol=2e-2, rtol=2e-2)) and q.grad is not None
+    with torch.inference_mode(False), torch.enable_grad():  # a first call may come from a forward without grad
+        try:
+            out = candidate(q, k, v, cu, max(lengths), shape.window, shape.scale)
+            (out.float() * weights).sum().backward()
+        except (RuntimeError, ValueError, TypeError, NotImplementedError):
+            return False
+        references = [t.detach().float().requires_grad_() for t in (q, k, v)]
+        reference = sdpa_per_sample(*references, lengths, shape)
+        (reference * weights).sum().backward()
+    pairs = [(out, reference)] + [(t.grad, r.grad) for t, r in zip((q, k, v), references)]
+    return all(got is not None and _relative_error(got, want) < 2e-2 for got, want in pairs)
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.detach().float() - want.detach()).norm() / want.detach().norm().clamp_min(1e-12))
