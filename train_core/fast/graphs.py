@@ -118,9 +118,7 @@ class GraphedLayers:
         longer = pad % fillers
         lengths = [pad // fillers + 1] * longer + [pad // fillers] * (fillers - longer)
         boundaries = torch.tensor([0, *batch.lengths, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-        starts = boundaries[len(batch.lengths) : -1] - batch.tokens
-        filler_positions = torch.arange(pad, dtype=torch.int32) - torch.repeat_interleave(
-            starts, torch.tensor(lengths), output_size=pad)
+        filler_positions = torch.cat([torch.arange(length, dtype=torch.int32) for length in lengths])
         device = batch.positions.device
         return torch.cat([batch.positions, to_device(filler_positions, device)]), to_device(boundaries, device)
 
