@@ -8,6 +8,7 @@ from tests.fast.helpers import (
     fast_loss_and_grads, hf_loss_and_grads, hf_twin, packed_batch, randomize_adapters, relative_error, tiny_path,
 )
 from train_core.fast.attention import varlen_backend
+from train_core.fast.batch import PackedBatch
 from train_core.fast.host_store import HostStore
 from train_core.fast.loading import AdapterSpec, load_fast_model
 from train_core.fast.recompute import ActivationOffloader, Recompute
@@ -120,7 +121,6 @@ def test_input_embedding_in_host_memory_gives_the_same_step(name):
 def test_a_warm_training_micro_step_never_waits_for_the_gpu():
     """No host-device synchronisation from building the batch to the end of backward: one would drain the queue of
     launched kernels at every micro-batch (a host-bound engine's only slack)."""
-    from train_core.fast.batch import PackedBatch
 
     model = load_fast_model(tiny_path("tiny-llama"), AdapterSpec.from_target_modules(16, 16, "all-linear", seed=1), CUDA)
     tensors = packed_batch([300, 77, 512, 135], model.spec.vocab, torch.Generator().manual_seed(2))
@@ -181,7 +181,6 @@ def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gr
     """Two optimizer steps over packed micro-batches (padded to the captured shape with filler samples), the
     adapters changed in place between the steps as the optimizer changes them: the losses and summed gradients
     are the eager ones."""
-    from train_core.fast.batch import PackedBatch
     from train_core.fast.graphs import GraphedLayers, GraphShape
     from train_core.flat_params import FlatParameters
 
@@ -227,9 +226,18 @@ def test_kept_merged_weights_train_as_fresh_ones_eagerly_and_as_cuda_graphs():
         results[name] = two_sign_steps(lambda tensors: engine.loss_sum(*tensors), flat, batches,
                                        engine.parameters_changed)
         print(name, engine.run_summary())
+        if engine.merged is not None:  # the second refresh replayed the graph captured at the first
+            assert engine.merged.refreshes == 2 and engine.merged.graph is not None
     fresh_losses, fresh_grads = results["fresh"]
-    assert torch.equal(results["kept"][0], fresh_losses)  # the same kernels write the same merged weights
-    assert all(torch.equal(kept, fresh) for kept, fresh in zip(results["kept"][1], fresh_grads))
+    kept_losses, kept_grads = results["kept"]
+    first = len(batches)
+    # The first refresh runs eagerly, the same kernels as fresh dequantization: the same step, bit for bit. The
+    # second replays its CUDA graph, where cuBLAS (the tiny model's odd widths take the reference merge) may pick
+    # another algorithm: it must follow the adapters' change, to far less than the change itself.
+    assert torch.equal(kept_losses[:first], fresh_losses[:first]) and torch.equal(kept_grads[0], fresh_grads[0])
+    step_change = (fresh_losses[first:] - fresh_losses[:first]).abs()
+    assert ((kept_losses[first:] - fresh_losses[first:]).abs() < step_change / 10).all()
+    assert relative_error(kept_grads[1], fresh_grads[1]) < 1e-2
     graph_losses, graph_grads = results["kept, graphed"]
     assert relative_error(graph_losses, fresh_losses) < 2e-3
     for step, (graph_grad, fresh_grad) in enumerate(zip(graph_grads, fresh_grads)):
