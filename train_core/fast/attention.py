@@ -138,7 +138,7 @@ def _probe(candidate: Varlen, device: torch.device, shape: AttentionShape) -> bo
     q, k, v = leaf(4), leaf(2), leaf(2)
     weights = torch.randn(128, 4, 64, device=device, generator=generator)
     cu = torch.tensor([0, 48, 128], dtype=torch.int32, device=device)
-    with torch.inference_mode(False), torch.enable_grad():  # a first call may come from a forward without grad
+    with torch.enable_grad():  # a first call may come from a forward without grad
         try:
             out = candidate(q, k, v, cu, max(lengths), shape.window, shape.scale)
             (out.float() * weights).sum().backward()
