@@ -7,7 +7,7 @@ start-up (safetensors load + NF4 quantization + first optimizer step, Triton com
 with an empty Triton cache). `:prof` profiles one more step (GPU-busy share, CUDA-time table, trace-<run>.json.gz);
 `:mem` saves the allocator's history of the run to memory-<run>.pickle.gz; `:tensors` steps the fast engine's
 optimizer per adapter tensor instead of over the one flat buffer the Trainer uses; `:graphs` replays the decoder
-layers as CUDA graphs (mode `none` only; captured at the first step, so inside the warm-up); `:kept` keeps the
+layers as CUDA graphs (every checkpointing mode; captured at the first step, so inside the warm-up). `:kept` keeps the
 merged weights between optimizer steps (one dequantization pass a step, for every linear weight in bf16).
 
     python bench/qlora_speed.py --model qwen2-1.5b --runs hf:2x4 hf:8x1 fast:2x4:offload fast:4x2:none --out $OUT

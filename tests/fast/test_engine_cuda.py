@@ -173,12 +173,23 @@ GRAPHED_BATCHES = {  # sample lengths of each micro-batch; graphs bound a micro-
 }
 
 
+def graphed_layers(model, mode: str, recompute: Recompute, host_budget_bytes: int | None = None):
+    """The layers as CUDA graphs for `mode`, bounded at 1100 rows a micro-batch and 512 a sample."""
+    from train_core.fast.checkpoint_graphs import CheckpointedGraphs
+    from train_core.fast.graphs import GraphedLayers
+
+    if mode == "none":
+        return GraphedLayers(model.layers, model.spec, None, 1100, 512)
+    return CheckpointedGraphs(model.layers, model.spec, None, recompute.offloader, 1100, 512)
+
+
+@pytest.mark.parametrize("mode", ["none", "full", "offload"])
 @pytest.mark.parametrize("case", GRAPHED_BATCHES)
-def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gradients(case):
+def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gradients(case, mode):
     """Two optimizer steps over packed micro-batches (padded to the captured shape with filler samples), the
     adapters changed in place between the steps as the optimizer changes them: the losses and summed gradients
-    are the eager ones."""
-    from train_core.fast.graphs import GraphedLayers, GraphShape
+    are the eager ones, with each activation checkpointing mode."""
+    from train_core.fast.graphs import GraphShape
     from train_core.flat_params import FlatParameters
 
     path = tiny_path("tiny-llama")
@@ -187,8 +198,8 @@ def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gr
         model = load_fast_model(path, AdapterSpec.from_target_modules(16, 16, "all-linear", seed=1), CUDA)
         randomize_adapters(model, torch.Generator().manual_seed(2))
         flat = FlatParameters(model.parameters())
-        graphs = GraphedLayers(model.layers, model.spec, None, 1100, 512) if graphed else None
-        recompute = Recompute("none", CUDA)
+        recompute = Recompute(mode, CUDA)
+        graphs = graphed_layers(model, mode, recompute) if graphed else None
         generator = torch.Generator().manual_seed(5)
         batches = [packed_batch(lengths, model.spec.vocab, generator) for lengths in GRAPHED_BATCHES[case]]
         loss_of = lambda tensors: model.loss_sum(  # noqa: E731
@@ -203,6 +214,17 @@ def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gr
     assert relative_error(graph_losses, eager_losses) < 2e-3
     for step, (graph_grad, eager_grad) in enumerate(zip(graph_grads, eager_grads)):
         assert relative_error(graph_grad, eager_grad) < 3e-2, f"step {step + 1}"
+
+
+def test_offloaded_layers_run_eagerly_when_the_host_budget_cannot_hold_their_inputs():
+    model = load_fast_model(tiny_path("tiny-llama"), AdapterSpec.from_target_modules(16, 16, "all-linear", seed=1), CUDA)
+    recompute = Recompute("offload", CUDA, host_budget_bytes=0)
+    graphs = graphed_layers(model, "offload", recompute)
+    batch = PackedBatch.build(*packed_batch([300, 77], model.spec.vocab, torch.Generator().manual_seed(5)), CUDA)
+    for _ in range(2):
+        model.loss_sum(batch, recompute, ce_chunk_rows=256, graphs=graphs).backward()
+    assert graphs.refused and (graphs.eager, graphs.replayed, graphs.captures) == (2, 0, 0)
+    assert "the host budget cannot hold" in graphs.describe() and recompute.offloader.kept == {0}
 
 
 def test_kept_merged_weights_train_as_fresh_ones_eagerly_and_as_cuda_graphs():

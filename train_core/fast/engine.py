@@ -9,6 +9,7 @@ from runspec.fast_support import DEFAULT_CE_BUDGET_MIB, ce_chunk_rows
 from train_core.cuda_setup import current_cuda_device, prefer_expandable_segments
 from train_core.fast.adapter import load_peft_state, save_peft_adapter
 from train_core.fast.batch import PackedBatch
+from train_core.fast.checkpoint_graphs import CheckpointedGraphs
 from train_core.fast.graphs import GraphedLayers, graphs_unsupported
 from train_core.fast.loading import AdapterSpec, load_fast_model
 from train_core.fast.merged_weights import MergedWeights
@@ -41,13 +42,11 @@ class FastEngine:
         host_budget_bytes: int | None = None, cuda_graphs: bool = False, graph_bounds: tuple[int, int] | None = None,
         merged_weights: bool = False,
     ) -> None:
-        """`cuda_graphs` replays the decoder layers as CUDA graphs (train_core/fast/graphs.py; checkpointing none),
+        """`cuda_graphs` replays the decoder layers as CUDA graphs (train_core/fast/graphs.py, checkpoint_graphs.py),
         captured for `graph_bounds` = (rows, longest sample) of a micro-batch, else for the first micro-batch's.
         `merged_weights` keeps every group's merged weight between optimizer steps (train_core/fast/merged_weights.py)."""
         self.model_path = str(model_path)
         self.device = current_cuda_device(device)
-        if cuda_graphs and checkpointing != "none":
-            raise ValueError("CUDA graphs need activation checkpointing none")
         if self.device.type == "cuda":
             prefer_expandable_segments()
         self.model = load_fast_model(model_path, adapters, self.device, dtype, checkpointing)
@@ -55,8 +54,7 @@ class FastEngine:
         self.recompute = Recompute(checkpointing, self.device, host_budget_bytes)
         self.ce_chunk_rows = ce_chunk_rows(self.model.spec.vocab, ce_budget_mib)
         unsupported = graphs_unsupported(self.model.spec, self.device) if cuda_graphs else None
-        self.graphs = GraphedLayers(self.model.layers, self.model.spec, mlp_tile_rows, *(graph_bounds or ())) \
-            if cuda_graphs and unsupported is None else None
+        self.graphs = self._graphs(mlp_tile_rows, graph_bounds or ()) if cuda_graphs and unsupported is None else None
         self.merged = MergedWeights(self.model.layers) if merged_weights else None
         self.mlp_tile_rows = mlp_tile_rows
         self.training = True
@@ -72,6 +70,13 @@ class FastEngine:
                if self.merged else "")
             + (f", layers eager ({unsupported})" if unsupported else "")
         )
+
+    def _graphs(self, mlp_tile_rows: int | None, bounds: tuple[int, ...]) -> GraphedLayers:
+        """The layers as CUDA graphs: with their saved activations (none), or with recompute in backward."""
+        layers, spec = self.model.layers, self.model.spec
+        if self.recompute.mode == "none":
+            return GraphedLayers(layers, spec, mlp_tile_rows, *bounds)
+        return CheckpointedGraphs(layers, spec, mlp_tile_rows, self.recompute.offloader, *bounds)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return self.model.parameters()

@@ -10,9 +10,9 @@ rows never reach the loss, and a filler sample attends only to itself. A micro-b
 capture holds is captured again at the next power of two; one with more rows than the capacity, or with a sample
 longer than `max_length`, runs eagerly.
 
-Only activation checkpointing `none` is graphed (the other modes recompute inside backward and offload through
-host copies), only with varlen flash attention (per-sample attention is shaped by the host's list of lengths), and
-only in training: a forward without gradients runs the layers eagerly.
+This module graphs activation checkpointing `none`; train_core/fast/checkpoint_graphs.py graphs `full` and
+`offload` with the same padding. Layers are graphed only with varlen flash attention (per-sample attention is shaped
+by the host's list of lengths), and only in training: a forward without gradients runs the layers eagerly.
 """
 from __future__ import annotations
 
@@ -96,14 +96,21 @@ class GraphedLayers:
         if self.shape is None or sequences != self.shape.sequences or self.addresses != self._parameter_addresses():
             self.release()
             self.capture(GraphShape(self.max_tokens + sequences, sequences, self.max_length), x, batch)
+            if self.shape is None:  # the capture declined (train_core/fast/checkpoint_graphs.py)
+                self.eager += 1
+                return None
         positions, cu_seqlens = self._padded_boundaries(batch)
         self.positions.copy_(positions)
         self.cu_seqlens.copy_(cu_seqlens)
-        hidden = F.pad(x, (0, 0, 0, self.shape.tokens - batch.tokens))
+        self.replayed += 1
+        return self.replay(x)
+
+    def replay(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's output for `x` by the captured graphs (the static boundaries already hold the batch's)."""
+        hidden = F.pad(x, (0, 0, 0, self.shape.tokens - x.shape[0]))
         for layer in self.callables:
             hidden = layer(hidden, self.positions, self.cu_seqlens)
-        self.replayed += 1
-        return hidden[: batch.tokens]
+        return hidden[: x.shape[0]]
 
     def _fits(self, batch: PackedBatch, sequences: int) -> bool:
         """Whether the rows left after `batch` split into the samples left, each of 1 to max_length rows."""
@@ -122,17 +129,21 @@ class GraphedLayers:
         device = batch.positions.device
         return torch.cat([batch.positions, to_device(filler_positions, device)]), to_device(boundaries, device)
 
-    def capture(self, shape: GraphShape, x: torch.Tensor, batch: PackedBatch) -> None:
-        """Capture every layer for `shape`, warming up on `batch`'s boundaries."""
-        device = x.device
+    def static_batch(self, shape: GraphShape, batch: PackedBatch, device: torch.device) -> PackedBatch:
+        """The batch the graphs are captured over: `shape`, with the static boundaries (set from `batch`'s)."""
         self.shape = shape
         self.positions, self.cu_seqlens = self._padded_boundaries(batch)
-        static = PackedBatch(
+        return PackedBatch(
             input_ids=torch.zeros(shape.tokens, dtype=torch.long, device=device), positions=self.positions,
             cu_seqlens=self.cu_seqlens, max_length=shape.max_length, lengths=[shape.tokens],
             target_rows=torch.zeros(0, dtype=torch.long, device=device),
             targets=torch.zeros(0, dtype=torch.long, device=device),
         )
+
+    def capture(self, shape: GraphShape, x: torch.Tensor, batch: PackedBatch) -> None:
+        """Capture every layer for `shape`, warming up on `batch`'s boundaries."""
+        device = x.device
+        static = self.static_batch(shape, batch, device)
         modules = tuple(LayerModule(layer, self.spec, static, self.mlp_tile_rows) for layer in self.layers)
         sample_args = tuple(
             (torch.zeros(shape.tokens, x.shape[1], dtype=x.dtype, device=device).requires_grad_(index > 0),
