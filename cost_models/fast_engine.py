@@ -61,12 +61,23 @@ def backward_bytes_per_token(arch: Architecture) -> int:
     return 2 * arch.intermediate + 2 * 2 * arch.hidden
 
 
-def graph_buffer_bytes(arch: Architecture, tokens: int) -> float:
-    """What replaying the layers as CUDA graphs holds beyond the eager layers (torch.cuda.make_graphed_callables):
-    per layer, the forward graph's static output, the backward graph's static incoming gradient and its static
-    input gradient, each a bf16 (tokens, hidden) tensor that stays allocated between replays. Measured beside the
-    eager run: 2.4-2.8 of these per layer (Qwen2-1.5B, Llama-3-8B; docs/BENCHMARKS.md rounds 12-13)."""
-    return 3.0 * arch.layers * tokens * arch.hidden * 2
+GRAPHED_CHECKPOINT_BUFFERS = {"full": 3, "offload": 7}  # static (tokens, hidden) tensors beyond the eager layers'
+
+
+def graph_buffer_bytes(arch: Architecture, tokens: int, checkpointing: str, lora_params: int) -> float:
+    """What replaying the layers as CUDA graphs holds beyond the eager layers, in bf16 (tokens, hidden) tensors that
+    stay allocated between replays.
+
+    - none (torch.cuda.make_graphed_callables): per layer, the forward graph's static output, the backward graph's
+      static incoming gradient and its static input gradient. Measured beside the eager run: 2.4-2.8 of these per
+      layer (Qwen2-1.5B, Llama-3-8B; docs/BENCHMARKS.md rounds 12-13).
+    - full and offload (train_core.fast.checkpoint_graphs): two gradients between layers, and for full the output
+      beside the layer inputs it keeps anyway; for offload the ring of three inputs and the two restored ones,
+      counted whole. Both keep every adapter's gradient in fp32 for the backward graphs to write.
+    """
+    if checkpointing == "none":
+        return 3.0 * arch.layers * tokens * arch.hidden * 2
+    return GRAPHED_CHECKPOINT_BUFFERS[checkpointing] * tokens * arch.hidden * 2 + 4.0 * lora_params
 
 
 def down_params(arch: Architecture) -> int:

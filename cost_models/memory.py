@@ -205,7 +205,7 @@ def static_bytes(shape: JobShape) -> dict[str, float]:
                 per = 2.0 + 8.0 / 256 if numel >= EIGHT_BIT_MIN_ELEMENTS else 8.0
                 optimizer += arch.layers * numel * per
     buffers = sum(fast_engine.dequant_buffer_elements(arch)) * 2.0 if shape.engine == FAST_ENGINE else 0.0
-    graphs = fast_engine.graph_buffer_bytes(arch, shape.graphed_tokens) if shape.graphed else 0.0
+    graphs = fast_engine.graph_buffer_bytes(arch, shape.graphed_tokens, shape.checkpointing, lora) if shape.graphed else 0.0
     merged = 2.0 * arch.linear_params if shape.merged_kept else 0.0  # every group's bf16 weight, adapters merged
     return {
         "weights": arch.linear_params * BYTES_PER_PARAM[shape.quantization],

@@ -89,7 +89,7 @@ class JobShape:
     @property
     def graphed(self) -> bool:
         """Whether the engine replays the layers as CUDA graphs for this job (runspec.resolve's rule)."""
-        return layers_graphed(self.cuda_graphs, self.engine == FAST_ENGINE, self.checkpointing, self.arch.model_type)
+        return layers_graphed(self.cuda_graphs, self.engine == FAST_ENGINE, self.arch.model_type)
 
     @property
     def merged_kept(self) -> bool:

@@ -135,9 +135,9 @@ class TrainingSettings(StrictModel):
     )
     cuda_graphs: bool = Field(
         False, description="Replay the decoder layers as CUDA graphs, each micro-batch padded to one shape: faster "
-        "where the host CPU bounds the step (small models). Needs the fast engine on CUDA with activation "
-        "checkpointing none, and flash attention (not Gemma 2's soft-capped scores); elsewhere it is off and the "
-        "device path says so."
+        "where the host CPU bounds the step (small models, and checkpointed layers, which launch their kernels "
+        "three times). Needs the fast engine on CUDA and flash attention (not Gemma 2's soft-capped scores); "
+        "elsewhere it is off and the device path says so."
     )
     keep_merged_weights: bool = Field(
         False, description="Keep every projection's dequantized weight with its adapter merged in from one optimizer "

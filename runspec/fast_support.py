@@ -28,18 +28,16 @@ def input_embedding_on_host(checkpointing: str, tied: bool) -> bool:
 SOFTCAPPED_ATTENTION = ("gemma2",)  # attn_logit_softcapping: no flash kernel, the fast engine materializes the scores
 
 
-def layers_graphed(cuda_graphs: bool, engine_is_fast: bool, checkpointing: str, model_type: str) -> bool:
-    """Whether the fast engine replays the decoder layers as CUDA graphs (training.cuda_graphs): only without
-    recomputation and where attention runs on flash kernels; train_core checks the device on top."""
-    return cuda_graphs and graphs_off_reason(engine_is_fast, checkpointing, model_type) is None
+def layers_graphed(cuda_graphs: bool, engine_is_fast: bool, model_type: str) -> bool:
+    """Whether the fast engine replays the decoder layers as CUDA graphs (training.cuda_graphs), with any activation
+    checkpointing: where attention runs on flash kernels; train_core checks the device on top."""
+    return cuda_graphs and graphs_off_reason(engine_is_fast, model_type) is None
 
 
-def graphs_off_reason(engine_is_fast: bool, checkpointing: str, model_type: str) -> str | None:
+def graphs_off_reason(engine_is_fast: bool, model_type: str) -> str | None:
     """Why a run that asks for CUDA graphs runs its layers eagerly, or None when they are graphed."""
     if not engine_is_fast:
         return "needs the fast engine"
-    if checkpointing != "none":
-        return f"needs activation checkpointing none, and {checkpointing} was chosen"
     return "soft-capped attention has no flash kernel to capture" if model_type in SOFTCAPPED_ATTENTION else None
 
 

@@ -116,8 +116,6 @@ def settle(config: "TrainConfig", device: Device, model: Callable[[], ModelFacts
         if note is not None and config.model.engine == "fast":
             raise ConfigError(f"model.engine: fast is not possible for this run ({note}); accepted: auto, hf")
     engine = "hf" if config.model.engine == "hf" or note is not None else "fast"
-    if config.training.cuda_graphs and checkpointing in ("full", "offload"):
-        raise ConfigError(f"training.cuda_graphs: needs activation_checkpointing none (or auto); got {checkpointing}")
     micro_batch = config.training.micro_batch_size
     return Run(device.kind, quantization, compute, optimizer, engine, note,
                micro_batch if isinstance(micro_batch, int) else None, checkpointing, reason,
@@ -146,7 +144,7 @@ def resolve(
         run = replace(run, micro_batch=micro_batch, checkpointing=checkpointing)
     if not config.training.cuda_graphs:
         return run
-    note = graphs_off_reason(run.engine == "fast", run.checkpointing, model().model_type)
+    note = graphs_off_reason(run.engine == "fast", model().model_type)
     return replace(run, cuda_graphs=note is None, graphs_note=note)
 
 

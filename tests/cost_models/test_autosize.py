@@ -32,11 +32,11 @@ def test_a_job_that_fits_nowhere_offered_says_what_would_make_it_fit():
     assert "\n" not in advice
 
 
-def test_sizing_with_cuda_graphs_counts_their_buffers_in_the_no_checkpointing_options():
+def test_sizing_with_cuda_graphs_counts_their_buffers_in_every_checkpointing_option():
     job = shape(model="qwen2-1.5b", seq=2048).with_(engine="train_core-fast")
     eager = autosize(job, gpu("L4"), 8, micro_batch=4, checkpointing="none")
     graphed = autosize(job.with_(cuda_graphs=True), gpu("L4"), 8, micro_batch=4, checkpointing="none")
     buffers = graphed.memory.cuda_graph_buffers
     assert buffers > 1.0 and graphed.need_upper_gib > eager.need_upper_gib + buffers
-    assert autosize(job.with_(cuda_graphs=True), gpu("L4"), 8, micro_batch=4, checkpointing="full").memory \
-        .cuda_graph_buffers == 0
+    full = autosize(job.with_(cuda_graphs=True), gpu("L4"), 8, micro_batch=4, checkpointing="full")
+    assert 0 < full.memory.cuda_graph_buffers < buffers / 5  # a few tensors between layers, not three per layer

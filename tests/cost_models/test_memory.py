@@ -2,7 +2,7 @@ import pytest
 
 from cost_models.calibration import load_calibration
 from cost_models.errors import EstimateError
-from cost_models.memory import BYTES_PER_PARAM, estimate_memory, memory_features, static_bytes
+from cost_models.memory import BYTES_PER_PARAM, estimate_memory, memory_features, reserved_upper_gib, static_bytes
 from cost_models.shape import FAST_ENGINE
 from tests.cost_models.helpers import shape
 
@@ -131,14 +131,17 @@ def test_offload_counts_a_separate_models_input_embedding_in_host_memory_as_the_
     assert not shape(model="llama-3-8b", checkpointing="offload").input_embedding_on_host, "transformers + PEFT"
 
 
-def test_cuda_graphs_hold_three_static_tensors_per_layer_only_where_the_engine_graphs():
+def test_cuda_graphs_hold_their_static_tensors_only_where_the_engine_graphs():
     graphed = fast(checkpointing="none", micro_batch=4, samples=1.0).with_(cuda_graphs=True)
     arch = graphed.arch
     assert graphed.graphed_tokens == 4 * 2048 + 8  # 4 samples and at least one filler: 8 sample slots
     counted = estimate_memory(graphed, FAST).cuda_graph_buffers * 2**30
-    assert counted == 3 * arch.layers * (4 * 2048 + 8) * arch.hidden * 2
+    assert counted == 3 * arch.layers * (4 * 2048 + 8) * arch.hidden * 2  # three per layer
+    tensor = (4 * 2048 + 8) * arch.hidden * 2
+    for checkpointing, tensors in (("full", 3), ("offload", 7)):  # between the layers, not per layer
+        counted = estimate_memory(graphed.with_(checkpointing=checkpointing), FAST).cuda_graph_buffers * 2**30
+        assert counted == tensors * tensor + 4 * graphed.lora_params
     assert estimate_memory(graphed.with_(cuda_graphs=False), FAST).cuda_graph_buffers == 0
-    assert estimate_memory(graphed.with_(checkpointing="full"), FAST).cuda_graph_buffers == 0  # graphs are off
     assert estimate_memory(shape(checkpointing="none").with_(cuda_graphs=True), COEFFICIENTS).cuda_graph_buffers == 0
     gemma2 = fast(model="gemma-2-2b", checkpointing="none").with_(cuda_graphs=True)  # soft-capped: runs eagerly
     assert estimate_memory(gemma2, FAST).cuda_graph_buffers == 0
@@ -154,6 +157,15 @@ def test_the_counted_graph_buffers_cover_what_graphs_added_to_the_measured_peak(
     job = fast(model=model, checkpointing="none", micro_batch=micro_batch, samples=1.0).with_(cuda_graphs=True)
     counted = estimate_memory(job, FAST).cuda_graph_buffers
     assert graphed_gib - eager_gib <= counted <= 1.3 * (graphed_gib - eager_gib)
+
+
+@pytest.mark.parametrize("micro_batch, graphed_gib", [
+    (1, 1.91), (2, 2.04),  # docs/BENCHMARKS.md round 14: fast:1x8:offload:ce=64:graphs, fast:2x4:offload:ce=64:tile=1024:graphs
+    (4, 2.46),  # fast:4x2:offload:ce=128:tile=2048:graphs
+])
+def test_the_planners_bound_covers_the_measured_lean_runs_with_checkpointed_layers_as_cuda_graphs(micro_batch, graphed_gib):
+    job = fast(model="qwen2-1.5b", checkpointing="offload", micro_batch=micro_batch, samples=1.0).with_(cuda_graphs=True)
+    assert graphed_gib <= reserved_upper_gib(job, FAST, 0.0)
 
 
 def test_kept_merged_weights_hold_every_linear_in_bf16_on_the_fast_engine_only():

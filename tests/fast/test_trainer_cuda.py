@@ -81,10 +81,11 @@ def train_with_and_without(tmp_path, setting: str, training: dict) -> tuple[dict
     return results, logs
 
 
-def test_cuda_graphs_train_packed_data_as_the_eager_layers_do(tmp_path):
+@pytest.mark.parametrize("checkpointing", ["none", "offload"])
+def test_cuda_graphs_train_packed_data_as_the_eager_layers_do(tmp_path, checkpointing):
     """The Trainer with training.cuda_graphs on packed samples of many lengths: every micro-batch replays the
     graphs (padded to micro-batch x max_seq_length rows), and the losses are the eager run's."""
-    results, logs = train_with_and_without(tmp_path, "cuda_graphs", {"max_steps": 6, "activation_checkpointing": "none"})
+    results, logs = train_with_and_without(tmp_path, "cuda_graphs", {"max_steps": 6, "activation_checkpointing": checkpointing})
     assert len(results[True].losses) == 6
     for graphed, eager in zip(results[True].losses, results[False].losses):
         assert graphed == pytest.approx(eager, rel=2e-2)
