@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU-machine call: the rounds named in $@, in order. Rounds: tests, qwen, qwen-fixed, qwen-unsloth,
+# One GPU-machine call: the rounds named in $@, in order. Rounds: tests, qwen, qwen-fixed, qwen-lean-graphs (each
+# lean run with its checkpointed layers as CUDA graphs, first in a process of its own), qwen-unsloth,
 # llama, llama-fixed, llama-unsloth, parity, long, two-gpu, two-gpu-diag (2-GPU step
 # with and without each rank pinned to its own cores, and two 1-GPU runs at once), ray-two-gpu, ray-two-gpu-none
 # (activation checkpointing none, throughput only), ray-two-gpu-graphs (the same with training.cuda_graphs) and
@@ -31,6 +32,8 @@ for round in "$@"; do
     qwen) speed 200 --model qwen2-1.5b --runs ${QWEN_RUNS:-hf:2x4 hf-nockpt:2x4 $QWEN_LEAN \
             fast:8x1:full fast:4x2:none fast:4x2:none:prof} ;;
     qwen-fixed) fixed speed 100 --model qwen2-1.5b --runs ${QWEN_FIXED:-$QWEN_LEAN} ;;
+    qwen-lean-graphs) for run in ${QWEN_LEAN_GRAPHS:-fast:1x8:offload:ce=64:graphs fast:2x4:offload:ce=64:tile=1024:graphs \
+            fast:4x2:offload:ce=128:tile=2048:graphs}; do speed 100 --model qwen2-1.5b --runs $run; done ;;
     qwen-unsloth) timeout 240 python3 bench/unsloth_speed.py --model qwen2-1.5b --out "$out" $STEPS \
             --runs ${QWEN_UNSLOTH:-unsloth:2x4 unsloth:8x1} >> "$log" 2>&1 ;;
     llama) speed 330 --model llama-3-8b --runs ${LLAMA_RUNS:-hf:2x4 hf-nockpt:2x4 $LLAMA_LEAN \
