@@ -1,7 +1,6 @@
 """The local provider's market mechanics on real processes (no Ray needed): offers, notice, deadline kill."""
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from cluster.errors import ClusterError
 from cluster.node.agent import LocalNodeAgent, agent_from_env
 from cluster.providers.local import LocalProvider
 from cluster.processes import ProcessRecord, command_line, session_id, start_ticks

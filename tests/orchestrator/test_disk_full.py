@@ -35,7 +35,7 @@ def test_failed_trial_resumes_with_retry_failed_and_matches_an_uninterrupted_run
     first = controller_record(state_dir, run_id)  # it has released the run; let its process end too
     wait_for(lambda: start_ticks(first.pid) != first.ticks, timeout=60, what="the first controller to exit")
     plain = spottune("resume", run_id, "--state-dir", str(state_dir))
-    assert plain.returncode == 0 and f"--retry-failed` relaunches them" in plain.stdout
+    assert plain.returncode == 0 and "--retry-failed` relaunches them" in plain.stdout
 
     resumed = spottune("resume", run_id, "--retry-failed", "--state-dir", str(state_dir), "--interval", "60")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
