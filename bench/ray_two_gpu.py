@@ -245,7 +245,7 @@ def main() -> int:
     parser.add_argument("--quantization", default=None, help="default: nf4 on cuda, fp32 on cpu")
     parser.add_argument("--rank", type=int, default=64, help="LoRA rank (all-linear)")
     parser.add_argument("--checkpointing", default="full")
-    parser.add_argument("--cuda-graphs", action="store_true", help="training.cuda_graphs (with --checkpointing none)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="training.cuda_graphs (measured with --checkpointing none)")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=8, help="sequences per optimizer step, over all workers")
     parser.add_argument("--micro-batch", type=int, default=2)

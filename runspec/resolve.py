@@ -59,7 +59,7 @@ class Run:
     micro_batch: int | None
     checkpointing: str | None  # none | full | offload
     reason: str  # why this device path
-    cuda_graphs: bool = False  # decoder layers replayed as CUDA graphs (decided with the checkpointing)
+    cuda_graphs: bool = False  # decoder layers replayed as CUDA graphs (on CUDA, with any checkpointing)
     graphs_note: str | None = None  # why not, when training.cuda_graphs asks for them
     merged_weights_kept: bool = False  # training.keep_merged_weights, where the fast engine runs
 

@@ -131,7 +131,7 @@ class CheckpointedGraphs(GraphedLayers):
         torch._foreach_copy_(self.parameter_grads[index], list(grads[1 if index > 0 else 0 :]))
 
     def replay(self, x: torch.Tensor) -> torch.Tensor:
-        return ReplayedLayers.apply(x, self, *self._parameters())
+        return ReplayedLayers.apply(x, self, *self.parameters())
 
     def replay_forward(self, x: torch.Tensor) -> torch.Tensor:
         count, tokens = len(self.layers), x.shape[0]
@@ -182,9 +182,6 @@ class CheckpointedGraphs(GraphedLayers):
                 device_piece.copy_(host_piece, non_blocking=True)
             self.ready[index] = torch.cuda.Event()
             self.ready[index].record(offloader.stream)
-
-    def _parameters(self) -> list[torch.Tensor]:
-        return [p for layer in self.layers for p in layer.parameters()]
 
     def describe(self) -> str:
         refused = "; the host budget cannot hold the offloaded inputs, so the layers run eagerly" if self.refused else ""

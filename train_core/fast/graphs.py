@@ -153,7 +153,7 @@ class GraphedLayers:
         self.callables = torch.cuda.make_graphed_callables(modules, sample_args, num_warmup_iters=3)
         self.addresses = self._parameter_addresses()
         self.captures += 1
-        for parameter in (p for layer in self.layers for p in layer.parameters()):
+        for parameter in self.parameters():
             # A graph's gradient output is overwritten at its next replay; autograd would keep it as .grad
             # (and add the next micro-batch's gradient to itself), so it gets a copy.
             self.hooks.append(parameter.register_hook(torch.Tensor.clone))
@@ -164,8 +164,12 @@ class GraphedLayers:
         return (f"CUDA graphs: {self.replayed} micro-batches replayed, {self.eager} eager, {self.captures} captures "
                 f"({shape})")
 
+    def parameters(self) -> list[torch.Tensor]:
+        """Every layer's adapters, in the model's order."""
+        return [p for layer in self.layers for p in layer.parameters()]
+
     def _parameter_addresses(self) -> list[int]:
-        return [p.data_ptr() for layer in self.layers for p in layer.parameters()]
+        return [p.data_ptr() for p in self.parameters()]
 
     def release(self) -> None:
         for hook in self.hooks:
