@@ -34,6 +34,28 @@ def test_varlen_attention_backend_is_found():
     assert varlen_backend(CUDA) is not None
 
 
+def test_equal_length_samples_attend_batched_with_the_varlen_results():
+    from train_core.fast.attention import attention
+
+    generator = torch.Generator(device=CUDA).manual_seed(0)
+    lengths = [512] * 3
+
+    def leaves() -> list[torch.Tensor]:
+        return [torch.randn(1536, heads, 128, device=CUDA, dtype=torch.bfloat16, generator=generator).requires_grad_()
+                for heads in (12, 2, 2)]
+
+    batched = leaves()
+    varlen = [t.detach().clone().requires_grad_() for t in batched]
+    weights = torch.randn(1536, 12, 128, device=CUDA, generator=generator)
+    batch = PackedBatch.build(*packed_batch(lengths, 100, torch.Generator().manual_seed(1))[:2], None, CUDA)
+    out = attention(*batched, batch)
+    expected = varlen_backend(CUDA)(*varlen, batch.cu_seqlens, 512)
+    (out.float() * weights).sum().backward()
+    (expected.float() * weights).sum().backward()
+    assert relative_error(out, expected) < 1e-2
+    assert max(relative_error(a.grad, b.grad) for a, b in zip(batched, varlen)) < 2e-2
+
+
 def test_varlen_attention_backend_is_found_from_a_forward_without_grad():
     """A checkpointed layer's first forward runs without grad; the probe's backward must still run (it failed
     there once, and every checkpointed run fell back to attention per sample)."""
@@ -88,8 +110,12 @@ def test_offloader_round_trips_in_chunks_and_refuses_what_passes_the_budget():
     del scribble
 
 
-def test_matches_transformers_peft_in_bf16(setup):
+@pytest.mark.parametrize("lengths", ["packed", "equal"])
+def test_matches_transformers_peft_in_bf16(setup, lengths):
+    """Packed samples of different lengths (varlen attention) and of one length (batched SDPA)."""
     path, model, batch = setup
+    if lengths == "equal":
+        batch = packed_batch([256] * 3, model.spec.vocab, torch.Generator().manual_seed(3))
     targets = sorted({key.rsplit(".", 3)[-3] for key in model.adapter_state()})
     twin = hf_twin(model, path, torch.bfloat16, "cuda", targets, r=16, alpha=16)
     loss, grads = run(model, batch, "full")
@@ -170,7 +196,11 @@ GRAPHED_BATCHES = {  # sample lengths of each micro-batch; graphs bound a micro-
     "two shapes": [[300, 77, 512, 135], [512, 400, 11]],
     # 40 samples need a second capture; a 600-row sample and 1224 rows run eagerly
     "every case": [[300, 77, 512, 135], [512, 400, 11], [20] * 40, [600, 100], [512, 512, 200]],
+    "equal lengths": [[256] * 4, [256] * 4],  # captured as they are, attention batched
+    "equal, then mixed": [[256] * 4, [300, 77, 512, 135], [256] * 4],  # padded from the second on
 }
+GRAPHED_CAPTURES = {"every case": (6, 2, (1164, 64, 512, False)), "equal lengths": (4, 1, (1024, 4, 256, True)),
+                    "equal, then mixed": (6, 2, (1108, 8, 512, False))}
 
 
 def graphed_layers(model, mode: str, recompute: Recompute, host_budget_bytes: int | None = None):
@@ -208,8 +238,9 @@ def test_layers_replayed_as_cuda_graphs_give_the_eager_losses_and_accumulated_gr
         if graphs is not None:
             print(graphs.describe())
             assert graphs.eager == (4 if case == "every case" else 0)
-            if case == "every case":
-                assert (graphs.replayed, graphs.captures, graphs.shape) == (6, 2, GraphShape(1164, 64, 512))
+            if case in GRAPHED_CAPTURES:
+                replayed, captures, shape = GRAPHED_CAPTURES[case]
+                assert (graphs.replayed, graphs.captures, graphs.shape) == (replayed, captures, GraphShape(*shape))
     (eager_losses, eager_grads), (graph_losses, graph_grads) = results
     assert relative_error(graph_losses, eager_losses) < 2e-3
     for step, (graph_grad, eager_grad) in enumerate(zip(graph_grads, eager_grads)):

@@ -48,3 +48,28 @@ def test_a_full_micro_batch_of_whole_rows_takes_one_row_per_sample_more():
     assert graphs.shape == GraphShape(4100, 4, 2048)
     _, cu_seqlens = graphs._padded_boundaries(batch)
     assert cu_seqlens.tolist() == [0, 2048, 4096, 4098, 4100]
+
+
+def batch_of(lengths: list[int]) -> PackedBatch:
+    positions = torch.cat([torch.arange(length) for length in lengths])[None]
+    return PackedBatch.build(torch.zeros_like(positions), positions, None, CPU)
+
+
+def test_equal_length_samples_are_captured_as_they_are_until_a_micro_batch_differs():
+    graphs = GraphedLayers([], None, None, 4096, 2048)
+    whole_rows = batch_of([2048, 2048])
+    graphs.shape = graphs._equal_shape(whole_rows)
+    assert graphs.shape == GraphShape(4096, 2, 2048, equal=True)
+    positions, cu_seqlens = graphs._padded_boundaries(whole_rows)
+    assert positions is whole_rows.positions and cu_seqlens.tolist() == [0, 2048, 4096]
+    assert graphs._equal_shape(whole_rows) == graphs.shape
+    half_rows = batch_of([1024, 1024])
+    assert graphs._equal_shape(half_rows) is None and graphs.padded_only
+    assert graphs._padded_shape(half_rows) == GraphShape(4100, 4, 2048)
+    assert graphs._equal_shape(whole_rows) is None  # padded for good
+
+
+def test_a_first_micro_batch_of_mixed_lengths_rules_out_equal_captures():
+    graphs = GraphedLayers([], None, None, 4096, 2048)
+    assert graphs._equal_shape(batch_of([2000, 48])) is None
+    assert graphs._equal_shape(batch_of([2048, 2048])) is None

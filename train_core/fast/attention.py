@@ -1,7 +1,11 @@
-"""Causal attention over packed samples without padding: torch's varlen flash attention, else SDPA per sample.
+"""Causal attention over packed samples without padding: samples of one length batched through SDPA, else torch's
+varlen flash attention, else SDPA per sample.
 
 q is (tokens, heads, head_dim) and k, v are (tokens, kv_heads, head_dim), exactly as the fused QKV
-projection lays them out, so no transposes or copies are needed on the varlen path. The first CUDA
+projection lays them out, so no transposes or copies are needed on the varlen path. When every sample of a
+micro-batch has the same length (rows cut to the sequence length, one sample each), they are one batched SDPA call
+instead: on Hopper SDPA takes cuDNN's kernel there, 27 ms against varlen flash attention's 47 ms forward and
+backward in a Qwen2-1.5B step (docs/BENCHMARKS.md, round 15). The first CUDA
 call probes which form of varlen attention this torch build accepts (native grouped-query heads, or
 K/V repeated to the query heads), forward and backward against SDPA, and keeps it; without one, each
 sample goes through SDPA. A sliding window lets a query see its `window` latest keys (itself included),
@@ -34,10 +38,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBa
     """(tokens, heads, head_dim) causal attention within each sample."""
     window = shape.window if shape.window is not None and shape.window < batch.max_length else None
     if q.is_cuda and shape.softcap is None:
+        if window is None and equal_lengths(batch.lengths):
+            return sdpa_per_sample(q, k, v, batch.lengths, AttentionShape(scale=shape.scale))
         varlen = varlen_backend(q.device)
         if varlen is not None and (window is None or varlen.windows):
             return varlen(q, k, v, batch.cu_seqlens, batch.max_length, window, shape.scale)
     return sdpa_per_sample(q, k, v, batch.lengths, AttentionShape(window, shape.scale, shape.softcap))
+
+
+def equal_lengths(lengths: list[int]) -> bool:
+    """Whether the samples are one run of equal lengths (one batched attention call); a captured batch whose
+    boundaries change between replays has no lengths."""
+    return bool(lengths) and lengths.count(lengths[0]) == len(lengths)
 
 
 def sdpa_per_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], shape: AttentionShape = AttentionShape()) -> torch.Tensor:

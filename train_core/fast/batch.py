@@ -22,7 +22,7 @@ class PackedBatch:
     positions: torch.Tensor  # (N,) int32: position within its sample
     cu_seqlens: torch.Tensor  # (samples + 1,) int32: sample boundaries
     max_length: int
-    lengths: list[int]
+    lengths: list[int]  # empty in a captured batch, whose boundaries change between replays (read cu_seqlens)
     target_rows: torch.Tensor  # (M,) rows whose label is not ignored
     targets: torch.Tensor  # (M,) their labels
     host_input_ids: torch.Tensor | None = None  # (N,) on the CPU, for an embedding kept in host memory

@@ -8,11 +8,13 @@ Packed micro-batches differ in tokens and samples, so each is padded to one capt
 per sample, so that filler samples of 1 to `max_length` rows always fill what the real ones leave). The filler
 rows never reach the loss, and a filler sample attends only to itself. A micro-batch with more samples than the
 capture holds is captured again at the next power of two; one with more rows than the capacity, or with a sample
-longer than `max_length`, runs eagerly.
+longer than `max_length`, runs eagerly. A first micro-batch of equal-length samples is captured as it is instead,
+without fillers, so that attention runs batched (train_core/fast/attention.py); while the micro-batches keep that
+shape they replay it, and the first that does not moves the layers to padded captures for good.
 
 This module graphs activation checkpointing `none`; train_core/fast/checkpoint_graphs.py graphs `full` and
 `offload` with the same padding. Layers are graphed only with varlen flash attention (per-sample attention is shaped
-by the host's list of lengths), and only in training: a forward without gradients runs the layers eagerly.
+by the host's list of lengths, which a padded capture does not have), and only in training: a forward without gradients runs the layers eagerly.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from train_core.fast.arch import ArchSpec
-from train_core.fast.attention import varlen_backend
+from train_core.fast.attention import equal_lengths, varlen_backend
 from train_core.fast.batch import PackedBatch, to_device
 from train_core.fast.layer import DecoderLayer
 
@@ -48,6 +50,7 @@ class GraphShape:
     tokens: int
     sequences: int
     max_length: int
+    equal: bool = False  # `sequences` samples of `max_length` rows each and no fillers
 
 
 class LayerModule(torch.nn.Module):
@@ -82,6 +85,7 @@ class GraphedLayers:
         self.addresses: list[int] = []
         self.hooks: list = []
         self.replayed = self.eager = self.captures = 0
+        self.padded_only = False  # set once a micro-batch did not fit a capture of equal-length samples
 
     def run(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor | None:
         """The last layer's output for `batch` (the input embeddings `x`), or None when it must run eagerly."""
@@ -90,12 +94,10 @@ class GraphedLayers:
         if batch.tokens > self.max_tokens or batch.max_length > self.max_length or self.max_length < 2:
             self.eager += 1
             return None
-        sequences = self.shape.sequences if self.shape else 1
-        while not self._fits(batch, sequences):
-            sequences *= 2
-        if self.shape is None or sequences != self.shape.sequences or self.addresses != self._parameter_addresses():
+        shape = self._equal_shape(batch) or self._padded_shape(batch)
+        if shape != self.shape or self.addresses != self._parameter_addresses():
             self.release()
-            self.capture(GraphShape(self.max_tokens + sequences, sequences, self.max_length), x, batch)
+            self.capture(shape, x, batch)
             if self.shape is None:  # the capture declined (train_core/fast/checkpoint_graphs.py)
                 self.eager += 1
                 return None
@@ -112,6 +114,21 @@ class GraphedLayers:
             hidden = layer(hidden, self.positions, self.cu_seqlens)
         return hidden[: x.shape[0]]
 
+    def _equal_shape(self, batch: PackedBatch) -> GraphShape | None:
+        """The micro-batch's own shape when its samples have one length and it may replay (or make) the capture."""
+        shape = GraphShape(batch.tokens, len(batch.lengths), batch.max_length, equal=True)
+        if not self.padded_only and equal_lengths(batch.lengths) and self.shape in (None, shape):
+            return shape
+        self.padded_only = True
+        return None
+
+    def _padded_shape(self, batch: PackedBatch) -> GraphShape:
+        """The capture's shape padded with filler samples: the fewest (a power of two) that hold what `batch` leaves."""
+        sequences = self.shape.sequences if self.shape and not self.shape.equal else 1
+        while not self._fits(batch, sequences):
+            sequences *= 2
+        return GraphShape(self.max_tokens + sequences, sequences, self.max_length)
+
     def _fits(self, batch: PackedBatch, sequences: int) -> bool:
         """Whether the rows left after `batch` split into the samples left, each of 1 to max_length rows."""
         fillers = sequences - len(batch.lengths)
@@ -121,6 +138,8 @@ class GraphedLayers:
         """(positions, sample boundaries) on the device: the batch's samples, then filler samples of near-equal
         lengths over the remaining rows. No sample is empty: flash attention's backward is not trusted with empty
         samples, and there are always at least as many remaining rows as filler samples."""
+        if self.shape.equal:
+            return batch.positions, batch.cu_seqlens
         pad, fillers = self.shape.tokens - batch.tokens, self.shape.sequences - len(batch.lengths)
         longer = pad % fillers
         lengths = [pad // fillers + 1] * longer + [pad // fillers] * (fillers - longer)
@@ -132,10 +151,11 @@ class GraphedLayers:
     def static_batch(self, shape: GraphShape, batch: PackedBatch, device: torch.device) -> PackedBatch:
         """The batch the graphs are captured over: `shape`, with the static boundaries (set from `batch`'s)."""
         self.shape = shape
-        self.positions, self.cu_seqlens = self._padded_boundaries(batch)
+        self.positions, self.cu_seqlens = (boundary.clone() for boundary in self._padded_boundaries(batch))
         return PackedBatch(
             input_ids=torch.zeros(shape.tokens, dtype=torch.long, device=device), positions=self.positions,
-            cu_seqlens=self.cu_seqlens, max_length=shape.max_length, lengths=[shape.tokens],
+            cu_seqlens=self.cu_seqlens, max_length=shape.max_length,
+            lengths=[shape.max_length] * shape.sequences if shape.equal else [],
             target_rows=torch.zeros(0, dtype=torch.long, device=device),
             targets=torch.zeros(0, dtype=torch.long, device=device),
         )
@@ -159,8 +179,11 @@ class GraphedLayers:
             self.hooks.append(parameter.register_hook(torch.Tensor.clone))
 
     def describe(self) -> str:
-        shape = f"{self.shape.tokens} rows, {self.shape.sequences} samples, longest {self.shape.max_length}" \
-            if self.shape else "nothing captured"
+        shape = "nothing captured"
+        if self.shape is not None:
+            samples = f"{self.shape.sequences} samples of {self.shape.max_length}" if self.shape.equal else \
+                f"{self.shape.sequences} samples, longest {self.shape.max_length}"
+            shape = f"{self.shape.tokens} rows, {samples}"
         return (f"CUDA graphs: {self.replayed} micro-batches replayed, {self.eager} eager, {self.captures} captures "
                 f"({shape})")
 
