@@ -9,6 +9,7 @@ changes how it uses memory or time, then refit with `python -m cost_models.fit`.
     python bench/calibrate_estimator.py --out cost_models/data/calibration.csv --deadline 200
     python bench/calibrate_estimator.py --device cpu --matrix smoke --out /tmp/calib.csv   # dry run
     python bench/calibrate_estimator.py --matrix heldout --split heldout --out ... --stats-out stats.jsonl
+    python bench/calibrate_estimator.py --matrix graphs --out $OUT/graphs.csv --stats-out ... --deadline 135
 
 --split marks the rows: `fit` rows are fitted, `heldout` rows are only scored against the fit (accuracy on
 points it never saw). When an engine change moves its memory or time, mark that engine's older runs `superseded`
@@ -18,7 +19,7 @@ memory goes beyond allocated).
 --engine is train_core's model.engine: auto (default) measures what train_core picks per group (the fast
 engine for NF4 Llama/Qwen2/Mistral, transformers + PEFT otherwise); each row names the engine that ran.
 
-A point with cuda_graphs=True replays the fast engine's decoder layers as CUDA graphs, built
+A point with cuda_graphs=True (the `graphs` matrix) replays the fast engine's decoder layers as CUDA graphs, built
 afresh for that point as `spottune train` builds them for a job of its checkpointing, micro-batch and sequence length,
 and captured in its first (untimed) step; other points drop them. The `cuda_graphs` column records what ran: False
 where graphs do not apply (the CPU dry run, the transformers + PEFT engine, a model the engine cannot capture), so
@@ -144,6 +145,18 @@ MATRIX = {
             P("offload", 4096, 4, 2), P("offload", 2048, 4, 1), P("offload", 8192, 1, 1),
         ), layers=16),
         Group("qwen2.5-3b", "nf4", 16, (P("offload", 4096, 4, 2),)),
+    ),
+    # Layers replayed as CUDA graphs (training.cuda_graphs) in every mode, beside eager twins measured in the same run
+    # (they pin the run's host factor, and give the eager-to-graphed step on one machine); about 110 s on an H200.
+    # Qwen2-1.5B is host-bound eagerly (its graphed steps ran 10-23 % slower than predicted, docs/BENCHMARKS.md
+    # round 14); Llama-3-8B at 8 layers is GPU-bound, with the largest static buffers.
+    "graphs": (
+        Group("qwen2-1.5b", "nf4", 16, (
+            G("none", 2048, 4, 1), P("none", 2048, 4, 1), G("full", 2048, 4, 4), G("offload", 2048, 4, 4),
+            P("offload", 2048, 4, 4), G("offload", 2048, 1, 1, 4),
+        )),
+        Group("llama-3-8b", "nf4", 16, (G("none", 2048, 2, 2), P("none", 2048, 2, 2), G("offload", 2048, 4, 2)),
+              layers=8),
     ),
     "smoke": (
         Group("tiny-qwen2", "bf16", 8, (
