@@ -9,6 +9,7 @@ changes how it uses memory or time, then refit with `python -m cost_models.fit`.
     python bench/calibrate_estimator.py --out cost_models/data/calibration.csv --deadline 200
     python bench/calibrate_estimator.py --device cpu --matrix smoke --out /tmp/calib.csv   # dry run
     python bench/calibrate_estimator.py --matrix heldout --split heldout --out ... --stats-out stats.jsonl
+    python bench/calibrate_estimator.py --matrix graphs --out $OUT/graphs.csv --stats-out ... --deadline 135
 
 --split marks the rows: `fit` rows are fitted, `heldout` rows are only scored against the fit (accuracy on
 points it never saw). When an engine change moves its memory or time, mark that engine's older runs `superseded`
@@ -17,6 +18,14 @@ memory goes beyond allocated).
 
 --engine is train_core's model.engine: auto (default) measures what train_core picks per group (the fast
 engine for NF4 Llama/Qwen2/Mistral, transformers + PEFT otherwise); each row names the engine that ran.
+
+A point with cuda_graphs=True (the `graphs` matrix) replays the fast engine's decoder layers as CUDA graphs, built
+afresh for that point as `spottune train` builds them for a job of its checkpointing, micro-batch and sequence length,
+and captured in its first (untimed) step; other points drop them. The `cuda_graphs` column records what ran: False
+where graphs do not apply (the CPU dry run, the transformers + PEFT engine, a model the engine cannot capture), so
+such a point is recorded as the eager point it was; one whose micro-batches ran partly eager gets status
+`partly-eager` (never fitted). Appending to a CSV of an older bench first gives it today's header (its rows read the
+new columns as empty).
 
 Groups run one after another in this process and rows are appended in that order: the fast engine's
 dequantization buffers (train_core.fast.lora.BUFFERS) are module-global and only grow, so a group inherits
@@ -28,6 +37,7 @@ import argparse
 import csv
 import dataclasses
 import datetime
+import functools
 import gc
 import importlib.metadata
 import json
@@ -51,7 +61,7 @@ COLUMNS = [
     "checkpointing", "seq_len", "micro_batch", "grad_accum", "samples_per_row", "tokens_per_micro_batch",
     "targets_per_micro_batch", "status", "peak_allocated_gib", "peak_reserved_gib", "step_s", "step_s_min",
     "weights_gib", "lora_params", "context_gib", "timed_steps", "checkpoint_mb", "checkpoint_s", "split",
-    "input_embedding",
+    "input_embedding", "cuda_graphs",
 ]
 
 
@@ -62,6 +72,7 @@ class Point:
     micro_batch: int
     samples_per_row: int  # 1 = one sample per row (plain causal attention when micro_batch is 1)
     grad_accum: int = 1
+    cuda_graphs: bool = False  # replay the layers as CUDA graphs (fast engine on CUDA only)
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class Group:
 
 
 P = Point
+G = functools.partial(Point, cuda_graphs=True)
 MATRIX = {
     "default": (
         Group("llama-3-8b", "bf16", 8, (
@@ -134,8 +146,22 @@ MATRIX = {
         ), layers=16),
         Group("qwen2.5-3b", "nf4", 16, (P("offload", 4096, 4, 2),)),
     ),
+    # Layers replayed as CUDA graphs (training.cuda_graphs) in every mode, beside eager twins measured in the same run
+    # (they pin the run's host factor, and give the eager-to-graphed step on one machine); about 110 s on an H200.
+    # Qwen2-1.5B is host-bound eagerly (its graphed steps ran 10-23 % slower than predicted, docs/BENCHMARKS.md
+    # round 14); Llama-3-8B at 8 layers is GPU-bound, with the largest static buffers.
+    "graphs": (
+        Group("qwen2-1.5b", "nf4", 16, (
+            G("none", 2048, 4, 1), P("none", 2048, 4, 1), G("full", 2048, 4, 4), G("offload", 2048, 4, 4),
+            P("offload", 2048, 4, 4), G("offload", 2048, 1, 1, 4),
+        )),
+        Group("llama-3-8b", "nf4", 16, (G("none", 2048, 2, 2), P("none", 2048, 2, 2), G("offload", 2048, 4, 2)),
+              layers=8),
+    ),
     "smoke": (
-        Group("tiny-qwen2", "bf16", 8, (P("none", 128, 2, 2), P("full", 256, 1, 1), P("full", 128, 2, 2, 2))),
+        Group("tiny-qwen2", "bf16", 8, (
+            P("none", 128, 2, 2), P("full", 256, 1, 1), P("full", 128, 2, 2, 2), G("none", 128, 2, 2),
+        )),
         Group("tiny-llama", "nf4", 16, (P("none", 256, 1, 1),), targets=("q_proj", "v_proj")),
     ),
 }
@@ -258,6 +284,27 @@ class Bench:
             engine.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         engine.path = self.trainer.path
 
+    def set_graphs(self, point: Point) -> None:
+        """Drop the loaded engine's CUDA graphs and, when the point asks for them and the engine can capture, build
+        new ones for the point's checkpointing (set first) and micro-batch bounds, as train_core.fast.engine's
+        build_fast_engine does for a job of max_seq_length = seq_len; they capture at the first micro-batch."""
+        engine = self.trainer.engine
+        if self.engine_name != "train_core-fast":
+            return
+        from train_core.fast.graphs import graphs_unsupported
+
+        if engine.graphs is not None:
+            engine.graphs.release()
+            engine.graphs = None
+        if point.cuda_graphs and graphs_unsupported(engine.model.spec, engine.device) is None:
+            engine.graphs = engine._graphs(engine.mlp_tile_rows, (point.micro_batch * point.seq_len, point.seq_len))
+        self.trainer.path = dataclasses.replace(self.trainer.path, cuda_graphs=engine.graphs is not None)
+
+    def graphs_replayed(self) -> bool:
+        """Whether the last point's micro-batches replayed as CUDA graphs (a calibration.csv column)."""
+        graphs = getattr(self.trainer.engine, "graphs", None)
+        return graphs is not None and graphs.replayed > 0
+
     def measure(self, point: Point, warmup: int, timed: int) -> dict:
         """Steady-state peak memory (after the first step) and the median of `timed` step times."""
         import torch
@@ -267,6 +314,7 @@ class Bench:
 
         trainer = self.trainer
         self.set_checkpointing(point.checkpointing)
+        self.set_graphs(point)
         steps = warmup + timed
         batch = point.micro_batch * point.grad_accum
         samples = synthetic_samples(point, self.arch.vocab, batch * steps, seed=point.seq_len)
@@ -286,9 +334,10 @@ class Bench:
                 times.append(record["step_seconds"])
         rows = trainer.plan.step_rows(0, 0)
         micro = trainer.plan.micro_batches(rows, point.micro_batch)[0]
+        mixed = self.graphs_replayed() and trainer.engine.graphs.eager > 0  # neither a graphed nor an eager point
         result = {
             "tokens_per_micro_batch": micro.input_ids.numel(), "targets_per_micro_batch": micro.num_targets,
-            "step_s": statistics.median(times), "step_s_min": min(times), "status": "ok",
+            "step_s": statistics.median(times), "step_s_min": min(times), "status": "partly-eager" if mixed else "ok",
             "peak_allocated_gib": "", "peak_reserved_gib": "", "context_gib": "",
         }
         if cuda:
@@ -346,6 +395,22 @@ def _arch(group: Group) -> Architecture:
     return arch.with_layers(group.layers or arch.layers)
 
 
+def upgrade_header(path: Path) -> None:
+    """Give a CSV written by an older bench (its columns a prefix of COLUMNS) today's header line; its rows stay as
+    they are and read the newer columns as empty."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        lines = handle.readlines() or ["\r\n"]
+    header = next(csv.reader(lines[:1]), [])
+    if header == COLUMNS:
+        return
+    if header != COLUMNS[: len(header)]:
+        raise SystemExit(f"{path}: its header is not this bench's columns (or an older prefix of them); "
+                         "write to another --out")
+    ending = lines[0][len(lines[0].rstrip("\r\n")):]
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(",".join(COLUMNS) + ending + "".join(lines[1:]))
+
+
 def write_row(path: Path, row: dict) -> None:
     new = not path.is_file()
     with open(path, "a", encoding="utf-8", newline="") as handle:
@@ -384,13 +449,16 @@ def measure_group(group: Group, bench: Bench, context: dict, args: argparse.Name
         if checkpoint is not None:
             row.update(checkpoint_mb=checkpoint[0], checkpoint_s=checkpoint[1])
         row["input_embedding"] = bench.input_embedding_placement()  # measure() set the point's mode
+        row["cuda_graphs"] = bench.graphs_replayed()
         allocator = result.pop("allocator", None)
         write_row(Path(args.out), {**row, **result})
         if args.stats_out:
             with open(args.stats_out, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({**row, **result, "allocator": allocator}, default=str) + "\n")
         shown = {key: result.get(key) for key in ("status", "peak_reserved_gib", "step_s")}
-        print(f"   {point}: {json.dumps(shown, default=lambda v: round(v, 3))}", flush=True)
+        graphs = getattr(bench.trainer.engine, "graphs", None)  # its replay and capture counts, for the log
+        print(f"   {point}: {json.dumps(shown, default=lambda v: round(v, 3))}"
+              + (f"; {graphs.describe()}" if graphs is not None else ""), flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -409,6 +477,8 @@ def run(args: argparse.Namespace) -> int:
         "run": now.strftime("%Y-%m-%dT%H:%MZ"), "date": now.date().isoformat(), "versions": versions(),
         "card": torch.cuda.get_device_name() if device == "cuda" else "cpu",
     }
+    if Path(args.out).is_file():
+        upgrade_header(Path(args.out))  # before any GPU time is spent: a foreign CSV is refused here
     work = Path(tempfile.mkdtemp(prefix="spottune-calib-"))
     built: dict[str, Path] = {}
     uses = Counter(_arch(group).name for group in MATRIX[args.matrix])
@@ -446,7 +516,8 @@ def print_table(path: Path, run_id: str) -> None:
         rows = [row for row in csv.DictReader(handle) if row["run"] == run_id]
     print("arch engine mode seq x mb x acc spr | status alloc reserved step_s")
     for r in rows:
-        print(f"{r['arch']} {r['engine']} {r['checkpointing']} {r['seq_len']}x{r['micro_batch']}x{r['grad_accum']} "
+        mode = r["checkpointing"] + ("+graphs" if r["cuda_graphs"] == "True" else "")
+        print(f"{r['arch']} {r['engine']} {mode} {r['seq_len']}x{r['micro_batch']}x{r['grad_accum']} "
               f"{r['samples_per_row']} | {r['status']} {r['peak_allocated_gib']} {r['peak_reserved_gib']} "
               f"{r['step_s']}")
 

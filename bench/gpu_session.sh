@@ -5,8 +5,9 @@
 # with and without each rank pinned to its own cores, and two 1-GPU runs at once), ray-two-gpu, ray-two-gpu-none
 # (activation checkpointing none, throughput only), ray-two-gpu-graphs (the same with training.cuda_graphs) and
 # ray-resume-graphs (its killed-and-resumed run; the ray rounds need bench/ray_site.sh's tarballs unpacked onto
-# PYTHONPATH as well), calibrate (the estimator's default matrix, 2 min) and calibrate-heldout (its held-out and
-# offload matrices, 6 min; cost_models/README.md says how the rows are merged). `-fixed` repeats the lean runs with the allocator's
+# PYTHONPATH as well), calibrate (the estimator's default matrix, 2 min), calibrate-heldout (its held-out and
+# offload matrices, 6 min) and calibrate-graphs (its graphs matrix: layers as CUDA graphs beside eager twins, 2 min;
+# cost_models/README.md says how the rows are merged). `-fixed` repeats the lean runs with the allocator's
 # expandable segments off (the engine's default before issue 13) for a before/after in the same call;
 # `-unsloth` runs Unsloth in its own process (`../shared/tools/gpu-wheels --with-unsloth`).
 # Everything is logged to $OUT/session.log, results to $OUT/results.jsonl, profiles to $OUT/profile.txt;
@@ -64,6 +65,8 @@ for round in "$@"; do
     calibrate-heldout) for m in "heldout 160" "heldout2 135" "fitoffload 50"; do set -- $m
             timeout $(( $2 + 25 )) python3 bench/calibrate_estimator.py --matrix $1 --out "$out/$1.csv" \
             --stats-out "$out/$1_stats.jsonl" --deadline $2; done >> "$log" 2>&1 ;;
+    calibrate-graphs) timeout 165 python3 bench/calibrate_estimator.py --matrix graphs --out "$out/graphs.csv" \
+            --stats-out "$out/graphs_stats.jsonl" --deadline 135 >> "$log" 2>&1 ;;
     long) timeout 110 python3 bench/long_context.py --model llama-3-8b --layers 4 \
             --lengths ${LONG_LENGTHS:-131072 262144 409600} --out "$out" >> "$log" 2>&1 ;;
   esac

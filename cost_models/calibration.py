@@ -179,7 +179,17 @@ def _float(value: str) -> float | None:
     return float(value) if value not in ("", None) else None
 
 
+def _cuda_graphs(value: str | None, source: str) -> bool:
+    """Whether the row's layers replayed as CUDA graphs; empty or absent (rows from before the column) is False."""
+    if value not in ("True", "False", "", None):
+        raise EstimateError(f"{source}: cuda_graphs is {value!r}; accepted: True, False or empty")
+    return value == "True"
+
+
 def measurement_from_row(row: dict[str, str], source: str) -> Measurement:
+    if None in row:
+        raise EstimateError(f"{source}: more fields than the header names; the rows were appended under an older "
+                            "header (copy the bench CSV's header line over it)")
     card = gpu_for_device(row["card"])
     if card is None:
         raise EstimateError(f"{source}: card {row['card']!r} is not in cost_models/data/gpus.csv device_names")
@@ -195,6 +205,7 @@ def measurement_from_row(row: dict[str, str], source: str) -> Measurement:
         rows=RowStats(tokens / micro_batch, seq_len, float(row["samples_per_row"]), targets / tokens, 0, source),
         engine=LEGACY_ENGINE_NAMES.get(row["engine"], row["engine"]),
         embedding_measured_on_gpu=(row.get("input_embedding") or "gpu") == "gpu",
+        cuda_graphs=_cuda_graphs(row.get("cuda_graphs"), source),
     )
     return Measurement(
         shape=shape, gpu=card, run=row["run"], status=row["status"],

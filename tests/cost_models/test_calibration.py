@@ -6,6 +6,7 @@ import pytest
 
 from cost_models.catalog import gpus
 from cost_models.calibration import FIT, MEASUREMENTS, load_calibrations, load_measurements, sha256
+from cost_models.errors import EstimateError
 from cost_models.estimate import estimate
 from cost_models.fast_engine import dequant_buffer_elements
 from cost_models.fit import point_host_ahead
@@ -204,3 +205,54 @@ def test_replaying_a_run_recovers_the_dequant_buffers_its_process_held(tmp_path)
     assert after_llama.carried_gib == pytest.approx(2 * sum(big) / 2**30 - own)
     assert hf_after.carried_gib == pytest.approx(2 * sum(big) / 2**30)  # the HF engine has no buffers of its own
     assert other_run.held_buffers == (0, 0)
+
+
+
+def _measured_rows() -> tuple[list[dict], list[str]]:
+    """The checked-in rows, and their columns before cuda_graphs."""
+    with open(MEASUREMENTS, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return rows, [column for column in rows[0] if column != "cuda_graphs"]
+
+
+def _write_rows(path, rows, columns):
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_graphed_rows_load_as_graphed_shapes_and_older_rows_as_eager(tmp_path):
+    """The cuda_graphs column (bench/calibrate_estimator.py's graphs matrix) sets the shape's cuda_graphs, so the
+    fast engine's NF4 Llama/Qwen2 rows are predicted graphed; rows from before the column read as eager."""
+    rows, columns = _measured_rows()
+    qwen = next(r for r in rows if r["engine"] == "train_core-fast" and r["arch"] == "qwen2-1.5b"
+                and r["checkpointing"] == "none")
+    llama = next(r for r in rows if r["engine"] == "train_core-fast" and r["arch"] == "llama-3-8b")
+    hf = next(r for r in rows if r["engine"] == "train_core-hf" and r["arch"] == "qwen2-1.5b")
+    old = tmp_path / "old.csv"
+    _write_rows(old, [qwen, llama], columns)
+    assert [p.shape.graphed for p in load_measurements(old)] == [False, False]
+    new = tmp_path / "new.csv"
+    flagged = [{**qwen, "cuda_graphs": "True"}, {**llama, "cuda_graphs": "True"}, {**hf, "cuda_graphs": "True"},
+               {**qwen, "cuda_graphs": "False"}, {**qwen, "cuda_graphs": ""}]
+    _write_rows(new, flagged, [*columns, "cuda_graphs"])
+    points = load_measurements(new)
+    assert [p.shape.graphed for p in points] == [True, True, False, False, False]  # the plain engine has no graphs
+    time = CALIBRATIONS["train_core-fast"].time
+    graphed, eager = (estimate_step_time(p.shape, p.gpu, time).step for p in (points[0], points[3]))
+    assert graphed < eager  # no host work per layer when graphed
+
+
+def test_a_row_longer_than_its_header_or_an_unknown_flag_is_refused(tmp_path):
+    rows, columns = _measured_rows()
+    row = next(r for r in rows if r["engine"] == "train_core-fast")
+    path = tmp_path / "calibration.csv"
+    _write_rows(path, [{**row, "cuda_graphs": "yes"}], [*columns, "cuda_graphs"])
+    with pytest.raises(EstimateError, match="cuda_graphs is 'yes'"):
+        load_measurements(path)
+    _write_rows(path, [], columns)
+    with open(path, "a", encoding="utf-8", newline="") as handle:  # a new bench row under an older header
+        csv.writer(handle).writerow([row[column] for column in columns] + ["True"])
+    with pytest.raises(EstimateError, match="more fields than the header"):
+        load_measurements(path)
