@@ -144,7 +144,7 @@ class CheckpointedGraphs(GraphedLayers):
                 if index >= 2 and index - 2 in self.copied:
                     compute.wait_event(self.copied.pop(index - 2))  # this layer's output overwrites that input
                 if index < count - 1:
-                    self._to_host(index, compute)
+                    self.copied[index] = self.offloader.copy_out(index, self.input_buffer(index))
             self.forwards[index].replay()
         return self.input_buffer(count)[:tokens]
 
@@ -156,32 +156,18 @@ class CheckpointedGraphs(GraphedLayers):
         compute = torch.cuda.current_stream(grad.device)
         if self.offloader is not None and count > 1:
             self.copied.clear()
-            self._from_host(count - 2, compute)
+            self._restore(count - 2)
         for index in reversed(range(count)):
             if self.offloader is not None and index < count - 1:
                 compute.wait_event(self.ready.pop(index))
                 if index > 0:
-                    self._from_host(index - 1, compute)  # after the layer that read its buffer last
+                    self._restore(index - 1)  # after the layer that read its buffer last
             self.backwards[index].replay()
         return [grad.clone() for grads in self.parameter_grads for grad in grads]
 
-    def _to_host(self, index: int, compute: torch.cuda.Stream) -> None:
-        offloader = self.offloader
-        offloader.stream.wait_stream(compute)
-        with torch.cuda.stream(offloader.stream):
-            for device_piece, host_piece in offloader.store.pieces(index, self.input_buffer(index).view(-1)):
-                host_piece.copy_(device_piece, non_blocking=True)
-            self.copied[index] = torch.cuda.Event()
-            self.copied[index].record(offloader.stream)
-
-    def _from_host(self, index: int, compute: torch.cuda.Stream) -> None:
-        offloader = self.offloader
-        offloader.stream.wait_stream(compute)
-        with torch.cuda.stream(offloader.stream):
-            for device_piece, host_piece in offloader.store.pieces(index, self.restored[index % 2].view(-1)):
-                device_piece.copy_(host_piece, non_blocking=True)
-            self.ready[index] = torch.cuda.Event()
-            self.ready[index].record(offloader.stream)
+    def _restore(self, index: int) -> None:
+        """Start copying layer `index`'s offloaded input back into its restore buffer."""
+        self.ready[index] = self.offloader.copy_in(index, self.restored[index % 2])
 
     def describe(self) -> str:
         refused = "; the host budget cannot hold the offloaded inputs, so the layers run eagerly" if self.refused else ""

@@ -30,28 +30,39 @@ class ActivationOffloader:
             self.kept.add(index)
             return False
         self.kept.discard(index)
-        self.stream.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(self.stream):
-            for device_piece, host_piece in self.store.pieces(index, x.reshape(-1)):
-                host_piece.copy_(device_piece, non_blocking=True)
+        self.copy_out(index, x)
         x.record_stream(self.stream)
         self.meta[index] = (x.shape, x.dtype)
         return True
+
+    def copy_out(self, index: int, x: torch.Tensor) -> torch.cuda.Event:
+        """Copy x into layer `index`'s reserved host chunks on the side stream, after the compute stream's work so far;
+        the event marks the copy done."""
+        return self._copy(index, x, to_host=True)
+
+    def copy_in(self, index: int, x: torch.Tensor) -> torch.cuda.Event:
+        """Fill x from layer `index`'s host chunks on the side stream, after the compute stream's work so far (x's
+        earlier readers); the event marks it filled."""
+        return self._copy(index, x, to_host=False)
+
+    def _copy(self, index: int, x: torch.Tensor, to_host: bool) -> torch.cuda.Event:
+        self.stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(self.stream):
+            for device_piece, host_piece in self.store.pieces(index, x.view(-1)):
+                (host_piece.copy_(device_piece, non_blocking=True) if to_host
+                 else device_piece.copy_(host_piece, non_blocking=True))
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return event
 
     def prefetch(self, index: int) -> None:
         if index in self.ready or index not in self.meta:
             return
         shape, dtype = self.meta[index]
-        compute = torch.cuda.current_stream(self.stream.device)
         # Allocated from the compute stream's pool, which reuses it once the layer is done; a block taken from the
         # side stream's own pool would stay there, reserved but idle (0.23-0.39 GiB on 8 layers of Llama-3-8B).
         x = torch.empty(shape, dtype=dtype, device=self.stream.device)
-        self.stream.wait_stream(compute)  # the block's earlier users on the compute stream finish before it is written
-        with torch.cuda.stream(self.stream):
-            for device_piece, host_piece in self.store.pieces(index, x.view(-1)):
-                device_piece.copy_(host_piece, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(self.stream)
+        event = self.copy_in(index, x)
         x.record_stream(self.stream)
         self.ready[index] = (x, event)
 
