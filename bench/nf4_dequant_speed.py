@@ -51,13 +51,18 @@ def time_ms(run, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(description: str) -> argparse.Namespace:
+    """--model, --rank, --repeats and --out, as the dequantization benchmarks take them."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="llama-3-8b", choices=sorted(ARCHITECTURES))
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = arguments(__doc__)
     import bitsandbytes.functional as bnb
 
     torch.manual_seed(0)

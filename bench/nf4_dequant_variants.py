@@ -12,7 +12,6 @@ that change one thing each, on one model's projection shapes, each checked again
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
@@ -24,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ARCHITECTURES, environment  # noqa: E402
-from bench.nf4_dequant_speed import projection_shapes, time_ms  # noqa: E402
+from bench.nf4_dequant_speed import arguments, projection_shapes, time_ms  # noqa: E402
 from train_core.fast.nf4 import NF4Weight, quantize_nf4  # noqa: E402
 from train_core.kernels.nf4_dequant import NF4_CODE, DequantTiles, dequantize_reference  # noqa: E402
 
@@ -107,12 +106,7 @@ def run_variant(nf4: NF4Weight, out: torch.Tensor, a: torch.Tensor, b: torch.Ten
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="llama-3-8b", choices=sorted(ARCHITECTURES))
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = arguments(__doc__)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     layers = ARCHITECTURES[args.model]["num_hidden_layers"]
