@@ -38,6 +38,7 @@ class MemoryCoefficients:
     mask_per_layer: float | None = None
     working_float_base: float | None = None
     offload_pending: float | None = None  # fast engine: offloaded layer inputs whose blocks wait on the copy stream
+    graph_pool: float | None = None  # fast engine: bytes of the private pool its checkpointed CUDA graphs allocate in
     margin: float = 0.0  # relative allowance above the point for the upper bound (worst fitted under-prediction)
 
 

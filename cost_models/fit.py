@@ -64,8 +64,9 @@ def solve(matrix: list[list[float]], vector: list[float]) -> list[float]:
 
 
 def nonnegative_least_squares(rows: list[list[float]], targets: list[float], weights: list[float]) -> list[float]:
-    """Weighted least squares; features whose coefficient comes out negative are dropped and the rest refit."""
-    active = list(range(len(rows[0])))
+    """Weighted least squares; features that no row has, or whose coefficient comes out negative, get 0 and the
+    rest are refit."""
+    active = [j for j in range(len(rows[0])) if any(row[j] for row in rows)]
     while True:
         scale = [max(abs(row[j]) for row in rows) or 1.0 for j in active]
         pairs = list(zip(active, scale))

@@ -30,7 +30,7 @@ SOFTCAPPED_MODEL_TYPES = {"gemma2"}  # final_logit_softcapping: train_core.loss 
 COMPONENTS = {  # memory feature: the breakdown field it belongs to
     "saved": "activations", "saved_float_base": "activations", "working": "layer_recompute",
     "working_float_base": "layer_recompute", "mask_per_layer": "attention_mask", "logits": "logits_loss",
-    "one": "allocator_and_workspace", "offload_pending": "offload_pending",
+    "one": "allocator_and_workspace", "offload_pending": "offload_pending", "graph_pool": "allocator_and_workspace",
 }
 
 
@@ -138,7 +138,9 @@ def _fast_features(shape: JobShape) -> dict[str, float]:
     (never offloaded) and the one prefetched while the layer after it runs backward. `offload_pending`: each
     offloaded input is recorded on the copy stream, so the caching allocator holds its block until the copy has
     run on the GPU; when the host launches the forward ahead of the GPU, up to every offloaded input is held at
-    once (counted here at that worst case; estimate_memory scales it by how far ahead the host runs)."""
+    once (counted here at that worst case; estimate_memory scales it by how far ahead the host runs). Checkpointed
+    layers replayed as CUDA graphs copy through static buffers instead (nothing pending) and allocate inside a
+    private pool of their own, `graph_pool` (one per job: its fitted scale is in bytes)."""
     arch = shape.arch
     tokens = shape.max_tokens_per_micro_batch
     layer = fast_engine.layer_saved_bytes_per_token(arch)
@@ -151,13 +153,14 @@ def _fast_features(shape: JobShape) -> dict[str, float]:
     else:
         saved, working = tokens * 2 * layer_input, tokens * (layer + backward)
     targets = shape.targets(tokens)
-    pending = tokens * (arch.layers - 1) * layer_input if shape.checkpointing == "offload" else 0
+    pending = tokens * (arch.layers - 1) * layer_input if shape.checkpointing == "offload" and not shape.graphed else 0
     return {
         "saved": float(saved),
         "working": float(working),
         "logits": 2.0 * min(targets, ce_chunk_rows(arch.vocab)) * arch.vocab + 3 * layer_input * targets,
         "one": 1.0,
         "offload_pending": float(pending),
+        "graph_pool": 1.0 if shape.graphed and shape.checkpointing != "none" else 0.0,
     }
 
 

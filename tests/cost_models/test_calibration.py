@@ -9,9 +9,9 @@ from cost_models.calibration import FIT, MEASUREMENTS, load_calibrations, load_m
 from cost_models.errors import EstimateError
 from cost_models.estimate import estimate
 from cost_models.fast_engine import dequant_buffer_elements
-from cost_models.fit import point_host_ahead
+from cost_models.fit import fit_memory, point_host_ahead
 from cost_models.memory import estimate_memory, static_bytes
-from cost_models.shape import ENGINES
+from cost_models.shape import ENGINES, FAST_ENGINE
 from cost_models.step_time import estimate_step_time
 
 MEASURED = [p for p in load_measurements() if p.status == "ok"]
@@ -27,28 +27,47 @@ def gpu_named(name):
 def _label(point) -> str:
     s = point.shape
     return (f"{point.run} {s.engine} {s.arch.name} {s.quantization} r{s.lora_rank} {'+'.join(s.lora_targets)[:20]} "
-            f"{s.checkpointing} {s.micro_batch}x{s.seq_len}")
+            f"{s.checkpointing}{'+graphs' if s.graphed else ''} {s.micro_batch}x{s.seq_len}")
 
 
-# Points outside a test's bound on the checked-in fit (2026-11-30 recalibration, cost_models/README.md): listed so
-# that the gap stays visible; strict, so a refit that brings one back inside fails here until it is struck off.
-HOST_HISTORY = "the same point reserved 5.38 GiB on 2026-11-28 and 4.51 today at the same allocated 4.31 GiB"
+# Points outside a test's bound on the checked-in fit (second 2026-11-30 recalibration, cost_models/README.md): listed
+# so that the gap stays visible; strict, so a refit that brings one back inside fails here until it is struck off.
+HOST_HISTORY = "the same point reserved 5.38 GiB on 2026-11-28 and 4.51 in both runs of 2026-11-30 (4.31 allocated)"
+SMALL_HOST = "host-bound SmolLM2, faster than the host model says (the run's fitted Qwen2.5-3B, Phi-3: within 17 %)"
+SOFTCAP = ("likely the extra launches of a Gemma 2 layer (soft-capped attention as plain ops, four norms), which the "
+           "per-layer host cost fitted on Llama/Qwen2 layers leaves out")
+AFTER_GRAPHS = ("loaded after the Qwen2-1.5B group had captured CUDA graphs: 0.19 GiB more allocated than counted "
+                "(0.07 in the default run's Llama group)")
 KNOWN_MISSES = {
     "fit_memory": {
         "2026-11-30T06:49Z train_core-hf qwen2-0.5b bf16 r8 q_proj+k_proj+v_proj full 2x8192": HOST_HISTORY,
+        "2026-11-30T10:39Z train_core-hf qwen2-0.5b bf16 r8 q_proj+k_proj+v_proj full 2x8192": HOST_HISTORY,
     },
     "heldout_memory": {
-        "2026-11-30T06:54Z train_core-fast smollm2-135m nf4 r16 q_proj+k_proj+v_proj full 8x1024":
-            "1.09 GiB measured, 0.95 predicted (-13.5 %), 2.6 % above the upper bound: the smallest model measured",
+        "2026-11-30T10:41Z train_core-fast smollm2-135m nf4 r16 q_proj+k_proj+v_proj full 8x1024":
+            "1.09 GiB measured, 0.95 predicted (-13.2 %), 2.2 % above the upper bound: the smallest model measured",
     },
     "heldout_time": {
-        "2026-11-29T19:58Z train_core-hf gemma-2-2b nf4 r16 q_proj+k_proj+v_proj none 2x1024": "-22.9 %",
-        "2026-11-29T20:03Z train_core-hf gemma-2-2b nf4 r16 q_proj+k_proj+v_proj full 4x1024": "-20.4 %",
-        "2026-11-30T06:54Z train_core-fast mistral-7b nf4 r16 q_proj+k_proj+v_proj none 2x1024": "+22.0 %",
-        "2026-11-30T06:54Z train_core-fast smollm2-1.7b nf4 r16 q_proj+k_proj+v_proj none 2x2048": "+26.5 %",
-        "2026-11-30T06:54Z train_core-fast smollm2-135m nf4 r16 q_proj+k_proj+v_proj full 8x1024": "-23.0 %",
-        "2026-11-30T06:54Z train_core-fast gemma-2-2b nf4 r16 q_proj+k_proj+v_proj none 2x1024": "-25.6 %",
-        "2026-11-30T06:57Z train_core-fast gemma-2-2b nf4 r16 q_proj+k_proj+v_proj full 4x1024": "-21.8 %",
+        "2026-11-29T19:58Z train_core-hf gemma-2-2b nf4 r16 q_proj+k_proj+v_proj full 1x2048": "-21.2 %",
+        "2026-11-29T19:58Z train_core-hf gemma-2-2b nf4 r16 q_proj+k_proj+v_proj none 2x1024": "-26.0 %",
+        "2026-11-29T20:03Z train_core-hf gemma-2-2b nf4 r16 q_proj+k_proj+v_proj full 4x1024": "-23.2 %",
+        "2026-11-30T10:41Z train_core-fast smollm2-1.7b nf4 r16 q_proj+k_proj+v_proj none 2x2048":
+            f"+38.8 %: {SMALL_HOST}",
+        "2026-11-30T10:41Z train_core-fast smollm2-135m nf4 r16 q_proj+k_proj+v_proj none 4x2048":
+            f"+31.2 %: {SMALL_HOST}",
+        "2026-11-30T10:41Z train_core-fast smollm2-135m nf4 r16 q_proj+k_proj+v_proj full 8x1024":
+            f"+21.9 %: {SMALL_HOST}",
+        "2026-11-30T10:41Z train_core-fast smollm2-135m nf4 r16 q_proj+k_proj+v_proj offload 2x4096":
+            f"+32.3 %: {SMALL_HOST}",
+        "2026-11-30T10:41Z train_core-fast gemma-2-2b nf4 r16 q_proj+k_proj+v_proj full 1x2048": f"-27.6 %: {SOFTCAP}",
+        "2026-11-30T10:43Z train_core-fast gemma-2-2b nf4 r16 q_proj+k_proj+v_proj full 4x1024": f"-27.4 %: {SOFTCAP}",
+        "2026-11-30T10:43Z train_core-fast gemma-2-2b nf4 r16 q_proj+k_proj+v_proj none 4x512": f"-31.1 %: {SOFTCAP}",
+        "2026-11-30T10:43Z train_core-fast qwen2.5-7b nf4 r16 q_proj+k_proj+v_proj none 1x2048":
+            "-29.7 %: 0.373 s measured, 0.272 s for the same point at 06:57Z (its neighbours repeated within 3 %)",
+    },
+    "loaded_weights": {
+        f"2026-11-30T10:40Z train_core-fast llama-3-8b[8L] nf4 r16 q_proj+k_proj+v_proj {mode}": AFTER_GRAPHS
+        for mode in ("none+graphs 2x2048", "none 2x2048", "offload+graphs 4x2048")
     },
 }
 
@@ -167,14 +186,14 @@ def test_intervals_widen_with_distance():
     assert far.step_high / far.time.step > near.step_high / near.time.step
 
 
-def test_exact_terms_match_the_memory_measured_after_loading():
+@pytest.mark.parametrize("point", cases(MEASURED, "loaded_weights"))
+def test_exact_terms_match_the_memory_measured_after_loading(point):
     """Weights and fp32 adapters, counted exactly, against torch.cuda.memory_allocated() after loading (plus the
     dequantization buffers and up to 0.11 GiB of CUDA workspaces and tensors that earlier groups left allocated).
     The bench loads a group's model once, with the input embedding on the GPU, and moves it per mode afterwards."""
-    for point in MEASURED:
-        static = static_bytes(point.shape.with_(embedding_measured_on_gpu=True))
-        counted = (static["weights"] + static["embeddings_and_norms"] + static["lora_params_grads"] / 2) / 2**30
-        assert 0 <= point.weights_gib - point.held_buffers_gib - counted <= 0.11, _label(point)
+    static = static_bytes(point.shape.with_(embedding_measured_on_gpu=True))
+    counted = (static["weights"] + static["embeddings_and_norms"] + static["lora_params_grads"] / 2) / 2**30
+    assert 0 <= point.weights_gib - point.held_buffers_gib - counted <= 0.11
 
 
 def test_each_engine_has_coefficients_only_for_what_it_does():
@@ -183,6 +202,12 @@ def test_each_engine_has_coefficients_only_for_what_it_does():
         assert getattr(fast.memory, absent) is None and getattr(hf.memory, absent) is not None
     for absent in ("host_layer_pass_float", "masked_attention_efficiency"):
         assert getattr(fast.time, absent) is None and getattr(hf.time, absent) is not None
+
+
+def test_a_memory_feature_no_fitted_point_has_gets_no_scale():
+    """Rows without checkpointed graphs (as before 2026-11-30T10:40Z) fit graph_pool at 0, not a singular system."""
+    eager = [p for p in POINTS if p.shape.engine == FAST_ENGINE and not p.shape.graphed]
+    assert fit_memory(eager, CALIBRATIONS[FAST_ENGINE].time).graph_pool == 0
 
 
 def test_replaying_a_run_recovers_the_dequant_buffers_its_process_held(tmp_path):
@@ -211,8 +236,9 @@ def test_replaying_a_run_recovers_the_dequant_buffers_its_process_held(tmp_path)
 def _measured_rows() -> tuple[list[dict], list[str]]:
     """The checked-in rows, and their columns before cuda_graphs."""
     with open(MEASUREMENTS, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return rows, [column for column in rows[0] if column != "cuda_graphs"]
+        rows = [{column: value for column, value in row.items() if column != "cuda_graphs"}
+                for row in csv.DictReader(handle)]
+    return rows, list(rows[0])
 
 
 def _write_rows(path, rows, columns):

@@ -68,7 +68,7 @@ def fast(**kwargs):
 
 def test_the_fast_engine_has_neither_a_dense_mask_nor_a_float_base_and_counts_its_dequant_buffers():
     job = fast(checkpointing="none", micro_batch=4)
-    assert set(memory_features(job)) == {"saved", "working", "logits", "one", "offload_pending"}
+    assert set(memory_features(job)) == {"saved", "working", "logits", "one", "offload_pending", "graph_pool"}
     assert memory_features(job)["offload_pending"] == 0
     breakdown = estimate_memory(job, FAST)
     h, f = job.arch.hidden, job.arch.intermediate
@@ -145,6 +145,20 @@ def test_cuda_graphs_hold_their_static_tensors_only_where_the_engine_graphs():
     assert estimate_memory(shape(checkpointing="none").with_(cuda_graphs=True), COEFFICIENTS).cuda_graph_buffers == 0
     gemma2 = fast(model="gemma-2-2b", checkpointing="none").with_(cuda_graphs=True)  # soft-capped: runs eagerly
     assert estimate_memory(gemma2, FAST).cuda_graph_buffers == 0
+
+
+def test_checkpointed_graphs_add_their_pool_and_hold_no_offloaded_inputs():
+    """The checkpointed layers' graphs allocate in a pool of their own (one per job, fitted); offload copies their
+    inputs out of a static ring, so no freed block waits on the copy stream (eagerly, up to every input does)."""
+    eager = fast(checkpointing="offload", micro_batch=4, samples=1.0)
+    graphed = eager.with_(cuda_graphs=True)
+    assert memory_features(eager)["offload_pending"] > 0 and memory_features(graphed)["offload_pending"] == 0
+    assert [memory_features(job)["graph_pool"] for job in (eager, graphed, graphed.with_(checkpointing="full"),
+                                                           graphed.with_(checkpointing="none"))] == [0, 1, 1, 0]
+    pool = FAST.graph_pool / 2**30
+    assert 0.4 < pool < 0.8  # measured beside the eager twins (calibration rows of 2026-11-30T10:40Z)
+    with_pool = estimate_memory(graphed, FAST, 0.0).allocator_and_workspace
+    assert with_pool == pytest.approx(estimate_memory(eager, FAST, 0.0).allocator_and_workspace + pool)
 
 
 @pytest.mark.parametrize("model, micro_batch, eager_gib, graphed_gib", [
