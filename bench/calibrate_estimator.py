@@ -61,7 +61,7 @@ COLUMNS = [
     "checkpointing", "seq_len", "micro_batch", "grad_accum", "samples_per_row", "tokens_per_micro_batch",
     "targets_per_micro_batch", "status", "peak_allocated_gib", "peak_reserved_gib", "step_s", "step_s_min",
     "weights_gib", "lora_params", "context_gib", "timed_steps", "checkpoint_mb", "checkpoint_s", "split",
-    "input_embedding", "cuda_graphs",
+    "input_embedding", "cuda_graphs", "equal_lengths",
 ]
 
 
@@ -202,17 +202,22 @@ def build_model_dir(arch: Architecture, target: Path, device: str) -> None:
 
 
 def synthetic_samples(point: Point, vocab: int, rows: int, seed: int):
-    """Rows of `seq_len` tokens, each split into `samples_per_row` samples whose second half carries loss."""
+    """`samples_per_row` samples per row of `seq_len` tokens, whose second half carries loss. One a row fills it (so a
+    micro-batch's samples have one length and attend in one batched call); several have lengths 1/8 above and below
+    the mean in turn, as packed data of unequal samples, which attends through varlen flash attention
+    (train_core/fast/attention.py). Packing them in the Trainer's shuffled order fills most rows."""
     import random
 
     from train_core.data.tokenize import TokenizedSample
 
     generator = random.Random(seed)
-    length = point.seq_len // point.samples_per_row
+    mean = point.seq_len // point.samples_per_row
+    spread = mean // 8 if point.samples_per_row > 1 else 0
     samples = []
-    for _ in range(rows * point.samples_per_row):
+    for number in range(rows * point.samples_per_row):
+        length = mean + (spread if number % 2 else -spread)
         ids = [generator.randrange(3, vocab) for _ in range(length)]
-        trainable = [index >= length // 2 for index in range(length)]
+        trainable = [position >= length // 2 for position in range(length)]
         samples.append(TokenizedSample(ids, trainable))
     return samples
 
@@ -332,11 +337,12 @@ class Bench:
                 torch.cuda.reset_peak_memory_stats()
             if step >= warmup:
                 times.append(record["step_seconds"])
-        rows = trainer.plan.step_rows(0, 0)
-        micro = trainer.plan.micro_batches(rows, point.micro_batch)[0]
+        micros = [micro for step in range(steps) for micro in trainer.plan.micro_batches(
+            trainer.plan.step_rows(0, step), point.micro_batch)]  # packed rows of unequal samples vary in tokens
         mixed = self.graphs_replayed() and trainer.engine.graphs.eager > 0  # neither a graphed nor an eager point
         result = {
-            "tokens_per_micro_batch": micro.input_ids.numel(), "targets_per_micro_batch": micro.num_targets,
+            "tokens_per_micro_batch": round(statistics.mean(micro.input_ids.numel() for micro in micros)),
+            "targets_per_micro_batch": round(statistics.mean(micro.num_targets for micro in micros)),
             "step_s": statistics.median(times), "step_s_min": min(times), "status": "partly-eager" if mixed else "ok",
             "peak_allocated_gib": "", "peak_reserved_gib": "", "context_gib": "",
         }
@@ -450,6 +456,7 @@ def measure_group(group: Group, bench: Bench, context: dict, args: argparse.Name
             row.update(checkpoint_mb=checkpoint[0], checkpoint_s=checkpoint[1])
         row["input_embedding"] = bench.input_embedding_placement()  # measure() set the point's mode
         row["cuda_graphs"] = bench.graphs_replayed()
+        row["equal_lengths"] = point.samples_per_row == 1  # synthetic_samples' rule
         allocator = result.pop("allocator", None)
         write_row(Path(args.out), {**row, **result})
         if args.stats_out:

@@ -31,8 +31,9 @@ def test_cpu_dry_run_records_a_graphs_point_as_the_eager_point_that_ran(tmp_path
     rows = _rows(out)
     asked = [point.cuda_graphs for group in MATRIX["smoke"] for point in group.points]
     assert len(rows) == len(asked) and any(asked)
-    assert list(rows[0]) == COLUMNS and COLUMNS[-1] == "cuda_graphs"
+    assert list(rows[0]) == COLUMNS and COLUMNS[-2:] == ["cuda_graphs", "equal_lengths"]
     assert {row["status"] for row in rows} == {"ok"} and {row["cuda_graphs"] for row in rows} == {"False"}
+    assert [row["equal_lengths"] for row in rows] == [str(row["samples_per_row"] == "1") for row in rows]
 
 
 def test_a_csv_of_an_older_bench_gets_the_new_header_and_a_foreign_one_is_refused(tmp_path):
@@ -41,7 +42,7 @@ def test_a_csv_of_an_older_bench_gets_the_new_header_and_a_foreign_one_is_refuse
     older.write_text(",".join(COLUMNS[:-1]) + "\n" + row + "\n", encoding="utf-8")
     upgrade_header(older)
     assert older.read_text(encoding="utf-8") == ",".join(COLUMNS) + "\n" + row + "\n"
-    assert _rows(older)[0]["cuda_graphs"] is None  # read as eager by cost_models.calibration
+    assert _rows(older)[0]["equal_lengths"] is None  # read as samples of one length by cost_models.calibration
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("run,card\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="not this bench's columns"):
@@ -77,3 +78,11 @@ def test_graphs_are_built_for_each_point_shape_and_dropped_for_eager_points(monk
     monkeypatch.setattr(graphs_module, "graphs_unsupported", lambda spec, device: "no flash attention")
     bench.set_graphs(G("full", 128, 2, 1))
     assert engine.graphs is None and not bench.trainer.path.cuda_graphs
+
+
+def test_synthetic_rows_hold_one_full_sample_or_unequal_ones():
+    from bench.calibrate_estimator import Point, synthetic_samples
+
+    assert {len(sample) for sample in synthetic_samples(Point("none", 2048, 2, 1), 100, 4, 0)} == {2048}
+    lengths = [len(sample) for sample in synthetic_samples(Point("none", 2048, 2, 4), 100, 4, 0)]
+    assert lengths == [448, 576] * 8 and sum(lengths) == 4 * 2048
