@@ -54,12 +54,13 @@ class TimeCoefficients:
     host_micro_batch: float
     host_lora_tensor: float  # optimizer + clipping seconds per LoRA tensor per step
     gemm_efficiency: float
-    causal_attention_efficiency: float
+    causal_attention_efficiency: float  # one causal SDPA call (the fast engine: samples of one length, batched)
     elementwise_traffic: float  # bytes moved per saved activation byte
     overlap: float  # p of the p-norm that combines host and GPU time (large = perfect overlap)
     offload_gbs: float  # host <-> device copy rate for offloaded activations
     host_layer_pass_float: float | None = None  # seconds per decoder layer per pass with a bf16/fp32 base
     masked_attention_efficiency: float | None = None  # attention under a dense mask
+    varlen_attention_efficiency: float | None = None  # fast engine: varlen flash attention (samples of unequal lengths)
     host_factors: dict[str, float] = field(default_factory=dict)  # per calibration run (machine); 1 = reference
     margin: float = 0.0  # relative half-width of the step-time interval at the measured points (worst fitted error)
 
@@ -187,6 +188,23 @@ def _cuda_graphs(value: str | None, source: str) -> bool:
     return value == "True"
 
 
+def _equal_lengths(value: str | None, source: str) -> bool:
+    """Whether the row's micro-batches held samples of one length; empty or absent (rows from before the column,
+    which all packed equal samples) is True."""
+    if value not in ("True", "False", "", None):
+        raise EstimateError(f"{source}: equal_lengths is {value!r}; accepted: True, False or empty")
+    return value != "False"
+
+
+def _row_stats(row: dict[str, str], source: str) -> RowStats:
+    """The row's packing: its mean tokens per row, and as many samples as hold them at the bench's mean sample length
+    (seq_len / samples_per_row: rows of unequal samples are not all full)."""
+    tokens, targets = int(row["tokens_per_micro_batch"]), int(row["targets_per_micro_batch"])
+    seq_len, row_tokens = int(row["seq_len"]), tokens / int(row["micro_batch"])
+    sample = seq_len // int(row["samples_per_row"])
+    return RowStats(row_tokens, seq_len, row_tokens / sample, targets / tokens, 0, source)
+
+
 def measurement_from_row(row: dict[str, str], source: str) -> Measurement:
     if None in row:
         raise EstimateError(f"{source}: more fields than the header names; the rows were appended under an older "
@@ -195,18 +213,16 @@ def measurement_from_row(row: dict[str, str], source: str) -> Measurement:
     if card is None:
         raise EstimateError(f"{source}: card {row['card']!r} is not in cost_models/data/gpus.csv device_names")
     arch = resolve_architecture(row["arch"]).with_layers(int(row["layers"]))
-    tokens, targets = int(row["tokens_per_micro_batch"]), int(row["targets_per_micro_batch"])
-    micro_batch, seq_len = int(row["micro_batch"]), int(row["seq_len"])
     targets_field = row["lora_targets"]
     shape = JobShape(
         arch=arch, quantization=row["quantization"], lora_rank=int(row["lora_rank"]),
         lora_targets=arch.module_names if targets_field == "all-linear" else tuple(targets_field.split("+")),
-        seq_len=seq_len, micro_batch=micro_batch, grad_accum=int(row["grad_accum"]),
-        checkpointing=row["checkpointing"],
-        rows=RowStats(tokens / micro_batch, seq_len, float(row["samples_per_row"]), targets / tokens, 0, source),
+        seq_len=int(row["seq_len"]), micro_batch=int(row["micro_batch"]), grad_accum=int(row["grad_accum"]),
+        checkpointing=row["checkpointing"], rows=_row_stats(row, source),
         engine=LEGACY_ENGINE_NAMES.get(row["engine"], row["engine"]),
         embedding_measured_on_gpu=(row.get("input_embedding") or "gpu") == "gpu",
         cuda_graphs=_cuda_graphs(row.get("cuda_graphs"), source),
+        measured_equal_lengths=_equal_lengths(row.get("equal_lengths"), source),
     )
     return Measurement(
         shape=shape, gpu=card, run=row["run"], status=row["status"],

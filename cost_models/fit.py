@@ -24,7 +24,7 @@ from cost_models.calibration import (
     FIT, MEASUREMENTS, Calibration, Measurement, MemoryCoefficients, TimeCoefficients, load_measurements, sha256,
 )
 from cost_models.memory import GIB, counted_peak_bytes, estimate_memory, memory_features, reserved_upper_gib, static_bytes
-from cost_models.shape import FAST_ENGINE
+from cost_models.shape import FAST_ENGINE, HF_ENGINE
 from cost_models.step_time import estimate_step_time, host_ahead, step_from_features, time_features
 
 TIME_BOUNDS = {  # name: (low, high); host terms are seconds
@@ -32,11 +32,13 @@ TIME_BOUNDS = {  # name: (low, high); host terms are seconds
     "host_loss_chunk": (0.0, 0.01), "host_per_token": (0.0, 2e-6), "host_micro_batch": (0.0, 0.2),
     "host_lora_tensor": (0.0, 1e-3), "gemm_efficiency": (0.2, 0.85),
     "masked_attention_efficiency": (0.05, 0.7), "causal_attention_efficiency": (0.1, 0.75),
+    "varlen_attention_efficiency": (0.05, 0.75),
     "elementwise_traffic": (0.5, 20.0), "overlap": (1.5, 12.0), "offload_gbs": (2.0, 60.0),
 }
 HOST_FACTOR_BOUNDS = (0.6, 1.8)
 ABSENT_TIME_PARAMETERS = {  # work an engine never does: kept out of its fit, stored as null
-    FAST_ENGINE: ("host_layer_pass_float", "masked_attention_efficiency"),  # NF4 base only; varlen attention
+    FAST_ENGINE: ("host_layer_pass_float", "masked_attention_efficiency"),  # NF4 base only; attends per sample
+    HF_ENGINE: ("varlen_attention_efficiency",),  # a dense mask for packed samples, whatever their lengths
 }
 
 
@@ -161,7 +163,8 @@ def fit_time(points: Sequence[Measurement], start: TimeCoefficients | None = Non
         host_layer_pass_4bit=0.003, host_layer_pass_float=0.002, host_per_target=0.0003, host_loss_chunk=0.001,
         host_per_token=2e-7, host_micro_batch=0.005,
         host_lora_tensor=2e-5, gemm_efficiency=0.5, masked_attention_efficiency=0.25,
-        causal_attention_efficiency=0.35, elementwise_traffic=3.0, overlap=4.0, offload_gbs=20.0,
+        causal_attention_efficiency=0.35, varlen_attention_efficiency=0.35, elementwise_traffic=3.0, overlap=4.0,
+        offload_gbs=20.0,
     )
     z = [_unbounded(getattr(initial, name), *TIME_BOUNDS[name]) for name in names]
     z += [_unbounded(initial.host_factors.get(run, 1.0), *HOST_FACTOR_BOUNDS) for run in runs[1:]]

@@ -53,6 +53,7 @@ class JobShape:
     # the input embedding in host memory (runspec.fast_support.input_embedding_on_host, 2026-11-29)
     cuda_graphs: bool = False  # training.cuda_graphs asked for; it applies where `graphed` says
     keep_merged_weights: bool = False  # training.keep_merged_weights asked for; the fast engine's `merged_kept`
+    measured_equal_lengths: bool | None = None  # a calibration row's equal_lengths column; None: `rows` says
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
@@ -115,8 +116,18 @@ class JobShape:
     @property
     def masked(self) -> bool:
         """More than one sample per micro-batch: the transformers + PEFT engine then builds a dense block-diagonal
-        attention mask (the fast engine runs varlen attention per sample)."""
+        attention mask (the fast engine attends within each sample: see equal_lengths)."""
         return self.micro_batch > 1 or self.rows.mean_samples > 1.0
+
+    @property
+    def equal_lengths(self) -> bool:
+        """Whether every micro-batch's samples have one length (the fast engine then attends in one batched call, else
+        through varlen flash attention): as measured, else when every row is one sample and all rows have one length,
+        or a micro-batch is one such row and eager (CUDA graphs pad micro-batches of a new shape into varlen ones)."""
+        if self.measured_equal_lengths is not None:
+            return self.measured_equal_lengths
+        one_length = self.rows.mean_tokens == self.rows.max_tokens or (self.micro_batch == 1 and not self.graphed)
+        return self.rows.mean_samples <= 1.0 and one_length
 
     @property
     def mean_sample_tokens(self) -> float:

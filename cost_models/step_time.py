@@ -6,7 +6,8 @@ the LM head runs on target tokens only. Per engine: transformers + PEFT runs the
 (forward, input and weight gradients), recomputes each loss chunk, and attends over the whole micro-batch
 (dense mask when packed); the fast engine merges the adapters into the dequantized weight (adapters add only
 their weight gradients), finishes the loss gradient in the forward, defers a checkpointed layer's MLP to its
-backward (down is never recomputed) and attends within each sample (varlen).
+backward (down is never recomputed) and attends within each sample: samples of one length in one batched SDPA call,
+unequal ones through varlen flash attention, each at its own fitted efficiency.
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def _hf_work(shape: JobShape) -> dict[str, float]:
         "gemm": gemm * shape.activation_scale,  # fp32 compute runs at about half the bf16 (TF32) rate
         "masked_attention": attention if shape.masked else 0.0,
         "causal_attention": 0.0 if shape.masked else attention / 2,
+        "varlen_attention": 0.0,
         "weight_bytes": weight_bytes,
         "score_bytes": 0.0,  # the dense mask path's scores are inside masked_attention's fitted efficiency
         "offload_bytes": 4.0 * tokens * arch.layers * arch.hidden if shape.checkpointing == "offload" else 0.0,
@@ -110,12 +112,14 @@ def _fast_work(shape: JobShape) -> dict[str, float]:
     if entries:  # soft-capped scores: plain matmuls over every key (no causal skipping), then elementwise steps
         attention *= 2
     score_traffic = fast_engine.SCORE_FORWARD_TRAFFIC * (shape.passes - 1) + fast_engine.SCORE_BACKWARD_TRAFFIC
+    varlen = not shape.equal_lengths and not entries  # soft-capped scores are plain ops whatever the lengths
     return {
         "target_passes": float(arch.layers * len(shape.lora_targets)),  # adapter gradients: backward only
         "loss_chunks": float(fast_engine.loss_chunks(arch.vocab, targets)),
         "gemm": gemm,
         "masked_attention": 0.0,
-        "causal_attention": attention,
+        "causal_attention": 0.0 if varlen else attention,
+        "varlen_attention": attention if varlen else 0.0,
         "weight_bytes": dequantized * (BYTES_PER_PARAM["nf4"] + 2.0) + used * 2.0,  # NF4 to bf16, bf16 read per use
         "score_bytes": entries * score_traffic,
         "offload_bytes": 4.0 * tokens * (arch.layers - 1) * arch.hidden if shape.checkpointing == "offload" else 0.0,
@@ -136,7 +140,7 @@ def time_features(shape: JobShape, gpu: Gpu, reference: Gpu | None = None) -> di
     card the coefficients were fitted on)."""
     features = dict(work(shape))
     peak, bandwidth = gemm_peak(gpu, reference), gpu.mem_bw_gbs * 1e9
-    for name in ("gemm", "masked_attention", "causal_attention"):
+    for name in ("gemm", "masked_attention", "causal_attention", "varlen_attention"):
         features[name] /= peak
     for name in ("weight_bytes", "activation_bytes", "score_bytes"):
         features[name] /= bandwidth
@@ -152,9 +156,7 @@ def step_from_features(f: dict[str, float], c: TimeCoefficients, host_speed: flo
         + f["loss_chunks"] * c.host_loss_chunk + f["tokens"] * c.host_per_token + c.host_micro_batch
     )
     gemm = f["gemm"] / c.gemm_efficiency
-    attention = f["causal_attention"] / c.causal_attention_efficiency
-    if f["masked_attention"]:
-        attention += f["masked_attention"] / c.masked_attention_efficiency
+    attention = attention_seconds(f, c)
     traffic = f["weight_bytes"] + c.elementwise_traffic * f["activation_bytes"] + f["score_bytes"]
     gpu_seconds = gemm + attention + traffic
     micro = (host**c.overlap + gpu_seconds**c.overlap) ** (1 / c.overlap)
@@ -171,6 +173,16 @@ def step_from_features(f: dict[str, float], c: TimeCoefficients, host_speed: flo
     )
 
 
+def attention_seconds(f: dict[str, float], c: TimeCoefficients) -> float:
+    """GPU seconds of time_features' attention FLOPs (over the peak) at each attention path's fitted efficiency."""
+    seconds = f["causal_attention"] / c.causal_attention_efficiency
+    if f["masked_attention"]:
+        seconds += f["masked_attention"] / c.masked_attention_efficiency
+    if f["varlen_attention"]:
+        seconds += f["varlen_attention"] / c.varlen_attention_efficiency
+    return seconds
+
+
 def host_ahead(shape: JobShape, gpu: Gpu, c: TimeCoefficients, host_factor: float | None = None,
                reference: Gpu | None = None) -> float:
     """The share (0..1) of the forward pass that the host launches ahead of the GPU: 1 - host seconds per layer
@@ -182,7 +194,7 @@ def host_ahead(shape: JobShape, gpu: Gpu, c: TimeCoefficients, host_factor: floa
     forward_flops = 2 * (arch.linear_params + shape.lora_params) * shape.tokens_per_micro_batch
     gpu_forward = (
         forward_flops / gemm_peak(gpu, reference) / c.gemm_efficiency
-        + f["causal_attention"] / shape.passes / c.causal_attention_efficiency
+        + attention_seconds(f, c) / shape.passes
         + f["weight_bytes"] / shape.passes
     ) / arch.layers
     host_forward = speed * c.host_layer_pass_4bit

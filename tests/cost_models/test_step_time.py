@@ -2,7 +2,7 @@ import pytest
 
 from cost_models.calibration import load_calibration
 from cost_models.catalog import gpu
-from cost_models.shape import FAST_ENGINE
+from cost_models.shape import FAST_ENGINE, RowStats
 from cost_models.step_time import estimate_step_time, time_features
 from tests.cost_models.helpers import shape
 
@@ -57,7 +57,29 @@ def test_the_fast_engine_attends_within_each_sample_without_a_mask():
     whole = time_features(fast(shape(seq=8192, samples=1.0)), gpu("H200"))
     packed = time_features(fast(shape(seq=8192, samples=4.0)), gpu("H200"))
     assert packed["masked_attention"] == whole["masked_attention"] == 0
-    assert packed["causal_attention"] == pytest.approx(whole["causal_attention"] / 4)
+    assert packed["varlen_attention"] == pytest.approx(whole["causal_attention"] / 4)  # the same FLOPs, varlen
+
+
+def test_packed_rows_attend_through_varlen_and_full_rows_of_one_sample_in_one_batched_call():
+    """A plan's packed rows (RowStats.full_rows, when the data set cannot be read) run varlen flash attention at its
+    fitted efficiency; rows of one sample filling seq_len run the batched SDPA call at the batched efficiency."""
+    time = load_calibration(FAST_ENGINE).time
+    packed = fast(shape(micro_batch=2)).with_(rows=RowStats.full_rows(2048))
+    full = fast(shape(micro_batch=4, samples=1.0))
+    for job, path, efficiency in ((packed, "varlen_attention", time.varlen_attention_efficiency),
+                                  (full, "causal_attention", time.causal_attention_efficiency)):
+        features = time_features(job, gpu("H200"))
+        assert features[path] > 0 and features["causal_attention"] + features["varlen_attention"] == features[path]
+        assert estimate_step_time(job, gpu("H200"), time).attention == pytest.approx(features[path] / efficiency)
+
+
+def test_rows_of_one_sample_and_several_lengths_attend_batched_only_one_to_a_micro_batch_and_eager():
+    rows = RowStats(1500.0, 2048, 1.0, 0.5, 1000, "one sample a row, not all of one length")
+    one = fast(shape(micro_batch=1)).with_(rows=rows)
+    assert one.equal_lengths
+    assert not one.with_(micro_batch=2).equal_lengths
+    assert not one.with_(cuda_graphs=True).equal_lengths  # a micro-batch of a new shape moves graphs to padded varlen
+    assert not fast(shape(micro_batch=1, samples=2.0)).equal_lengths  # packed samples are taken as unequal
 
 
 def test_the_fast_engine_merges_adapters_and_never_recomputes_the_down_projection():
