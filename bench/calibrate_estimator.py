@@ -302,7 +302,7 @@ class Bench:
             engine.graphs.release()
             engine.graphs = None
         if point.cuda_graphs and graphs_unsupported(engine.model.spec, engine.device) is None:
-            engine.graphs = engine._graphs(engine.mlp_tile_rows, (point.micro_batch * point.seq_len, point.seq_len))
+            engine.graphs = engine.build_graphs(engine.mlp_tile_rows, (point.micro_batch * point.seq_len, point.seq_len))
         self.trainer.path = dataclasses.replace(self.trainer.path, cuda_graphs=engine.graphs is not None)
 
     def graphs_replayed(self) -> bool:

@@ -181,19 +181,12 @@ def _float(value: str) -> float | None:
     return float(value) if value not in ("", None) else None
 
 
-def _cuda_graphs(value: str | None, source: str) -> bool:
-    """Whether the row's layers replayed as CUDA graphs; empty or absent (rows from before the column) is False."""
+def _flag(row: dict[str, str], column: str, absent: bool, source: str) -> bool:
+    """A True/False column; empty or absent (rows from before the column) reads as `absent`."""
+    value = row.get(column)
     if value not in ("True", "False", "", None):
-        raise EstimateError(f"{source}: cuda_graphs is {value!r}; accepted: True, False or empty")
-    return value == "True"
-
-
-def _equal_lengths(value: str | None, source: str) -> bool:
-    """Whether the row's micro-batches held samples of one length; empty or absent (rows from before the column,
-    which all packed equal samples) is True."""
-    if value not in ("True", "False", "", None):
-        raise EstimateError(f"{source}: equal_lengths is {value!r}; accepted: True, False or empty")
-    return value != "False"
+        raise EstimateError(f"{source}: {column} is {value!r}; accepted: True, False or empty")
+    return absent if value in ("", None) else value == "True"
 
 
 def _row_stats(row: dict[str, str], source: str) -> RowStats:
@@ -221,8 +214,8 @@ def measurement_from_row(row: dict[str, str], source: str) -> Measurement:
         checkpointing=row["checkpointing"], rows=_row_stats(row, source),
         engine=LEGACY_ENGINE_NAMES.get(row["engine"], row["engine"]),
         embedding_measured_on_gpu=(row.get("input_embedding") or "gpu") == "gpu",
-        cuda_graphs=_cuda_graphs(row.get("cuda_graphs"), source),
-        measured_equal_lengths=_equal_lengths(row.get("equal_lengths"), source),
+        cuda_graphs=_flag(row, "cuda_graphs", False, source),  # rows from before it ran eagerly
+        measured_equal_lengths=_flag(row, "equal_lengths", True, source),  # rows from before it packed equal samples
     )
     return Measurement(
         shape=shape, gpu=card, run=row["run"], status=row["status"],

@@ -54,7 +54,7 @@ class FastEngine:
         self.recompute = Recompute(checkpointing, self.device, host_budget_bytes)
         self.ce_chunk_rows = ce_chunk_rows(self.model.spec.vocab, ce_budget_mib)
         unsupported = graphs_unsupported(self.model.spec, self.device) if cuda_graphs else None
-        self.graphs = self._graphs(mlp_tile_rows, graph_bounds or ()) if cuda_graphs and unsupported is None else None
+        self.graphs = self.build_graphs(mlp_tile_rows, graph_bounds or ()) if cuda_graphs and unsupported is None else None
         self.merged = MergedWeights(self.model.layers) if merged_weights else None
         self.mlp_tile_rows = mlp_tile_rows
         self.training = True
@@ -71,7 +71,7 @@ class FastEngine:
             + (f", layers eager ({unsupported})" if unsupported else "")
         )
 
-    def _graphs(self, mlp_tile_rows: int | None, bounds: tuple[int, ...]) -> GraphedLayers:
+    def build_graphs(self, mlp_tile_rows: int | None, bounds: tuple[int, ...]) -> GraphedLayers:
         """The layers as CUDA graphs: with their saved activations (none), or with recompute in backward."""
         layers, spec = self.model.layers, self.model.spec
         if self.recompute.mode == "none":
@@ -85,7 +85,10 @@ class FastEngine:
         """Sum of token cross-entropies over labels != -100 (fp32 scalar, graph attached when grad is enabled)."""
         batch = PackedBatch.build(input_ids, position_ids, labels, self.device)
         if self.merged is not None:
-            self.merged.use() if self.training else self.merged.release()
+            if self.training:
+                self.merged.use()
+            else:
+                self.merged.release()
         graphs = self.graphs if self.training else None
         return self.model.loss_sum(batch, self.recompute, self.ce_chunk_rows, self.mlp_tile_rows, graphs)
 

@@ -14,7 +14,8 @@ shape they replay it, and the first that does not moves the layers to padded cap
 
 This module graphs activation checkpointing `none`; train_core/fast/checkpoint_graphs.py graphs `full` and
 `offload` with the same padding. Layers are graphed only with varlen flash attention (per-sample attention is shaped
-by the host's list of lengths, which a padded capture does not have), and only in training: a forward without gradients runs the layers eagerly.
+by the host's list of lengths, which a padded capture does not have), and only in training: a forward without
+gradients runs the layers eagerly.
 """
 from __future__ import annotations
 
