@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
+
+from tests.ports import unused_ports
 
 READY_TIMEOUT_S = 60
 # The HTTP status EC2 answers each error with (server errors are 5xx, the caller's are 4xx).
@@ -131,14 +132,8 @@ class MotoServer:
         urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=30).read()
 
 
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
-
-
 def start_moto(directory: Path) -> tuple[MotoServer, subprocess.Popen]:
-    port = _free_port()
+    port, = unused_ports(1)
     binary = Path(sys.executable).parent / "moto_server"
     log = open(directory / "moto.out", "wb")
     process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log,

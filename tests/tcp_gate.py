@@ -8,14 +8,13 @@ from __future__ import annotations
 import socket
 import threading
 
+from tests.ports import unused_ports
+
 
 class TcpGate:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port, = unused_ports(1)
         self._listener: socket.socket | None = None
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
