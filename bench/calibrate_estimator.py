@@ -473,11 +473,16 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from train_core.cuda_setup import prefer_expandable_segments
+
     warnings.filterwarnings("ignore", category=FutureWarning)
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU here; use --device cpu for a dry run", file=sys.stderr)
         return 2
+    # As the Trainer does before it loads a model (the engine of the first group would otherwise load it with the
+    # default allocator), and before versions() records the allocator.
+    prefer_expandable_segments()
     started = time.monotonic()
     now = datetime.datetime.now(datetime.timezone.utc)
     context = {
