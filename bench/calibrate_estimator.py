@@ -231,6 +231,7 @@ class Bench:
         from runspec.config import TrainConfig
         from train_core.device import choose_device_path
         from train_core.engine import build_engine
+        from train_core.models.loading import load_tokenizer
         from train_core.trainer import Trainer
 
         self.device = device
@@ -248,7 +249,7 @@ class Bench:
         trainer = self.trainer
         trainer.path = choose_device_path(self.config, force_cpu=device == "cpu")
         trainer.engine = build_engine(self.config, trainer.path)
-        trainer.tokenizer = trainer.engine.tokenizer
+        trainer.tokenizer = load_tokenizer(str(model_dir))
         trainer.engine.train()
         trainer.trainable = trainer.engine.trainable_parameters()
         trainer.total_steps = 10**6

@@ -14,12 +14,11 @@ import torch
 from runspec.config import TrainConfig
 from train_core.device import DevicePath
 from train_core.loss import target_loss_sum
-from train_core.models.loading import add_lora, load_model_and_tokenizer
+from train_core.models.loading import add_lora, load_model
 
 
 class Engine(Protocol):
     description: str
-    tokenizer: object
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The LoRA parameters, in a fixed order."""
@@ -48,7 +47,7 @@ class HFEngine:
     """A Hugging Face causal LM with PEFT LoRA adapters (the reference path; the only one on CPU)."""
 
     def __init__(self, config: TrainConfig, path: DevicePath) -> None:
-        base, self.tokenizer, source = load_model_and_tokenizer(config.model, path)
+        base, source = load_model(config.model, path)
         self.model = add_lora(base, config.lora, config.training.seed)
         if path.activation_checkpointing in ("full", "offload"):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -23,6 +23,8 @@ from train_core.distributed import Distributed
 from runspec.errors import ConfigError
 from train_core.errors import TrainingDiverged
 from train_core.metrics import MetricsLog, peak_memory_gib
+from train_core.models.loading import load_tokenizer
+from train_core.models.sources import resolve_model
 from train_core.flat_params import FlatParameters
 from train_core.optim import build_optimizer, build_scheduler
 from train_core.rng import capture_rng, restore_rng
@@ -81,11 +83,12 @@ class Trainer:
         prefer_expandable_segments()  # before the model is loaded, so its memory lands in expandable segments
         self.path: DevicePath = choose_device_path(config, workers=self.dist.world_size)
         self.log(f"device path: {self.path.describe()}")
-        self.engine: Engine = build_engine(config, self.path)
-        self.tokenizer = self.engine.tokenizer
-        self.log(f"model: {self.engine.description}")
+        # The data first: a bad data file ends the run before minutes go into loading the model.
+        self.tokenizer = load_tokenizer(resolve_model(config.model.name).path)
         self.data = prepare_data(config.data, self.tokenizer)
         self.log(self.data.summary())
+        self.engine: Engine = build_engine(config, self.path)
+        self.log(f"model: {self.engine.description}")
         self.engine.train()
         self.trainable = self.engine.trainable_parameters()
         self.log(f"lora: {sum(p.numel() for p in self.trainable):,} trainable parameters in {len(self.trainable)} tensors")

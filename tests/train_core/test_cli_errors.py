@@ -81,3 +81,10 @@ def test_missing_config_file_and_unknown_flag(tmp_path):
     assert "Traceback" not in result.stderr
     result = run_cli("train", "--no-such-flag")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_bad_data_ends_the_run_before_the_model_is_loaded(finished_run):
+    config, _ = malformed_jsonl(finished_run)
+    result = run_cli("train", str(config), "--output-dir", str(finished_run / "run"), "--resume")
+    assert result.returncode == 2
+    assert not [line for line in result.stderr.splitlines() if line.startswith("model:")], result.stderr

@@ -17,8 +17,7 @@ from train_core.fast.recompute import Recompute
 
 
 def build_fast_engine(config, path) -> "FastEngine":
-    """A FastEngine for a TrainConfig and DevicePath, with the model's tokenizer."""
-    from train_core.models.loading import load_tokenizer
+    """A FastEngine for a TrainConfig and DevicePath."""
     from train_core.models.sources import resolve_model
 
     resolved = resolve_model(config.model.name)
@@ -28,7 +27,6 @@ def build_fast_engine(config, path) -> "FastEngine":
     engine = FastEngine(resolved.path, adapters, torch.device("cuda"), path.activation_checkpointing,
                         cuda_graphs=path.cuda_graphs, graph_bounds=(path.micro_batch * length, length),
                         merged_weights=path.merged_weights_kept)
-    engine.tokenizer = load_tokenizer(resolved.path)
     engine.description = f"{resolved.description}; {engine.description}"
     return engine
 
@@ -58,7 +56,6 @@ class FastEngine:
         self.merged = MergedWeights(self.model.layers) if merged_weights else None
         self.mlp_tile_rows = mlp_tile_rows
         self.training = True
-        self.tokenizer = None
         spec = self.model.spec
         self.description = (
             f"fast engine: {spec.model_type} {spec.layers} layers, NF4 base with merged LoRA r={adapters.r}, "

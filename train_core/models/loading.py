@@ -103,9 +103,7 @@ def add_lora(model, settings: LoraSettings, seed: int):
     return get_peft_model(model, lora_config)
 
 
-def load_model_and_tokenizer(settings: ModelSettings, device_path: DevicePath):
-    """(base model, tokenizer, description of the source)."""
+def load_model(settings: ModelSettings, device_path: DevicePath):
+    """(base model, description of the source)."""
     resolved = resolve_model(settings.name)
-    tokenizer = load_tokenizer(resolved.path)
-    model = load_base_model(resolved.path, settings, device_path)
-    return model, tokenizer, resolved.description
+    return load_base_model(resolved.path, settings, device_path), resolved.description
