@@ -29,12 +29,20 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    _files_with_slow_tests_first(items)
     if _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def _files_with_slow_tests_first(items) -> None:
+    """xdist hands out whole files in collection order (scripts/test: --dist loadfile --no-loadscope-reorder): the
+    long end-to-end files start first and the many short ones fill in around them, so no worker ends alone on one."""
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture

@@ -130,6 +130,7 @@ def test_the_local_market_s_notice_reaches_the_controller_through_the_channel(tm
                                                                                      "source": "local"}
 
 
+@pytest.mark.slow
 def test_node_run_with_the_platform_s_ray_start_line_trains_and_reports_through_storage(tmp_path):
     """What a KubeRay pod runs, on CPU: the entry point starts the given `ray start --head ... --block` line, joins
     it as the driver and trains; everything the controller needs is then in the attempt's channel. What looks like

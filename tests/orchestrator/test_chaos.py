@@ -16,6 +16,8 @@ from tests.orchestrator.sweeps import (
     spottune, tiny_sweep, warm_model_cache,
 )
 
+pytestmark = pytest.mark.slow
+
 # Tiny-model steps take well under 0.1 s on a quiet machine, faster than the market notices a step and a
 # 0.5 s notice runs out: enough steps after the preemption point keep every trial running until it lands.
 STEPS = 25  # one epoch of the copywriting rows at this sequence length and batch

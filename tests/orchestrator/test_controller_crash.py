@@ -18,6 +18,8 @@ from tests.orchestrator.sweeps import (
     submit_detached, tiny_sweep, wait_for,
 )
 
+pytestmark = pytest.mark.slow
+
 STEPS, EVERY = 24, 5  # the data set gives 25 steps per epoch
 
 

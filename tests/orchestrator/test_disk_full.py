@@ -3,12 +3,16 @@
 uninterrupted run. Without the flag, resume says how to retry instead of only "nothing to resume"."""
 from __future__ import annotations
 
+import pytest
+
 from cluster.processes import start_ticks
 from orchestrator.run.state import StateStore
 from tests.orchestrator.sweeps import (
     adapter_tensors, assert_bit_identical, controller_record, only_run, reference_adapter, spottune, tiny_sweep,
     wait_for, warm_model_cache,
 )
+
+pytestmark = pytest.mark.slow
 
 STEPS, EVERY, FULL_AT = 8, 3, 6
 

@@ -15,6 +15,8 @@ from tests.orchestrator.sweeps import (
 )
 from orchestrator.run.state import StateStore
 
+pytestmark = pytest.mark.slow
+
 STEPS = 6
 
 

@@ -19,6 +19,8 @@ from tests.orchestrator.sweeps import (
 )
 from tests.s3_server import S3Server
 
+pytestmark = pytest.mark.slow
+
 FAULT_STEP = 6
 STEPS = 25  # long enough for `spottune cancel` to land while trial 1 still trains
 

@@ -15,6 +15,8 @@ from tests.orchestrator.sweeps import (
     tiny_sweep, wait_for,
 )
 
+pytestmark = pytest.mark.slow
+
 STEPS, EVERY = 24, 3
 BOOT_S = 8  # the simulated node boots this long: the database goes while the trial is in flight
 

@@ -127,6 +127,7 @@ def test_garbage_latest_crashes_neither_recover_nor_launch(tmp_path):
         controller.provider.terminate(active.node)
 
 
+@pytest.mark.slow
 def test_sweep_waits_out_an_outage_and_finishes_with_the_uninterrupted_adapter(tmp_path, s3_server, gate):
     """The whole path: the gate closes while the trial's node boots, so the node's first storage access (its
     payload) meets the outage; the controller, reading the attempt's channel, records it; the node waits (no error

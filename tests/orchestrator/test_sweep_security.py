@@ -27,6 +27,8 @@ from tests.orchestrator.sweeps import (
     controller_record, leftover_processes, node_processes, submit_detached, tiny_sweep, wait_for,
 )
 
+pytestmark = pytest.mark.slow
+
 STEPS = 25
 
 
