@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from tests.ports import unused_ports
+from cluster.ports import unused_ports
 
 READY_TIMEOUT_S = 60
 # The HTTP status EC2 answers each error with (server errors are 5xx, the caller's are 4xx).

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import unused_ports
+from cluster.ports import unused_ports
 
 READY_TIMEOUT_S = 90
 START_ATTEMPTS = 3

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from tests.ports import unused_ports
+from cluster.ports import unused_ports
 
 
 class TcpGate:

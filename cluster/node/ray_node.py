@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 from cluster.errors import ClusterError
+from cluster.ports import unused_ports
 from cluster.processes import ProcessRecord, processes_with_environment
 
 # Read by Ray when it is imported: set before the first `import ray` of the process (and inherited by Ray's own).
@@ -92,12 +92,6 @@ def sweep_abandoned_temp_dirs(older_than_s: float = 86400.0) -> list[Path]:
     return removed
 
 
-def free_port(address: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
-
-
 class RayNode:
     """This node's share of the attempt's Ray cluster; `close()` stops every Ray process it started."""
 
@@ -120,7 +114,7 @@ class RayNode:
 
     def start_head(self) -> str:
         """`ray start --head` on this node's address; returns the address other nodes join."""
-        port = free_port(self.address)
+        port, = unused_ports(1, self.address)
         self._daemon = self._ray_start(["--head", f"--port={port}", "--include-dashboard=false",
                                         f"--temp-dir={self.temp_dir}"])
         head = f"{self.address}:{port}"

@@ -23,7 +23,8 @@ from cluster.node.channel import AttemptChannel, attempt_prefix
 from cluster.node.entry import identify, payload_location
 from cluster.node.notices import NodeNotices
 from cluster.node.payload import AttemptPayload
-from cluster.node.ray_node import OWNER_FILE, TEMP_PREFIX, free_port, sweep_abandoned_temp_dirs
+from cluster.node.ray_node import OWNER_FILE, TEMP_PREFIX, sweep_abandoned_temp_dirs
+from cluster.ports import unused_ports
 from cluster.processes import ProcessRecord, processes_with_environment
 from cluster.storage import open_store, parse_uri
 from runspec.config import TrainConfig
@@ -53,7 +54,7 @@ while True:
 def start_silent_raylet() -> subprocess.Popen:
     """A process that Ray's `address="auto"` takes for another cluster's raylet on this host, whose GCS accepts
     connections and never answers (as a cluster going down did in CI)."""
-    gcs = f"127.0.0.1:{free_port('127.0.0.1')}"
+    gcs = f"127.0.0.1:{unused_ports(1)[0]}"
     raylet = subprocess.Popen(["bash", "-c", f'exec -a raylet {sys.executable} -c "$0" --gcs-address={gcs}', SILENT_GCS],
                               start_new_session=True)
     deadline = time.monotonic() + 30
@@ -150,7 +151,7 @@ def test_node_run_with_the_platform_s_ray_start_line_trains_and_reports_through_
                              use_gpu=False)
     AttemptChannel(open_store(prefix)).write_payload(payload.to_dict())
     decoy = start_silent_raylet()
-    given = (f"sleep 3 && {RAY} start --head --block --node-ip-address=127.0.0.1 --port={free_port('127.0.0.1')} --num-cpus=1 "
+    given = (f"sleep 3 && {RAY} start --head --block --node-ip-address=127.0.0.1 --port={unused_ports(1)[0]} --num-cpus=1 "
              "--num-gpus=0 --include-dashboard=false --disable-usage-stats")
     env = {**os.environ, **kuberay_token_env(), "SPOTTUNE_RAY_START": given, "SPOTTUNE_NODE_IP": "127.0.0.1",
            "SPOTTUNE_NODE_ROLE": "head", "SPOTTUNE_NODE_DIR": str(tmp_path / "node"), "GLOO_SOCKET_IFNAME": "lo"}

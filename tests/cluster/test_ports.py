@@ -1,10 +1,10 @@
-"""The servers tests start survive a port that another process takes between the probe and the server's bind."""
+"""Ports for servers started by number survive a port that another process takes between the probe and the bind."""
 from __future__ import annotations
 
 import socket
 
+from cluster.ports import _ephemeral_low, unused_ports
 from tests import s3_server as s3_module
-from tests.ports import _ephemeral_low, unused_ports
 
 
 def test_unused_ports_are_distinct_bindable_and_below_the_ephemeral_range():
