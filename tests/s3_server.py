@@ -106,6 +106,8 @@ def _new_server(root: Path) -> S3Server:
 
 def _start_weed(root: Path, server: S3Server) -> subprocess.Popen:
     """Starts weed on fresh ports and waits for S3 to answer; tries new ports if another process took one first."""
+    (root / "logs").mkdir(exist_ok=True)
+    (root / "tmp").mkdir(exist_ok=True)
     for attempt in range(START_ATTEMPTS):
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = unused_ports(8)
         data = root / f"data-{attempt}"
@@ -140,8 +142,6 @@ def _start_weed(root: Path, server: S3Server) -> subprocess.Popen:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> S3Server:
     root = tmp_path_factory.mktemp("seaweedfs")
-    (root / "logs").mkdir()
-    (root / "tmp").mkdir()
     server = _new_server(root)
     process = _start_weed(root, server)
     try:

@@ -30,8 +30,6 @@ def test_weed_starts_on_new_ports_when_one_was_taken(tmp_path, monkeypatch):
         return ports
 
     monkeypatch.setattr(s3_module, "unused_ports", ports_once_with_a_taken_one)
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "tmp").mkdir()
     server = s3_module._new_server(tmp_path)
     process = s3_module._start_weed(tmp_path, server)
     try:
